@@ -1,0 +1,232 @@
+//! Events: one for every step and every probe attempt, handed to an [`Observer`] the caller gives.
+//! The CLI turns them into progress lines or NDJSON; an embedder can forward them anywhere.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Color, Endpoint};
+
+/// A step of a command, in the order a deploy runs them. Also the unit of the journal: each step
+/// is recorded before it runs, so that the next command can repair what a crash left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    /// Take the app's deploy lock.
+    Lock,
+    /// Compare saved state, runtime and router, and repair leftovers.
+    Reconcile,
+    /// Remove a leftover instance from the idle color's slot.
+    Clear,
+    /// Start the release in the idle color.
+    Start,
+    /// Probe the new instance directly until it is ready.
+    Ready,
+    /// Point the router at the new instance.
+    Switch,
+    /// Check that the router's switch took effect.
+    Verify,
+    /// Wait for the old color's in-flight requests to finish.
+    Drain,
+    /// Stop the old color (graceful, then kill after the stop timeout).
+    Stop,
+    /// Remove an instance.
+    Remove,
+    /// Put things back as they were after a failure.
+    Restore,
+    /// Write the outcome to state and history.
+    Record,
+}
+
+impl Step {
+    /// The lowercase name used in messages and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Lock => "lock",
+            Step::Reconcile => "reconcile",
+            Step::Clear => "clear",
+            Step::Start => "start",
+            Step::Ready => "ready",
+            Step::Switch => "switch",
+            Step::Verify => "verify",
+            Step::Drain => "drain",
+            Step::Stop => "stop",
+            Step::Remove => "remove",
+            Step::Restore => "restore",
+            Step::Record => "record",
+        }
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The command an event belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Command {
+    /// `deploy`
+    Deploy,
+    /// `rollback`
+    Rollback,
+    /// `switch`
+    Switch,
+    /// `down`
+    Down,
+    /// `status`
+    Status,
+}
+
+impl Command {
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Command::Deploy => "deploy",
+            Command::Rollback => "rollback",
+            Command::Switch => "switch",
+            Command::Down => "down",
+            Command::Status => "status",
+        }
+    }
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Something that happened during a command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A command began.
+    CommandStarted {
+        /// The app.
+        app: String,
+        /// Which command.
+        command: Command,
+        /// The release, for deploys.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        release: Option<String>,
+    },
+    /// A step began.
+    StepStarted {
+        /// The step.
+        step: Step,
+        /// The color it acts on, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        color: Option<Color>,
+    },
+    /// A step finished.
+    StepFinished {
+        /// The step.
+        step: Step,
+        /// The color it acted on, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        color: Option<Color>,
+        /// How long it took, in milliseconds.
+        elapsed_ms: u64,
+    },
+    /// A step failed; a `Restore` follows where something must be put back.
+    StepFailed {
+        /// The step.
+        step: Step,
+        /// The color it acted on, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        color: Option<Color>,
+        /// How long it ran, in milliseconds.
+        elapsed_ms: u64,
+        /// Why.
+        error: String,
+    },
+    /// One probe attempt of the readiness wait.
+    ProbeAttempt {
+        /// The color probed.
+        color: Color,
+        /// 1-based attempt number.
+        attempt: u32,
+        /// Whether it was healthy.
+        healthy: bool,
+        /// Why not, when it was not.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        /// How long the attempt took, in milliseconds.
+        elapsed_ms: u64,
+    },
+    /// Something worth a person's attention that did not fail the command (the old color did
+    /// not stop, a stale lock was taken over, a leftover was repaired).
+    Warning {
+        /// What happened.
+        message: String,
+    },
+    /// The router now points at this endpoint.
+    Routed {
+        /// The color now live.
+        color: Color,
+        /// Its endpoint.
+        endpoint: Endpoint,
+    },
+    /// A command ended.
+    CommandFinished {
+        /// Which command.
+        command: Command,
+        /// Whether it succeeded.
+        ok: bool,
+        /// The live color afterwards, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        live: Option<Color>,
+        /// Total time, in milliseconds.
+        elapsed_ms: u64,
+    },
+}
+
+/// Receives events as they happen. Must not block: a slow observer slows the deploy.
+pub trait Observer: Send + Sync {
+    /// Called once per event, in order.
+    fn on_event(&self, event: &Event);
+}
+
+impl<F: Fn(&Event) + Send + Sync> Observer for F {
+    fn on_event(&self, event: &Event) {
+        self(event)
+    }
+}
+
+/// An observer that drops every event.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoopObserver;
+
+impl Observer for NoopObserver {
+    fn on_event(&self, _event: &Event) {}
+}
+
+/// Milliseconds of a duration, saturating, for event fields.
+pub fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_serialize_with_a_tag() {
+        let e = Event::StepFinished {
+            step: Step::Ready,
+            color: Some(Color::Green),
+            elapsed_ms: 1200,
+        };
+        let json = serde_json::to_string(&e).unwrap();
+        assert_eq!(
+            json,
+            r#"{"event":"step_finished","step":"ready","color":"green","elapsed_ms":1200}"#
+        );
+        let back: Event = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, e);
+    }
+}

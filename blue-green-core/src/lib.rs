@@ -1,0 +1,53 @@
+//! # blue-green-core
+//!
+//! The engine of zero-downtime blue/green deploys. An app runs as one of two colors; a deploy
+//! starts the new release in the idle color, probes it directly until it is ready, switches the
+//! router, verifies, drains and stops the old color — and on any failure puts everything back.
+//!
+//! The engine is written once, generic over four small traits:
+//!
+//! - [`Runtime`] runs instances (Docker, compose, processes, your own);
+//! - [`HealthProbe`] checks one instance once (HTTP, TCP, a command, your own);
+//! - [`Router`] sends live traffic to one endpoint (nginx, none, your own);
+//! - [`StateStore`] keeps state, history and the lock ([`FileStore`] in a directory).
+//!
+//! ```no_run
+//! # async fn demo<R: blue_green_core::Runtime, P: blue_green_core::HealthProbe, T: blue_green_core::Router>(runtime: R, probe: P, router: T) -> Result<(), Box<dyn std::error::Error>> {
+//! use blue_green_core::{AppName, Engine, EngineConfig, FileStore, Release};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! let app = AppName::new("web")?;
+//! let store = FileStore::new(".blue-green");
+//! let engine = Engine::new(EngineConfig::new(app), runtime, probe, router, store);
+//! let report = engine.deploy(Release::new("v2"), &CancellationToken::new()).await?;
+//! println!("{} is live", report.live.color);
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod engine;
+pub mod error;
+pub mod events;
+pub mod model;
+pub mod probe;
+pub mod router;
+pub mod runtime;
+pub mod state;
+
+pub use engine::{
+    DeployReport, DownReport, Engine, EngineConfig, InstanceStatus, KeepPrevious, ReadinessPolicy,
+    Status, SwitchPolicy, Timeouts,
+};
+pub use error::{ComponentError, ComponentErrorKind, Error, ExitClass, LockHolder};
+pub use events::{Command, Event, NoopObserver, Observer, Step};
+pub use model::{AppName, Color, Endpoint, Health, Instance, InstanceState, Release};
+pub use probe::HealthProbe;
+pub use router::Router;
+pub use runtime::Runtime;
+pub use state::file::FileStore;
+pub use state::{
+    AppState, DeployRecord, Deployment, JournalEntry, Lock, LockError, Outcome, StateStore,
+    StepTiming,
+};
+pub use tokio_util::sync::CancellationToken;

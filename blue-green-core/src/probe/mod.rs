@@ -1,0 +1,31 @@
+//! The [`HealthProbe`] trait and the built-in probes. A probe does one attempt; timing,
+//! thresholds and the deadline belong to the engine's [`ReadinessPolicy`](crate::ReadinessPolicy).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::model::{Health, Instance};
+
+/// One health check of one instance, made directly against the instance's endpoint (never
+/// through the load balancer). Errors are answers: a refused connection is
+/// [`Health::Unhealthy`] with the reason.
+#[async_trait]
+pub trait HealthProbe: Send + Sync {
+    /// Checks `instance` once.
+    async fn check(&self, instance: &Instance) -> Health;
+}
+
+#[async_trait]
+impl<T: HealthProbe + ?Sized> HealthProbe for Box<T> {
+    async fn check(&self, instance: &Instance) -> Health {
+        (**self).check(instance).await
+    }
+}
+
+#[async_trait]
+impl<T: HealthProbe + ?Sized> HealthProbe for Arc<T> {
+    async fn check(&self, instance: &Instance) -> Health {
+        (**self).check(instance).await
+    }
+}

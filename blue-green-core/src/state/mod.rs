@@ -1,0 +1,205 @@
+//! What the engine remembers between commands: the [`StateStore`] trait, the saved
+//! [`AppState`] with its journal, the deploy [`DeployRecord`] history, and the lock.
+
+pub mod file;
+
+use std::any::Any;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ComponentError, LockHolder};
+use crate::events::{Command, Step};
+use crate::model::{Color, Endpoint, Release};
+
+/// A release that is (or was) live in a color.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployment {
+    /// Its color.
+    pub color: Color,
+    /// The release, with its artifact so that a removed color can be started again.
+    pub release: Release,
+    /// Where it answered.
+    pub endpoint: Endpoint,
+    /// When it went live (RFC 3339).
+    pub since: String,
+}
+
+/// The step a command was at, written before the step runs. A journal left behind means the
+/// command did not finish; the next command reconciles from it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    /// The command.
+    pub command: Command,
+    /// The step about to run.
+    pub step: Step,
+    /// The color the command brings up (or takes down, for `down`).
+    pub color: Color,
+    /// The release being deployed, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<Release>,
+    /// The color that was live when the command began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<Color>,
+    /// When the command began (RFC 3339).
+    pub started_at: String,
+    /// The process that wrote it.
+    pub pid: u32,
+}
+
+/// The app's saved state (`state.json`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppState {
+    /// The live deployment, as last recorded. The router has the final word on which color is
+    /// live; this keeps the release and history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<Deployment>,
+    /// The deployment before it, the target of `rollback`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<Deployment>,
+    /// The unfinished command, if one was interrupted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal: Option<JournalEntry>,
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Done.
+    Succeeded,
+    /// Failed; everything was put back.
+    Failed,
+    /// Cancelled; everything was put back.
+    Cancelled,
+    /// Failed, and putting things back failed too.
+    Inconsistent,
+    /// Interrupted (the process died); found and repaired by a later command.
+    Interrupted,
+}
+
+/// How long one step took.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepTiming {
+    /// The step.
+    pub step: Step,
+    /// The color it acted on, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub color: Option<Color>,
+    /// Milliseconds.
+    pub ms: u64,
+    /// Whether it succeeded.
+    pub ok: bool,
+}
+
+/// One line of the history: a command that changed (or tried to change) what serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployRecord {
+    /// The command.
+    pub command: Command,
+    /// The release it brought up, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+    /// The color live before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<Color>,
+    /// The color it brought up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<Color>,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The error, when it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When it began (RFC 3339).
+    pub started_at: String,
+    /// When it ended (RFC 3339).
+    pub finished_at: String,
+    /// Each step and its time.
+    #[serde(default)]
+    pub steps: Vec<StepTiming>,
+}
+
+/// A held lock; dropping it releases the lock.
+pub struct Lock {
+    /// The previous holder, when its process was gone and the lock was taken over.
+    pub taken_over_from: Option<LockHolder>,
+    _guard: Box<dyn Any + Send + Sync>,
+}
+
+impl Lock {
+    /// A lock that releases when `guard` is dropped.
+    pub fn new(guard: impl Any + Send + Sync, taken_over_from: Option<LockHolder>) -> Self {
+        Lock {
+            taken_over_from,
+            _guard: Box::new(guard),
+        }
+    }
+}
+
+impl std::fmt::Debug for Lock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lock")
+            .field("taken_over_from", &self.taken_over_from)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a lock could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// A live process holds it.
+    #[error("the deploy lock is held by {0}")]
+    Held(LockHolder),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] ComponentError),
+}
+
+/// Where the engine keeps state, history and the lock for one app.
+#[async_trait]
+pub trait StateStore: Send + Sync {
+    /// Takes the app's lock for the whole command, or says who holds it. A lock whose holder
+    /// process is gone is taken over, and the old holder is returned in
+    /// [`Lock::taken_over_from`].
+    async fn lock(&self, holder: &LockHolder) -> Result<Lock, LockError>;
+
+    /// Reads the saved state; a store that was never written gives the default.
+    async fn load(&self) -> Result<AppState, ComponentError>;
+
+    /// Replaces the saved state, atomically: a crash leaves the old or the new state, never half.
+    async fn save(&self, state: &AppState) -> Result<(), ComponentError>;
+
+    /// Appends one record to the history.
+    async fn append_history(&self, record: &DeployRecord) -> Result<(), ComponentError>;
+
+    /// The history, oldest first.
+    async fn history(&self) -> Result<Vec<DeployRecord>, ComponentError>;
+}
+
+macro_rules! forward_store {
+    ($ty:ty) => {
+        #[async_trait]
+        impl<T: StateStore + ?Sized> StateStore for $ty {
+            async fn lock(&self, holder: &LockHolder) -> Result<Lock, LockError> {
+                (**self).lock(holder).await
+            }
+            async fn load(&self) -> Result<AppState, ComponentError> {
+                (**self).load().await
+            }
+            async fn save(&self, state: &AppState) -> Result<(), ComponentError> {
+                (**self).save(state).await
+            }
+            async fn append_history(&self, record: &DeployRecord) -> Result<(), ComponentError> {
+                (**self).append_history(record).await
+            }
+            async fn history(&self) -> Result<Vec<DeployRecord>, ComponentError> {
+                (**self).history().await
+            }
+        }
+    };
+}
+
+forward_store!(Box<T>);
+forward_store!(Arc<T>);
