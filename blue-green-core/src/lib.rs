@@ -34,6 +34,8 @@ pub mod probe;
 pub mod router;
 pub mod runtime;
 pub mod state;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use engine::{
     DeployReport, DownReport, Engine, EngineConfig, InstanceStatus, KeepPrevious, ReadinessPolicy,
@@ -42,8 +44,10 @@ pub use engine::{
 pub use error::{ComponentError, ComponentErrorKind, Error, ExitClass, LockHolder};
 pub use events::{Command, Event, NoopObserver, Observer, Step};
 pub use model::{AppName, Color, Endpoint, Health, Instance, InstanceState, Release};
-pub use probe::HealthProbe;
-pub use router::Router;
+pub use probe::{CommandProbe, HealthProbe, TcpProbe};
+#[cfg(feature = "http-probe")]
+pub use probe::{HttpProbe, HttpProbeConfig, StatusMatch};
+pub use router::{NginxConfig, NginxRouter, NginxVerify, NoneRouter, Router};
 pub use runtime::Runtime;
 pub use state::file::FileStore;
 pub use state::{

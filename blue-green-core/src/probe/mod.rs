@@ -1,11 +1,21 @@
 //! The [`HealthProbe`] trait and the built-in probes. A probe does one attempt; timing,
 //! thresholds and the deadline belong to the engine's [`ReadinessPolicy`](crate::ReadinessPolicy).
 
+pub mod command;
+#[cfg(feature = "http-probe")]
+pub mod http;
+pub mod tcp;
+
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
 use crate::model::{Health, Instance};
+
+pub use command::CommandProbe;
+#[cfg(feature = "http-probe")]
+pub use http::{HttpProbe, HttpProbeConfig, StatusMatch};
+pub use tcp::TcpProbe;
 
 /// One health check of one instance, made directly against the instance's endpoint (never
 /// through the load balancer). Errors are answers: a refused connection is

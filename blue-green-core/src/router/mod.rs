@@ -1,11 +1,17 @@
 //! The [`Router`] trait and the built-in routers.
 
+pub mod nginx;
+pub mod none;
+
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
 use crate::error::ComponentError;
 use crate::model::{Endpoint, Instance};
+
+pub use nginx::{NginxConfig, NginxRouter, NginxVerify};
+pub use none::NoneRouter;
 
 /// Sends the app's live traffic to one endpoint.
 #[async_trait]
