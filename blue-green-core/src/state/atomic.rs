@@ -5,9 +5,6 @@
 //! over the target, and then the directory itself is flushed so that the rename survives a
 //! power cut.
 
-// Used by the state store and routers as they land.
-#![allow(dead_code)]
-
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::Path;

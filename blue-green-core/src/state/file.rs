@@ -1,8 +1,52 @@
 //! [`FileStore`]: state, history and lock as files in the app's state directory.
+//!
+//! - `state.json` is replaced atomically (temporary file, fsync, rename, fsync of the directory),
+//!   so a crash leaves the old state or the new one.
+//! - `history.jsonl` is append-only, one [`DeployRecord`] per line, fsync'd after each append. A
+//!   crash in the middle of an append leaves a torn last line; reading skips it and the next
+//!   append cuts it off, so it never ends up in the middle of the file.
+//! - `lock` is held with `flock(2)` (through `fs4`) for the whole command, and names its holder
+//!   as JSON. The kernel releases the lock when the holder dies, but the name stays in the file:
+//!   the next command takes the lock and reports the dead holder in [`Lock::taken_over_from`].
 
-use std::path::PathBuf;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use fs4::FileExt;
+
+use crate::error::{ComponentError, LockHolder};
+use crate::state::atomic::{sync_dir, write_atomic};
+use crate::state::{AppState, DeployRecord, Lock, LockError, StateStore};
+
+const STATE_FILE: &str = "state.json";
+const HISTORY_FILE: &str = "history.jsonl";
+const LOCK_FILE: &str = "lock";
+
+/// How long a second command waits for the lock's holder to write its name, when it found the
+/// lock taken but the file still empty (the holder is between `flock` and its write).
+const HOLDER_WRITE_GRACE: Duration = Duration::from_secs(1);
 
 /// Keeps `state.json`, `history.jsonl` and `lock` in one directory.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use blue_green_core::{FileStore, LockHolder, StateStore};
+///
+/// let store = FileStore::new(".blue-green");
+/// let holder = LockHolder {
+///     pid: std::process::id(),
+///     host: "build-1".into(),
+///     since: "2026-01-01T00:00:00Z".into(),
+///     command: "deploy".into(),
+/// };
+/// let _lock = store.lock(&holder).await?; // held until dropped
+/// let state = store.load().await?;
+/// store.save(&state).await?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct FileStore {
     dir: PathBuf,
@@ -17,5 +61,770 @@ impl FileStore {
     /// The directory.
     pub fn dir(&self) -> &std::path::Path {
         &self.dir
+    }
+
+    /// The saved state file, `state.json`.
+    pub fn state_path(&self) -> PathBuf {
+        self.dir.join(STATE_FILE)
+    }
+
+    /// The history file, `history.jsonl`.
+    pub fn history_path(&self) -> PathBuf {
+        self.dir.join(HISTORY_FILE)
+    }
+
+    /// The lock file, `lock`.
+    pub fn lock_path(&self) -> PathBuf {
+        self.dir.join(LOCK_FILE)
+    }
+}
+
+/// Runs blocking file work off the async runtime.
+async fn blocking<T, F>(what: &'static str, f: F) -> Result<T, ComponentError>
+where
+    F: FnOnce() -> Result<T, ComponentError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        ComponentError::failed(format!("the state store's {what} task did not finish: {e}"))
+    })?
+}
+
+/// An I/O error on `path`, as a sentence with what to do.
+fn io_error(doing: &str, path: &Path, e: io::Error) -> ComponentError {
+    ComponentError::unreachable(format!(
+        "cannot {doing} {}: {e}; check that state_dir {} exists or can be created and is writable by this user",
+        path.display(),
+        path.parent().unwrap_or(Path::new(".")).display()
+    ))
+    .with_source(e)
+}
+
+fn ensure_dir(dir: &Path) -> Result<(), ComponentError> {
+    fs::create_dir_all(dir).map_err(|e| io_error("create the state directory", dir, e))
+}
+
+fn load_state(path: &Path) -> Result<AppState, ComponentError> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(AppState::default()),
+        Err(e) => return Err(io_error("read", path, e)),
+    };
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ComponentError::failed(format!(
+            "{} is not valid blue-green state: {e}; fix it, or move it aside and run the command again \
+             (the live color is then taken from the router and the runtime, but the previous \
+             release for rollback is forgotten)",
+            path.display()
+        ))
+        .with_source(e)
+    })
+}
+
+fn save_state(dir: &Path, path: &Path, state: &AppState) -> Result<(), ComponentError> {
+    let mut bytes = serde_json::to_vec_pretty(state).map_err(|e| {
+        ComponentError::failed(format!(
+            "cannot serialize the state for {}: {e}",
+            path.display()
+        ))
+    })?;
+    bytes.push(b'\n');
+    ensure_dir(dir)?;
+    write_atomic(path, &bytes).map_err(|e| io_error("write", path, e))
+}
+
+fn append_record(dir: &Path, path: &Path, record: &DeployRecord) -> Result<(), ComponentError> {
+    let mut line = serde_json::to_vec(record).map_err(|e| {
+        ComponentError::failed(format!(
+            "cannot serialize a history record for {}: {e}",
+            path.display()
+        ))
+    })?;
+    line.push(b'\n');
+    ensure_dir(dir)?;
+    let existed = path.exists();
+    let mut file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(|e| io_error("open", path, e))?;
+    cut_torn_tail(&mut file).map_err(|e| io_error("repair the last line of", path, e))?;
+    file.write_all(&line)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| io_error("append to", path, e))?;
+    if !existed {
+        sync_dir(dir).map_err(|e| io_error("sync", dir, e))?;
+    }
+    Ok(())
+}
+
+/// Makes the file end at a line boundary before an append. An unterminated last line is the
+/// remains of an append that crashed: a complete record just gets its newline, a torn one is cut
+/// off (it was never acknowledged, and left in place it would corrupt the record appended after it).
+fn cut_torn_tail(file: &mut File) -> io::Result<()> {
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    let mut last = [0u8; 1];
+    file.seek(SeekFrom::Start(len - 1))?;
+    file.read_exact(&mut last)?;
+    if last[0] == b'\n' {
+        return Ok(());
+    }
+    // Find the start of the unterminated line; history lines are short, so read from the back
+    // in chunks until a newline or the start of the file.
+    let mut end = len;
+    let mut line_start = 0;
+    let mut chunk = vec![0u8; 4096];
+    while end > 0 {
+        let start = end.saturating_sub(chunk.len() as u64);
+        let n = (end - start) as usize;
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(&mut chunk[..n])?;
+        if let Some(i) = chunk[..n].iter().rposition(|&b| b == b'\n') {
+            line_start = start + i as u64 + 1;
+            break;
+        }
+        end = start;
+    }
+    file.seek(SeekFrom::Start(line_start))?;
+    let mut tail = Vec::with_capacity((len - line_start) as usize);
+    file.read_to_end(&mut tail)?;
+    if serde_json::from_slice::<DeployRecord>(&tail).is_ok() {
+        file.write_all(b"\n")?;
+    } else {
+        tracing::warn!(
+            bytes = tail.len(),
+            "cutting off a torn last line of the history (an append that was interrupted)"
+        );
+        file.set_len(line_start)?;
+    }
+    Ok(())
+}
+
+fn read_history(path: &Path) -> Result<Vec<DeployRecord>, ComponentError> {
+    let text = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_error("read", path, e)),
+    };
+    // Split on newlines: every piece but the last was terminated; the last is an unterminated
+    // tail (empty when the file ends with a newline).
+    let pieces: Vec<&[u8]> = text.split(|&b| b == b'\n').collect();
+    let tail_index = pieces.len() - 1;
+    let mut records = Vec::with_capacity(pieces.len());
+    for (i, line) in pieces.iter().enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match serde_json::from_slice::<DeployRecord>(line) {
+            Ok(record) => records.push(record),
+            // An unterminated last line is an append that crashed half-way: it never happened.
+            Err(_) if i == tail_index => {
+                tracing::warn!(
+                    path = %path.display(),
+                    "skipping a torn last line of the history (an append was interrupted)"
+                );
+            }
+            Err(e) => {
+                return Err(ComponentError::failed(format!(
+                    "line {} of {} is not a valid deploy record: {e}; fix or delete that line",
+                    i + 1,
+                    path.display()
+                ))
+                .with_source(e))
+            }
+        }
+    }
+    Ok(records)
+}
+
+/// The held `lock` file. Dropping it clears the holder's name, then unlocks.
+///
+/// The release runs synchronously in `drop` (a truncate of a few bytes): deferring it to a
+/// background task would let the next command see the lock still taken, or a stale name after
+/// the runtime shuts down.
+#[derive(Debug)]
+struct LockGuard {
+    file: File,
+    path: PathBuf,
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if let Err(e) = self.file.set_len(0) {
+            tracing::warn!(path = %self.path.display(), error = %e, "could not clear the lock holder");
+        }
+        if let Err(e) = FileExt::unlock(&self.file) {
+            // Closing the file (right after this) releases the lock anyway.
+            tracing::warn!(path = %self.path.display(), error = %e, "could not unlock");
+        }
+    }
+}
+
+enum Attempt {
+    Taken(LockGuard, Option<LockHolder>),
+    Held(LockHolder),
+}
+
+fn try_lock(dir: &Path, path: &Path, holder: &LockHolder) -> Result<Attempt, ComponentError> {
+    ensure_dir(dir)?;
+    // A fresh open file description every time: flock(2) locks belong to it, so two stores in
+    // one process exclude each other just like two processes do.
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| io_error("open the lock file", path, e))?;
+    match FileExt::try_lock(&file) {
+        Ok(()) => {}
+        Err(fs4::TryLockError::WouldBlock) => {
+            return Ok(Attempt::Held(read_live_holder(&mut file, path)));
+        }
+        Err(fs4::TryLockError::Error(e)) => return Err(io_error("lock", path, e)),
+    }
+    let previous = read_holder(&mut file).map_err(|e| io_error("read the lock file", path, e))?;
+    let guard = LockGuard {
+        file,
+        path: path.to_path_buf(),
+    };
+    let json = serde_json::to_vec(holder).map_err(|e| {
+        ComponentError::failed(format!(
+            "cannot serialize the lock holder for {}: {e}",
+            path.display()
+        ))
+    })?;
+    write_holder(&guard.file, &json).map_err(|e| io_error("write the lock holder to", path, e))?;
+    let taken_over_from = previous.filter(|prev| {
+        let gone = holder_is_gone(prev);
+        if !gone {
+            // The flock was free, so it does not hold the lock: its pid was probably reused.
+            tracing::warn!(
+                path = %path.display(),
+                previous = %prev,
+                "the lock file named a holder whose pid is alive but that did not hold the lock"
+            );
+        }
+        gone
+    });
+    Ok(Attempt::Taken(guard, taken_over_from))
+}
+
+fn write_holder(mut file: &File, json: &[u8]) -> io::Result<()> {
+    file.set_len(0)?;
+    file.seek(SeekFrom::Start(0))?;
+    file.write_all(json)?;
+    file.sync_all()
+}
+
+/// The holder named in the lock file, if any (an empty or unreadable name is none).
+fn read_holder(file: &mut File) -> io::Result<Option<LockHolder>> {
+    let mut text = String::new();
+    file.seek(SeekFrom::Start(0))?;
+    file.read_to_string(&mut text)?;
+    Ok(serde_json::from_str(&text).ok())
+}
+
+/// The holder of a lock someone else holds. It writes its name right after taking the lock, so
+/// an empty file gets a short grace; after that, the holder is reported as unknown.
+fn read_live_holder(file: &mut File, path: &Path) -> LockHolder {
+    let deadline = Instant::now() + HOLDER_WRITE_GRACE;
+    loop {
+        if let Ok(Some(holder)) = read_holder(file) {
+            return holder;
+        }
+        if Instant::now() >= deadline {
+            return LockHolder {
+                pid: 0,
+                host: "an unknown host".into(),
+                since: "an unknown time".into(),
+                command: format!(
+                    "a process that did not write its name into {} (see `fuser {}`)",
+                    path.display(),
+                    path.display()
+                ),
+            };
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether a holder named in a lock file we could lock is gone. On this host that is a pid check;
+/// a holder on another host (a shared state dir) cannot be checked, and since the lock was free
+/// it is taken to be gone.
+fn holder_is_gone(holder: &LockHolder) -> bool {
+    let here = hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default();
+    if holder.host != here {
+        return true;
+    }
+    if holder.pid == std::process::id() {
+        // A lock of this very process that was released without clearing its name.
+        return false;
+    }
+    !pid_is_alive(holder.pid)
+}
+
+#[cfg(unix)]
+fn pid_is_alive(pid: u32) -> bool {
+    let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return false;
+    };
+    match rustix::process::test_kill_process(pid) {
+        Ok(()) => true,
+        // It exists, but belongs to another user.
+        Err(rustix::io::Errno::PERM) => true,
+        Err(_) => false,
+    }
+}
+
+#[cfg(not(unix))]
+fn pid_is_alive(_pid: u32) -> bool {
+    // Cannot check: assume it is alive, which only means no "taken over" warning.
+    true
+}
+
+#[async_trait]
+impl StateStore for FileStore {
+    async fn lock(&self, holder: &LockHolder) -> Result<Lock, LockError> {
+        let dir = self.dir.clone();
+        let path = self.lock_path();
+        let holder = holder.clone();
+        match blocking("lock", move || try_lock(&dir, &path, &holder)).await? {
+            Attempt::Taken(guard, taken_over_from) => Ok(Lock::new(guard, taken_over_from)),
+            Attempt::Held(holder) => Err(LockError::Held(holder)),
+        }
+    }
+
+    async fn load(&self) -> Result<AppState, ComponentError> {
+        let path = self.state_path();
+        blocking("load", move || load_state(&path)).await
+    }
+
+    async fn save(&self, state: &AppState) -> Result<(), ComponentError> {
+        let dir = self.dir.clone();
+        let path = self.state_path();
+        let state = state.clone();
+        blocking("save", move || save_state(&dir, &path, &state)).await
+    }
+
+    async fn append_history(&self, record: &DeployRecord) -> Result<(), ComponentError> {
+        let dir = self.dir.clone();
+        let path = self.history_path();
+        let record = record.clone();
+        blocking("history append", move || {
+            append_record(&dir, &path, &record)
+        })
+        .await
+    }
+
+    async fn history(&self) -> Result<Vec<DeployRecord>, ComponentError> {
+        let path = self.history_path();
+        blocking("history read", move || read_history(&path)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::BufRead;
+    use std::process::{Child, Command as ProcessCommand, Stdio};
+    use std::sync::mpsc;
+
+    use super::*;
+    use crate::events::{Command, Step};
+    use crate::model::{Color, Endpoint, Release};
+    use crate::state::{Deployment, JournalEntry, Outcome, StepTiming};
+    use crate::ComponentErrorKind;
+
+    fn this_host() -> String {
+        hostname::get().unwrap().into_string().unwrap()
+    }
+
+    fn holder(pid: u32, command: &str) -> LockHolder {
+        LockHolder {
+            pid,
+            host: this_host(),
+            since: "2026-11-25T10:00:00Z".into(),
+            command: command.into(),
+        }
+    }
+
+    fn record(release: &str) -> DeployRecord {
+        DeployRecord {
+            command: Command::Deploy,
+            release: Some(release.into()),
+            from: Some(Color::Blue),
+            to: Some(Color::Green),
+            outcome: Outcome::Succeeded,
+            error: None,
+            started_at: "2026-11-25T10:00:00Z".into(),
+            finished_at: "2026-11-25T10:00:05Z".into(),
+            steps: vec![StepTiming {
+                step: Step::Ready,
+                color: Some(Color::Green),
+                ms: 1234,
+                ok: true,
+            }],
+        }
+    }
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The pid of a process that has exited and been reaped.
+    fn dead_pid() -> u32 {
+        let mut child = ProcessCommand::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        pid
+    }
+
+    #[tokio::test]
+    async fn state_round_trips_and_a_missing_file_is_the_default() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = FileStore::new(tmp.path().join("not-yet"));
+        assert_eq!(store.load().await.unwrap(), AppState::default());
+
+        let deployment = Deployment {
+            color: Color::Green,
+            release: Release::new("v2").with_artifact("app:2"),
+            endpoint: Endpoint::new("127.0.0.1", 8082),
+            since: "2026-11-25T10:00:00Z".into(),
+        };
+        let state = AppState {
+            live: Some(deployment.clone()),
+            previous: Some(Deployment {
+                color: Color::Blue,
+                ..deployment
+            }),
+            journal: Some(JournalEntry {
+                command: Command::Deploy,
+                step: Step::Switch,
+                color: Color::Green,
+                release: Some(Release::new("v2")),
+                from: Some(Color::Blue),
+                started_at: "2026-11-25T10:00:00Z".into(),
+                pid: 42,
+            }),
+        };
+        store.save(&state).await.unwrap();
+        assert_eq!(store.load().await.unwrap(), state);
+        // A second store on the same directory sees it too.
+        assert_eq!(FileStore::new(store.dir()).load().await.unwrap(), state);
+    }
+
+    #[tokio::test]
+    async fn saving_leaves_no_temporary_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = FileStore::new(tmp.path());
+        for _ in 0..3 {
+            store.save(&AppState::default()).await.unwrap();
+        }
+        assert_eq!(entries(tmp.path()), vec![STATE_FILE.to_string()]);
+    }
+
+    #[tokio::test]
+    async fn corrupt_state_is_an_error_naming_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = FileStore::new(tmp.path());
+        fs::write(store.state_path(), b"{\"live\": {").unwrap();
+        let err = store.load().await.unwrap_err();
+        assert_eq!(err.kind, ComponentErrorKind::Failed);
+        assert!(
+            err.message
+                .contains(&store.state_path().display().to_string()),
+            "{err}"
+        );
+        assert!(err.message.contains("move it aside"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_unusable_state_dir_is_unreachable_and_says_what_to_check() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A regular file where the directory should be: no user, not even root, can write in it.
+        let not_a_dir = tmp.path().join("state");
+        fs::write(&not_a_dir, b"").unwrap();
+        let store = FileStore::new(&not_a_dir);
+        let err = store.save(&AppState::default()).await.unwrap_err();
+        assert_eq!(err.kind, ComponentErrorKind::Unreachable);
+        assert!(err.message.contains("state_dir"), "{err}");
+        assert!(
+            err.message.contains(&not_a_dir.display().to_string()),
+            "{err}"
+        );
+        let err = store.append_history(&record("v1")).await.unwrap_err();
+        assert_eq!(err.kind, ComponentErrorKind::Unreachable);
+        let err = store.lock(&holder(1, "deploy")).await.unwrap_err();
+        assert!(
+            matches!(err, LockError::Store(ref e) if e.kind == ComponentErrorKind::Unreachable)
+        );
+    }
+
+    #[tokio::test]
+    async fn history_is_appended_in_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = FileStore::new(tmp.path().join("new"));
+        assert!(store.history().await.unwrap().is_empty());
+        for release in ["v1", "v2", "v3"] {
+            store.append_history(&record(release)).await.unwrap();
+        }
+        let history = store.history().await.unwrap();
+        assert_eq!(history, vec![record("v1"), record("v2"), record("v3")]);
+        let text = fs::read_to_string(store.history_path()).unwrap();
+        assert_eq!(text.lines().count(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_torn_last_history_line_is_skipped_then_cut_off_by_the_next_append() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = FileStore::new(tmp.path());
+        store.append_history(&record("v1")).await.unwrap();
+        store.append_history(&record("v2")).await.unwrap();
+        // A crash half-way through the third append.
+        let full = serde_json::to_string(&record("v3")).unwrap();
+        let mut file = OpenOptions::new()
+            .append(true)
+            .open(store.history_path())
+            .unwrap();
+        file.write_all(&full.as_bytes()[..full.len() / 2]).unwrap();
+        drop(file);
+
+        assert_eq!(
+            store.history().await.unwrap(),
+            vec![record("v1"), record("v2")]
+        );
+        store.append_history(&record("v4")).await.unwrap();
+        assert_eq!(
+            store.history().await.unwrap(),
+            vec![record("v1"), record("v2"), record("v4")]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_complete_but_unterminated_last_line_is_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = FileStore::new(tmp.path());
+        let line = serde_json::to_string(&record("v1")).unwrap();
+        fs::write(store.history_path(), line).unwrap();
+        assert_eq!(store.history().await.unwrap(), vec![record("v1")]);
+        store.append_history(&record("v2")).await.unwrap();
+        assert_eq!(
+            store.history().await.unwrap(),
+            vec![record("v1"), record("v2")]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_line_in_the_middle_is_an_error_naming_file_and_line() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = FileStore::new(tmp.path());
+        store.append_history(&record("v1")).await.unwrap();
+        let mut file = OpenOptions::new()
+            .append(true)
+            .open(store.history_path())
+            .unwrap();
+        file.write_all(b"garbage\n").unwrap();
+        drop(file);
+        store.append_history(&record("v3")).await.unwrap();
+        let err = store.history().await.unwrap_err();
+        assert_eq!(err.kind, ComponentErrorKind::Failed);
+        assert!(err.message.contains("line 2 of"), "{err}");
+        assert!(
+            err.message
+                .contains(&store.history_path().display().to_string()),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_held_lock_names_its_holder_to_a_second_store() {
+        let tmp = tempfile::tempdir().unwrap();
+        let first = FileStore::new(tmp.path());
+        let second = FileStore::new(tmp.path());
+        let me = holder(std::process::id(), "deploy");
+        let lock = first.lock(&me).await.unwrap();
+        assert_eq!(lock.taken_over_from, None);
+        match second.lock(&holder(std::process::id(), "rollback")).await {
+            Err(LockError::Held(h)) => assert_eq!(h, me),
+            other => panic!("expected Held, got {other:?}"),
+        }
+        // The same store cannot take it twice either.
+        assert!(matches!(first.lock(&me).await, Err(LockError::Held(_))));
+        drop(lock);
+    }
+
+    #[tokio::test]
+    async fn dropping_the_lock_releases_it_and_clears_the_holder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = FileStore::new(tmp.path());
+        let lock = store
+            .lock(&holder(std::process::id(), "deploy"))
+            .await
+            .unwrap();
+        drop(lock);
+        assert_eq!(fs::read(store.lock_path()).unwrap(), b"");
+        let next = holder(std::process::id(), "switch");
+        let lock = FileStore::new(tmp.path()).lock(&next).await.unwrap();
+        assert_eq!(lock.taken_over_from, None);
+        let written: LockHolder =
+            serde_json::from_slice(&fs::read(store.lock_path()).unwrap()).unwrap();
+        assert_eq!(written, next);
+    }
+
+    #[tokio::test]
+    async fn a_lock_named_by_a_dead_process_is_taken_over() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = FileStore::new(tmp.path());
+        let stale = holder(dead_pid(), "deploy");
+        fs::write(store.lock_path(), serde_json::to_vec(&stale).unwrap()).unwrap();
+        let lock = store
+            .lock(&holder(std::process::id(), "deploy"))
+            .await
+            .unwrap();
+        assert_eq!(lock.taken_over_from, Some(stale));
+    }
+
+    #[tokio::test]
+    async fn a_lock_named_by_another_host_is_taken_over() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = FileStore::new(tmp.path());
+        let stale = LockHolder {
+            host: format!("not-{}", this_host()),
+            ..holder(std::process::id(), "deploy")
+        };
+        fs::write(store.lock_path(), serde_json::to_vec(&stale).unwrap()).unwrap();
+        let lock = store
+            .lock(&holder(std::process::id(), "deploy"))
+            .await
+            .unwrap();
+        assert_eq!(lock.taken_over_from, Some(stale));
+    }
+
+    #[tokio::test]
+    async fn a_stale_name_of_a_live_pid_is_not_reported_as_taken_over() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = FileStore::new(tmp.path());
+        let mut alive = KillOnDrop(
+            ProcessCommand::new("sleep")
+                .arg("30")
+                .stdin(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let named = holder(alive.0.id(), "deploy");
+        fs::write(store.lock_path(), serde_json::to_vec(&named).unwrap()).unwrap();
+        let lock = store
+            .lock(&holder(std::process::id(), "deploy"))
+            .await
+            .unwrap();
+        assert_eq!(lock.taken_over_from, None);
+        drop(lock);
+        alive.0.kill().unwrap();
+    }
+
+    /// Kills and reaps a child process, also when a test fails.
+    struct KillOnDrop(Child);
+
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    const CHILD_DIR_ENV: &str = "BLUE_GREEN_TEST_LOCK_CHILD_DIR";
+    const CHILD_READY: &str = "BLUE_GREEN_TEST_LOCKED";
+
+    /// Not a test on its own: the child process of
+    /// `a_lock_held_by_another_process_is_held_then_taken_over_when_it_dies`, started by
+    /// re-running this test binary. It takes the lock, says so, and waits to be killed.
+    #[test]
+    #[ignore = "helper process for the cross-process lock test"]
+    fn lock_holder_child_process() {
+        let Ok(dir) = std::env::var(CHILD_DIR_ENV) else {
+            return;
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let lock = runtime
+            .block_on(FileStore::new(dir).lock(&holder(std::process::id(), "deploy")))
+            .unwrap();
+        // On a line of its own: libtest has already printed "test NAME ... " without a newline.
+        println!("\n{CHILD_READY}");
+        io::stdout().flush().unwrap();
+        // The parent kills this process; the timeout only bounds a parent that died first.
+        std::thread::sleep(Duration::from_secs(60));
+        drop(lock);
+    }
+
+    #[tokio::test]
+    async fn a_lock_held_by_another_process_is_held_then_taken_over_when_it_dies() {
+        let tmp = tempfile::tempdir().unwrap();
+        let exe = std::env::current_exe().unwrap();
+        let mut child = KillOnDrop(
+            ProcessCommand::new(exe)
+                .args([
+                    "--ignored",
+                    "--exact",
+                    "state::file::tests::lock_holder_child_process",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(CHILD_DIR_ENV, tmp.path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap(),
+        );
+        let child_pid = child.0.id();
+        let stdout = child.0.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.trim() == CHILD_READY {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("the child process did not take the lock within 60s");
+
+        let store = FileStore::new(tmp.path());
+        let me = holder(std::process::id(), "deploy");
+        match store.lock(&me).await {
+            Err(LockError::Held(h)) => {
+                assert_eq!(h.pid, child_pid);
+                assert_eq!(h.command, "deploy");
+            }
+            other => panic!("expected the child to hold the lock, got {other:?}"),
+        }
+
+        // Killed without releasing: the kernel drops the flock, the name stays in the file.
+        child.0.kill().unwrap();
+        child.0.wait().unwrap();
+        let lock = store.lock(&me).await.unwrap();
+        assert_eq!(
+            lock.taken_over_from.map(|h| h.pid),
+            Some(child_pid),
+            "the dead child should be reported as the previous holder"
+        );
     }
 }
