@@ -1,2 +1,803 @@
-//! Programmable in-memory fakes of the runtime, probe, router and store, for tests of the engine
-//! and of embedders' own tools. Each can be told to fail at a given call. (Being implemented.)
+//! Programmable in-memory fakes of the four components — [`FakeRuntime`], [`FakeProbe`],
+//! [`FakeRouter`], [`FakeStore`] — for tests of the engine and of embedders' own tools.
+//!
+//! The fakes share one [`FakeWorld`]: the instances the runtime runs, where the router points,
+//! the saved state and history, the lock. A test tells the world what to do wrong ("fail the
+//! 3rd call to `route_to` from now", "the next instance exits after 2 probes", "the probe
+//! answers unhealthy 5 times", "hang at the next `save`"), runs the engine, then looks at what
+//! happened: every call made, what runs, where the router points, and any broken rule of the
+//! engine the world noticed (see [`FakeWorld::violations`]).
+//!
+//! The fakes never sleep; under tokio's paused clock (`#[tokio::test(start_paused = true)]`)
+//! a whole deploy with its readiness interval and drain time runs in microseconds.
+//!
+//! ```
+//! use blue_green_core::testing::{FakeCall, FakeWorld};
+//! use blue_green_core::{AppName, CancellationToken, Color, Engine, EngineConfig, Release};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let world = FakeWorld::new();
+//! world.seed_live(Color::Blue, "v1");
+//! world.fail_nth(FakeCall::RouteTo, 1); // the switch will fail
+//! let engine = Engine::new(
+//!     EngineConfig::new(AppName::new("web").unwrap()),
+//!     world.runtime(),
+//!     world.probe(),
+//!     world.router(),
+//!     world.store(),
+//! );
+//! let result = engine.deploy(Release::new("v2"), &CancellationToken::new()).await;
+//! assert!(result.is_err());
+//! // Nothing that served changed, and the new instance is gone.
+//! assert_eq!(world.routed_instance().unwrap().instance.release, "v1");
+//! assert!(world.instances_of(Color::Green).is_empty());
+//! assert!(world.violations().is_empty());
+//! # }
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::error::{ComponentError, ComponentErrorKind, LockHolder};
+use crate::model::{Color, Endpoint, Health, Instance, InstanceState, Release};
+use crate::probe::HealthProbe;
+use crate::router::Router;
+use crate::runtime::Runtime;
+use crate::state::{AppState, DeployRecord, Deployment, Lock, LockError, StateStore};
+
+/// Every method of the four components, to name a call when injecting a fault or counting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FakeCall {
+    /// [`Runtime::start`]
+    Start,
+    /// [`Runtime::state`]
+    State,
+    /// [`Runtime::stop`]
+    Stop,
+    /// [`Runtime::restart`]
+    Restart,
+    /// [`Runtime::remove`]
+    Remove,
+    /// [`Runtime::list`]
+    List,
+    /// [`Runtime::logs`]
+    Logs,
+    /// [`HealthProbe::check`]
+    Check,
+    /// [`Router::target`]
+    Target,
+    /// [`Router::route_to`]
+    RouteTo,
+    /// [`Router::verify`]
+    Verify,
+    /// [`Router::in_flight`]
+    InFlight,
+    /// [`StateStore::lock`]
+    Lock,
+    /// [`StateStore::load`]
+    Load,
+    /// [`StateStore::save`]
+    Save,
+    /// [`StateStore::append_history`]
+    AppendHistory,
+    /// [`StateStore::history`]
+    History,
+}
+
+impl FakeCall {
+    /// Every call, in the order above.
+    pub const ALL: [FakeCall; 17] = [
+        FakeCall::Start,
+        FakeCall::State,
+        FakeCall::Stop,
+        FakeCall::Restart,
+        FakeCall::Remove,
+        FakeCall::List,
+        FakeCall::Logs,
+        FakeCall::Check,
+        FakeCall::Target,
+        FakeCall::RouteTo,
+        FakeCall::Verify,
+        FakeCall::InFlight,
+        FakeCall::Lock,
+        FakeCall::Load,
+        FakeCall::Save,
+        FakeCall::AppendHistory,
+        FakeCall::History,
+    ];
+}
+
+/// What an injected fault does to the call it hits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The call returns an error of this kind (a probe answers unhealthy instead).
+    Fail(ComponentErrorKind),
+    /// The call never returns: the engine's timeout (or cancellation) must deal with it.
+    Hang,
+}
+
+/// One call a component received, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallRecord {
+    /// Which method.
+    pub call: FakeCall,
+    /// Its argument, briefly (an instance id, an endpoint, a color).
+    pub detail: String,
+    /// Whether an injected fault hit it.
+    pub faulted: bool,
+}
+
+impl fmt::Display for CallRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}({})", self.call, self.detail)?;
+        if self.faulted {
+            f.write_str(" [fault]")?;
+        }
+        Ok(())
+    }
+}
+
+/// An instance as the fake runtime keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeInstance {
+    /// The instance handed to the engine.
+    pub instance: Instance,
+    /// What [`Runtime::state`] answers for it.
+    pub state: InstanceState,
+    /// Whether it answered a healthy probe since it was last (re)started: the world's notion
+    /// of "passed readiness".
+    pub ready: bool,
+    /// How many probes it answered since it was last (re)started.
+    pub probes: u32,
+    /// It exits (code 1) after this many probes, if set.
+    exit_after: Option<u32>,
+}
+
+#[derive(Default)]
+struct Inner {
+    next_id: u32,
+    instances: Vec<FakeInstance>,
+    target: Option<Endpoint>,
+    counts: HashMap<FakeCall, u32>,
+    faults: Vec<(FakeCall, u32, Fault)>,
+    calls: Vec<CallRecord>,
+    crashed: bool,
+    violations: Vec<String>,
+    unhealthy_checks: u32,
+    never_healthy: HashSet<String>,
+    exit_next_after: Option<u32>,
+    in_flight: Option<u64>,
+    state: AppState,
+    history: Vec<DeployRecord>,
+    lock: Option<LockHolder>,
+    stale_lock: Option<LockHolder>,
+}
+
+impl Inner {
+    fn find(&mut self, id: &str) -> Option<&mut FakeInstance> {
+        self.instances.iter_mut().find(|i| i.instance.id == id)
+    }
+
+    fn at(&self, endpoint: &Endpoint) -> Option<&FakeInstance> {
+        self.instances
+            .iter()
+            .find(|i| &i.instance.endpoint == endpoint)
+    }
+}
+
+/// The world the fakes share. Cheap to clone (every clone is the same world); all methods take
+/// `&self`.
+#[derive(Clone, Default)]
+pub struct FakeWorld {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl fmt::Debug for FakeWorld {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let w = self.lock();
+        f.debug_struct("FakeWorld")
+            .field("instances", &w.instances)
+            .field("target", &w.target)
+            .field("state", &w.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FakeWorld {
+    /// An empty world: nothing runs, the router points nowhere, nothing is saved.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic in a test thread must not hide the world from the test that looks at it.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The runtime of this world.
+    pub fn runtime(&self) -> FakeRuntime {
+        FakeRuntime {
+            world: self.clone(),
+        }
+    }
+
+    /// The health probe of this world.
+    pub fn probe(&self) -> FakeProbe {
+        FakeProbe {
+            world: self.clone(),
+        }
+    }
+
+    /// The router of this world.
+    pub fn router(&self) -> FakeRouter {
+        FakeRouter {
+            world: self.clone(),
+        }
+    }
+
+    /// The state store of this world.
+    pub fn store(&self) -> FakeStore {
+        FakeStore {
+            world: self.clone(),
+        }
+    }
+
+    // --- telling it what to do ----------------------------------------------------------
+
+    /// The `n`th call (1-based) to `call` from now fails with [`ComponentErrorKind::Failed`]
+    /// (a probe answers unhealthy).
+    pub fn fail_nth(&self, call: FakeCall, n: u32) {
+        self.fault_nth(call, n, Fault::Fail(ComponentErrorKind::Failed));
+    }
+
+    /// The `n`th call (1-based) to `call` from now meets `fault`.
+    pub fn fault_nth(&self, call: FakeCall, n: u32, fault: Fault) {
+        let mut w = self.lock();
+        let base = w.counts.get(&call).copied().unwrap_or(0);
+        w.faults.push((call, base + n.max(1), fault));
+    }
+
+    /// Every call from now on, to any component, hangs forever: the process "died". Drop the
+    /// engine's future, then [`FakeWorld::revive`] and run the next command to test recovery.
+    pub fn crash(&self) {
+        self.lock().crashed = true;
+    }
+
+    /// Calls answer again after [`FakeWorld::crash`]; pending faults are forgotten.
+    pub fn revive(&self) {
+        let mut w = self.lock();
+        w.crashed = false;
+        w.faults.clear();
+    }
+
+    /// The next `n` probes answer unhealthy, whatever they probe.
+    pub fn probe_unhealthy(&self, n: u32) {
+        self.lock().unhealthy_checks = n;
+    }
+
+    /// Instances of `release` never answer a probe healthily.
+    pub fn never_healthy(&self, release: &str) {
+        self.lock().never_healthy.insert(release.to_string());
+    }
+
+    /// The next instance started exits with code 1 after answering `probes` probes (0: it has
+    /// exited before the first probe).
+    pub fn exit_next_start_after(&self, probes: u32) {
+        self.lock().exit_next_after = Some(probes);
+    }
+
+    /// The router counts `n` requests in flight to any endpoint, one fewer per call, down to 0.
+    /// By default the router cannot count (`None`), and the engine waits the drain time.
+    pub fn set_in_flight(&self, n: u64) {
+        self.lock().in_flight = Some(n);
+    }
+
+    /// A live process holds the lock: `lock` answers [`LockError::Held`] until
+    /// [`FakeWorld::release_lock`].
+    pub fn hold_lock(&self, holder: LockHolder) {
+        self.lock().lock = Some(holder);
+    }
+
+    /// Releases a lock set with [`FakeWorld::hold_lock`].
+    pub fn release_lock(&self) {
+        self.lock().lock = None;
+    }
+
+    /// A lock is left by a process that is gone: the next `lock` takes it over and says so in
+    /// [`Lock::taken_over_from`].
+    pub fn leave_stale_lock(&self, holder: LockHolder) {
+        self.lock().stale_lock = Some(holder);
+    }
+
+    /// Puts a running, ready instance of `release` in `color`, points the router at it and
+    /// records it as live, as a finished deploy would have.
+    pub fn seed_live(&self, color: Color, release: &str) -> Instance {
+        let instance = self.seed_instance(color, release, InstanceState::Running);
+        let mut w = self.lock();
+        w.target = Some(instance.endpoint.clone());
+        w.state.live = Some(Deployment {
+            color,
+            release: Release::new(release),
+            endpoint: instance.endpoint.clone(),
+            since: "2026-01-01T00:00:00Z".into(),
+        });
+        instance
+    }
+
+    /// Puts an instance of `release` in `color` in the given state (ready when running), without
+    /// routing to it or recording it.
+    pub fn seed_instance(&self, color: Color, release: &str, state: InstanceState) -> Instance {
+        let mut w = self.lock();
+        let instance = new_instance(&mut w, color, release);
+        let ready = state.is_running();
+        w.instances.push(FakeInstance {
+            instance: instance.clone(),
+            state,
+            ready,
+            probes: 0,
+            exit_after: None,
+        });
+        instance
+    }
+
+    /// Replaces the saved state.
+    pub fn set_saved_state(&self, state: AppState) {
+        self.lock().state = state;
+    }
+
+    /// Sets what the runtime says about an instance (for example: it exited behind the
+    /// engine's back).
+    pub fn set_instance_state(&self, id: &str, state: InstanceState) {
+        if let Some(i) = self.lock().find(id) {
+            i.state = state;
+        }
+    }
+
+    // --- looking at what happened -------------------------------------------------------
+
+    /// Every call made so far, in order.
+    pub fn calls(&self) -> Vec<CallRecord> {
+        self.lock().calls.clone()
+    }
+
+    /// How many calls to `call` were made so far.
+    pub fn count(&self, call: FakeCall) -> u32 {
+        self.lock().counts.get(&call).copied().unwrap_or(0)
+    }
+
+    /// Every instance the runtime has, in the order they were started.
+    pub fn instances(&self) -> Vec<FakeInstance> {
+        self.lock().instances.clone()
+    }
+
+    /// The instances in `color`.
+    pub fn instances_of(&self, color: Color) -> Vec<FakeInstance> {
+        self.instances()
+            .into_iter()
+            .filter(|i| i.instance.color == color)
+            .collect()
+    }
+
+    /// Where the router points.
+    pub fn router_target(&self) -> Option<Endpoint> {
+        self.lock().target.clone()
+    }
+
+    /// The instance at the router's target, if any answers there.
+    pub fn routed_instance(&self) -> Option<FakeInstance> {
+        let w = self.lock();
+        w.target.as_ref().and_then(|t| w.at(t)).cloned()
+    }
+
+    /// The saved state.
+    pub fn saved_state(&self) -> AppState {
+        self.lock().state.clone()
+    }
+
+    /// The saved history.
+    pub fn history(&self) -> Vec<DeployRecord> {
+        self.lock().history.clone()
+    }
+
+    /// Who holds the lock now.
+    pub fn lock_holder(&self) -> Option<LockHolder> {
+        self.lock().lock.clone()
+    }
+
+    /// The rules of the engine the world saw broken, as sentences: the router was pointed at an
+    /// instance that is not running or never answered a healthy probe; the instance the router
+    /// points at was stopped or removed; an instance was started in an occupied slot.
+    pub fn violations(&self) -> Vec<String> {
+        self.lock().violations.clone()
+    }
+
+    /// Checks DESIGN.md's invariants on the world as it is now: no violation so far, and the
+    /// router points nowhere or at a running instance that passed a probe. Returns the first
+    /// broken one.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let w = self.lock();
+        if let Some(v) = w.violations.first() {
+            return Err(v.clone());
+        }
+        if let Some(target) = &w.target {
+            match w.at(target) {
+                None => {
+                    return Err(format!(
+                        "the router points at {target}, where no instance is"
+                    ))
+                }
+                Some(i) if !i.state.is_running() => {
+                    return Err(format!(
+                        "the router points at {}, which is {}",
+                        i.instance.id, i.state
+                    ))
+                }
+                Some(i) if !i.ready => {
+                    return Err(format!(
+                        "the router points at {}, which never passed a probe",
+                        i.instance.id
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    // --- the gate every call goes through -----------------------------------------------
+
+    async fn enter(&self, call: FakeCall, detail: String) -> Result<(), ComponentError> {
+        let fault = {
+            let mut w = self.lock();
+            let n = {
+                let count = w.counts.entry(call).or_insert(0);
+                *count += 1;
+                *count
+            };
+            let fault = if w.crashed {
+                Some(Fault::Hang)
+            } else {
+                w.faults
+                    .iter()
+                    .position(|(c, at, _)| *c == call && *at == n)
+                    .map(|at| w.faults.remove(at).2)
+            };
+            w.calls.push(CallRecord {
+                call,
+                detail: detail.clone(),
+                faulted: fault.is_some(),
+            });
+            fault
+        };
+        match fault {
+            None => Ok(()),
+            Some(Fault::Hang) => std::future::pending().await,
+            Some(Fault::Fail(kind)) => Err(ComponentError::new(
+                kind,
+                format!("fake {call:?}({detail}) failed, as the test asked"),
+            )),
+        }
+    }
+}
+
+fn new_instance(w: &mut Inner, color: Color, release: &str) -> Instance {
+    w.next_id += 1;
+    let n = w.next_id;
+    Instance {
+        color,
+        release: release.to_string(),
+        id: format!("{color}-{n}"),
+        endpoint: Endpoint::new("127.0.0.1", 20000 + u16::try_from(n % 40000).unwrap_or(0)),
+    }
+}
+
+/// A fake [`Runtime`]: instances are entries in the [`FakeWorld`], each with its own endpoint.
+#[derive(Debug, Clone)]
+pub struct FakeRuntime {
+    world: FakeWorld,
+}
+
+#[async_trait]
+impl Runtime for FakeRuntime {
+    async fn start(&self, color: Color, release: &Release) -> Result<Instance, ComponentError> {
+        self.world
+            .enter(FakeCall::Start, format!("{color}, {}", release.id))
+            .await?;
+        let mut w = self.world.lock();
+        if w.instances.iter().any(|i| i.instance.color == color) {
+            w.violations.push(format!(
+                "started {} in {color}, whose slot is not empty",
+                release.id
+            ));
+        }
+        let instance = new_instance(&mut w, color, &release.id);
+        let exit_after = w.exit_next_after.take();
+        let state = if exit_after == Some(0) {
+            exited(1)
+        } else {
+            InstanceState::Running
+        };
+        w.instances.push(FakeInstance {
+            instance: instance.clone(),
+            state,
+            ready: false,
+            probes: 0,
+            exit_after,
+        });
+        Ok(instance)
+    }
+
+    async fn state(&self, instance: &Instance) -> Result<InstanceState, ComponentError> {
+        self.world
+            .enter(FakeCall::State, instance.id.clone())
+            .await?;
+        let mut w = self.world.lock();
+        Ok(w.find(&instance.id)
+            .map_or(InstanceState::Missing, |i| i.state.clone()))
+    }
+
+    async fn stop(&self, instance: &Instance, grace: Duration) -> Result<(), ComponentError> {
+        self.world
+            .enter(FakeCall::Stop, format!("{}, grace {grace:?}", instance.id))
+            .await?;
+        let mut w = self.world.lock();
+        if w.target.as_ref() == Some(&instance.endpoint) {
+            w.violations.push(format!(
+                "stopped {}, which the router points at",
+                instance.id
+            ));
+        }
+        if let Some(i) = w.find(&instance.id) {
+            if i.state.is_running() {
+                i.state = InstanceState::Exited {
+                    code: Some(0),
+                    reason: Some("stopped".into()),
+                };
+            }
+            i.ready = false;
+        }
+        Ok(())
+    }
+
+    async fn restart(&self, instance: &Instance) -> Result<Instance, ComponentError> {
+        self.world
+            .enter(FakeCall::Restart, instance.id.clone())
+            .await?;
+        let mut w = self.world.lock();
+        let exit_after = w.exit_next_after.take();
+        let Some(i) = w.find(&instance.id) else {
+            return Err(ComponentError::failed(format!(
+                "no instance {} to restart",
+                instance.id
+            )));
+        };
+        i.state = if exit_after == Some(0) {
+            exited(1)
+        } else {
+            InstanceState::Running
+        };
+        i.ready = false;
+        i.probes = 0;
+        i.exit_after = exit_after;
+        Ok(i.instance.clone())
+    }
+
+    async fn remove(&self, instance: &Instance) -> Result<(), ComponentError> {
+        self.world
+            .enter(FakeCall::Remove, instance.id.clone())
+            .await?;
+        let mut w = self.world.lock();
+        if w.target.as_ref() == Some(&instance.endpoint) {
+            w.violations.push(format!(
+                "removed {}, which the router points at",
+                instance.id
+            ));
+        }
+        w.instances.retain(|i| i.instance.id != instance.id);
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<Instance>, ComponentError> {
+        self.world.enter(FakeCall::List, String::new()).await?;
+        Ok(self
+            .world
+            .lock()
+            .instances
+            .iter()
+            .map(|i| i.instance.clone())
+            .collect())
+    }
+
+    async fn logs(&self, instance: &Instance, lines: usize) -> Result<Vec<String>, ComponentError> {
+        self.world
+            .enter(FakeCall::Logs, format!("{}, {lines}", instance.id))
+            .await?;
+        let mut w = self.world.lock();
+        let state = w
+            .find(&instance.id)
+            .map_or(InstanceState::Missing, |i| i.state.clone());
+        let all = vec![
+            format!("{} starting on {}", instance.release, instance.endpoint),
+            format!("{} is {state}", instance.id),
+        ];
+        let skip = all.len().saturating_sub(lines);
+        Ok(all.into_iter().skip(skip).collect())
+    }
+}
+
+fn exited(code: i64) -> InstanceState {
+    InstanceState::Exited {
+        code: Some(code),
+        reason: Some("crashed (fake)".into()),
+    }
+}
+
+/// A fake [`HealthProbe`]: healthy when the instance runs, unless told otherwise
+/// ([`FakeWorld::probe_unhealthy`], [`FakeWorld::never_healthy`],
+/// [`FakeWorld::exit_next_start_after`], or a fault on [`FakeCall::Check`]).
+#[derive(Debug, Clone)]
+pub struct FakeProbe {
+    world: FakeWorld,
+}
+
+#[async_trait]
+impl HealthProbe for FakeProbe {
+    async fn check(&self, instance: &Instance) -> Health {
+        if let Err(e) = self.world.enter(FakeCall::Check, instance.id.clone()).await {
+            return Health::Unhealthy(e.message);
+        }
+        let mut w = self.world.lock();
+        let told_unhealthy = w.unhealthy_checks > 0;
+        w.unhealthy_checks = w.unhealthy_checks.saturating_sub(1);
+        let never = w.never_healthy.contains(&instance.release);
+        let Some(i) = w.find(&instance.id) else {
+            return Health::Unhealthy(format!("connection refused at {}", instance.endpoint));
+        };
+        if !i.state.is_running() {
+            return Health::Unhealthy(format!("connection refused at {}", instance.endpoint));
+        }
+        i.probes += 1;
+        if i.exit_after.is_some_and(|n| i.probes >= n) {
+            i.state = exited(1);
+            i.ready = false;
+            return Health::Unhealthy(format!("connection reset at {}", instance.endpoint));
+        }
+        if told_unhealthy || never {
+            return Health::Unhealthy("HTTP 503 from /health".into());
+        }
+        i.ready = true;
+        Health::Healthy
+    }
+}
+
+/// A fake [`Router`]: remembers one target; `verify` passes when it points at the instance and
+/// the instance runs; `in_flight` counts down from [`FakeWorld::set_in_flight`].
+#[derive(Debug, Clone)]
+pub struct FakeRouter {
+    world: FakeWorld,
+}
+
+#[async_trait]
+impl Router for FakeRouter {
+    async fn target(&self) -> Result<Option<Endpoint>, ComponentError> {
+        self.world.enter(FakeCall::Target, String::new()).await?;
+        Ok(self.world.lock().target.clone())
+    }
+
+    async fn route_to(&self, endpoint: &Endpoint) -> Result<(), ComponentError> {
+        self.world
+            .enter(FakeCall::RouteTo, endpoint.to_string())
+            .await?;
+        let mut w = self.world.lock();
+        let fine = w
+            .at(endpoint)
+            .is_some_and(|i| i.state.is_running() && i.ready);
+        if !fine {
+            w.violations.push(format!(
+                "routed to {endpoint}, where no running instance that passed a probe answers"
+            ));
+        }
+        w.target = Some(endpoint.clone());
+        Ok(())
+    }
+
+    async fn verify(&self, instance: &Instance) -> Result<(), ComponentError> {
+        self.world
+            .enter(FakeCall::Verify, instance.id.clone())
+            .await?;
+        let w = self.world.lock();
+        let serves = w.target.as_ref() == Some(&instance.endpoint)
+            && w.at(&instance.endpoint)
+                .is_some_and(|i| i.state.is_running());
+        if serves {
+            Ok(())
+        } else {
+            Err(ComponentError::failed(format!(
+                "requests through the router do not reach {}",
+                instance.id
+            )))
+        }
+    }
+
+    async fn in_flight(&self, endpoint: &Endpoint) -> Result<Option<u64>, ComponentError> {
+        self.world
+            .enter(FakeCall::InFlight, endpoint.to_string())
+            .await?;
+        let mut w = self.world.lock();
+        let now = w.in_flight;
+        if let Some(n) = w.in_flight.as_mut() {
+            *n = n.saturating_sub(1);
+        }
+        Ok(now)
+    }
+}
+
+/// A fake [`StateStore`]: state, history and lock in the [`FakeWorld`]. Dropping the
+/// [`Lock`] releases it, as a dead process's file lock is released.
+#[derive(Debug, Clone)]
+pub struct FakeStore {
+    world: FakeWorld,
+}
+
+struct LockGuard {
+    world: FakeWorld,
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        self.world.lock().lock = None;
+    }
+}
+
+#[async_trait]
+impl StateStore for FakeStore {
+    async fn lock(&self, holder: &LockHolder) -> Result<Lock, LockError> {
+        self.world
+            .enter(FakeCall::Lock, holder.command.clone())
+            .await?;
+        let mut w = self.world.lock();
+        if let Some(held) = &w.lock {
+            return Err(LockError::Held(held.clone()));
+        }
+        let taken_over_from = w.stale_lock.take();
+        w.lock = Some(holder.clone());
+        Ok(Lock::new(
+            LockGuard {
+                world: self.world.clone(),
+            },
+            taken_over_from,
+        ))
+    }
+
+    async fn load(&self) -> Result<AppState, ComponentError> {
+        self.world.enter(FakeCall::Load, String::new()).await?;
+        Ok(self.world.lock().state.clone())
+    }
+
+    async fn save(&self, state: &AppState) -> Result<(), ComponentError> {
+        let step = state
+            .journal
+            .as_ref()
+            .map_or("no journal".to_string(), |j| format!("journal {}", j.step));
+        self.world.enter(FakeCall::Save, step).await?;
+        self.world.lock().state = state.clone();
+        Ok(())
+    }
+
+    async fn append_history(&self, record: &DeployRecord) -> Result<(), ComponentError> {
+        self.world
+            .enter(FakeCall::AppendHistory, format!("{:?}", record.outcome))
+            .await?;
+        self.world.lock().history.push(record.clone());
+        Ok(())
+    }
+
+    async fn history(&self) -> Result<Vec<DeployRecord>, ComponentError> {
+        self.world.enter(FakeCall::History, String::new()).await?;
+        Ok(self.world.lock().history.clone())
+    }
+}

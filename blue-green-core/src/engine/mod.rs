@@ -1,7 +1,13 @@
 //! The switch algorithm, written once and generic over [`Runtime`], [`HealthProbe`], [`Router`]
 //! and [`StateStore`].
 
+mod calls;
+mod flow;
+mod ops;
 mod policy;
+mod readiness;
+mod reconcile;
+mod run;
 
 use std::sync::Arc;
 
@@ -11,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 pub use policy::{KeepPrevious, ReadinessPolicy, SwitchPolicy, Timeouts};
 
 use crate::error::Error;
-use crate::events::{NoopObserver, Observer};
+use crate::events::{Command, NoopObserver, Observer};
 use crate::model::{AppName, Color, Endpoint, Instance, InstanceState, Release};
 use crate::probe::HealthProbe;
 use crate::router::Router;
@@ -64,6 +70,8 @@ pub struct DeployReport {
 pub struct DownReport {
     /// The instances stopped and removed.
     pub removed: Vec<Instance>,
+    /// Warnings that did not fail the command (for example: the live color was taken down).
+    pub warnings: Vec<String>,
 }
 
 /// One instance as `status` shows it.
@@ -128,54 +136,72 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
         &self.config
     }
 
-    /// Deploys `release` to the idle color and switches to it. On any failure or cancellation,
-    /// what was serving is left or put back as it was.
+    /// Deploys `release` to the idle color and switches to it: lock, reconcile, clear the idle
+    /// slot, start, wait until ready, switch, verify, drain, stop (or keep) the old color,
+    /// record. On any failure or cancellation before the switch is verified, what was serving is
+    /// left or put back as it was and the new instance is removed; if putting back fails, the
+    /// error is [`Error::Inconsistent`] and names what is left.
+    ///
+    /// Cancellation is honoured until the old color begins to stop (a cancel during the drain
+    /// routes back to the old color, which is still running); the stop, remove and record steps
+    /// then run to their end, each bounded by its timeout.
     pub async fn deploy(
         &self,
         release: Release,
         cancel: &CancellationToken,
     ) -> Result<DeployReport, Error> {
-        let _ = (
-            release,
-            cancel,
-            &self.runtime,
-            &self.probe,
-            &self.router,
-            &self.store,
-        );
-        todo!("engine: deploy")
+        let mut run = self
+            .begin(Command::Deploy, Some(release.id.clone()), cancel)
+            .await?;
+        let result = flow::deploy(&mut run, release).await;
+        run.finish_switch(result).await
     }
 
-    /// Routes back to the previous color, starting it again if it was stopped or removed.
+    /// Routes back to the previous color (the one recorded as `previous`): probes it if it is
+    /// running, restarts it if it was stopped, starts its release afresh if it was removed; then
+    /// switches, verifies and retires the current color by [`SwitchPolicy::keep_previous`]. Same
+    /// failure guarantees as [`Engine::deploy`].
     pub async fn rollback(&self, cancel: &CancellationToken) -> Result<DeployReport, Error> {
-        let _ = cancel;
-        todo!("engine: rollback")
+        let mut run = self.begin(Command::Rollback, None, cancel).await?;
+        let result = flow::rollback(&mut run).await;
+        run.finish_switch(result).await
     }
 
-    /// Routes to `color`, which must be running and pass readiness.
+    /// Routes to `color`, which must be running and pass readiness. Unlike `deploy` and
+    /// `rollback`, the color that was live keeps running (no drain, no stop), so that switching
+    /// back is instant; take it down with [`Engine::down`] when it is no longer wanted.
     pub async fn switch(
         &self,
         color: Color,
         cancel: &CancellationToken,
     ) -> Result<DeployReport, Error> {
-        let _ = (color, cancel);
-        todo!("engine: switch")
+        let mut run = self.begin(Command::Switch, None, cancel).await?;
+        let result = flow::switch(&mut run, color).await;
+        run.finish_switch(result).await
     }
 
-    /// Stops and removes `color` (the idle one when `None`). Refuses the live color unless
-    /// `force`.
+    /// Stops (with the stop timeout as grace) and removes every instance of `color`; with
+    /// `None`, the idle color (both colors when nothing is live). Refuses the live color unless
+    /// `force`, because the app would stop serving.
     pub async fn down(&self, color: Option<Color>, force: bool) -> Result<DownReport, Error> {
-        let _ = (color, force);
-        todo!("engine: down")
+        let never = CancellationToken::new();
+        let mut run = self.begin(Command::Down, None, &never).await?;
+        let result = ops::down(&mut run, color, force).await;
+        run.finish_down(result).await
     }
 
-    /// Reconciles and reports the live color, instances and router target.
+    /// Reconciles and reports the live color, instances and router target. When it can take
+    /// the lock, it also repairs what an interrupted command left (and says so in
+    /// [`Status::warnings`]); when another command holds the lock, it only reads.
     pub async fn status(&self) -> Result<Status, Error> {
-        todo!("engine: status")
+        ops::status(self).await
     }
 
     /// The deploy history, oldest first.
     pub async fn history(&self) -> Result<Vec<DeployRecord>, Error> {
-        todo!("engine: history")
+        self.store.history().await.map_err(|source| Error::State {
+            app: self.config.app.clone(),
+            source,
+        })
     }
 }
