@@ -433,9 +433,11 @@ impl StateStore for FileStore {
     }
 }
 
-#[cfg(test)]
+// The tests use Unix processes, pids and flock(1).
+#[cfg(all(test, unix))]
 mod tests {
     use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
     use std::process::{Child, Command as ProcessCommand, Stdio};
     use std::sync::mpsc;
 
@@ -747,6 +749,23 @@ mod tests {
         }
     }
 
+    /// Kills a child's whole process group and reaps the child, also when a test fails.
+    struct KillGroupOnDrop(Child);
+
+    impl KillGroupOnDrop {
+        fn kill(&mut self) {
+            let pid = rustix::process::Pid::from_raw(self.0.id() as i32).unwrap();
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+            let _ = self.0.wait();
+        }
+    }
+
+    impl Drop for KillGroupOnDrop {
+        fn drop(&mut self) {
+            self.kill();
+        }
+    }
+
     const CHILD_DIR_ENV: &str = "BLUE_GREEN_TEST_LOCK_CHILD_DIR";
     const CHILD_READY: &str = "BLUE_GREEN_TEST_LOCKED";
 
@@ -825,6 +844,62 @@ mod tests {
             lock.taken_over_from.map(|h| h.pid),
             Some(child_pid),
             "the dead child should be reported as the previous holder"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lock_held_by_flock_1_without_a_name_is_reported_as_unknown() {
+        // An operator (or another tool) holding the lock with util-linux flock(1) writes no name.
+        let tmp = tempfile::tempdir().unwrap();
+        let store = FileStore::new(tmp.path());
+        fs::create_dir_all(store.dir()).unwrap();
+        // flock(1) runs its command as a child that inherits the locked file: both must die to
+        // release it, so they get a process group of their own, killed as a whole.
+        let mut child = KillGroupOnDrop(
+            ProcessCommand::new("flock")
+                .arg(store.lock_path())
+                .args([
+                    "/bin/sh",
+                    "-c",
+                    "echo BLUE_GREEN_TEST_LOCKED; exec sleep 30",
+                ])
+                .process_group(0)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("flock(1) from util-linux is needed for this test"),
+        );
+        let stdout = child.0.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.trim() == CHILD_READY {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("flock(1) did not take the lock within 30s");
+
+        match store.lock(&holder(std::process::id(), "deploy")).await {
+            Err(LockError::Held(h)) => {
+                assert_eq!(h.pid, 0);
+                assert!(
+                    h.command.contains(&store.lock_path().display().to_string()),
+                    "{h}"
+                );
+            }
+            other => panic!("expected Held, got {other:?}"),
+        }
+        child.kill();
+        let lock = store
+            .lock(&holder(std::process::id(), "deploy"))
+            .await
+            .unwrap();
+        assert_eq!(
+            lock.taken_over_from, None,
+            "flock(1) left no name to report"
         );
     }
 }
