@@ -1,1 +1,53 @@
-fn main() {}
+//! `blue-green`: zero-downtime blue/green deploys from a TOML file.
+//!
+//! This binary only reads the config, builds the components of `blue-green-core` and
+//! `blue-green-docker`, and prints what the engine does. Exit codes are those of DESIGN.md.
+
+mod cli;
+mod commands;
+mod components;
+mod config;
+mod failure;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    init_logs(&cli);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let code = runtime.block_on(commands::run(&cli));
+    // A blocked pause hook or a hung call must not keep the process alive after the result.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// Logs go to stderr: warnings by default, debug with `-v`, errors only with `-q`.
+/// `RUST_LOG` overrides.
+fn init_logs(cli: &cli::Cli) {
+    let default = if cli.verbose {
+        "warn,blue_green_core=debug,blue_green_docker=debug,blue_green_cli=debug"
+    } else if cli.quiet {
+        "error"
+    } else {
+        "warn"
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(cli.verbose)
+        .init();
+}

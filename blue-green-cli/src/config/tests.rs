@@ -1,0 +1,132 @@
+use super::*;
+
+#[test]
+fn header_at_finds_the_enclosing_table() {
+    let text = "app = \"x\"\n[runtime]\nkind = \"docker\"\n\n[router.extra]\nk = 1\n";
+    assert_eq!(header_at(text, 0), Vec::<String>::new());
+    let kind = text.find("kind").unwrap();
+    assert_eq!(header_at(text, kind), vec!["runtime".to_string()]);
+    let k = text.find("k = 1").unwrap();
+    assert_eq!(
+        header_at(text, k),
+        vec!["router".to_string(), "extra".to_string()]
+    );
+}
+
+#[test]
+fn key_at_walks_into_inline_tables() {
+    let text = "[runtime]\nfiles = { blue = 1, green = \"g\" }\n";
+    let at = text.find('1').unwrap();
+    assert_eq!(key_at(text, at).as_deref(), Some("runtime.files.blue"));
+    let at = text.find("files").unwrap();
+    assert_eq!(key_at(text, at).as_deref(), Some("runtime.files"));
+}
+
+#[test]
+fn lines_are_one_based() {
+    let src = Source {
+        text: "a\nb\nc",
+        file: Path::new("x.toml"),
+    };
+    assert_eq!(src.line(0), 1);
+    assert_eq!(src.line(2), 2);
+    assert_eq!(src.line(4), 3);
+    assert_eq!(src.line(99), 3);
+}
+
+#[test]
+fn relative_paths_resolve_against_the_config_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("c.yml"), "").unwrap();
+    let text = r#"
+app = "web"
+[runtime]
+kind = "compose"
+file = "c.yml"
+service = "web"
+container_port = 8080
+[router]
+kind = "none"
+"#;
+    let config = parse(text, &dir.path().join("bg.toml"), dir.path()).unwrap();
+    assert_eq!(config.state_dir, dir.path().join(".blue-green"));
+    match &config.runtime {
+        RuntimeConfig::Compose(c) => {
+            assert_eq!(
+                c.files,
+                blue_green_docker::ComposeFiles::Shared(dir.path().join("c.yml"))
+            );
+            assert_eq!(c.project, "{app}-{color}");
+        }
+        other => panic!("expected compose, got {other:?}"),
+    }
+    match &config.router {
+        RouterConfig::None { target_file } => {
+            assert_eq!(target_file, &dir.path().join(".blue-green/router-target"));
+        }
+        other => panic!("expected none, got {other:?}"),
+    }
+}
+
+#[test]
+fn durations_and_policies_reach_the_engine_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"
+app = "web"
+state_dir = "/var/lib/bg/{app}"
+[runtime]
+kind = "docker"
+image = "web:1"
+container_port = 8080
+[health]
+kind = "tcp"
+interval = "250ms"
+timeout = "1s"
+initial_delay = "2s"
+healthy_threshold = 3
+deadline = "2m"
+[router]
+kind = "nginx"
+upstream = "{app}_up"
+upstream_file = "/etc/nginx/conf.d/{app}.conf"
+verify_url = "http://127.0.0.1/health"
+[switch]
+drain = "0s"
+stop_timeout = "5s"
+keep_previous = "running"
+[timeouts]
+start = "10m"
+"#;
+    let c = parse(text, &dir.path().join("bg.toml"), dir.path()).unwrap();
+    assert_eq!(c.state_dir, PathBuf::from("/var/lib/bg/web"));
+    let r = &c.engine.readiness;
+    assert_eq!(r.interval, std::time::Duration::from_millis(250));
+    assert_eq!(r.initial_delay, std::time::Duration::from_secs(2));
+    assert_eq!(r.healthy_threshold, 3);
+    assert_eq!(r.deadline, std::time::Duration::from_secs(120));
+    assert_eq!(c.engine.switch.drain, std::time::Duration::ZERO);
+    assert_eq!(
+        c.engine.switch.keep_previous,
+        blue_green_core::KeepPrevious::Running
+    );
+    assert_eq!(c.engine.timeouts.start, std::time::Duration::from_secs(600));
+    match &c.router {
+        RouterConfig::Nginx(n) => {
+            assert_eq!(n.upstream, "web_up");
+            assert_eq!(n.upstream_file, PathBuf::from("/etc/nginx/conf.d/web.conf"));
+            assert_eq!(n.test_command, vec!["nginx", "-t"]);
+            let v = n.verify.as_ref().unwrap();
+            assert_eq!(v.expect_body, "{color}");
+        }
+        other => panic!("expected nginx, got {other:?}"),
+    }
+}
+
+#[test]
+fn images_are_checked() {
+    assert!(is_valid_image("web:1.2"));
+    assert!(is_valid_image("registry.local:5000/team/web@sha256:abc"));
+    assert!(!is_valid_image("web 1"));
+    assert!(!is_valid_image("-web"));
+    assert!(!is_valid_image(""));
+}

@@ -1,0 +1,131 @@
+//! Why a command failed, and its exit code (DESIGN.md: 1 failed, 2 config or usage, 3 locked,
+//! 4 unreachable, 5 inconsistent, 130 cancelled).
+
+use blue_green_core::{ComponentError, ComponentErrorKind, ExitClass};
+use serde_json::{json, Value};
+
+use crate::config::ConfigError;
+
+/// A failed command.
+#[derive(Debug)]
+pub enum Failure {
+    /// The config file is wrong.
+    Config(ConfigError),
+    /// The command line is wrong.
+    Usage(String),
+    /// Something the command needs cannot be reached.
+    Unreachable(String),
+    /// Building a component failed.
+    Component(ComponentError),
+    /// The engine failed.
+    Engine(Box<blue_green_core::Error>),
+}
+
+impl Failure {
+    /// The exit class.
+    pub fn class(&self) -> ExitClass {
+        match self {
+            Failure::Config(_) | Failure::Usage(_) => ExitClass::Usage,
+            Failure::Unreachable(_) => ExitClass::Unreachable,
+            Failure::Component(e) => match e.kind {
+                ComponentErrorKind::Unreachable => ExitClass::Unreachable,
+                ComponentErrorKind::Invalid => ExitClass::Usage,
+                ComponentErrorKind::Timeout | ComponentErrorKind::Failed => ExitClass::Failed,
+            },
+            Failure::Engine(e) => e.exit_class(),
+        }
+    }
+
+    /// The one-line message.
+    pub fn message(&self) -> String {
+        match self {
+            Failure::Config(e) => match e.problems.len() {
+                1 => e.to_string(),
+                n => format!("the config file has {n} problems:\n{e}"),
+            },
+            Failure::Usage(m) | Failure::Unreachable(m) => m.clone(),
+            Failure::Component(e) => e.message.clone(),
+            Failure::Engine(e) => e.to_string(),
+        }
+    }
+
+    /// More for people: the last probe and log lines of an instance that never got ready, and
+    /// what to do next.
+    pub fn detail(&self) -> String {
+        let mut out = String::new();
+        if let Failure::Engine(e) = self {
+            if let blue_green_core::Error::NotReady { color, detail, .. } = e.as_ref() {
+                if let Some(p) = &detail.last_probe {
+                    out.push_str(&format!("  last probe: {p}\n"));
+                }
+                if detail.logs.is_empty() {
+                    out.push_str(&format!("  the {color} instance left no log lines\n"));
+                } else {
+                    out.push_str(&format!(
+                        "  last {} log lines of {color}:\n",
+                        detail.logs.len()
+                    ));
+                    for line in &detail.logs {
+                        out.push_str(&format!("    | {line}\n"));
+                    }
+                }
+            }
+        }
+        let hint = match self.class() {
+            ExitClass::Failed => "nothing that was serving changed",
+            ExitClass::Usage if matches!(self, Failure::Config(_)) => {
+                "nothing was started or written; fix the config and run `blue-green validate`"
+            }
+            ExitClass::Usage => "nothing was started or written",
+            ExitClass::Locked => "",
+            ExitClass::Unreachable => {
+                "nothing was changed; `blue-green validate` checks Docker, compose and nginx one by one"
+            }
+            ExitClass::Inconsistent => {
+                "run `blue-green status` to see what is left; the next command repairs leftovers it can"
+            }
+            ExitClass::Cancelled => "cancelled; what the deploy started was removed",
+        };
+        if !hint.is_empty() {
+            out.push_str(&format!("  {hint}\n"));
+        }
+        out
+    }
+
+    /// Fields for the `--json` result object.
+    pub fn json(&self) -> Value {
+        match self {
+            Failure::Config(e) => json!({
+                "class": "usage",
+                "problems": e.problems.iter().map(|p| json!({
+                    "file": p.file.display().to_string(),
+                    "line": p.line,
+                    "key": p.key,
+                    "message": p.message,
+                })).collect::<Vec<_>>(),
+            }),
+            Failure::Engine(e) => match e.as_ref() {
+                blue_green_core::Error::NotReady { detail, .. } => json!({
+                    "class": self.class(),
+                    "reason": detail.reason,
+                    "last_probe": detail.last_probe,
+                    "logs": detail.logs,
+                }),
+                _ => json!({ "class": self.class() }),
+            },
+            _ => json!({ "class": self.class() }),
+        }
+    }
+}
+
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Self {
+        Failure::Config(e)
+    }
+}
+
+impl From<blue_green_core::Error> for Failure {
+    fn from(e: blue_green_core::Error) -> Self {
+        Failure::Engine(Box::new(e))
+    }
+}

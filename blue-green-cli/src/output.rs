@@ -1,0 +1,303 @@
+//! What a person or a program sees: progress on stderr ([`HumanObserver`]), NDJSON events on
+//! stdout ([`JsonObserver`]), and the final result of each command.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use blue_green_core::{Event, Observer, Step};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Value};
+
+/// Environment variable of the test-only pause hook (see [`PauseHook`]).
+pub const PAUSE_ENV: &str = "BLUE_GREEN_TEST_PAUSE_AT";
+
+/// TEST ONLY. When `BLUE_GREEN_TEST_PAUSE_AT=<step>` is set, the observer creates
+/// `<state_dir>/paused-at-<step>` when that step starts and then blocks forever, so that a
+/// fault-injection test can kill the process at exactly that point. Never set it in production.
+#[derive(Debug, Clone)]
+pub struct PauseHook {
+    step: String,
+    state_dir: PathBuf,
+}
+
+impl PauseHook {
+    /// The hook from the environment, if the variable is set.
+    pub fn from_env(state_dir: PathBuf) -> Option<Self> {
+        let step = std::env::var(PAUSE_ENV).ok()?.trim().to_string();
+        (!step.is_empty()).then_some(PauseHook { step, state_dir })
+    }
+
+    fn check(&self, event: &Event) {
+        let Event::StepStarted { step, .. } = event else {
+            return;
+        };
+        if step.as_str() != self.step {
+            return;
+        }
+        let marker = self.state_dir.join(format!("paused-at-{}", self.step));
+        if let Err(e) = std::fs::create_dir_all(&self.state_dir)
+            .and_then(|()| std::fs::write(&marker, std::process::id().to_string()))
+        {
+            eprintln!("{PAUSE_ENV}: cannot write {}: {e}", marker.display());
+        }
+        // Deliberately blocks this worker thread: the test kills the process here.
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+}
+
+/// Progress for people, on stderr: each step with its time, probe attempts, warnings, and a
+/// spinner while a step runs (only when stderr is a terminal).
+pub struct HumanObserver {
+    quiet: bool,
+    terminal: bool,
+    spinner: Mutex<Option<ProgressBar>>,
+    pause: Option<PauseHook>,
+}
+
+impl HumanObserver {
+    /// An observer that prints unless `quiet`.
+    pub fn new(quiet: bool, pause: Option<PauseHook>) -> Self {
+        HumanObserver {
+            quiet,
+            terminal: std::io::stderr().is_terminal(),
+            spinner: Mutex::new(None),
+            pause,
+        }
+    }
+
+    fn line(&self, text: &str) {
+        let spinner = self.spinner.lock().unwrap_or_else(|p| p.into_inner());
+        match spinner.as_ref() {
+            Some(pb) if !pb.is_hidden() => pb.println(text),
+            _ => eprintln!("{text}"),
+        }
+    }
+
+    fn start_spinner(&self, message: String) {
+        if !self.terminal {
+            return;
+        }
+        let pb = ProgressBar::new_spinner();
+        if let Ok(style) = ProgressStyle::with_template("  {spinner} {msg} {elapsed}") {
+            pb.set_style(style);
+        }
+        pb.set_message(message);
+        pb.enable_steady_tick(Duration::from_millis(100));
+        let mut slot = self.spinner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = slot.replace(pb) {
+            old.finish_and_clear();
+        }
+    }
+
+    fn stop_spinner(&self) {
+        let mut slot = self.spinner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(pb) = slot.take() {
+            pb.finish_and_clear();
+        }
+    }
+}
+
+fn step_label(step: Step, color: Option<blue_green_core::Color>) -> String {
+    match color {
+        Some(c) => format!("{step} {c}"),
+        None => step.to_string(),
+    }
+}
+
+/// Seconds with one decimal, for people.
+pub fn secs(ms: u64) -> String {
+    format!("{:.1}s", ms as f64 / 1000.0)
+}
+
+impl Observer for HumanObserver {
+    fn on_event(&self, event: &Event) {
+        if let Some(p) = &self.pause {
+            p.check(event);
+        }
+        if self.quiet {
+            return;
+        }
+        match event {
+            Event::CommandStarted {
+                app,
+                command,
+                release,
+            } => {
+                let release = release
+                    .as_ref()
+                    .map(|r| format!(" release {r}"))
+                    .unwrap_or_default();
+                self.line(&format!("{command} {app}{release}"));
+            }
+            Event::StepStarted { step, color } => {
+                self.start_spinner(step_label(*step, *color));
+            }
+            Event::StepFinished {
+                step,
+                color,
+                elapsed_ms,
+            } => {
+                self.stop_spinner();
+                self.line(&format!(
+                    "  ok   {:<16} {:>7}",
+                    step_label(*step, *color),
+                    secs(*elapsed_ms)
+                ));
+            }
+            Event::StepFailed {
+                step,
+                color,
+                elapsed_ms,
+                error,
+            } => {
+                self.stop_spinner();
+                self.line(&format!(
+                    "  FAIL {:<16} {:>7}  {error}",
+                    step_label(*step, *color),
+                    secs(*elapsed_ms)
+                ));
+            }
+            Event::ProbeAttempt {
+                color,
+                attempt,
+                healthy,
+                reason,
+                elapsed_ms,
+            } => {
+                let verdict = if *healthy {
+                    "healthy".to_string()
+                } else {
+                    format!("not ready: {}", reason.as_deref().unwrap_or("unhealthy"))
+                };
+                self.line(&format!(
+                    "       probe {color} #{attempt:<3} {verdict} ({elapsed_ms} ms)"
+                ));
+            }
+            Event::Warning { message } => self.line(&format!("  warning: {message}")),
+            Event::Routed { color, endpoint } => {
+                self.line(&format!(
+                    "  ->   live traffic now goes to {color} at {endpoint}"
+                ));
+            }
+            Event::CommandFinished { .. } => self.stop_spinner(),
+        }
+    }
+}
+
+/// One JSON event per line on stdout.
+pub struct JsonObserver {
+    pause: Option<PauseHook>,
+}
+
+impl JsonObserver {
+    /// An NDJSON observer.
+    pub fn new(pause: Option<PauseHook>) -> Self {
+        JsonObserver { pause }
+    }
+}
+
+impl Observer for JsonObserver {
+    fn on_event(&self, event: &Event) {
+        if let Some(p) = &self.pause {
+            p.check(event);
+        }
+        if let Ok(line) = serde_json::to_string(event) {
+            print_json_line(&line);
+        }
+    }
+}
+
+fn print_json_line(line: &str) {
+    let mut out = std::io::stdout().lock();
+    // A closed stdout (a pipe whose reader left) must not fail the deploy.
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// How the command's own output is written.
+#[derive(Debug, Clone, Copy)]
+pub struct Printer {
+    /// NDJSON on stdout.
+    pub json: bool,
+    /// Only errors.
+    pub quiet: bool,
+}
+
+impl Printer {
+    /// The observer for a command that emits events.
+    pub fn observer(&self, pause: Option<PauseHook>) -> Arc<dyn Observer> {
+        if self.json {
+            Arc::new(JsonObserver::new(pause))
+        } else {
+            Arc::new(HumanObserver::new(self.quiet, pause))
+        }
+    }
+
+    /// The final line of a successful command: with `--json`, a result object on stdout built
+    /// from `fields`; otherwise `human` on `stdout` (a command's answer) or stderr (a summary).
+    pub fn success(&self, command: &str, fields: Value, human: &str, to_stdout: bool) {
+        if self.json {
+            let mut result =
+                json!({ "event": "result", "command": command, "ok": true, "exit_code": 0 });
+            merge(&mut result, fields);
+            print_json_line(&result.to_string());
+        } else if to_stdout {
+            print!("{human}");
+            let _ = std::io::stdout().flush();
+        } else if !self.quiet {
+            eprintln!("{human}");
+        }
+    }
+
+    /// The final output of a failed command. Errors are shown even with `--quiet`.
+    pub fn failure(
+        &self,
+        command: &str,
+        code: i32,
+        message: &str,
+        fields: Value,
+        human_detail: &str,
+    ) {
+        if self.json {
+            let mut result = json!({
+                "event": "result", "command": command, "ok": false,
+                "exit_code": code, "error": message,
+            });
+            merge(&mut result, fields);
+            print_json_line(&result.to_string());
+        }
+        eprintln!("error: {message}");
+        if !human_detail.is_empty() {
+            eprint!("{human_detail}");
+        }
+    }
+}
+
+fn merge(into: &mut Value, fields: Value) {
+    if let (Some(into), Value::Object(fields)) = (into.as_object_mut(), fields) {
+        into.extend(fields);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secs_rounds_to_tenths() {
+        assert_eq!(secs(0), "0.0s");
+        assert_eq!(secs(1249), "1.2s");
+        assert_eq!(secs(61_000), "61.0s");
+    }
+
+    #[test]
+    fn merge_adds_fields() {
+        let mut v = json!({"a": 1});
+        merge(&mut v, json!({"b": 2}));
+        assert_eq!(v, json!({"a": 1, "b": 2}));
+    }
+}
