@@ -131,6 +131,12 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
         self
     }
 
+    /// Replaces the configuration (for example to change a timeout between commands).
+    pub fn with_config(mut self, config: EngineConfig) -> Self {
+        self.config = config;
+        self
+    }
+
     /// The configuration.
     pub fn config(&self) -> &EngineConfig {
         &self.config
