@@ -1,1 +1,546 @@
-fn main() {}
+//! `blue-green-bench`: M deploys under steady load through nginx, done by the real `blue-green`
+//! binary and then by a faithful port of the blog post's `deploy.sh`, on the same machine in
+//! the same run. Prints a table for each and the ratios; `--json FILE` writes the same.
+//!
+//! ```text
+//! cargo run -p blue-green-bench --release -- --deploys 20 --clients 8 --json bench.json
+//! ```
+//!
+//! Everything runs on loopback: nginx in a temporary directory, the app in containers that
+//! publish on 127.0.0.1. Containers, compose projects, nginx and the temporary directory are
+//! removed at the end, also after an error or Ctrl-C.
+
+mod baseline;
+mod child;
+mod load;
+mod ours;
+mod report;
+mod stage;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::baseline::{Baseline, BaselineConfig};
+use crate::load::{LoadConfig, RunningLoad, Sample};
+use crate::ours::{OursConfig, RuntimeKind};
+use crate::report::{Comparison, DeployFigures, LoadSummary, PhaseReport};
+use crate::stage::{free_port, Nginx};
+
+/// Deploys under load: blue-green against the shell-script way.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Deploys in each phase.
+    #[arg(long, default_value_t = 20)]
+    deploys: usize,
+    /// Concurrent clients sending requests through nginx.
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// Write the figures as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Runtime blue-green drives.
+    #[arg(long, value_enum, default_value_t = RuntimeKind::Docker)]
+    runtime: RuntimeKind,
+    /// blue-green's configured drain.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    drain: Duration,
+    /// blue-green's configured stop timeout.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    stop_timeout: Duration,
+    /// The app's own start time (demo-app's START_DELAY_MS), in both phases.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    app_start_delay: Duration,
+    /// How the app answers SIGTERM, in both phases: graceful or abort.
+    /// The default is the blog's app: Spring Boot 2.4 stops at once on SIGTERM
+    /// (`server.shutdown=immediate`).
+    #[arg(long, default_value = "abort")]
+    sigterm_mode: String,
+    /// Server-side time of a slow request.
+    #[arg(long, default_value = "300ms", value_parser = humantime::parse_duration)]
+    slow: Duration,
+    /// Bytes in each POST body.
+    #[arg(long, default_value_t = 4096)]
+    post_bytes: usize,
+    /// Pause of each client between two requests.
+    #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
+    pause: Duration,
+    /// Pause between two deploys.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    gap: Duration,
+    /// The baseline's fixed sleep after `up -d` (the blog post: 30s). Shorter than the app's
+    /// start plus nginx's fail_timeout (10s), the script's checks often miss the new color,
+    /// which nginx has marked down while it started, and the script gives up on it.
+    #[arg(long, default_value = "12s", value_parser = humantime::parse_duration)]
+    baseline_sleep: Duration,
+    /// The baseline's pause between two health checks (the blog post: 5s).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    baseline_retry_pause: Duration,
+    /// The baseline's number of health checks (the blog post: 5).
+    #[arg(long, default_value_t = 5)]
+    baseline_attempts: u32,
+    /// Run only this project's phase.
+    #[arg(long, conflicts_with = "only_baseline")]
+    only_ours: bool,
+    /// Run only the baseline phase.
+    #[arg(long)]
+    only_baseline: bool,
+    /// Path of the `blue-green` binary (default: built by cargo next to this one).
+    #[arg(long)]
+    blue_green: Option<PathBuf>,
+    /// Use this image instead of building the demo app's.
+    #[arg(long)]
+    image: Option<String>,
+    /// Give up on one deploy after this long.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    deploy_timeout: Duration,
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let code = tokio::select! {
+        result = run(&args) => match result {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("error: {e}");
+                1
+            }
+        },
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("interrupted: cleaning up");
+            130
+        }
+    };
+    // Dropping `run` above already stopped nginx and the load; the containers' guard ran too.
+    std::process::exit(code);
+}
+
+async fn run(args: &Args) -> Result<(), String> {
+    if args.deploys == 0 || args.clients == 0 {
+        return Err("--deploys and --clients must be at least 1".into());
+    }
+    if !matches!(args.sigterm_mode.as_str(), "graceful" | "abort") {
+        return Err("--sigterm-mode must be `graceful` or `abort`".into());
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("blue-green-bench-")
+        .tempdir()
+        .map_err(|e| format!("could not create a temporary directory: {e}"))?;
+    let prefix = format!("bgbench{}", std::process::id());
+    let _containers = ContainerGuard {
+        prefix: prefix.clone(),
+    };
+    let image = match &args.image {
+        Some(image) => image.clone(),
+        None => build_image(&prefix).await?,
+    };
+    let mut app_env = BTreeMap::new();
+    app_env.insert(
+        "START_DELAY_MS".to_string(),
+        args.app_start_delay.as_millis().to_string(),
+    );
+    app_env.insert("SIGTERM_MODE".to_string(), args.sigterm_mode.clone());
+
+    let mut comparison = Comparison {
+        setup: machine(args, &image).await,
+        phases: Vec::new(),
+    };
+    if !args.only_baseline {
+        let binary = blue_green_binary(args).await?;
+        let phase = run_ours(args, tmp.path(), &prefix, &image, &app_env, &binary).await?;
+        println!("{}", phase.render());
+        comparison.phases.push(phase);
+    }
+    if !args.only_ours {
+        let phase = run_baseline(args, tmp.path(), &prefix, &image, &app_env).await?;
+        println!("{}", phase.render());
+        comparison.phases.push(phase);
+    }
+    println!("{}", comparison.render());
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&comparison)
+            .map_err(|e| format!("could not serialize the figures: {e}"))?;
+        tokio::fs::write(path, json)
+            .await
+            .map_err(|e| format!("could not write {}: {e}", path.display()))?;
+        eprintln!("figures written to {}", path.display());
+    }
+    Ok(())
+}
+
+fn load_config(args: &Args, nginx_port: u16) -> LoadConfig {
+    LoadConfig {
+        base_url: format!("http://127.0.0.1:{nginx_port}"),
+        clients: args.clients,
+        slow: args.slow,
+        post_bytes: args.post_bytes,
+        pause: args.pause,
+        request_timeout: Duration::from_secs(30),
+    }
+}
+
+/// Failed requests among those sent while a deploy ran.
+fn failed_between(samples: &[Sample], window: (Duration, Duration)) -> usize {
+    samples
+        .iter()
+        .filter(|s| s.sent_at >= window.0 && s.sent_at <= window.1 && s.failed())
+        .count()
+}
+
+async fn run_ours(
+    args: &Args,
+    tmp: &Path,
+    prefix: &str,
+    image: &str,
+    app_env: &BTreeMap<String, String>,
+    binary: &Path,
+) -> Result<PhaseReport, String> {
+    let dir = tmp.join("blue-green");
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| format!("could not create {}: {e}", dir.display()))?;
+    let upstream = "bench_blue_green";
+    let ports = [free_port()?, free_port()?];
+    // Until the first deploy, nginx routes to the blue slot, where nothing listens yet.
+    let nginx = Nginx::start(
+        &dir.join("nginx"),
+        upstream,
+        &format!(
+            "upstream {upstream} {{\n    server 127.0.0.1:{};\n}}\n",
+            ports[0]
+        ),
+    )?;
+    let config = OursConfig {
+        app: format!("{prefix}-bg"),
+        dir: dir.clone(),
+        runtime: args.runtime,
+        image: image.to_string(),
+        container_port: 8080,
+        ports,
+        app_env: app_env.clone(),
+        upstream: upstream.to_string(),
+        upstream_file: nginx.upstream_file(),
+        test_command: nginx.test_command(),
+        reload_command: nginx.reload_command(),
+        verify_url: format!("http://127.0.0.1:{}/health", nginx.port()),
+        drain: args.drain,
+        stop_timeout: args.stop_timeout,
+    };
+    let config_path = config.write()?;
+    let config_arg = config_path.to_string_lossy().into_owned();
+
+    let deploy = |release: String| {
+        let binary = binary.to_path_buf();
+        let config_arg = config_arg.clone();
+        let timeout = args.deploy_timeout;
+        async move {
+            tokio::task::spawn_blocking(move || {
+                ours::run_cli(
+                    &binary,
+                    &["deploy", "-c", &config_arg, "--release", &release, "--json"],
+                    &[],
+                    timeout,
+                )
+            })
+            .await
+            .map_err(|e| format!("the deploy task failed: {e}"))?
+        }
+    };
+
+    let result = async {
+        eprintln!("blue-green: first deploy (v0), before the load starts");
+        let first = deploy("v0".to_string()).await?;
+        if first.code != Some(0) {
+            return Err(format!(
+                "the first deploy (v0) failed with {:?}: {}",
+                first.code,
+                first.stderr.trim()
+            ));
+        }
+        let load = RunningLoad::start(&load_config(args, nginx.port()))?;
+        let mut deploys: Vec<(DeployFigures, (Duration, Duration))> = Vec::new();
+        for k in 1..=args.deploys {
+            tokio::time::sleep(args.gap).await;
+            let release = format!("v{k}");
+            let from = load.elapsed();
+            let run = deploy(release.clone()).await?;
+            let window = (from, load.elapsed());
+            let figures = ours::figures(&release, &run, args.drain);
+            eprintln!(
+                "blue-green: deploy {k}/{} {} in {} ms{}",
+                args.deploys,
+                if figures.ok { "ok" } else { "FAILED" },
+                figures.wall_ms,
+                figures
+                    .error
+                    .as_ref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            );
+            deploys.push((figures, window));
+        }
+        tokio::time::sleep(args.gap).await;
+        let samples = load.stop().await;
+        Ok(finish_phase(
+            "blue-green",
+            &format!(
+                "blue-green deploy ({:?} runtime, nginx router, probe direct, verify through nginx, drain {:?})",
+                args.runtime, args.drain
+            ),
+            samples,
+            deploys,
+        ))
+    }
+    .await;
+    // Leave nothing running: both colors down, whatever happened above.
+    for color in ["blue", "green"] {
+        let config_arg = config_arg.clone();
+        let binary = binary.to_path_buf();
+        let _ = tokio::task::spawn_blocking(move || {
+            ours::run_cli(
+                &binary,
+                &["down", color, "--force", "-c", &config_arg],
+                &[],
+                Duration::from_secs(60),
+            )
+        })
+        .await;
+    }
+    drop(nginx);
+    result
+}
+
+async fn run_baseline(
+    args: &Args,
+    tmp: &Path,
+    prefix: &str,
+    image: &str,
+    app_env: &BTreeMap<String, String>,
+) -> Result<PhaseReport, String> {
+    let dir = tmp.join("baseline");
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| format!("could not create {}: {e}", dir.display()))?;
+    let upstream = "bench_baseline";
+    let ports = [free_port()?, free_port()?];
+    let nginx = Nginx::start(
+        &dir.join("nginx"),
+        upstream,
+        &baseline::upstream_block(upstream, ports),
+    )?;
+    let baseline = Arc::new(
+        Baseline::new(BaselineConfig {
+            dir: dir.clone(),
+            project_prefix: format!("{prefix}-sh"),
+            image: image.to_string(),
+            container_port: 8080,
+            ports,
+            app_env: app_env.clone(),
+            check_url: format!("http://127.0.0.1:{}/health", nginx.port()),
+            sleep: args.baseline_sleep,
+            retry_pause: args.baseline_retry_pause,
+            attempts: args.baseline_attempts,
+            compose_timeout: Duration::from_secs(120),
+        })
+        .await?,
+    );
+    let result = async {
+        eprintln!("baseline: blue up (v0), before the load starts");
+        baseline.start_first("v0", Duration::from_secs(60)).await?;
+        let load = RunningLoad::start(&load_config(args, nginx.port()))?;
+        let mut deploys = Vec::new();
+        for k in 1..=args.deploys {
+            tokio::time::sleep(args.gap).await;
+            let release = format!("v{k}");
+            let from = load.elapsed();
+            let figures = baseline.deploy(&release).await;
+            let window = (from, load.elapsed());
+            eprintln!(
+                "baseline: deploy {k}/{} {} in {} ms{}",
+                args.deploys,
+                if figures.ok { "ok" } else { "FAILED" },
+                figures.wall_ms,
+                figures
+                    .error
+                    .as_ref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            );
+            deploys.push((figures, window));
+        }
+        tokio::time::sleep(args.gap).await;
+        let samples = load.stop().await;
+        Ok(finish_phase(
+            "shell-script way",
+            &format!(
+                "deploy.sh ported: both colors in one upstream (max_fails=3 fail_timeout=10s), compose up -d, sleep {:?}, up to {} checks through nginx {:?} apart, compose down the old color",
+                args.baseline_sleep, args.baseline_attempts, args.baseline_retry_pause
+            ),
+            samples,
+            deploys,
+        ))
+    }
+    .await;
+    if let Err(e) = baseline.tear_down().await {
+        eprintln!("warning: baseline cleanup: {e}");
+    }
+    drop(nginx);
+    result
+}
+
+fn finish_phase(
+    name: &str,
+    method: &str,
+    samples: Vec<Sample>,
+    deploys: Vec<(DeployFigures, (Duration, Duration))>,
+) -> PhaseReport {
+    let deploys = deploys
+        .into_iter()
+        .map(|(mut figures, window)| {
+            figures.failed_requests = failed_between(&samples, window);
+            figures
+        })
+        .collect();
+    PhaseReport {
+        name: name.to_string(),
+        method: method.to_string(),
+        load: LoadSummary::from_samples(&samples),
+        deploys,
+    }
+}
+
+/// Finds the `blue-green` binary: `--blue-green`, or built by cargo (when run by cargo) in the
+/// same target directory and profile as this binary.
+async fn blue_green_binary(args: &Args) -> Result<PathBuf, String> {
+    if let Some(path) = &args.blue_green {
+        return Ok(path.clone());
+    }
+    let here =
+        std::env::current_exe().map_err(|e| format!("could not find this program's path: {e}"))?;
+    let sibling = here
+        .parent()
+        .map(|d| d.join("blue-green"))
+        .ok_or("this program's path has no directory")?;
+    if let Ok(cargo) = std::env::var("CARGO") {
+        eprintln!("building the blue-green binary (cargo build -p blue-green-cli)");
+        let mut cmd = tokio::process::Command::new(cargo);
+        cmd.args(["build", "-p", "blue-green-cli"]);
+        if !cfg!(debug_assertions) {
+            cmd.arg("--release");
+        }
+        let status = cmd
+            .kill_on_drop(true)
+            .status()
+            .await
+            .map_err(|e| format!("could not run cargo build: {e}"))?;
+        if !status.success() {
+            return Err("cargo build -p blue-green-cli failed; see its output above".into());
+        }
+    }
+    if !sibling.exists() {
+        return Err(format!(
+            "no blue-green binary at {}: run `cargo build -p blue-green-cli --release` or pass --blue-green PATH",
+            sibling.display()
+        ));
+    }
+    Ok(sibling)
+}
+
+async fn build_image(prefix: &str) -> Result<String, String> {
+    let _ = prefix;
+    Err("building the demo-app image is not wired yet: pass --image".into())
+}
+
+/// Removes every container whose name starts with the run's prefix, on drop.
+struct ContainerGuard {
+    prefix: String,
+}
+
+impl Drop for ContainerGuard {
+    fn drop(&mut self) {
+        let out = std::process::Command::new("docker")
+            .args(["ps", "-aq", "--filter"])
+            .arg(format!("name=^{}", self.prefix))
+            .output();
+        if let Ok(out) = out {
+            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(str::to_string)
+                .collect();
+            if !ids.is_empty() {
+                let _ = std::process::Command::new("docker")
+                    .args(["rm", "-f"])
+                    .args(&ids)
+                    .output();
+            }
+        }
+    }
+}
+
+/// The machine and the settings, for the report.
+async fn machine(args: &Args, image: &str) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    m.insert("cpus".into(), cpus.to_string());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("MemTotal"))
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    m.insert(
+        "memory".into(),
+        mem.trim_start_matches("MemTotal:").trim().to_string(),
+    );
+    let out = |program: &str, a: &[&str]| {
+        let program = program.to_string();
+        let a: Vec<String> = a.iter().map(|s| s.to_string()).collect();
+        async move {
+            tokio::process::Command::new(&program)
+                .args(&a)
+                .output()
+                .await
+                .map(|o| {
+                    let mut t = String::from_utf8_lossy(&o.stdout).trim().to_string();
+                    if t.is_empty() {
+                        t = String::from_utf8_lossy(&o.stderr).trim().to_string();
+                    }
+                    t
+                })
+                .unwrap_or_else(|e| format!("unknown ({e})"))
+        }
+    };
+    m.insert(
+        "docker".into(),
+        out("docker", &["version", "--format", "{{.Server.Version}}"]).await,
+    );
+    m.insert(
+        "docker-compose".into(),
+        out("docker-compose", &["version", "--short"]).await,
+    );
+    m.insert("nginx".into(), out("/usr/sbin/nginx", &["-v"]).await);
+    m.insert("kernel".into(), out("uname", &["-r"]).await);
+    m.insert("image".into(), image.to_string());
+    m.insert(
+        "load".into(),
+        format!(
+            "{} clients; in every 10 requests 1 slow GET and 1 slow POST ({:?}), 3 POST with {} bytes, 5 GET /health; half over fresh connections; {:?} pause",
+            args.clients, args.slow, args.post_bytes, args.pause
+        ),
+    );
+    m.insert(
+        "app".into(),
+        format!(
+            "demo-app, START_DELAY_MS={}, SIGTERM_MODE={}",
+            args.app_start_delay.as_millis(),
+            args.sigterm_mode
+        ),
+    );
+    m.insert("deploys".into(), args.deploys.to_string());
+    m
+}

@@ -1,0 +1,158 @@
+//! Runs one command to its end and measures it: wall time, exit code, every stdout line as it
+//! arrived, and the peak resident memory from `wait4`'s rusage.
+//!
+//! `wait4` is used instead of `std::process::Child::wait` because only it hands back the child's
+//! rusage. Linux reports in `ru_maxrss` the highest of the child and the descendants it waited
+//! for, so for `blue-green` that also covers the short `nginx -t` and `nginx -s reload` it runs.
+
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// What a finished command did.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// Exit code; `None` when a signal ended it.
+    pub code: Option<i32>,
+    /// From spawn to reaped.
+    pub wall: Duration,
+    /// Each stdout line and when it arrived, relative to the spawn.
+    pub stdout: Vec<(Duration, String)>,
+    /// All of stderr.
+    pub stderr: String,
+    /// Peak resident memory, KiB.
+    pub max_rss_kib: u64,
+    /// True when it ran past its timeout and was killed.
+    pub timed_out: bool,
+}
+
+/// Runs `program` with `args` and extra `env` to its end, killing it with SIGKILL after
+/// `timeout`. Blocks the calling thread: call it from `spawn_blocking`.
+pub fn run_measured(
+    program: &Path,
+    args: &[OsString],
+    env: &[(String, String)],
+    timeout: Duration,
+) -> Result<Finished, String> {
+    let started = Instant::now();
+    let mut child = Command::new(program)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("could not start {}: {e}", program.display()))?;
+    let pid = child.id() as libc::pid_t;
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let out_reader = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        if let Some(out) = stdout {
+            for line in BufReader::new(out).lines() {
+                match line {
+                    Ok(l) => lines.push((started.elapsed(), l)),
+                    Err(_) => break,
+                }
+            }
+        }
+        lines
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(mut err) = stderr {
+            let _ = err.read_to_string(&mut text);
+        }
+        text
+    });
+
+    // The watchdog kills the child only if the waiter has not reported it reaped.
+    let (reaped_tx, reaped_rx) = mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if let Err(mpsc::RecvTimeoutError::Timeout) = reaped_rx.recv_timeout(timeout) {
+            // SAFETY: plain syscall; the pid is our unreaped child (the waiter has not
+            // reported it reaped), so it cannot have been reused.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            return true;
+        }
+        false
+    });
+
+    let (status, rusage) = wait4(pid)?;
+    let wall = started.elapsed();
+    let _ = reaped_tx.send(());
+    let timed_out = watchdog.join().unwrap_or(false);
+    // `child` was reaped by wait4 above; dropping it does not wait again.
+    drop(child);
+    let stdout = out_reader.join().unwrap_or_default();
+    let stderr = err_reader.join().unwrap_or_default();
+    let code = if libc::WIFEXITED(status) {
+        Some(libc::WEXITSTATUS(status))
+    } else {
+        None
+    };
+    Ok(Finished {
+        code,
+        wall,
+        stdout,
+        stderr,
+        // Linux reports ru_maxrss in KiB.
+        max_rss_kib: u64::try_from(rusage.ru_maxrss).unwrap_or(0),
+        timed_out,
+    })
+}
+
+fn wait4(pid: libc::pid_t) -> Result<(libc::c_int, libc::rusage), String> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is plain old data; zeroed is a valid value that wait4 overwrites.
+    let mut rusage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: valid pointers to locals; pid is our own child.
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut rusage) };
+        if r == pid {
+            return Ok((status, rusage));
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(format!("waiting for process {pid} failed: {err}"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn measures_exit_code_lines_and_memory() {
+        let args: Vec<OsString> = ["-c", "echo one; echo two; echo oops >&2; exit 7"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        let f = run_measured(Path::new("/bin/sh"), &args, &[], Duration::from_secs(10)).unwrap();
+        assert_eq!(f.code, Some(7));
+        let lines: Vec<&str> = f.stdout.iter().map(|(_, l)| l.as_str()).collect();
+        assert_eq!(lines, ["one", "two"]);
+        assert_eq!(f.stderr.trim(), "oops");
+        assert!(f.max_rss_kib > 0);
+        assert!(!f.timed_out);
+    }
+
+    #[test]
+    fn kills_a_command_that_runs_past_its_timeout() {
+        let args: Vec<OsString> = ["30"].iter().map(OsString::from).collect();
+        let f = run_measured(
+            Path::new("/bin/sleep"),
+            &args,
+            &[],
+            Duration::from_millis(200),
+        )
+        .unwrap();
+        assert!(f.timed_out);
+        assert_eq!(f.code, None);
+        assert!(f.wall < Duration::from_secs(10));
+    }
+}
