@@ -1,19 +1,33 @@
 //! # blue-green-docker
 //!
-//! Runtimes for [`blue_green_core`] that run an app's releases in Docker: [`DockerRuntime`]
-//! (plain containers over the Docker API) and [`ComposeRuntime`] (a compose project per
-//! color), plus Docker-native probes.
+//! Runtimes for [`blue_green_core`] that run an app's releases in Docker, and Docker-native
+//! health probes:
+//!
+//! - [`DockerRuntime`]: plain containers named `{app}-{color}` over the Docker API (bollard);
+//! - [`ComposeRuntime`]: a compose project per color, driven through `docker compose` (v2) or
+//!   `docker-compose` (v1), with the service's state read through the Docker API;
+//! - [`ContainerHealthProbe`] (the image's `HEALTHCHECK` status) and [`ExecProbe`] (a command
+//!   run inside the container).
+//!
+//! Every instance gets `BLUE_GREEN_COLOR` and `BLUE_GREEN_RELEASE` in its environment (compose:
+//! also for `${...}` interpolation in the compose file). Errors are one [`Error`] enum whose
+//! messages say what to do; it converts into [`blue_green_core::ComponentError`] with the kind
+//! the engine needs (an unreachable daemon is [`ComponentErrorKind::Unreachable`]).
+//!
+//! [`ComponentErrorKind::Unreachable`]: blue_green_core::ComponentErrorKind::Unreachable
 
 #![warn(missing_docs)]
 
+mod client;
+pub mod compose;
 pub mod config;
+mod container;
+pub mod docker;
+pub mod error;
+pub mod probe;
 
+pub use compose::ComposeRuntime;
 pub use config::{ComposeConfig, ComposeFiles, ComposeTool, DockerConfig, PerColor};
-
-/// Runs releases as containers named `{app}-{color}`. (Placeholder: being implemented.)
-#[derive(Debug)]
-pub struct DockerRuntime;
-
-/// Runs releases as compose projects, one per color. (Placeholder: being implemented.)
-#[derive(Debug)]
-pub struct ComposeRuntime;
+pub use docker::DockerRuntime;
+pub use error::Error;
+pub use probe::{ContainerHealthProbe, ExecProbe};

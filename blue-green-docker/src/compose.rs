@@ -1,0 +1,714 @@
+//! [`ComposeRuntime`]: an app's releases as compose projects, one per color, as in the blog
+//! setup (`docker-compose -p app-blue -f docker-compose.blue.yml up -d`).
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use blue_green_core::{
+    AppName, Color, ComponentError, Endpoint, Instance, InstanceState, Release, Runtime,
+};
+use bollard::models::ContainerInspectResponse;
+use bollard::query_parameters::ListContainersOptionsBuilder;
+use bollard::Docker;
+use tokio::process::Command;
+
+use crate::client::{self, call};
+use crate::config::{ComposeConfig, ComposeFiles, ComposeTool, PerColor};
+use crate::container;
+use crate::docker::DEFAULT_API_TIMEOUT;
+use crate::error::Error;
+
+/// The label compose puts on a project's containers, naming the project.
+pub const LABEL_COMPOSE_PROJECT: &str = "com.docker.compose.project";
+/// The label compose puts on a project's containers, naming the service.
+pub const LABEL_COMPOSE_SERVICE: &str = "com.docker.compose.service";
+
+/// How long one compose command (`up -d`, `port`) may take unless set otherwise; stops and
+/// downs get their grace period on top.
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// How many lines of compose's stderr go into an error.
+const STDERR_LINES: usize = 20;
+
+/// The compose program found on this machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ComposeProgram {
+    /// `docker compose` (the v2 plugin).
+    V2,
+    /// `docker-compose` (v1, or v2's standalone binary).
+    V1,
+}
+
+impl ComposeProgram {
+    /// The program and the arguments that come before compose's own.
+    fn argv0(&self) -> (&'static str, &'static [&'static str]) {
+        match self {
+            ComposeProgram::V2 => ("docker", &["compose"]),
+            ComposeProgram::V1 => ("docker-compose", &[]),
+        }
+    }
+
+    /// How a person would type it.
+    pub fn display(&self) -> &'static str {
+        match self {
+            ComposeProgram::V2 => "docker compose",
+            ComposeProgram::V1 => "docker-compose",
+        }
+    }
+}
+
+/// Finds the compose program for `tool`: `Auto` prefers `docker compose` (v2) and falls back
+/// to `docker-compose`. `path` replaces `PATH` for the lookup (for tests); `None` uses the
+/// process's.
+pub async fn detect(tool: ComposeTool, path: Option<OsString>) -> Result<ComposeProgram, Error> {
+    let candidates: &[ComposeProgram] = match tool {
+        ComposeTool::Auto => &[ComposeProgram::V2, ComposeProgram::V1],
+        ComposeTool::V2 => &[ComposeProgram::V2],
+        ComposeTool::V1 => &[ComposeProgram::V1],
+    };
+    let mut last = None;
+    for candidate in candidates {
+        let (program, pre) = candidate.argv0();
+        let mut command = Command::new(program);
+        command
+            .args(pre)
+            .arg("version")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(path) = &path {
+            command.env("PATH", path);
+        }
+        match tokio::time::timeout(Duration::from_secs(30), command.output()).await {
+            Ok(Ok(output)) if output.status.success() => return Ok(candidate.clone()),
+            Ok(Ok(output)) => {
+                last = Some(std::io::Error::other(format!(
+                    "`{} version` exited with {}: {}",
+                    candidate.display(),
+                    output.status,
+                    String::from_utf8_lossy(&output.stderr).trim()
+                )))
+            }
+            Ok(Err(e)) => last = Some(e),
+            Err(_) => {
+                last = Some(std::io::Error::other(format!(
+                    "`{} version` did not answer within 30s",
+                    candidate.display()
+                )))
+            }
+        }
+    }
+    Err(Error::ComposeMissing {
+        program: candidates
+            .iter()
+            .map(ComposeProgram::display)
+            .collect::<Vec<_>>()
+            .join("` or `"),
+        source: last.unwrap_or_else(|| std::io::Error::other("no candidate")),
+    })
+}
+
+/// Runs an app's releases as compose projects, one per color.
+///
+/// - The project of a color is the config's template with `{app}` and `{color}` filled in
+///   (default `{app}-{color}`); it must be a valid compose project name (`[a-z0-9][a-z0-9_-]*`).
+/// - A color's file is its own (the blog's layout: `docker-compose.blue.yml` and
+///   `docker-compose.green.yml`) or one shared file that uses `${BLUE_GREEN_COLOR}`.
+/// - Every compose command runs with argv (never a shell) and gets, besides the configured
+///   environment, `BLUE_GREEN_COLOR`, `BLUE_GREEN_RELEASE` (the release id, for example as an
+///   image tag: `image: web:${BLUE_GREEN_RELEASE}`) and, when the release has an artifact,
+///   `BLUE_GREEN_IMAGE` (`image: ${BLUE_GREEN_IMAGE}`), for interpolation in the file.
+/// - State, logs and the release of a running project are read through the Docker API by
+///   compose's own labels ([`LABEL_COMPOSE_PROJECT`], [`LABEL_COMPOSE_SERVICE`]), never by
+///   parsing `ps`. The release shown by [`list`](Runtime::list) is the service container's
+///   `BLUE_GREEN_RELEASE` environment variable, so pass it through in the file
+///   (`environment: [BLUE_GREEN_COLOR, BLUE_GREEN_RELEASE]`).
+/// - The endpoint is the config's, or what `compose port SERVICE PORT` answers.
+///
+/// An [`Instance`]'s id is the project name. `remove` is `down` (containers and the project's
+/// networks; named volumes are kept).
+#[derive(Debug, Clone)]
+pub struct ComposeRuntime {
+    docker: Docker,
+    app: AppName,
+    config: ComposeConfig,
+    program: ComposeProgram,
+    projects: PerColor<String>,
+    files: PerColor<PathBuf>,
+    api_timeout: Duration,
+    command_timeout: Duration,
+}
+
+impl ComposeRuntime {
+    /// Checks the config (project names, files), finds the compose program (per
+    /// [`ComposeTool`]) and connects to the Docker daemon, which it reads state from.
+    pub async fn new(app: AppName, config: ComposeConfig) -> Result<ComposeRuntime, Error> {
+        let projects = PerColor {
+            blue: project_name(&config.project, &app, Color::Blue)?,
+            green: project_name(&config.project, &app, Color::Green)?,
+        };
+        if projects.blue == projects.green {
+            return Err(Error::Invalid(format!(
+                "the compose project template `{}` gives both colors the same project `{}`: put `{{color}}` in it",
+                config.project, projects.blue
+            )));
+        }
+        if config.service.is_empty() {
+            return Err(Error::Invalid(
+                "the compose runtime needs `service`: the service that answers on the endpoint"
+                    .into(),
+            ));
+        }
+        if config.endpoints.is_none() && config.container_port.is_none() {
+            return Err(Error::Invalid(
+                "the compose runtime needs either `endpoints` for both colors or `container_port` (to ask `compose port` where the service is published)".into(),
+            ));
+        }
+        let cwd = std::env::current_dir()
+            .map_err(|e| Error::Invalid(format!("cannot read the current directory: {e}")))?;
+        let absolute = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                cwd.join(p)
+            }
+        };
+        let files = match &config.files {
+            ComposeFiles::PerColor(files) => PerColor {
+                blue: absolute(&files.blue),
+                green: absolute(&files.green),
+            },
+            ComposeFiles::Shared(file) => PerColor {
+                blue: absolute(file),
+                green: absolute(file),
+            },
+        };
+        for file in [&files.blue, &files.green] {
+            if tokio::fs::metadata(file).await.is_err() {
+                return Err(Error::Invalid(format!(
+                    "compose file {} does not exist: check `files`/`file` in [runtime]",
+                    file.display()
+                )));
+            }
+        }
+        let program = detect(config.tool, None).await?;
+        let docker = client::connect(DEFAULT_API_TIMEOUT).await?;
+        Ok(ComposeRuntime {
+            docker,
+            app,
+            config,
+            program,
+            projects,
+            files,
+            api_timeout: DEFAULT_API_TIMEOUT,
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
+        })
+    }
+
+    /// The same runtime with another limit for compose commands (default 180s).
+    pub fn with_command_timeout(mut self, limit: Duration) -> Self {
+        self.command_timeout = limit;
+        self
+    }
+
+    /// The Docker client.
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// The service that answers on the endpoint.
+    pub fn service(&self) -> &str {
+        &self.config.service
+    }
+
+    /// The compose program in use.
+    pub fn program(&self) -> &ComposeProgram {
+        &self.program
+    }
+
+    /// The compose project of `color`.
+    pub fn project(&self, color: Color) -> &str {
+        self.projects.get(color)
+    }
+
+    /// The app.
+    pub fn app(&self) -> &AppName {
+        &self.app
+    }
+
+    fn color_of_project(&self, project: &str) -> Option<Color> {
+        Color::ALL
+            .into_iter()
+            .find(|c| self.projects.get(*c) == project)
+    }
+
+    /// The compose command line for `color` with `args`, and its environment.
+    fn command(&self, color: Color, args: &[&str], env: &[(&str, String)]) -> (Command, String) {
+        let (program, pre) = self.program.argv0();
+        let file = self.files.get(color);
+        let project = self.projects.get(color);
+        let mut command = Command::new(program);
+        command
+            .args(pre)
+            .arg("-p")
+            .arg(project)
+            .arg("-f")
+            .arg(file)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let dir = self
+            .config
+            .working_dir
+            .clone()
+            .or_else(|| file.parent().map(Path::to_path_buf));
+        if let Some(dir) = dir {
+            command.current_dir(dir);
+        }
+        for (key, value) in &self.config.env {
+            command.env(key, value);
+        }
+        command.env("BLUE_GREEN_COLOR", color.as_str());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let shown = format!(
+            "{} -p {project} -f {} {}",
+            self.program.display(),
+            file.display(),
+            args.join(" ")
+        );
+        (command, shown)
+    }
+
+    /// Runs a compose command; its stdout on success, an error with its stderr otherwise.
+    async fn run(
+        &self,
+        color: Color,
+        args: &[&str],
+        env: &[(&str, String)],
+        limit: Duration,
+    ) -> Result<String, Error> {
+        let (mut command, shown) = self.command(color, args, env);
+        tracing::debug!(command = %shown, "running compose");
+        let output = match tokio::time::timeout(limit, command.output()).await {
+            Ok(Ok(output)) => output,
+            Ok(Err(source)) => {
+                return Err(Error::ComposeMissing {
+                    program: self.program.display().into(),
+                    source,
+                })
+            }
+            Err(_) => {
+                return Err(Error::Timeout {
+                    what: format!("`{shown}`"),
+                    timeout: limit,
+                })
+            }
+        };
+        if output.status.success() {
+            return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
+        }
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        let tail = lines[lines.len().saturating_sub(STDERR_LINES)..].join("\n");
+        Err(Error::ComposeFailed {
+            command: shown,
+            status: output.status.to_string(),
+            stderr: if tail.is_empty() {
+                "(compose printed nothing on stderr)".into()
+            } else {
+                tail
+            },
+        })
+    }
+
+    /// The containers of `project`'s service, running ones first.
+    async fn service_containers(
+        &self,
+        project: &str,
+    ) -> Result<Vec<ContainerInspectResponse>, Error> {
+        let filters = HashMap::from([(
+            "label",
+            vec![
+                format!("{LABEL_COMPOSE_PROJECT}={project}"),
+                format!("{LABEL_COMPOSE_SERVICE}={}", self.config.service),
+            ],
+        )]);
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let summaries = call(
+            || format!("to list the containers of compose project {project}"),
+            self.api_timeout,
+            self.docker.list_containers(Some(options)),
+        )
+        .await?;
+        let mut found = Vec::new();
+        for id in summaries.into_iter().filter_map(|s| s.id) {
+            if let Some(inspect) = container::inspect(&self.docker, &id, self.api_timeout).await? {
+                found.push(inspect);
+            }
+        }
+        found.sort_by_key(|c| container::state_of(c) != InstanceState::Running);
+        Ok(found)
+    }
+
+    /// Whether any container (of any service) belongs to `project`.
+    async fn project_exists(&self, project: &str) -> Result<bool, Error> {
+        let filters =
+            HashMap::from([("label", vec![format!("{LABEL_COMPOSE_PROJECT}={project}")])]);
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let summaries = call(
+            || format!("to list the containers of compose project {project}"),
+            self.api_timeout,
+            self.docker.list_containers(Some(options)),
+        )
+        .await?;
+        Ok(!summaries.is_empty())
+    }
+
+    /// Environment for commands on an existing instance: its color and release, and the image
+    /// its service runs (so `${BLUE_GREEN_IMAGE}` interpolates as it did at `up`).
+    async fn env_of(&self, instance: &Instance) -> Vec<(&'static str, String)> {
+        let mut env = vec![("BLUE_GREEN_RELEASE", instance.release.clone())];
+        if let Ok(containers) = self.service_containers(&instance.id).await {
+            if let Some(image) = containers
+                .first()
+                .and_then(|c| c.config.as_ref())
+                .and_then(|c| c.image.clone())
+            {
+                env.push(("BLUE_GREEN_IMAGE", image));
+            }
+        }
+        env
+    }
+
+    /// Where the service of `color` answers: the configured endpoint, or `compose port`.
+    async fn endpoint(&self, color: Color, env: &[(&str, String)]) -> Result<Endpoint, Error> {
+        if let Some(endpoints) = &self.config.endpoints {
+            return Ok(endpoints.get(color).clone());
+        }
+        let port = self.config.container_port.unwrap_or_default().to_string();
+        let out = self
+            .run(
+                color,
+                &["port", &self.config.service, &port],
+                env,
+                self.command_timeout,
+            )
+            .await;
+        // A service that exited has no published port: port 0, and `state` says why.
+        let out = match out {
+            Ok(out) => out,
+            Err(Error::ComposeFailed { .. }) => String::new(),
+            Err(e) => return Err(e),
+        };
+        Ok(parse_port_output(&out).unwrap_or_else(|| Endpoint::new("127.0.0.1", 0)))
+    }
+
+    async fn instance_of(
+        &self,
+        color: Color,
+        release: String,
+        env: &[(&str, String)],
+    ) -> Result<Instance, Error> {
+        Ok(Instance {
+            color,
+            release,
+            id: self.projects.get(color).clone(),
+            endpoint: self.endpoint(color, env).await?,
+        })
+    }
+
+    async fn start_inner(&self, color: Color, release: &Release) -> Result<Instance, Error> {
+        let mut env = vec![("BLUE_GREEN_RELEASE", release.id.clone())];
+        if let Some(image) = &release.artifact {
+            env.push(("BLUE_GREEN_IMAGE", image.clone()));
+        }
+        self.run(color, &["up", "-d"], &env, self.command_timeout)
+            .await?;
+        let project = self.projects.get(color);
+        if self.service_containers(project).await?.is_empty() {
+            return Err(Error::Invalid(format!(
+                "compose project {project} started, but it has no container for service `{}`: check `service` in [runtime] against the services in {}",
+                self.config.service,
+                self.files.get(color).display()
+            )));
+        }
+        self.instance_of(color, release.id.clone(), &env).await
+    }
+
+    async fn stop_inner(&self, instance: &Instance, grace: Duration) -> Result<(), Error> {
+        let Some(color) = self.color_of_project(&instance.id) else {
+            return Ok(());
+        };
+        if !self.project_exists(&instance.id).await? {
+            return Ok(());
+        }
+        let seconds = (grace.as_secs() + u64::from(grace.subsec_nanos() > 0)).to_string();
+        let env = self.env_of(instance).await;
+        self.run(
+            color,
+            &["stop", "--timeout", &seconds],
+            &env,
+            self.command_timeout + grace,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn restart_inner(&self, instance: &Instance) -> Result<Instance, Error> {
+        let color = self.color_of_project(&instance.id).ok_or_else(|| {
+            Error::Invalid(format!(
+                "{} is not a compose project of app {}",
+                instance.id, self.app
+            ))
+        })?;
+        let env = self.env_of(instance).await;
+        self.run(color, &["start"], &env, self.command_timeout)
+            .await?;
+        self.instance_of(color, instance.release.clone(), &env)
+            .await
+    }
+
+    async fn remove_inner(&self, instance: &Instance) -> Result<(), Error> {
+        let Some(color) = self.color_of_project(&instance.id) else {
+            return Ok(());
+        };
+        if !self.project_exists(&instance.id).await? {
+            return Ok(());
+        }
+        let env = self.env_of(instance).await;
+        // Containers are stopped already when the engine removes; a short timeout keeps a
+        // leftover from holding the deploy.
+        self.run(
+            color,
+            &["down", "--timeout", "10"],
+            &env,
+            self.command_timeout + Duration::from_secs(10),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn list_inner(&self) -> Result<Vec<Instance>, Error> {
+        let mut instances = Vec::new();
+        for color in Color::ALL {
+            let project = self.projects.get(color);
+            let containers = self.service_containers(project).await?;
+            let Some(service) = containers.first() else {
+                if self.project_exists(project).await? {
+                    tracing::warn!(project, service = %self.config.service, "compose project has no container for the service");
+                }
+                continue;
+            };
+            let release = container::env_value(service, "BLUE_GREEN_RELEASE").unwrap_or_default();
+            let mut env = vec![("BLUE_GREEN_RELEASE", release.clone())];
+            if let Some(image) = service.config.as_ref().and_then(|c| c.image.clone()) {
+                env.push(("BLUE_GREEN_IMAGE", image));
+            }
+            let endpoint = if container::state_of(service) == InstanceState::Running {
+                self.endpoint(color, &env).await?
+            } else {
+                match &self.config.endpoints {
+                    Some(endpoints) => endpoints.get(color).clone(),
+                    None => Endpoint::new("127.0.0.1", 0),
+                }
+            };
+            instances.push(Instance {
+                color,
+                release,
+                id: project.clone(),
+                endpoint,
+            });
+        }
+        Ok(instances)
+    }
+}
+
+#[async_trait]
+impl Runtime for ComposeRuntime {
+    async fn start(&self, color: Color, release: &Release) -> Result<Instance, ComponentError> {
+        Ok(self.start_inner(color, release).await?)
+    }
+
+    async fn state(&self, instance: &Instance) -> Result<InstanceState, ComponentError> {
+        let containers = self.service_containers(&instance.id).await?;
+        Ok(containers
+            .first()
+            .map(container::state_of)
+            .unwrap_or(InstanceState::Missing))
+    }
+
+    async fn stop(&self, instance: &Instance, grace: Duration) -> Result<(), ComponentError> {
+        Ok(self.stop_inner(instance, grace).await?)
+    }
+
+    async fn restart(&self, instance: &Instance) -> Result<Instance, ComponentError> {
+        Ok(self.restart_inner(instance).await?)
+    }
+
+    async fn remove(&self, instance: &Instance) -> Result<(), ComponentError> {
+        Ok(self.remove_inner(instance).await?)
+    }
+
+    async fn list(&self) -> Result<Vec<Instance>, ComponentError> {
+        Ok(self.list_inner().await?)
+    }
+
+    async fn logs(&self, instance: &Instance, lines: usize) -> Result<Vec<String>, ComponentError> {
+        let containers = self.service_containers(&instance.id).await?;
+        let Some(id) = containers.first().and_then(|c| c.id.clone()) else {
+            return Ok(Vec::new());
+        };
+        Ok(container::log_tail(&self.docker, &id, lines, self.api_timeout).await?)
+    }
+}
+
+/// Fills in the project template and checks the result is a valid compose project name.
+pub fn project_name(template: &str, app: &AppName, color: Color) -> Result<String, Error> {
+    let template = if template.is_empty() {
+        "{app}-{color}"
+    } else {
+        template
+    };
+    let name = template
+        .replace("{app}", app.as_str())
+        .replace("{color}", color.as_str());
+    let mut chars = name.chars();
+    let valid = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if !valid {
+        return Err(Error::Invalid(format!(
+            "compose project name `{name}` (from the template `{template}`) is not valid: use a-z, 0-9, `_` and `-`, starting with a letter or digit; only {{app}} and {{color}} are filled in"
+        )));
+    }
+    Ok(name)
+}
+
+/// Parses `compose port` output (`0.0.0.0:49153`, `[::]:49153`); a wildcard host becomes
+/// loopback.
+fn parse_port_output(out: &str) -> Option<Endpoint> {
+    out.lines().find_map(|line| {
+        let endpoint: Endpoint = line.trim().parse().ok()?;
+        let host = match endpoint.host.as_str() {
+            "0.0.0.0" | "" => "127.0.0.1".to_string(),
+            "::" => "::1".to_string(),
+            other => other.to_string(),
+        };
+        Some(Endpoint::new(host, endpoint.port))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn project_names_are_filled_in_and_checked() {
+        let app = AppName::new("study-pot").unwrap();
+        assert_eq!(
+            project_name("{app}-{color}", &app, Color::Green).unwrap(),
+            "study-pot-green"
+        );
+        assert_eq!(
+            project_name("", &app, Color::Blue).unwrap(),
+            "study-pot-blue"
+        );
+        assert_eq!(
+            project_name("sp_{color}", &app, Color::Blue).unwrap(),
+            "sp_blue"
+        );
+        for bad in [
+            "{app} {color}",
+            "{app}/{color}",
+            "-{color}",
+            "{APP}-{color}",
+            "{app};rm",
+        ] {
+            assert!(
+                project_name(bad, &app, Color::Blue).is_err(),
+                "{bad} should be refused"
+            );
+        }
+    }
+
+    #[test]
+    fn port_output_is_parsed() {
+        assert_eq!(
+            parse_port_output("0.0.0.0:49153\n"),
+            Some(Endpoint::new("127.0.0.1", 49153))
+        );
+        assert_eq!(
+            parse_port_output("127.0.0.1:8081\n[::]:8081\n"),
+            Some(Endpoint::new("127.0.0.1", 8081))
+        );
+        assert_eq!(parse_port_output("\n"), None);
+    }
+
+    /// A fake program named `name` in `dir` that exits 0 only for `args`.
+    fn fake(dir: &Path, name: &str, args: &str) {
+        let path = dir.join(name);
+        std::fs::write(
+            &path,
+            format!("#!/bin/sh\n[ \"$*\" = \"{args}\" ] && {{ echo fake {name} $*; exit 0; }}\nexit 1\n"),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    #[tokio::test]
+    async fn auto_detection_prefers_v2_and_falls_back_to_v1() {
+        let both = tempfile::tempdir().unwrap();
+        fake(both.path(), "docker", "compose version");
+        fake(both.path(), "docker-compose", "version");
+        let path = Some(both.path().as_os_str().to_owned());
+        assert_eq!(
+            detect(ComposeTool::Auto, path.clone()).await.unwrap(),
+            ComposeProgram::V2
+        );
+        assert_eq!(
+            detect(ComposeTool::V1, path).await.unwrap(),
+            ComposeProgram::V1
+        );
+
+        // A docker CLI without the compose plugin: `docker compose version` fails.
+        let v1_only = tempfile::tempdir().unwrap();
+        fake(v1_only.path(), "docker", "version");
+        fake(v1_only.path(), "docker-compose", "version");
+        let path = Some(v1_only.path().as_os_str().to_owned());
+        assert_eq!(
+            detect(ComposeTool::Auto, path.clone()).await.unwrap(),
+            ComposeProgram::V1
+        );
+        let err = detect(ComposeTool::V2, path).await.unwrap_err();
+        assert!(err.to_string().contains("docker compose"), "{err}");
+
+        let none = tempfile::tempdir().unwrap();
+        let err = detect(ComposeTool::Auto, Some(none.path().as_os_str().to_owned()))
+            .await
+            .unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("install Docker Compose"), "{message}");
+        let component: ComponentError = err.into();
+        assert_eq!(
+            component.kind,
+            blue_green_core::ComponentErrorKind::Unreachable
+        );
+    }
+}

@@ -1,0 +1,185 @@
+//! [`Error`]: what the Docker and compose runtimes and the Docker-native probes report.
+
+use std::time::Duration;
+
+use blue_green_core::{ComponentError, ComponentErrorKind};
+
+/// An error of this crate. Every message is a sentence that says what failed, on what, and
+/// what to do; [`From<Error> for ComponentError`](ComponentError) picks the kind the engine
+/// needs for its exit class.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The Docker daemon did not answer at all.
+    #[error("cannot reach the Docker daemon at {host}: {source}; start dockerd (or Docker Desktop), or point DOCKER_HOST at a running engine")]
+    Unreachable {
+        /// Where we looked (`DOCKER_HOST` or the default socket).
+        host: String,
+        /// What the client said.
+        #[source]
+        source: bollard::errors::Error,
+    },
+
+    /// A call to the Docker daemon or a compose command did not finish in time.
+    #[error("{what} did not finish within {}s; the Docker daemon may be overloaded or hung", .timeout.as_secs_f64())]
+    Timeout {
+        /// The call, for example "stopping container web-blue".
+        what: String,
+        /// The limit it hit.
+        timeout: Duration,
+    },
+
+    /// The image is not on this machine and could not be pulled.
+    #[error("image `{image}` was not found locally and pulling it failed: {reason}; build or load the image on this machine (docker build / docker load), or check the image name and the registry")]
+    ImageNotFound {
+        /// The image reference.
+        image: String,
+        /// The daemon's reason for the failed pull.
+        reason: String,
+    },
+
+    /// The host port for a color is taken by another process.
+    #[error("cannot start container {container}: host port {port} is already in use ({message}); stop whatever listens on port {port}, or configure another endpoint for this color")]
+    PortInUse {
+        /// The container that could not publish its port.
+        container: String,
+        /// The host port.
+        port: u16,
+        /// The daemon's message.
+        message: String,
+    },
+
+    /// The slot's name is taken by a container this runtime did not expect.
+    #[error("a container named {container} already exists; remove it (`docker rm -f {container}` or `blue-green down`) and deploy again")]
+    NameTaken {
+        /// The container name.
+        container: String,
+    },
+
+    /// The daemon was reached and refused a call.
+    #[error("Docker failed {what}: {source}")]
+    Api {
+        /// The call, for example "to create container web-blue".
+        what: String,
+        /// What the daemon said.
+        #[source]
+        source: bollard::errors::Error,
+    },
+
+    /// The daemon answered something this crate cannot use (a missing field).
+    #[error("Docker answered {what} without {missing}; is this a Docker-compatible engine?")]
+    Unexpected {
+        /// The call.
+        what: String,
+        /// What was missing.
+        missing: String,
+    },
+
+    /// A setting was refused before anything was touched.
+    #[error("{0}")]
+    Invalid(String),
+
+    /// The compose program could not be found or run.
+    #[error("cannot run `{program}`: {source}; install Docker Compose (the `docker compose` plugin or `docker-compose`) or set the compose tool in the config")]
+    ComposeMissing {
+        /// The program.
+        program: String,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A compose command ran and failed.
+    #[error("`{command}` failed ({status}): {stderr}")]
+    ComposeFailed {
+        /// The command line, for the user to run again by hand.
+        command: String,
+        /// The exit status.
+        status: String,
+        /// The last lines compose printed on stderr.
+        stderr: String,
+    },
+}
+
+impl Error {
+    /// Maps a bollard error from a call named `what`: connection failures become
+    /// [`Error::Unreachable`], everything else [`Error::Api`].
+    pub(crate) fn from_bollard(what: impl Into<String>, source: bollard::errors::Error) -> Self {
+        use bollard::errors::Error as B;
+        match source {
+            B::SocketNotFoundError(_)
+            | B::HyperLegacyError { .. }
+            | B::IOError { .. }
+            | B::RequestTimeoutError => Error::Unreachable {
+                host: crate::client::docker_host(),
+                source,
+            },
+            source => Error::Api {
+                what: what.into(),
+                source,
+            },
+        }
+    }
+
+    /// The HTTP status the daemon answered, if this is a daemon error.
+    pub(crate) fn status(&self) -> Option<u16> {
+        match self {
+            Error::Api {
+                source: bollard::errors::Error::DockerResponseServerError { status_code, .. },
+                ..
+            } => Some(*status_code),
+            _ => None,
+        }
+    }
+}
+
+impl From<Error> for ComponentError {
+    fn from(error: Error) -> Self {
+        let kind = match &error {
+            Error::Unreachable { .. } | Error::ComposeMissing { .. } => {
+                ComponentErrorKind::Unreachable
+            }
+            Error::Timeout { .. } => ComponentErrorKind::Timeout,
+            Error::Invalid(_) => ComponentErrorKind::Invalid,
+            Error::ImageNotFound { .. }
+            | Error::PortInUse { .. }
+            | Error::NameTaken { .. }
+            | Error::Api { .. }
+            | Error::Unexpected { .. }
+            | Error::ComposeFailed { .. } => ComponentErrorKind::Failed,
+        };
+        // The message already carries the cause; attaching it as a source too would print it
+        // twice in an error chain.
+        ComponentError::new(kind, error.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreachable_daemon_maps_to_the_unreachable_kind() {
+        let error = Error::from_bollard(
+            "to ping",
+            bollard::errors::Error::SocketNotFoundError("/nope.sock".into()),
+        );
+        assert!(error.to_string().contains("start dockerd"), "{error}");
+        let component: ComponentError = error.into();
+        assert_eq!(component.kind, ComponentErrorKind::Unreachable);
+    }
+
+    #[test]
+    fn daemon_refusals_keep_their_status() {
+        let error = Error::from_bollard(
+            "to inspect container x",
+            bollard::errors::Error::DockerResponseServerError {
+                status_code: 404,
+                message: "No such container: x".into(),
+            },
+        );
+        assert_eq!(error.status(), Some(404));
+        let component: ComponentError = error.into();
+        assert_eq!(component.kind, ComponentErrorKind::Failed);
+        assert!(component.message.contains("No such container"));
+    }
+}
