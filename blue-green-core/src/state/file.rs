@@ -90,18 +90,28 @@ where
     })?
 }
 
-/// An I/O error on `path`, as a sentence with what to do.
+/// An I/O error on a file of the store, as a sentence with what to do.
 fn io_error(doing: &str, path: &Path, e: io::Error) -> ComponentError {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    state_dir_error(doing, path, dir, e)
+}
+
+/// An I/O error on the state directory itself.
+fn dir_error(doing: &str, dir: &Path, e: io::Error) -> ComponentError {
+    state_dir_error(doing, dir, dir, e)
+}
+
+fn state_dir_error(doing: &str, path: &Path, dir: &Path, e: io::Error) -> ComponentError {
     ComponentError::unreachable(format!(
-        "cannot {doing} {}: {e}; check that state_dir {} exists or can be created and is writable by this user",
+        "cannot {doing} {}: {e}; check that state_dir {} is a directory (or can be created as one) and is writable by this user",
         path.display(),
-        path.parent().unwrap_or(Path::new(".")).display()
+        dir.display()
     ))
     .with_source(e)
 }
 
 fn ensure_dir(dir: &Path) -> Result<(), ComponentError> {
-    fs::create_dir_all(dir).map_err(|e| io_error("create the state directory", dir, e))
+    fs::create_dir_all(dir).map_err(|e| dir_error("create the state directory", dir, e))
 }
 
 fn load_state(path: &Path) -> Result<AppState, ComponentError> {
@@ -154,7 +164,7 @@ fn append_record(dir: &Path, path: &Path, record: &DeployRecord) -> Result<(), C
         .and_then(|()| file.sync_all())
         .map_err(|e| io_error("append to", path, e))?;
     if !existed {
-        sync_dir(dir).map_err(|e| io_error("sync", dir, e))?;
+        sync_dir(dir).map_err(|e| dir_error("sync", dir, e))?;
     }
     Ok(())
 }
@@ -566,7 +576,12 @@ mod tests {
         let store = FileStore::new(&not_a_dir);
         let err = store.save(&AppState::default()).await.unwrap_err();
         assert_eq!(err.kind, ComponentErrorKind::Unreachable);
-        assert!(err.message.contains("state_dir"), "{err}");
+        assert!(
+            err.message
+                .contains(&format!("check that state_dir {}", not_a_dir.display())),
+            "{err}"
+        );
+        println!("{err}");
         assert!(
             err.message.contains(&not_a_dir.display().to_string()),
             "{err}"
