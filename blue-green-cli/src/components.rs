@@ -5,9 +5,17 @@ use blue_green_core::{
     CommandProbe, Engine, FileStore, HealthProbe, HttpProbe, NginxRouter, NoneRouter, Router,
     Runtime, TcpProbe,
 };
+use blue_green_docker::{ComposeRuntime, ContainerHealthProbe, DockerRuntime, ExecProbe};
 
 use crate::config::{Config, HealthConfig, RouterConfig, RuntimeConfig};
 use crate::failure::Failure;
+
+/// A runtime before it is boxed: the Docker-native probes are built from it.
+enum BuiltRuntime {
+    Docker(DockerRuntime),
+    Compose(ComposeRuntime),
+}
+use BuiltRuntime::{Compose, Docker};
 
 /// The engine as the CLI builds it.
 pub type CliEngine = Engine<Box<dyn Runtime>, Box<dyn HealthProbe>, Box<dyn Router>, FileStore>;
@@ -27,29 +35,42 @@ pub struct Components {
 impl Components {
     /// Connects to what the config names (Docker is pinged here, so an unreachable daemon fails
     /// before anything is touched) and builds every component.
-    // PENDING(docker crate): the allow goes with the stub below.
-    #[allow(unreachable_code, unused_variables)]
     pub async fn build(config: &Config) -> Result<Components, Failure> {
         let timeout = config.engine.readiness.timeout;
-        let runtime: Box<dyn Runtime> = match &config.runtime {
-            // PENDING(docker crate): DockerRuntime::connect / ComposeRuntime::new once on main.
-            RuntimeConfig::Docker(_) | RuntimeConfig::Compose(_) => {
-                return Err(Failure::Unreachable(format!(
-                    "the {} runtime is not available in this build yet",
-                    config.runtime.kind()
-                )))
+        let runtime = match &config.runtime {
+            RuntimeConfig::Docker(c) => Docker(
+                DockerRuntime::connect(config.app.clone(), c.clone())
+                    .await
+                    .map_err(Failure::docker)?
+                    .with_api_timeout(config.engine.timeouts.runtime),
+            ),
+            RuntimeConfig::Compose(c) => Compose(
+                ComposeRuntime::new(config.app.clone(), c.clone())
+                    .await
+                    .map_err(Failure::docker)?
+                    .with_command_timeout(config.engine.timeouts.start),
+            ),
+        };
+        let probe: Box<dyn HealthProbe> = match (&config.health, &runtime) {
+            (HealthConfig::Http(c), _) => Box::new(HttpProbe::new(c.clone())),
+            (HealthConfig::Tcp, _) => Box::new(TcpProbe::new(timeout)),
+            (HealthConfig::Command(argv), _) => Box::new(CommandProbe::new(argv.clone(), timeout)),
+            (HealthConfig::Docker, Docker(r)) => {
+                Box::new(ContainerHealthProbe::for_docker(r).with_timeout(timeout))
+            }
+            (HealthConfig::Docker, Compose(r)) => {
+                Box::new(ContainerHealthProbe::for_compose(r).with_timeout(timeout))
+            }
+            (HealthConfig::Exec(argv), Docker(r)) => {
+                Box::new(ExecProbe::for_docker(r, argv.clone(), timeout).map_err(Failure::docker)?)
+            }
+            (HealthConfig::Exec(argv), Compose(r)) => {
+                Box::new(ExecProbe::for_compose(r, argv.clone(), timeout).map_err(Failure::docker)?)
             }
         };
-        let probe: Box<dyn HealthProbe> = match &config.health {
-            HealthConfig::Http(c) => Box::new(HttpProbe::new(c.clone())),
-            HealthConfig::Tcp => Box::new(TcpProbe::new(timeout)),
-            HealthConfig::Command(argv) => Box::new(CommandProbe::new(argv.clone(), timeout)),
-            HealthConfig::Docker | HealthConfig::Exec(_) => {
-                // PENDING(docker crate): ContainerHealthProbe / ExecProbe once on main.
-                return Err(Failure::Unreachable(
-                    "health kinds docker and exec are not available in this build yet".into(),
-                ));
-            }
+        let runtime: Box<dyn Runtime> = match runtime {
+            Docker(r) => Box::new(r),
+            Compose(r) => Box::new(r),
         };
         let router: Box<dyn Router> = match &config.router {
             RouterConfig::Nginx(c) => {

@@ -22,6 +22,11 @@ pub enum Failure {
 }
 
 impl Failure {
+    /// A Docker or compose error, with the kind the core gives it.
+    pub fn docker(e: blue_green_docker::Error) -> Self {
+        Failure::Component(e.into())
+    }
+
     /// The exit class.
     pub fn class(&self) -> ExitClass {
         match self {

@@ -262,8 +262,12 @@ fn unknown_health_kind() {
 }
 
 #[test]
-fn docker_health_with_a_compose_runtime() {
-    refused(&replace(13, r#"kind = "docker""#), "health.kind", 13);
+fn exec_health_without_a_command() {
+    refused(
+        &replace(13, r#"kind = "exec""#).replace("path = \"/health\"\n", ""),
+        "health.command",
+        13,
+    );
 }
 
 #[test]

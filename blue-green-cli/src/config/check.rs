@@ -95,10 +95,9 @@ impl<'a> Checker<'a> {
             .endpoints
             .as_ref()
             .and_then(|e| self.endpoints(e, "endpoints"));
-        let runtime_kind = raw.runtime.get_ref().kind.get_ref().clone();
         let runtime = self.runtime(&raw.runtime, &app, endpoints);
         let (health, readiness) = match &raw.health {
-            Some(h) => self.health(h, &runtime_kind),
+            Some(h) => self.health(h),
             None => (
                 HealthConfig::Http(HttpProbeConfig::default()),
                 ReadinessPolicy::default(),
@@ -507,11 +506,7 @@ impl<'a> Checker<'a> {
 
     // ---- health --------------------------------------------------------------------------
 
-    fn health(
-        &mut self,
-        raw: &Spanned<RawHealth>,
-        runtime_kind: &str,
-    ) -> (HealthConfig, ReadinessPolicy) {
+    fn health(&mut self, raw: &Spanned<RawHealth>) -> (HealthConfig, ReadinessPolicy) {
         let h = raw.get_ref();
         let defaults = ReadinessPolicy::default();
         let readiness = ReadinessPolicy {
@@ -575,9 +570,6 @@ impl<'a> Checker<'a> {
             "tcp" | "docker" => {
                 self.refuse_keys("health", &http_keys, "kind = \"http\"");
                 self.refuse_keys("health", &command_key, "kind = \"command\" or \"exec\"");
-                if kind == "docker" && runtime_kind != "docker" {
-                    self.bad(kind_span(), "health.kind", "health kind \"docker\" reads the container's health status and needs runtime kind \"docker\"; with compose, use \"http\", \"tcp\" or \"command\"");
-                }
                 if kind == "tcp" {
                     HealthConfig::Tcp
                 } else {
@@ -586,9 +578,6 @@ impl<'a> Checker<'a> {
             }
             "command" | "exec" => {
                 self.refuse_keys("health", &http_keys, "kind = \"http\"");
-                if kind == "exec" && runtime_kind != "docker" {
-                    self.bad(kind_span(), "health.kind", "health kind \"exec\" runs a command inside the container and needs runtime kind \"docker\"; with compose, use \"command\"");
-                }
                 let argv = match &h.command {
                     Some(c) => self.argv(c, "health.command", false),
                     None => {

@@ -35,7 +35,6 @@ pub struct Config {
 
 /// `[runtime]`.
 #[derive(Debug, Clone)]
-#[allow(dead_code)] // PENDING(docker crate): read once the runtimes are on main.
 pub enum RuntimeConfig {
     /// `kind = "compose"`.
     Compose(ComposeConfig),
@@ -55,7 +54,6 @@ impl RuntimeConfig {
 
 /// `[health]`: one attempt's check; the timing lives in [`EngineConfig::readiness`].
 #[derive(Debug, Clone)]
-#[allow(dead_code)] // PENDING(docker crate): read once the docker probes are on main.
 pub enum HealthConfig {
     /// An HTTP request to the instance's endpoint.
     Http(HttpProbeConfig),
@@ -167,6 +165,8 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     } else {
         dir
     };
+    // Absolute paths in messages and for the runtimes, whatever the working directory.
+    let dir = dir.canonicalize().unwrap_or(dir);
     parse(&text, path, &dir)
 }
 
