@@ -1,0 +1,278 @@
+//! ComposeRuntime with the installed compose program (docker-compose v1 here) against the real
+//! engine: the blog's two-file layout and the one-file interpolated layout.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use blue_green_core::{AppName, Color, Health, HealthProbe, InstanceState, Release, Runtime};
+use blue_green_docker::{
+    ComposeConfig, ComposeFiles, ComposeRuntime, ComposeTool, ContainerHealthProbe, ExecProbe,
+    PerColor,
+};
+use blue_green_testkit::docker::{containers_with_prefix, demo_app_image, DockerCleanup};
+use common::{free_endpoints, wait_healthy, wait_state};
+
+/// Runs `compose down` for each project on drop (the [`DockerCleanup`] behind it removes
+/// anything still left with the test's prefix).
+struct ComposeDown(Vec<(String, PathBuf)>);
+
+impl Drop for ComposeDown {
+    fn drop(&mut self) {
+        for (project, file) in &self.0 {
+            let _ = std::process::Command::new("docker-compose")
+                .args(["-p", project, "-f"])
+                .arg(file)
+                .args(["down", "--timeout", "1"])
+                .env("BLUE_GREEN_IMAGE", "unused")
+                .output();
+        }
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// One color's file in the blog's layout: fixed image, fixed host port.
+fn per_color_file(image: &str, port: u16) -> String {
+    format!(
+        r#"version: "3.7"
+services:
+  api:
+    image: {image}
+    environment:
+      - BLUE_GREEN_COLOR
+      - BLUE_GREEN_RELEASE
+      - SIGTERM_MODE=graceful
+    ports:
+      - "127.0.0.1:{port}:8080"
+"#
+    )
+}
+
+/// One file for both colors: image, color and release interpolated, a free host port.
+const SHARED_FILE: &str = r#"version: "3.7"
+services:
+  api:
+    image: ${BLUE_GREEN_IMAGE}
+    environment:
+      BLUE_GREEN_COLOR: ${BLUE_GREEN_COLOR}
+      BLUE_GREEN_RELEASE: ${BLUE_GREEN_RELEASE}
+    labels:
+      example.color: ${BLUE_GREEN_COLOR}
+    ports:
+      - "127.0.0.1::8080"
+"#;
+
+/// Deploys blue v1, then green v2 beside it, checks both, then stops and takes blue down
+/// (as after a switch), then green.
+async fn deploy_both_and_take_down(
+    cleanup: &DockerCleanup,
+    runtime: &ComposeRuntime,
+    artifact: Option<&str>,
+) {
+    let release = |id: &str| match artifact {
+        Some(image) => Release::new(id).with_artifact(image),
+        None => Release::new(id),
+    };
+    let blue = runtime
+        .start(Color::Blue, &release("v1"))
+        .await
+        .expect("up blue");
+    assert_eq!(blue.id, format!("{}-blue", cleanup.prefix()));
+    assert_ne!(blue.endpoint.port, 0);
+    assert_eq!(
+        wait_healthy(&blue, Duration::from_secs(30)).await,
+        "blue v1"
+    );
+    assert_eq!(runtime.state(&blue).await.unwrap(), InstanceState::Running);
+
+    let green = runtime
+        .start(Color::Green, &release("v2"))
+        .await
+        .expect("up green");
+    assert_ne!(green.endpoint, blue.endpoint);
+    assert_eq!(
+        wait_healthy(&green, Duration::from_secs(30)).await,
+        "green v2"
+    );
+
+    let listed = runtime.list().await.unwrap();
+    assert_eq!(
+        listed,
+        vec![blue.clone(), green.clone()],
+        "both projects, with their releases"
+    );
+
+    let logs = runtime.logs(&green, 5).await.unwrap();
+    assert!(
+        logs.iter().any(|l| l.contains("green v2 listening")),
+        "{logs:?}"
+    );
+
+    // Health probes find the service container through compose's labels.
+    let probe = ContainerHealthProbe::for_compose(runtime);
+    let start = Instant::now();
+    while probe.check(&green).await != Health::Healthy {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "green's HEALTHCHECK never passed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let exec = ExecProbe::for_compose(
+        runtime,
+        vec!["/demo-app".into(), "--check".into()],
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(exec.check(&green).await, Health::Healthy);
+
+    // After a switch to green: blue is stopped, then taken down.
+    runtime.stop(&blue, Duration::from_secs(5)).await.unwrap();
+    let (state, _) = wait_state(runtime, &blue, Duration::from_secs(10), |s| !s.is_running()).await;
+    assert_eq!(
+        state,
+        InstanceState::Exited {
+            code: Some(0),
+            reason: None
+        }
+    );
+    assert_eq!(
+        wait_healthy(&green, Duration::from_secs(5)).await,
+        "green v2"
+    );
+
+    runtime.remove(&blue).await.unwrap();
+    assert_eq!(runtime.state(&blue).await.unwrap(), InstanceState::Missing);
+    assert_eq!(runtime.list().await.unwrap(), vec![green.clone()]);
+    runtime.remove(&blue).await.expect("removing again is fine");
+
+    runtime.remove(&green).await.unwrap();
+    assert!(runtime.list().await.unwrap().is_empty());
+    assert!(
+        containers_with_prefix(cleanup.docker(), cleanup.prefix())
+            .await
+            .is_empty(),
+        "down removed every container"
+    );
+}
+
+fn compose_config(files: ComposeFiles) -> ComposeConfig {
+    ComposeConfig {
+        tool: ComposeTool::Auto,
+        files,
+        project: "{app}-{color}".into(),
+        service: "api".into(),
+        endpoints: None,
+        container_port: Some(8080),
+        working_dir: None,
+        env: BTreeMap::new(),
+    }
+}
+
+#[tokio::test]
+async fn the_blog_layout_with_a_file_per_color_deploys_and_takes_down() {
+    let cleanup = DockerCleanup::new("compose-blog").await;
+    let image = demo_app_image(&cleanup).await;
+    let dir = tempfile::tempdir().unwrap();
+    let endpoints = free_endpoints();
+    let files = PerColor {
+        blue: write(
+            dir.path(),
+            "docker-compose.blue.yml",
+            &per_color_file(&image, endpoints.blue.port),
+        ),
+        green: write(
+            dir.path(),
+            "docker-compose.green.yml",
+            &per_color_file(&image, endpoints.green.port),
+        ),
+    };
+    let _down = ComposeDown(vec![
+        (format!("{}-blue", cleanup.prefix()), files.blue.clone()),
+        (format!("{}-green", cleanup.prefix()), files.green.clone()),
+    ]);
+    let mut config = compose_config(ComposeFiles::PerColor(files));
+    config.endpoints = Some(endpoints.clone());
+    let runtime = ComposeRuntime::new(AppName::new(cleanup.prefix()).unwrap(), config)
+        .await
+        .expect("compose runtime");
+    println!("compose program: {}", runtime.program().display());
+
+    deploy_both_and_take_down(&cleanup, &runtime, None).await;
+}
+
+#[tokio::test]
+async fn one_interpolated_file_serves_both_colors() {
+    let cleanup = DockerCleanup::new("compose-shared").await;
+    let image = demo_app_image(&cleanup).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "docker-compose.yml", SHARED_FILE);
+    let _down = ComposeDown(vec![
+        (format!("{}-blue", cleanup.prefix()), file.clone()),
+        (format!("{}-green", cleanup.prefix()), file.clone()),
+    ]);
+    let runtime = ComposeRuntime::new(
+        AppName::new(cleanup.prefix()).unwrap(),
+        compose_config(ComposeFiles::Shared(file)),
+    )
+    .await
+    .expect("compose runtime");
+
+    deploy_both_and_take_down(&cleanup, &runtime, Some(&image)).await;
+}
+
+#[tokio::test]
+async fn a_failing_up_reports_compose_stderr() {
+    let cleanup = DockerCleanup::new("compose-fail").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "docker-compose.yml", SHARED_FILE);
+    let _down = ComposeDown(vec![(format!("{}-blue", cleanup.prefix()), file.clone())]);
+    let runtime = ComposeRuntime::new(
+        AppName::new(cleanup.prefix()).unwrap(),
+        compose_config(ComposeFiles::Shared(file)),
+    )
+    .await
+    .unwrap();
+    let missing = format!("{}-missing:v1", cleanup.prefix());
+    let error = runtime
+        .start(
+            Color::Blue,
+            &Release::new("v1").with_artifact(missing.clone()),
+        )
+        .await
+        .expect_err("the image does not exist and cannot be pulled");
+    println!("{error}");
+    assert!(error.message.contains("up -d` failed"), "{error}");
+    assert!(
+        error.message.contains(&missing),
+        "compose's stderr names the image: {error}"
+    );
+}
+
+#[tokio::test]
+async fn bad_project_templates_and_missing_files_are_refused_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "docker-compose.yml", SHARED_FILE);
+    let app = AppName::new("web").unwrap();
+
+    let mut same = compose_config(ComposeFiles::Shared(file.clone()));
+    same.project = "{app}".into();
+    let error = ComposeRuntime::new(app.clone(), same).await.unwrap_err();
+    assert!(error.to_string().contains("put `{color}` in it"), "{error}");
+
+    let mut bad = compose_config(ComposeFiles::Shared(file));
+    bad.project = "{app} {color}".into();
+    let error = ComposeRuntime::new(app.clone(), bad).await.unwrap_err();
+    assert!(error.to_string().contains("is not valid"), "{error}");
+
+    let missing = compose_config(ComposeFiles::Shared(dir.path().join("nope.yml")));
+    let error = ComposeRuntime::new(app, missing).await.unwrap_err();
+    assert!(error.to_string().contains("does not exist"), "{error}");
+}
