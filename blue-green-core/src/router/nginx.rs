@@ -19,6 +19,11 @@
 //!
 //! `nginx -s reload` returns before the new worker processes take over, so "reloaded" is not
 //! "routed": [`Router::verify`] polls a URL through nginx until it answers for the new color.
+//! Even then the old workers go on accepting new connections for a while: the nginx master
+//! starts the new workers, sleeps 100 ms, and only then tells the old ones to stop accepting
+//! (measured here: the last old-color answer to a new connection comes about 90 ms after the
+//! first new-color one). So a verification only counts a run of new-color answers that spans
+//! at least [`OLD_WORKER_OVERLAP`], however few `successes` it asks for.
 //!
 //! If nginx runs in a container, mount the file's *directory* rather than the file itself: the
 //! atomic write replaces the file by renaming, which a single-file bind mount does not see.
@@ -39,6 +44,10 @@ use crate::state::atomic::write_atomic;
 
 /// The first line of every file the router writes.
 const HEADER: &str = "# Managed by blue-green: rewritten on every switch; edits here will be lost.";
+/// How long a run of new-color answers must last before a switch counts as verified: nginx's
+/// old workers accept new connections for about 100 ms after the new ones start, and a busy
+/// machine may be slower to tell them to stop.
+pub const OLD_WORKER_OVERLAP: Duration = Duration::from_millis(250);
 /// How much of a command's output an error quotes.
 const OUTPUT_LIMIT: usize = 2000;
 
@@ -63,7 +72,7 @@ pub struct NginxVerify {
     /// The body must contain this, after `{color}` and `{release}` are filled in (default
     /// `{color}`).
     pub expect_body: String,
-    /// Answers in a row needed.
+    /// Answers in a row needed; the run must also last [`OLD_WORKER_OVERLAP`].
     pub successes: u32,
     /// Time between two requests.
     pub interval: Duration,
@@ -257,13 +266,14 @@ impl NginxRouter {
         let started = Instant::now();
         let deadline = started + verify.deadline;
         let mut in_a_row = 0u32;
+        let mut run_started = started;
         let mut requests = 0u32;
         let mut last_seen = String::from("no answer yet");
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 return Err(ComponentError::timeout(format!(
-                    "requests through nginx to {} did not answer with `{expected}` {} times in a row within {:?} ({requests} requests); last seen: {last_seen}. Check that nginx proxies that URL to upstream `{}` and that {} answers `{expected}`",
+                    "requests through nginx to {} did not answer with `{expected}` {} times in a row, over at least {OLD_WORKER_OVERLAP:?}, within {:?} ({requests} requests); last seen: {last_seen}. Check that nginx proxies that URL to upstream `{}` and that {} answers `{expected}`",
                     verify.url, verify.successes, verify.deadline, self.config.upstream, instance.endpoint
                 )));
             }
@@ -277,8 +287,11 @@ impl NginxRouter {
                 Ok(Ok((status, body)))
                     if (200..300).contains(&status) && contains(&body, expected.as_bytes()) =>
                 {
+                    if in_a_row == 0 {
+                        run_started = Instant::now();
+                    }
                     in_a_row += 1;
-                    if in_a_row >= verify.successes {
+                    if in_a_row >= verify.successes && run_started.elapsed() >= OLD_WORKER_OVERLAP {
                         tracing::debug!(
                             url = %verify.url,
                             requests,
@@ -452,8 +465,8 @@ impl CommandFailure {
                 ComponentError::new(
                     self.kind,
                     format!(
-                        "{what}: {}; {done}{again}, so nginx still routes as before",
-                        self.detail
+                        "{} {what}: {}; {done}{again}, so nginx still routes as before",
+                        self.command, self.detail
                     ),
                 )
             }
@@ -619,10 +632,10 @@ fn validate_verify(verify: &NginxVerify) -> Result<(), ComponentError> {
             "the nginx verification needs at least 1 success in a row",
         ));
     }
-    if verify.deadline.is_zero() {
-        return Err(ComponentError::invalid(
-            "the nginx verification deadline must be more than zero",
-        ));
+    if verify.deadline <= OLD_WORKER_OVERLAP {
+        return Err(ComponentError::invalid(format!(
+            "the nginx verification deadline must be more than {OLD_WORKER_OVERLAP:?} (nginx's old workers take about that long to stop accepting), for example 10s"
+        )));
     }
     Ok(())
 }
@@ -927,6 +940,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(std::fs::read(&file).unwrap(), before);
         assert!(error.message.contains("config is bad"), "{error}");
+        assert!(error.message.starts_with("`sh -c "), "{error}");
         assert!(
             error.message.contains("previous file was restored"),
             "{error}"

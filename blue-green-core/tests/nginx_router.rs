@@ -1,0 +1,284 @@
+//! NginxRouter against the real nginx (Debian's package, started on loopback by the test) and
+//! two real color servers.
+//!
+//! Run with `--nocapture` to see the reload→verified times and the request counts.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use blue_green_core::{
+    Color, ComponentErrorKind, Endpoint, NginxConfig, NginxRouter, NginxVerify, Router,
+};
+use blue_green_testkit::color_server::ColorServer;
+use blue_green_testkit::load::{Load, LoadConfig};
+use blue_green_testkit::nginx::NginxHarness;
+
+const SWITCHES: usize = 50;
+
+fn router_config(nginx: &NginxHarness) -> NginxConfig {
+    NginxConfig {
+        upstream: nginx.upstream().to_string(),
+        upstream_file: nginx.upstream_file(),
+        // With one server, a failed attempt must not make nginx give up on it for a while.
+        server_options: vec!["max_fails=0".into()],
+        upstream_directives: vec!["keepalive 16".into()],
+        test_command: nginx.test_command(),
+        reload_command: nginx.reload_command(),
+        command_timeout: Duration::from_secs(20),
+        verify: Some(NginxVerify {
+            url: nginx.url("/health"),
+            expect_body: "{color} {release}".into(),
+            successes: 3,
+            interval: Duration::from_millis(10),
+            deadline: Duration::from_secs(20),
+        }),
+    }
+}
+
+/// The colors that `n` requests through nginx, each on a new connection, answer.
+async fn colors_through(nginx: &NginxHarness, n: usize) -> Vec<String> {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..n {
+        let body = client
+            .get(nginx.url("/health"))
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        seen.push(
+            body.split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
+    seen
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[index]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_switches_under_load_fail_no_request_and_verify_the_new_color() {
+    let blue = ColorServer::start(Color::Blue, "v1").await.unwrap();
+    let green = ColorServer::start(Color::Green, "v2").await.unwrap();
+    let nginx = NginxHarness::start("app", &blue.endpoint()).await.unwrap();
+    let router = NginxRouter::new(router_config(&nginx)).unwrap();
+    assert_eq!(router.target().await.unwrap(), Some(blue.endpoint()));
+    assert_eq!(colors_through(&nginx, 3).await, ["blue"; 3]);
+
+    let load = Load::start(LoadConfig::new(nginx.url("")));
+    let warm = load.wait_for(50, Duration::from_secs(20)).await;
+    assert!(warm.total >= 50, "the load loop does not get going: {warm}");
+
+    let mut reload_to_verified = Vec::new();
+    let mut reload_took = Vec::new();
+    for switch in 0..SWITCHES {
+        let to = if switch % 2 == 0 { &green } else { &blue };
+        let asked = Instant::now();
+        router
+            .route_to(&to.endpoint())
+            .await
+            .unwrap_or_else(|e| panic!("switch {switch} to {}: {e}", to.color()));
+        let reloaded = asked.elapsed();
+        router
+            .verify(&to.instance())
+            .await
+            .unwrap_or_else(|e| panic!("switch {switch} to {}: {e}", to.color()));
+        reload_to_verified.push(asked.elapsed());
+        reload_took.push(reloaded);
+
+        assert_eq!(router.target().await.unwrap(), Some(to.endpoint()));
+        let seen = colors_through(&nginx, 5).await;
+        assert!(
+            seen.iter().all(|c| c == to.color().as_str()),
+            "after switch {switch} to {}, new requests through nginx answered {seen:?}",
+            to.color()
+        );
+    }
+    // Keep the load running a moment after the last switch, so late failures count too.
+    let before_end = load.snapshot().total;
+    load.wait_for(before_end + 50, Duration::from_secs(20))
+        .await;
+    let report = load.stop().await;
+
+    reload_to_verified.sort();
+    reload_took.sort();
+    eprintln!(
+        "{SWITCHES} switches: reload asked → verified: median {:?}, p90 {:?}, max {:?} (of which route_to, i.e. write + nginx -t + nginx -s reload: median {:?}, max {:?})",
+        percentile(&reload_to_verified, 0.5),
+        percentile(&reload_to_verified, 0.9),
+        reload_to_verified[SWITCHES - 1],
+        percentile(&reload_took, 0.5),
+        reload_took[SWITCHES - 1],
+    );
+    eprintln!("load through nginx: {report}");
+
+    assert_eq!(
+        report.failed, 0,
+        "requests failed during the switches: {report}"
+    );
+    assert!(
+        report.total >= 100,
+        "too little traffic to mean anything: {report}"
+    );
+    for color in ["blue", "green"] {
+        assert!(
+            report.by_color.get(color).copied().unwrap_or(0) > 0,
+            "no request reached {color}: {report}"
+        );
+    }
+    assert_eq!(report.by_color.get("other"), None, "{report}");
+}
+
+#[tokio::test]
+async fn a_config_nginx_rejects_is_undone_byte_for_byte_and_traffic_stays_on_the_old_color() {
+    let blue = ColorServer::start(Color::Blue, "v1").await.unwrap();
+    let green = ColorServer::start(Color::Green, "v2").await.unwrap();
+    let nginx = NginxHarness::start("app", &blue.endpoint()).await.unwrap();
+    let file = nginx.upstream_file();
+    let before = std::fs::read(&file).unwrap();
+
+    // `weight=0` passes the router's pattern but not nginx: `nginx -t` rejects the new file.
+    let mut config = router_config(&nginx);
+    config.server_options = vec!["weight=0".into()];
+    let router = NginxRouter::new(config).unwrap();
+    let error = router.route_to(&green.endpoint()).await.unwrap_err();
+    eprintln!("the error: {error}");
+
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        before,
+        "the previous file must come back byte for byte"
+    );
+    let message = &error.message;
+    assert_eq!(error.kind, ComponentErrorKind::Failed, "{message}");
+    assert!(message.contains(&file.display().to_string()), "{message}");
+    assert!(message.contains("-t`"), "names the test command: {message}");
+    assert!(
+        message.contains("invalid parameter \"weight=0\""),
+        "quotes nginx: {message}"
+    );
+    assert!(
+        message.contains("the previous file was restored"),
+        "{message}"
+    );
+    assert!(!message.contains("reloaded"), "no reload ran: {message}");
+
+    // nginx never saw the new file: it still routes to blue, and the router still reads blue.
+    assert_eq!(colors_through(&nginx, 5).await, ["blue"; 5]);
+    assert_eq!(router.target().await.unwrap(), Some(blue.endpoint()));
+
+    // A good router can still switch afterwards: nothing was left half done.
+    let good = NginxRouter::new(router_config(&nginx)).unwrap();
+    good.route_to(&green.endpoint()).await.unwrap();
+    good.verify(&green.instance()).await.unwrap();
+    assert_eq!(colors_through(&nginx, 3).await, ["green"; 3]);
+}
+
+/// Everything the file and the commands could show: the file's bytes and mtime, and whether
+/// a command ran (the commands touch a marker file).
+fn snapshot(dir: &Path) -> (Option<(Vec<u8>, std::time::SystemTime)>, bool) {
+    let file = dir.join("upstream.conf");
+    let content = std::fs::read(&file)
+        .ok()
+        .map(|bytes| (bytes, std::fs::metadata(&file).unwrap().modified().unwrap()));
+    (content, dir.join("command-ran").exists())
+}
+
+#[tokio::test]
+async fn injection_attempts_are_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("command-ran").display().to_string();
+    let config = NginxConfig {
+        upstream: "app".into(),
+        upstream_file: dir.path().join("upstream.conf"),
+        server_options: vec!["max_fails=0".into()],
+        upstream_directives: vec![],
+        test_command: vec!["touch".into(), marker.clone()],
+        reload_command: vec!["touch".into(), marker],
+        command_timeout: Duration::from_secs(5),
+        verify: None,
+    };
+    let evil = [
+        ";",
+        "}",
+        "{",
+        "\n",
+        "$",
+        " ",
+        "\"",
+        "'",
+        "#",
+        "; server 10.6.6.6:80",
+        "\n}\nserver { listen 80; }",
+    ];
+
+    for with_file in [false, true] {
+        if with_file {
+            std::fs::write(
+                dir.path().join("upstream.conf"),
+                "upstream app {\n    server 127.0.0.1:8081;\n}\n",
+            )
+            .unwrap();
+        }
+        let before = snapshot(dir.path());
+
+        for bad in evil {
+            // Upstream names, server options and directives: refused when the router is built.
+            let mut c = config.clone();
+            c.upstream = format!("app{bad}");
+            assert!(NginxRouter::new(c).is_err(), "upstream name {bad:?}");
+            let mut c = config.clone();
+            c.server_options = vec![format!("max_fails=0{bad}")];
+            assert!(NginxRouter::new(c).is_err(), "server option {bad:?}");
+            let mut c = config.clone();
+            c.upstream_directives = vec![format!("keepalive 16{bad}")];
+            assert!(NginxRouter::new(c).is_err(), "directive {bad:?}");
+
+            // Endpoint hosts: refused by route_to before the file is touched.
+            let router = NginxRouter::new(config.clone()).unwrap();
+            for host in [
+                format!("127.0.0.1{bad}"),
+                format!("{bad}evil"),
+                format!("ev{bad}il"),
+            ] {
+                let error = router
+                    .route_to(&Endpoint::new(host.clone(), 8082))
+                    .await
+                    .expect_err("an injected host must be refused");
+                assert_eq!(error.kind, ComponentErrorKind::Invalid, "{host:?}: {error}");
+            }
+        }
+        assert_eq!(
+            snapshot(dir.path()),
+            before,
+            "the file changed or a command ran (with a file before: {with_file})"
+        );
+    }
+
+    // The same router does write for a clean endpoint: the refusals above were not luck.
+    let router = NginxRouter::new(config).unwrap();
+    router
+        .route_to(&Endpoint::new("127.0.0.1", 8082))
+        .await
+        .unwrap();
+    let (content, ran) = snapshot(dir.path());
+    assert!(ran, "the commands run for a clean switch");
+    let text = String::from_utf8(content.unwrap().0).unwrap();
+    assert!(
+        text.contains("server 127.0.0.1:8082 max_fails=0;"),
+        "{text}"
+    );
+}
