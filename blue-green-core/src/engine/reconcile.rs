@@ -240,7 +240,14 @@ impl<'e, R: Runtime, P: HealthProbe, T: Router, S: StateStore> Run<'e, R, P, T, 
             )
         } else {
             let mut done = Vec::new();
-            for inst in world.idle_of(color) {
+            // Not `world.idle_of`: the router may have been routed back just above.
+            let idle: Vec<Instance> = world
+                .instances
+                .iter()
+                .filter(|i| i.color == color && Some(&i.endpoint) != self.target.as_ref())
+                .cloned()
+                .collect();
+            for inst in idle {
                 let result = match journal.command {
                     Command::Deploy | Command::Down => eng
                         .remove_unless_routed(&inst, self.target.as_ref())

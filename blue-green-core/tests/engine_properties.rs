@@ -1,0 +1,464 @@
+//! The engine's invariants (DESIGN.md) under injected failures and crashes, with the in-memory
+//! fakes of the `testing` feature on tokio's paused clock:
+//!
+//! - a property test runs random sequences of deploy / rollback / switch / down / status, with
+//!   a failure or a hang injected at a random call of the runtime, probe, router or store, and
+//!   checks the invariants after every command;
+//! - crash-recovery tests "kill the process" right after each journaled step (every call hangs
+//!   from then on and the command's future is dropped), then check that the next command finds
+//!   a consistent state and repairs what was left.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use blue_green_core::testing::{
+    FakeCall, FakeProbe, FakeRouter, FakeRuntime, FakeStore, FakeWorld, Fault,
+};
+use blue_green_core::{
+    AppName, CancellationToken, Color, ComponentErrorKind, Engine, EngineConfig, Error, Event,
+    InstanceState, KeepPrevious, Outcome, Release, Step,
+};
+use proptest::prelude::*;
+use proptest::test_runner::TestRunner;
+use tokio::sync::Notify;
+
+type FakeEngine = Engine<FakeRuntime, FakeProbe, FakeRouter, FakeStore>;
+
+fn config(keep: KeepPrevious) -> EngineConfig {
+    let mut config = EngineConfig::new(AppName::new("web").unwrap());
+    config.readiness.interval = Duration::from_millis(500);
+    config.readiness.timeout = Duration::from_secs(1);
+    config.readiness.deadline = Duration::from_secs(5);
+    config.switch.drain = Duration::from_secs(1);
+    config.switch.stop_timeout = Duration::from_secs(2);
+    config.switch.keep_previous = keep;
+    config
+}
+
+fn engine(world: &FakeWorld, keep: KeepPrevious) -> FakeEngine {
+    Engine::new(
+        config(keep),
+        world.runtime(),
+        world.probe(),
+        world.router(),
+        world.store(),
+    )
+}
+
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
+/// The running instances, by id.
+fn running(world: &FakeWorld) -> BTreeSet<String> {
+    world
+        .instances()
+        .into_iter()
+        .filter(|i| i.state.is_running())
+        .map(|i| i.instance.id)
+        .collect()
+}
+
+/// The routed instance's id, if one answers at the router's target.
+fn routed_id(world: &FakeWorld) -> Option<String> {
+    world.routed_instance().map(|i| i.instance.id)
+}
+
+// --- property test ------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+enum Op {
+    Deploy,
+    Rollback,
+    Switch(Color),
+    Down,
+    Status,
+}
+
+#[derive(Debug, Clone)]
+struct Injected {
+    call: FakeCall,
+    nth: u32,
+    fault: Fault,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => Just(Op::Deploy),
+        2 => Just(Op::Rollback),
+        1 => prop_oneof![Just(Color::Blue), Just(Color::Green)].prop_map(Op::Switch),
+        1 => Just(Op::Down),
+        1 => Just(Op::Status),
+    ]
+}
+
+fn injected() -> impl Strategy<Value = Option<Injected>> {
+    let fault = prop_oneof![
+        6 => Just(Fault::Fail(ComponentErrorKind::Failed)),
+        1 => Just(Fault::Fail(ComponentErrorKind::Unreachable)),
+        2 => Just(Fault::Hang),
+    ];
+    proptest::option::weighted(
+        0.7,
+        (
+            proptest::sample::select(FakeCall::ALL.to_vec()),
+            1u32..4,
+            fault,
+        )
+            .prop_map(|(call, nth, fault)| Injected { call, nth, fault }),
+    )
+}
+
+fn keep() -> impl Strategy<Value = KeepPrevious> {
+    prop_oneof![
+        Just(KeepPrevious::Running),
+        Just(KeepPrevious::Stopped),
+        Just(KeepPrevious::Removed)
+    ]
+}
+
+/// Runs one command; `Ok(Some(color))` when it made `color` live.
+async fn run(engine: &FakeEngine, op: &Op, n: usize) -> Result<Option<Color>, Error> {
+    let go = CancellationToken::new();
+    match op {
+        Op::Deploy => engine
+            .deploy(Release::new(format!("v{n}")), &go)
+            .await
+            .map(|r| Some(r.live.color)),
+        Op::Rollback => engine.rollback(&go).await.map(|r| Some(r.live.color)),
+        Op::Switch(color) => engine.switch(*color, &go).await.map(|r| Some(r.live.color)),
+        Op::Down => engine.down(None, false).await.map(|_| None),
+        Op::Status => engine.status().await.map(|_| None),
+    }
+}
+
+async fn check_sequence(
+    seeded: bool,
+    keep: KeepPrevious,
+    ops: Vec<(Op, Option<Injected>)>,
+    seen: &Mutex<Seen>,
+) -> Result<(), TestCaseError> {
+    let world = FakeWorld::new();
+    if seeded {
+        world.seed_live(Color::Blue, "v0");
+    }
+    let engine = engine(&world, keep);
+    for (n, (op, fault)) in ops.iter().enumerate() {
+        let target_before = world.router_target();
+        let routed_before = routed_id(&world);
+        let running_before = running(&world);
+        if let Some(f) = fault {
+            world.fault_nth(f.call, f.nth, f.fault);
+        }
+
+        let result = run(&engine, op, n + 1).await;
+        world.revive();
+        {
+            let mut seen = seen.lock().unwrap();
+            seen.commands += 1;
+            match &result {
+                Ok(_) => seen.succeeded += 1,
+                Err(Error::Inconsistent { .. }) => seen.inconsistent += 1,
+                Err(_) => seen.failed += 1,
+            }
+        }
+
+        let context = format!(
+            "command {n} {op:?} with {fault:?} -> {result:?}\ncalls: {:?}",
+            world
+                .calls()
+                .iter()
+                .rev()
+                .take(30)
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+        );
+        // The router only points at a running instance that passed a probe; the engine never
+        // stopped or removed what the router points at; nothing was routed to an unready one.
+        if let Err(broken) = world.check_invariants() {
+            return Err(TestCaseError::fail(format!("{broken}\n{context}")));
+        }
+        prop_assert!(
+            world.lock_holder().is_none(),
+            "lock still held after {context}"
+        );
+        match &result {
+            Ok(Some(color)) => {
+                let routed = world.routed_instance();
+                prop_assert_eq!(
+                    routed.map(|i| i.instance.color),
+                    Some(*color),
+                    "{}",
+                    context
+                );
+            }
+            Ok(None) => {}
+            Err(Error::Inconsistent { left, .. }) => {
+                // With one fault, the restore itself cannot fail; the one way left is a router
+                // that had no target before, which cannot be pointed back at nothing.
+                prop_assert!(!left.0.is_empty(), "{}", context);
+                prop_assert!(
+                    target_before.is_none(),
+                    "inconsistent after one fault: {}",
+                    context
+                );
+            }
+            Err(_) => {
+                // A failed command changed nothing that was serving, and left nothing new
+                // running.
+                prop_assert_eq!(&world.router_target(), &target_before, "{}", context);
+                prop_assert_eq!(&routed_id(&world), &routed_before, "{}", context);
+                let now = running(&world);
+                prop_assert!(
+                    now.is_subset(&running_before),
+                    "new instances left running: {:?} (before {:?})\n{}",
+                    now,
+                    running_before,
+                    context
+                );
+            }
+        }
+        // The next command, without faults, finds a consistent state: the saved live color is
+        // the routed one and no journal is left.
+        let status = engine.status().await;
+        let status = match status {
+            Ok(s) => s,
+            Err(e) => {
+                return Err(TestCaseError::fail(format!(
+                    "status failed: {e}\n{context}"
+                )))
+            }
+        };
+        let saved = world.saved_state();
+        prop_assert_eq!(saved.journal.clone(), None, "{}", context);
+        prop_assert_eq!(
+            saved.live.as_ref().map(|d| d.color),
+            world.routed_instance().map(|i| i.instance.color),
+            "{}",
+            context
+        );
+        prop_assert_eq!(
+            status.live,
+            world.routed_instance().map(|i| i.instance.color)
+        );
+        if let Err(broken) = world.check_invariants() {
+            return Err(TestCaseError::fail(format!(
+                "after status: {broken}\n{context}"
+            )));
+        }
+    }
+    seen.lock().unwrap().faults_hit += world.calls().iter().filter(|c| c.faulted).count();
+    Ok(())
+}
+
+/// What the property test saw, printed at its end (`--nocapture`) to show that faults hit.
+#[derive(Debug, Default)]
+struct Seen {
+    commands: usize,
+    succeeded: usize,
+    failed: usize,
+    inconsistent: usize,
+    faults_hit: usize,
+}
+
+#[test]
+fn invariants_hold_under_injected_failures() {
+    let mut runner = TestRunner::new(ProptestConfig {
+        failure_persistence: None,
+        ..ProptestConfig::with_cases(256)
+    });
+    let seen = Mutex::new(Seen::default());
+    let strategy = (
+        any::<bool>(),
+        keep(),
+        proptest::collection::vec((op(), injected()), 1..8),
+    );
+    let result = runner.run(&strategy, |(seeded, keep, ops)| {
+        paused_runtime().block_on(check_sequence(seeded, keep, ops, &seen))
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    println!("{:?}", seen.lock().unwrap());
+}
+
+// --- crash recovery -----------------------------------------------------------------------
+
+/// Runs a deploy of v2 over live blue v1 and "kills the process" right after the journal of
+/// `step` was written: from `StepStarted(step)` on, every call hangs, and the deploy's future
+/// is dropped. Returns the world as the crash left it.
+async fn crash_deploy_at(
+    step: Step,
+    keep: KeepPrevious,
+    prepare: impl FnOnce(&FakeWorld),
+) -> FakeWorld {
+    let world = FakeWorld::new();
+    world.seed_live(Color::Blue, "v1");
+    // A leftover from an earlier failure in green, so that the clear step runs.
+    world.seed_instance(
+        Color::Green,
+        "v0",
+        InstanceState::Exited {
+            code: Some(1),
+            reason: None,
+        },
+    );
+    prepare(&world);
+    let died = Arc::new(Notify::new());
+    let (w, signal) = (world.clone(), died.clone());
+    let engine = engine(&world, keep).with_observer(Arc::new(move |e: &Event| {
+        if matches!(e, Event::StepStarted { step: s, .. } if *s == step) {
+            w.crash();
+            signal.notify_one();
+        }
+    }));
+    let go = CancellationToken::new();
+    tokio::select! {
+        result = engine.deploy(Release::new("v2"), &go) => {
+            panic!("the deploy ended before the crash at {step}: {result:?}")
+        }
+        () = died.notified() => {}
+    }
+    // The future is dropped here, lock and all, as a killed process's would be.
+    drop(engine);
+    world.revive();
+    let saved = world.saved_state();
+    assert_eq!(
+        saved.journal.map(|j| j.step),
+        Some(step),
+        "the journal names the step the crash happened at"
+    );
+    world
+}
+
+/// After a crash, the next command (status, then a deploy) reconciles to a consistent state.
+async fn check_recovery(world: &FakeWorld, step: Step, expect_live: Color) {
+    let engine = engine(world, KeepPrevious::Stopped);
+    let status = engine.status().await.unwrap();
+
+    world
+        .check_invariants()
+        .unwrap_or_else(|e| panic!("after a crash at {step}: {e}"));
+    assert_eq!(status.live, Some(expect_live), "after a crash at {step}");
+    let saved = world.saved_state();
+    assert_eq!(saved.journal, None, "after a crash at {step}");
+    assert_eq!(saved.live.as_ref().map(|d| d.color), Some(expect_live));
+    assert!(
+        status.warnings.iter().any(|w| w.contains("interrupted")),
+        "the repair is reported: {:?}",
+        status.warnings
+    );
+    let history = world.history();
+    assert_eq!(
+        history.last().map(|r| r.outcome),
+        Some(Outcome::Interrupted)
+    );
+    if expect_live == Color::Blue {
+        // Nothing of the interrupted deploy is left in green.
+        assert!(
+            world.instances_of(Color::Green).is_empty(),
+            "after a crash at {step}: {:?}",
+            world.instances()
+        );
+    }
+
+    // And the next deploy works.
+    let report = engine
+        .deploy(Release::new("v3"), &CancellationToken::new())
+        .await
+        .unwrap_or_else(|e| panic!("deploy after a crash at {step}: {e}"));
+    assert_eq!(report.live.color, expect_live.other());
+    world.check_invariants().unwrap();
+    assert_eq!(world.routed_instance().unwrap().instance.release, "v3");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_before_the_switch_is_undone_by_the_next_command() {
+    for step in [Step::Clear, Step::Start, Step::Ready, Step::Switch] {
+        let world = crash_deploy_at(step, KeepPrevious::Stopped, |_| {}).await;
+        assert_eq!(
+            world.routed_instance().unwrap().instance.color,
+            Color::Blue,
+            "the router was not switched yet at {step}"
+        );
+        check_recovery(&world, step, Color::Blue).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_after_the_switch_is_recorded_by_the_next_command() {
+    for step in [
+        Step::Verify,
+        Step::Drain,
+        Step::Stop,
+        Step::Remove,
+        Step::Record,
+    ] {
+        let world = crash_deploy_at(step, KeepPrevious::Removed, |_| {}).await;
+        assert_eq!(
+            world.routed_instance().unwrap().instance.color,
+            Color::Green,
+            "the router was switched before {step}"
+        );
+        check_recovery(&world, step, Color::Green).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_while_restoring_after_a_failed_verify_routes_back() {
+    let world = crash_deploy_at(Step::Restore, KeepPrevious::Stopped, |w| {
+        w.fail_nth(FakeCall::Verify, 1)
+    })
+    .await;
+    // It died before routing back: the router still points at the unverified green.
+    assert_eq!(
+        world.routed_instance().unwrap().instance.color,
+        Color::Green
+    );
+    check_recovery(&world, Step::Restore, Color::Blue).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_during_down_is_finished_by_the_next_command() {
+    let world = FakeWorld::new();
+    world.seed_live(Color::Blue, "v1");
+    let engine1 = engine(&world, KeepPrevious::Stopped);
+    engine1
+        .deploy(Release::new("v2"), &CancellationToken::new())
+        .await
+        .unwrap();
+    for step in [Step::Stop, Step::Remove] {
+        let died = Arc::new(Notify::new());
+        let (w, signal) = (world.clone(), died.clone());
+        let engine2 =
+            engine(&world, KeepPrevious::Stopped).with_observer(Arc::new(move |e: &Event| {
+                if matches!(e, Event::StepStarted { step: s, .. } if *s == step) {
+                    w.crash();
+                    signal.notify_one();
+                }
+            }));
+        if world.instances_of(Color::Blue).is_empty() {
+            world.seed_instance(Color::Blue, "v1", InstanceState::Running);
+        }
+        tokio::select! {
+            r = engine2.down(None, false) => panic!("down ended before the crash: {r:?}"),
+            () = died.notified() => {}
+        }
+        drop(engine2);
+        world.revive();
+        let status = engine1.status().await.unwrap();
+        assert_eq!(status.live, Some(Color::Green));
+        assert!(
+            world.instances_of(Color::Blue).is_empty(),
+            "at {step}: {:?}",
+            world.instances()
+        );
+        assert_eq!(world.saved_state().journal, None);
+        world.check_invariants().unwrap();
+    }
+}
