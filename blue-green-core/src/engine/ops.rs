@@ -95,6 +95,19 @@ pub(super) async fn status<R: Runtime, P: HealthProbe, T: Router, S: StateStore>
     engine: &Engine<R, P, T, S>,
 ) -> Result<Status, Error> {
     let began = tokio::time::Instant::now();
+    let result = look(engine).await;
+    engine.emit(Event::CommandFinished {
+        command: Command::Status,
+        ok: result.is_ok(),
+        live: result.as_ref().ok().and_then(|s| s.live),
+        elapsed_ms: millis(began.elapsed()),
+    });
+    result
+}
+
+async fn look<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
+    engine: &Engine<R, P, T, S>,
+) -> Result<Status, Error> {
     let never = tokio_util::sync::CancellationToken::new();
     let (state, world, warnings) = match engine.begin(Command::Status, None, &never).await {
         Ok(mut run) => {
@@ -129,12 +142,6 @@ pub(super) async fn status<R: Runtime, P: HealthProbe, T: Router, S: StateStore>
             state,
         });
     }
-    engine.emit(Event::CommandFinished {
-        command: Command::Status,
-        ok: true,
-        live: world.live_color(),
-        elapsed_ms: millis(began.elapsed()),
-    });
     Ok(Status {
         app: engine.config().app.clone(),
         live: world.live_color(),

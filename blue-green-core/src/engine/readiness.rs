@@ -45,7 +45,7 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
             match self.rt_state(instance, Some(deadline - now)).await {
                 Ok(InstanceState::Running) => {}
                 Ok(state) => {
-                    let reason = format!("it {state} after {:?}", began.elapsed());
+                    let reason = format!("it {state} after {:.1?}", began.elapsed());
                     return Err(self.not_ready(instance, reason, last_probe).await);
                 }
                 // The runtime could not tell; the probe still can.

@@ -64,6 +64,8 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
         });
         let lock = match self.take_lock(command).await {
             Ok(lock) => lock,
+            // `status` goes on without the lock, and reports its own end.
+            Err(error) if command == Command::Status => return Err(error),
             Err(error) => {
                 self.emit(Event::CommandFinished {
                     command,
