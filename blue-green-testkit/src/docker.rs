@@ -152,13 +152,27 @@ pub async fn build_image(
 /// Builds `<prefix>-demo:latest`: the demo app in an empty image, from
 /// `examples/demo-app/Dockerfile` (with its HEALTHCHECK).
 pub async fn demo_app_image(cleanup: &DockerCleanup) -> String {
+    demo_app_image_with_env(cleanup, "demo", &[]).await
+}
+
+/// Builds `<prefix>-<name>:latest`: the demo app image with `env` baked in (`ENV` lines), for
+/// releases that behave differently, for example `CRASH_ON_START=1` or `NEVER_HEALTHY=1`.
+pub async fn demo_app_image_with_env(
+    cleanup: &DockerCleanup,
+    name: &str,
+    env: &[(&str, &str)],
+) -> String {
     let binary = tokio::task::spawn_blocking(|| demo_app_binary().to_path_buf())
         .await
         .expect("building the demo app");
     let data = std::fs::read(&binary).expect("reading the static demo-app");
-    let dockerfile = std::fs::read_to_string(workspace_root().join("examples/demo-app/Dockerfile"))
-        .expect("reading examples/demo-app/Dockerfile");
-    let tag = format!("{}-demo:latest", cleanup.prefix());
+    let mut dockerfile =
+        std::fs::read_to_string(workspace_root().join("examples/demo-app/Dockerfile"))
+            .expect("reading examples/demo-app/Dockerfile");
+    for (key, value) in env {
+        dockerfile.push_str(&format!("ENV {key}={value}\n"));
+    }
+    let tag = format!("{}-{name}:latest", cleanup.prefix());
     build_image(
         cleanup.docker(),
         &tag,

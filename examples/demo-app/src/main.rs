@@ -26,7 +26,8 @@
 //! - `GET /health`: 200 with the body `{color} {release}` (503 with `NEVER_HEALTHY=1`);
 //! - `GET /`: 200 with `demo-app {color} {release}`;
 //! - `GET|POST /slow?ms=N`: reads the request body, sleeps N ms, then answers (POST: with the
-//!   body's length).
+//!   body's length);
+//! - `POST /echo`: `{color} {release}` on a line, then the request body.
 //!
 //! Every answer carries `X-Color` and `X-Release` headers.
 //!
@@ -273,7 +274,12 @@ struct Request {
     target: String,
     keep_alive: bool,
     body_len: usize,
+    /// The body, for `/echo` (at most [`MAX_ECHO`] bytes are kept).
+    body: Vec<u8>,
 }
+
+/// Most bytes of a request body kept for `/echo`.
+const MAX_ECHO: usize = 1 << 20;
 
 fn handle_connection(
     stream: TcpStream,
@@ -379,14 +385,19 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Request>
             }
         }
     }
-    // Read and discard the body, retrying read timeouts.
+    // Read the body, retrying read timeouts; keep the start of it for /echo.
     let mut left = body_len;
+    let mut body = Vec::new();
     let mut buf = [0u8; 8192];
     while left > 0 {
         let want = left.min(buf.len());
         match reader.read(&mut buf[..want]) {
             Ok(0) => return Ok(None),
-            Ok(n) => left -= n,
+            Ok(n) => {
+                left -= n;
+                let room = MAX_ECHO.saturating_sub(body.len());
+                body.extend_from_slice(&buf[..n.min(room)]);
+            }
             Err(e) if is_timeout(&e) => continue,
             Err(e) => return Err(e),
         }
@@ -396,6 +407,7 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Request>
         target,
         keep_alive,
         body_len,
+        body,
     }))
 }
 
@@ -433,6 +445,10 @@ fn respond(request: &Request, settings: &Settings) -> (&'static str, String) {
                 ("200 OK", format!("{who} slept {ms} ms\n"))
             }
         }
+        ("POST", "/echo") => (
+            "200 OK",
+            format!("{who}\n{}", String::from_utf8_lossy(&request.body)),
+        ),
         _ => ("404 Not Found", format!("{who}: no such page\n")),
     }
 }
