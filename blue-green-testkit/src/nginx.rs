@@ -112,6 +112,11 @@ impl NginxHarness {
         Err(last_error)
     }
 
+    /// The master's process id; its workers are in the process group of the same id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The loopback port nginx listens on.
     pub fn port(&self) -> u16 {
         self.port
