@@ -269,3 +269,72 @@ async fn stop_kills_a_release_that_ignores_sigterm_after_the_grace_period() {
         "it was given its grace period"
     );
 }
+
+/// Starts the demo app with `env`, sends a 1.5 s request, stops the container once the app has
+/// the request, and returns what the client got and the container's exit state.
+async fn stop_during_a_slow_request(
+    cleanup: &DockerCleanup,
+    image: &str,
+    env: &[(&str, &str)],
+) -> (Result<(u16, String), String>, InstanceState) {
+    let runtime = runtime(cleanup, demo_config(image, env)).await;
+    let instance = runtime
+        .start(Color::Blue, &Release::new("v1"))
+        .await
+        .unwrap();
+    wait_healthy(&instance, Duration::from_secs(20)).await;
+
+    let endpoint = instance.endpoint.clone();
+    let request = tokio::spawn(async move { common::get(&endpoint, "/slow?ms=1500").await });
+    let start = Instant::now();
+    while !runtime
+        .logs(&instance, 20)
+        .await
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("/slow: sleeping"))
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the slow request never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    runtime
+        .stop(&instance, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let answer = request.await.unwrap();
+    (answer, runtime.state(&instance).await.unwrap())
+}
+
+#[tokio::test]
+async fn a_graceful_app_finishes_in_flight_requests_on_stop_and_an_aborting_one_does_not() {
+    let cleanup = DockerCleanup::new("sigterm").await;
+    let image = demo_app_image(&cleanup).await;
+
+    let (answer, state) = stop_during_a_slow_request(&cleanup, &image, &[]).await;
+    println!("graceful: {answer:?}, {state}");
+    assert_eq!(answer, Ok((200, "blue v1 slept 1500 ms\n".to_string())));
+    assert_eq!(
+        state,
+        InstanceState::Exited {
+            code: Some(0),
+            reason: None
+        }
+    );
+
+    let cleanup = DockerCleanup::new("sigterm-abort").await;
+    let image = demo_app_image(&cleanup).await;
+    let (answer, state) =
+        stop_during_a_slow_request(&cleanup, &image, &[("SIGTERM_MODE", "abort")]).await;
+    println!("abort: {answer:?}, {state}");
+    assert!(answer.is_err(), "the request was cut: {answer:?}");
+    assert_eq!(
+        state,
+        InstanceState::Exited {
+            code: Some(143),
+            reason: None
+        }
+    );
+}

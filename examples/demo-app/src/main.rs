@@ -435,6 +435,8 @@ fn respond(request: &Request, settings: &Settings) -> (&'static str, String) {
                 .find_map(|kv| kv.strip_prefix("ms="))
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or(0);
+            // Logged so that a test can tell the request is in flight.
+            println!("demo-app: {} /slow: sleeping {ms} ms", request.method);
             std::thread::sleep(Duration::from_millis(ms));
             if request.method == "POST" {
                 (
