@@ -282,3 +282,36 @@ async fn injection_attempts_are_refused_before_anything_is_written() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_verification_that_never_sees_the_new_color_says_what_it_saw() {
+    // Verification only needs a URL: here the blue server itself, while green is expected.
+    let blue = ColorServer::start(Color::Blue, "v1").await.unwrap();
+    let green = ColorServer::start(Color::Green, "v2").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let router = NginxRouter::new(NginxConfig {
+        upstream: "app".into(),
+        upstream_file: dir.path().join("upstream.conf"),
+        server_options: vec![],
+        upstream_directives: vec![],
+        test_command: vec![],
+        reload_command: vec!["true".into()],
+        command_timeout: Duration::from_secs(5),
+        verify: Some(NginxVerify {
+            deadline: Duration::from_secs(1),
+            ..NginxVerify::new(blue.url("/health"))
+        }),
+    })
+    .unwrap();
+    let error = router.verify(&green.instance()).await.unwrap_err();
+    assert_eq!(error.kind, ComponentErrorKind::Timeout, "{error}");
+    let message = &error.message;
+    assert!(message.contains("did not answer with `green`"), "{message}");
+    assert!(
+        message.contains("last seen: status 200: blue v1"),
+        "{message}"
+    );
+    assert!(message.contains(&blue.url("/health")), "{message}");
+    // And it passes once the URL answers for the instance.
+    router.verify(&blue.instance()).await.unwrap();
+}

@@ -291,6 +291,10 @@ impl NginxRouter {
                         run_started = Instant::now();
                     }
                     in_a_row += 1;
+                    last_seen = format!(
+                        "the expected answer {in_a_row} times in a row over {:?}",
+                        run_started.elapsed()
+                    );
                     if in_a_row >= verify.successes && run_started.elapsed() >= OLD_WORKER_OVERLAP {
                         tracing::debug!(
                             url = %verify.url,
