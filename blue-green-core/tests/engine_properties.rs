@@ -87,6 +87,35 @@ struct Injected {
     fault: Fault,
 }
 
+/// Besides a fault: the command may be cancelled (Ctrl-C) or its process killed when a step
+/// starts.
+#[derive(Debug, Clone, Copy)]
+enum Interrupt {
+    None,
+    Cancel(Step),
+    Crash(Step),
+}
+
+fn interrupt() -> impl Strategy<Value = Interrupt> {
+    let step = proptest::sample::select(vec![
+        Step::Clear,
+        Step::Start,
+        Step::Ready,
+        Step::Switch,
+        Step::Verify,
+        Step::Drain,
+        Step::Stop,
+        Step::Remove,
+        Step::Restore,
+        Step::Record,
+    ]);
+    prop_oneof![
+        6 => Just(Interrupt::None),
+        2 => step.clone().prop_map(Interrupt::Cancel),
+        2 => step.prop_map(Interrupt::Crash),
+    ]
+}
+
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => Just(Op::Deploy),
@@ -122,25 +151,59 @@ fn keep() -> impl Strategy<Value = KeepPrevious> {
     ]
 }
 
-/// Runs one command; `Ok(Some(color))` when it made `color` live.
-async fn run(engine: &FakeEngine, op: &Op, n: usize) -> Result<Option<Color>, Error> {
-    let go = CancellationToken::new();
-    match op {
-        Op::Deploy => engine
-            .deploy(Release::new(format!("v{n}")), &go)
-            .await
-            .map(|r| Some(r.live.color)),
-        Op::Rollback => engine.rollback(&go).await.map(|r| Some(r.live.color)),
-        Op::Switch(color) => engine.switch(*color, &go).await.map(|r| Some(r.live.color)),
-        Op::Down => engine.down(None, false).await.map(|_| None),
-        Op::Status => engine.status().await.map(|_| None),
+/// How a command ended: `Ok(Some(color))` when it made `color` live; `None` when its process
+/// was "killed".
+type Ended = Option<Result<Option<Color>, Error>>;
+
+/// Runs one command on a fresh engine over `world`, cancelling it or killing it at the start of
+/// the step `interrupt` names.
+async fn run(
+    world: &FakeWorld,
+    keep: KeepPrevious,
+    op: &Op,
+    n: usize,
+    interrupt: Interrupt,
+) -> Ended {
+    let cancel = CancellationToken::new();
+    let died = Arc::new(Notify::new());
+    let (trigger, w, signal) = (cancel.clone(), world.clone(), died.clone());
+    let engine = engine(world, keep).with_observer(Arc::new(move |e: &Event| {
+        if let Event::StepStarted { step, .. } = e {
+            match interrupt {
+                Interrupt::Cancel(at) if at == *step => trigger.cancel(),
+                Interrupt::Crash(at) if at == *step => {
+                    w.crash();
+                    signal.notify_one();
+                }
+                _ => {}
+            }
+        }
+    }));
+    let command = async {
+        match op {
+            Op::Deploy => engine
+                .deploy(Release::new(format!("v{n}")), &cancel)
+                .await
+                .map(|r| Some(r.live.color)),
+            Op::Rollback => engine.rollback(&cancel).await.map(|r| Some(r.live.color)),
+            Op::Switch(color) => engine
+                .switch(*color, &cancel)
+                .await
+                .map(|r| Some(r.live.color)),
+            Op::Down => engine.down(None, false).await.map(|_| None),
+            Op::Status => engine.status().await.map(|_| None),
+        }
+    };
+    tokio::select! {
+        result = command => Some(result),
+        () = died.notified() => None,
     }
 }
 
 async fn check_sequence(
     seeded: bool,
     keep: KeepPrevious,
-    ops: Vec<(Op, Option<Injected>)>,
+    ops: Vec<(Op, Option<Injected>, Interrupt)>,
     seen: &Mutex<Seen>,
 ) -> Result<(), TestCaseError> {
     let world = FakeWorld::new();
@@ -148,7 +211,7 @@ async fn check_sequence(
         world.seed_live(Color::Blue, "v0");
     }
     let engine = engine(&world, keep);
-    for (n, (op, fault)) in ops.iter().enumerate() {
+    for (n, (op, fault, interrupt)) in ops.iter().enumerate() {
         let target_before = world.router_target();
         let routed_before = routed_id(&world);
         let running_before = running(&world);
@@ -156,20 +219,22 @@ async fn check_sequence(
             world.fault_nth(f.call, f.nth, f.fault);
         }
 
-        let result = run(&engine, op, n + 1).await;
+        let ended = run(&world, keep, op, n + 1, *interrupt).await;
         world.revive();
         {
             let mut seen = seen.lock().unwrap();
             seen.commands += 1;
-            match &result {
-                Ok(_) => seen.succeeded += 1,
-                Err(Error::Inconsistent { .. }) => seen.inconsistent += 1,
-                Err(_) => seen.failed += 1,
+            match &ended {
+                None => seen.killed += 1,
+                Some(Ok(_)) => seen.succeeded += 1,
+                Some(Err(Error::Inconsistent { .. })) => seen.inconsistent += 1,
+                Some(Err(Error::Cancelled { .. })) => seen.cancelled += 1,
+                Some(Err(_)) => seen.failed += 1,
             }
         }
 
         let context = format!(
-            "command {n} {op:?} with {fault:?} -> {result:?}\ncalls: {:?}",
+            "command {n} {op:?} with {fault:?}, {interrupt:?} -> {ended:?}\ncalls: {:?}",
             world
                 .calls()
                 .iter()
@@ -187,6 +252,22 @@ async fn check_sequence(
             world.lock_holder().is_none(),
             "lock still held after {context}"
         );
+        let Some(result) = ended else {
+            // Killed mid-command: the status below must find and repair what it left.
+            let status = engine.status().await;
+            if let Err(e) = status {
+                return Err(TestCaseError::fail(format!(
+                    "status after a kill failed: {e}\n{context}"
+                )));
+            }
+            if let Err(broken) = world.check_invariants() {
+                return Err(TestCaseError::fail(format!(
+                    "after the repair: {broken}\n{context}"
+                )));
+            }
+            prop_assert_eq!(world.saved_state().journal, None, "{}", context);
+            continue;
+        };
         match &result {
             Ok(Some(color)) => {
                 let routed = world.routed_instance();
@@ -199,11 +280,12 @@ async fn check_sequence(
             }
             Ok(None) => {}
             Err(Error::Inconsistent { left, .. }) => {
-                // With one fault, the restore itself cannot fail; the one way left is a router
-                // that had no target before, which cannot be pointed back at nothing.
+                // With one fault, the restore itself cannot fail; the ways left are a router
+                // that had no target before (it cannot be pointed back at nothing), and a
+                // cancel followed by the fault hitting the restore.
                 prop_assert!(!left.0.is_empty(), "{}", context);
                 prop_assert!(
-                    target_before.is_none(),
+                    target_before.is_none() || matches!(interrupt, Interrupt::Cancel(_)),
                     "inconsistent after one fault: {}",
                     context
                 );
@@ -262,6 +344,8 @@ struct Seen {
     commands: usize,
     succeeded: usize,
     failed: usize,
+    cancelled: usize,
+    killed: usize,
     inconsistent: usize,
     faults_hit: usize,
 }
@@ -276,7 +360,7 @@ fn invariants_hold_under_injected_failures() {
     let strategy = (
         any::<bool>(),
         keep(),
-        proptest::collection::vec((op(), injected()), 1..8),
+        proptest::collection::vec((op(), injected(), interrupt()), 1..8),
     );
     let result = runner.run(&strategy, |(seeded, keep, ops)| {
         paused_runtime().block_on(check_sequence(seeded, keep, ops, &seen))
