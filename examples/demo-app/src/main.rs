@@ -29,7 +29,8 @@
 //!   body's length);
 //! - `POST /echo`: `{color} {release}` on a line, then the request body.
 //!
-//! Every answer carries `X-Color` and `X-Release` headers.
+//! Every answer carries `X-Color` and `X-Release` headers. Request bodies must come with
+//! `Content-Length` (no chunked encoding), as nginx sends them.
 //!
 //! `demo-app --check` is a health check for images without curl (`HEALTHCHECK CMD
 //! ["/demo-app", "--check"]`): it asks `http://127.0.0.1:$PORT/health` and exits 0 on a 200.
@@ -376,6 +377,13 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Request>
                 body_len = value.parse().map_err(|_| {
                     io::Error::new(io::ErrorKind::InvalidData, "bad Content-Length")
                 })?;
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                // Only Content-Length bodies are read; a chunked body would be mistaken for
+                // the next request, so the connection is dropped instead.
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "chunked request bodies are not supported: send Content-Length",
+                ));
             } else if name.eq_ignore_ascii_case("connection") {
                 if value.eq_ignore_ascii_case("close") {
                     keep_alive = false;
