@@ -15,7 +15,6 @@ mod child;
 mod load;
 mod ours;
 mod report;
-mod stage;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,7 +27,9 @@ use crate::baseline::{Baseline, BaselineConfig};
 use crate::load::{LoadConfig, RunningLoad, Sample};
 use crate::ours::{OursConfig, RuntimeKind};
 use crate::report::{Comparison, DeployFigures, LoadSummary, PhaseReport};
-use crate::stage::{free_port, Nginx};
+use blue_green_core::Endpoint;
+use blue_green_testkit::docker::{demo_app_image, DockerCleanup};
+use blue_green_testkit::nginx::NginxHarness;
 
 /// Deploys under load: blue-green against the shell-script way.
 #[derive(Debug, Parser)]
@@ -116,7 +117,7 @@ async fn main() {
             130
         }
     };
-    // Dropping `run` above already stopped nginx and the load; the containers' guard ran too.
+    // Dropping `run` above stopped nginx and the load and removed the containers.
     std::process::exit(code);
 }
 
@@ -131,13 +132,16 @@ async fn run(args: &Args) -> Result<(), String> {
         .prefix("blue-green-bench-")
         .tempdir()
         .map_err(|e| format!("could not create a temporary directory: {e}"))?;
-    let prefix = format!("bgbench{}", std::process::id());
-    let _containers = ContainerGuard {
-        prefix: prefix.clone(),
-    };
+    // Every container, compose project, network and image of this run is named after the
+    // guard's prefix; dropping the guard removes them, also after an error or Ctrl-C.
+    let cleanup = DockerCleanup::new("bench").await;
+    let prefix = cleanup.prefix().to_string();
     let image = match &args.image {
         Some(image) => image.clone(),
-        None => build_image(&prefix).await?,
+        None => {
+            eprintln!("building the demo-app image (static binary, FROM scratch)");
+            demo_app_image(&cleanup).await
+        }
     };
     let mut app_env = BTreeMap::new();
     app_env.insert(
@@ -206,14 +210,7 @@ async fn run_ours(
     let upstream = "bench_blue_green";
     let ports = [free_port()?, free_port()?];
     // Until the first deploy, nginx routes to the blue slot, where nothing listens yet.
-    let nginx = Nginx::start(
-        &dir.join("nginx"),
-        upstream,
-        &format!(
-            "upstream {upstream} {{\n    server 127.0.0.1:{};\n}}\n",
-            ports[0]
-        ),
-    )?;
+    let nginx = NginxHarness::start(upstream, &Endpoint::new("127.0.0.1", ports[0])).await?;
     let config = OursConfig {
         app: format!("{prefix}-bg"),
         dir: dir.clone(),
@@ -226,7 +223,7 @@ async fn run_ours(
         upstream_file: nginx.upstream_file(),
         test_command: nginx.test_command(),
         reload_command: nginx.reload_command(),
-        verify_url: format!("http://127.0.0.1:{}/health", nginx.port()),
+        verify_url: nginx.url("/health"),
         drain: args.drain,
         stop_timeout: args.stop_timeout,
     };
@@ -326,11 +323,8 @@ async fn run_baseline(
         .map_err(|e| format!("could not create {}: {e}", dir.display()))?;
     let upstream = "bench_baseline";
     let ports = [free_port()?, free_port()?];
-    let nginx = Nginx::start(
-        &dir.join("nginx"),
-        upstream,
-        &baseline::upstream_block(upstream, ports),
-    )?;
+    let nginx = NginxHarness::start(upstream, &Endpoint::new("127.0.0.1", ports[0])).await?;
+    replace_upstream(&nginx, &baseline::upstream_block(upstream, ports)).await?;
     let baseline = Arc::new(
         Baseline::new(BaselineConfig {
             dir: dir.clone(),
@@ -339,7 +333,7 @@ async fn run_baseline(
             container_port: 8080,
             ports,
             app_env: app_env.clone(),
-            check_url: format!("http://127.0.0.1:{}/health", nginx.port()),
+            check_url: nginx.url("/health"),
             sleep: args.baseline_sleep,
             retry_pause: args.baseline_retry_pause,
             attempts: args.baseline_attempts,
@@ -449,35 +443,39 @@ async fn blue_green_binary(args: &Args) -> Result<PathBuf, String> {
     Ok(sibling)
 }
 
-async fn build_image(prefix: &str) -> Result<String, String> {
-    let _ = prefix;
-    Err("building the demo-app image is not wired yet: pass --image".into())
+/// A free TCP port on 127.0.0.1 (bound, read, released).
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("could not find a free port on 127.0.0.1: {e}"))
 }
 
-/// Removes every container whose name starts with the run's prefix, on drop.
-struct ContainerGuard {
-    prefix: String,
-}
-
-impl Drop for ContainerGuard {
-    fn drop(&mut self) {
-        let out = std::process::Command::new("docker")
-            .args(["ps", "-aq", "--filter"])
-            .arg(format!("name=^{}", self.prefix))
-            .output();
-        if let Ok(out) = out {
-            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
-                .split_whitespace()
-                .map(str::to_string)
-                .collect();
-            if !ids.is_empty() {
-                let _ = std::process::Command::new("docker")
-                    .args(["rm", "-f"])
-                    .args(&ids)
-                    .output();
-            }
+/// Replaces the harness's upstream block with `block`, then tests and reloads nginx.
+async fn replace_upstream(nginx: &NginxHarness, block: &str) -> Result<(), String> {
+    tokio::fs::write(nginx.upstream_file(), block)
+        .await
+        .map_err(|e| format!("could not write {}: {e}", nginx.upstream_file().display()))?;
+    for argv in [nginx.test_command(), nginx.reload_command()] {
+        let out = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::process::Command::new(&argv[0])
+                .args(&argv[1..])
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .map_err(|_| format!("`{}` did not finish within 10s", argv.join(" ")))?
+        .map_err(|e| format!("could not run `{}`: {e}", argv.join(" ")))?;
+        if !out.status.success() {
+            return Err(format!(
+                "`{}` failed: {}",
+                argv.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
         }
     }
+    Ok(())
 }
 
 /// The machine and the settings, for the report.
