@@ -253,3 +253,26 @@ pub(super) fn now_rfc3339() -> String {
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ComponentErrorKind;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_that_does_not_answer_in_time_is_a_timeout_naming_it() {
+        let slow = async {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            Ok::<(), ComponentError>(())
+        };
+        let err = within(Duration::from_secs(3), "the router switching", slow)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, ComponentErrorKind::Timeout);
+        assert!(err
+            .message
+            .contains("the router switching did not answer within 3s"));
+        let fast = async { Ok::<u8, ComponentError>(7) };
+        assert_eq!(within(Duration::from_secs(3), "x", fast).await.unwrap(), 7);
+    }
+}

@@ -294,3 +294,94 @@ impl<'e, R: Runtime, P: HealthProbe, T: Router, S: StateStore> Run<'e, R, P, T, 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inst(color: Color, release: &str, port: u16) -> Instance {
+        Instance {
+            color,
+            release: release.into(),
+            id: format!("{color}-{port}"),
+            endpoint: Endpoint::new("127.0.0.1", port),
+        }
+    }
+
+    fn deployed(i: &Instance) -> Deployment {
+        Deployment {
+            color: i.color,
+            release: Release::new(i.release.clone()).with_artifact(format!("app:{}", i.release)),
+            endpoint: i.endpoint.clone(),
+            since: "t".into(),
+        }
+    }
+
+    fn world(instances: Vec<Instance>, target: Option<&Instance>) -> World {
+        World {
+            live: target.cloned(),
+            target: target.map(|i| i.endpoint.clone()),
+            instances,
+        }
+    }
+
+    #[test]
+    fn state_that_agrees_with_the_router_is_left_alone() {
+        let blue = inst(Color::Blue, "v1", 1);
+        let mut state = AppState {
+            live: Some(deployed(&blue)),
+            ..AppState::default()
+        };
+        let before = state.clone();
+        assert_eq!(
+            align_live(&mut state, &world(vec![blue.clone()], Some(&blue)), "web"),
+            None
+        );
+        assert_eq!(state, before);
+    }
+
+    #[test]
+    fn the_router_wins_and_the_recorded_live_becomes_previous() {
+        let blue = inst(Color::Blue, "v1", 1);
+        let green = inst(Color::Green, "v2", 2);
+        let mut state = AppState {
+            live: Some(deployed(&blue)),
+            previous: Some(deployed(&green)),
+            journal: None,
+        };
+        let warning = align_live(
+            &mut state,
+            &world(vec![blue.clone(), green.clone()], Some(&green)),
+            "web",
+        )
+        .expect("a warning");
+        assert!(warning.contains("router points at green"), "{warning}");
+        let live = state.live.unwrap();
+        assert_eq!(live.color, Color::Green);
+        // The artifact is kept from the record of that release.
+        assert_eq!(live.release.artifact.as_deref(), Some("app:v2"));
+        assert_eq!(state.previous.unwrap().color, Color::Blue);
+    }
+
+    #[test]
+    fn a_router_pointing_nowhere_means_nothing_is_live() {
+        let blue = inst(Color::Blue, "v1", 1);
+        let mut state = AppState {
+            live: Some(deployed(&blue)),
+            ..AppState::default()
+        };
+        let warning = align_live(&mut state, &world(vec![blue], None), "web").unwrap();
+        assert!(warning.contains("points nowhere"), "{warning}");
+        assert_eq!(state.live, None);
+        assert_eq!(state.previous.unwrap().color, Color::Blue);
+    }
+
+    #[test]
+    fn idle_of_never_includes_the_routed_instance() {
+        let a = inst(Color::Green, "v1", 1);
+        let b = inst(Color::Green, "v0", 2);
+        let w = world(vec![a.clone(), b.clone()], Some(&a));
+        assert_eq!(w.idle_of(Color::Green), vec![b]);
+        assert_eq!(w.live_color(), Some(Color::Green));
+    }
+}
