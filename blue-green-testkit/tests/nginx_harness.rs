@@ -159,6 +159,11 @@ async fn test_and_reload_commands_work_on_the_harness_config() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
+    // `-s reload` only sends the signal: wait for the master to act on it.
+    let until = Instant::now() + Duration::from_secs(10);
+    while !nginx.error_log().contains("reconfiguring") && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(
         nginx.error_log().contains("reconfiguring"),
         "{}",
