@@ -51,21 +51,21 @@ async fn dispatch(cli: &Cli, printer: Printer) -> Result<(), Failure> {
         Command::History { limit } => history(&config, *limit, printer).await,
         Command::Deploy(args) => {
             let release = release_for(args, &config)?;
-            let engine = engine(&config, printer).await?;
+            let engine = engine(&config, printer, true).await?;
             let started = Instant::now();
             let report = with_cancel(|c| async move { engine.deploy(release, &c).await }).await?;
             changed(printer, "deploy", &report, started);
             Ok(())
         }
         Command::Rollback => {
-            let engine = engine(&config, printer).await?;
+            let engine = engine(&config, printer, true).await?;
             let started = Instant::now();
             let report = with_cancel(|c| async move { engine.rollback(&c).await }).await?;
             changed(printer, "rollback", &report, started);
             Ok(())
         }
         Command::Switch { color } => {
-            let engine = engine(&config, printer).await?;
+            let engine = engine(&config, printer, true).await?;
             let color = Color::from(*color);
             let started = Instant::now();
             let report = with_cancel(|c| async move { engine.switch(color, &c).await }).await?;
@@ -73,7 +73,7 @@ async fn dispatch(cli: &Cli, printer: Printer) -> Result<(), Failure> {
             Ok(())
         }
         Command::Down { color, force } => {
-            let engine = engine(&config, printer).await?;
+            let engine = engine(&config, printer, true).await?;
             let report = engine.down(color.map(Color::from), *force).await?;
             let mut human = String::new();
             if report.removed.is_empty() {
@@ -87,7 +87,7 @@ async fn dispatch(cli: &Cli, printer: Printer) -> Result<(), Failure> {
             Ok(())
         }
         Command::Status => {
-            let engine = engine(&config, printer).await?;
+            let engine = engine(&config, printer, false).await?;
             let status = engine.status().await?;
             printer.success(
                 "status",
@@ -100,8 +100,8 @@ async fn dispatch(cli: &Cli, printer: Printer) -> Result<(), Failure> {
     }
 }
 
-async fn engine(config: &Config, printer: Printer) -> Result<CliEngine, Failure> {
-    let observer = printer.observer(PauseHook::from_env(config.state_dir.clone()));
+async fn engine(config: &Config, printer: Printer, steps: bool) -> Result<CliEngine, Failure> {
+    let observer = printer.observer(steps, PauseHook::from_env(config.state_dir.clone()));
     Ok(Components::build(config)
         .await?
         .engine(config)
@@ -238,7 +238,8 @@ fn status_text(s: &Status) -> String {
             let _ = writeln!(
                 out,
                 "live     {color}, release {} since {}",
-                d.release.id, d.since
+                d.release.id,
+                short_time(&d.since)
             );
         }
         (Some(color), _) => {
@@ -264,12 +265,12 @@ fn status_text(s: &Status) -> String {
             let live = if i.live { "  LIVE" } else { "" };
             let _ = writeln!(
                 out,
-                "  {:<6} release {:<20} {:<22} {:<24} {}{live}",
+                "  {:<6} release {:<16} {:<22} {:<20} {}{live}",
                 i.instance.color,
                 i.instance.release,
                 i.instance.endpoint.to_string(),
                 i.state.to_string(),
-                i.instance.id,
+                short_id(&i.instance.id),
             );
         }
     }
@@ -277,6 +278,26 @@ fn status_text(s: &Status) -> String {
         let _ = writeln!(out, "warning: {w}");
     }
     out
+}
+
+/// An RFC 3339 time without its fraction of a second: `2026-11-25T11:18:09Z`.
+fn short_time(t: &str) -> String {
+    match t.split_once('.') {
+        Some((whole, rest)) => {
+            let zone = rest.trim_start_matches(|c: char| c.is_ascii_digit());
+            format!("{whole}{zone}")
+        }
+        None => t.to_string(),
+    }
+}
+
+/// A Docker container id shortened as `docker ps` does; other ids as they are.
+fn short_id(id: &str) -> &str {
+    if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        &id[..12]
+    } else {
+        id
+    }
 }
 
 async fn history(config: &Config, limit: Option<usize>, printer: Printer) -> Result<(), Failure> {
@@ -293,7 +314,7 @@ async fn history(config: &Config, limit: Option<usize>, printer: Printer) -> Res
     } else {
         let _ = writeln!(
             out,
-            "{:<21} {:<9} {:<20} {:<12} {:<12} {:>8}  STEPS",
+            "{:<20}  {:<8} {:<16} {:<14} {:<12} {:>7}  STEPS",
             "STARTED", "COMMAND", "RELEASE", "FROM -> TO", "OUTCOME", "TIME"
         );
     }
@@ -307,8 +328,8 @@ async fn history(config: &Config, limit: Option<usize>, printer: Printer) -> Res
             .collect();
         let _ = writeln!(
             out,
-            "{:<21} {:<9} {:<20} {:<12} {:<12} {:>8}  {}",
-            r.started_at,
+            "{:<20}  {:<8} {:<16} {:<14} {:<12} {:>7}  {}",
+            short_time(&r.started_at),
             r.command,
             r.release.as_deref().unwrap_or("-"),
             format!("{} -> {}", color(r.from), color(r.to)),
@@ -317,7 +338,7 @@ async fn history(config: &Config, limit: Option<usize>, printer: Printer) -> Res
             steps.join(", "),
         );
         if let Some(e) = &r.error {
-            let _ = writeln!(out, "{:<21} error: {e}", "");
+            let _ = writeln!(out, "{:<22}error: {e}", "");
         }
     }
     printer.success("history", json!({ "history": records }), &out, true);
@@ -558,6 +579,20 @@ mod tests {
         assert_eq!(image_tag("reg.local:5000/web:v3").as_deref(), Some("v3"));
         assert_eq!(image_tag("reg.local:5000/web"), None);
         assert_eq!(image_tag("web@sha256:abc"), None);
+    }
+
+    #[test]
+    fn short_times_and_ids() {
+        assert_eq!(
+            short_time("2026-11-25T11:18:09.19880927Z"),
+            "2026-11-25T11:18:09Z"
+        );
+        assert_eq!(
+            short_time("2026-11-25T11:18:09+01:00"),
+            "2026-11-25T11:18:09+01:00"
+        );
+        assert_eq!(short_id(&"a".repeat(64)), "aaaaaaaaaaaa");
+        assert_eq!(short_id("web-blue"), "web-blue");
     }
 
     #[test]

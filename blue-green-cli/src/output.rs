@@ -53,19 +53,56 @@ impl PauseHook {
 /// spinner while a step runs (only when stderr is a terminal).
 pub struct HumanObserver {
     quiet: bool,
+    steps: bool,
     terminal: bool,
     spinner: Mutex<Option<ProgressBar>>,
+    repeats: Mutex<Option<Repeats>>,
     pause: Option<PauseHook>,
 }
 
+/// Probe attempts that failed for the same reason as the one before, shown as one line.
+struct Repeats {
+    color: blue_green_core::Color,
+    reason: String,
+    first: u32,
+    last: u32,
+}
+
 impl HumanObserver {
-    /// An observer that prints unless `quiet`.
-    pub fn new(quiet: bool, pause: Option<PauseHook>) -> Self {
+    /// An observer that prints unless `quiet`; with `steps` false, only warnings (for
+    /// read-only commands such as `status`).
+    pub fn new(quiet: bool, steps: bool, pause: Option<PauseHook>) -> Self {
         HumanObserver {
             quiet,
+            steps,
             terminal: std::io::stderr().is_terminal(),
             spinner: Mutex::new(None),
+            repeats: Mutex::new(None),
             pause,
+        }
+    }
+
+    /// Prints the line for probe attempts folded into one, if any.
+    fn flush_repeats(&self) {
+        let pending = self
+            .repeats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(r) = pending {
+            if r.last > r.first {
+                self.line(&format!(
+                    "       probe {} #{}-#{}: not ready, same reason",
+                    r.color, r.first, r.last
+                ));
+            }
+        }
+    }
+
+    fn set_spinner_message(&self, message: String) {
+        let slot = self.spinner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(pb) = slot.as_ref() {
+            pb.set_message(message);
         }
     }
 
@@ -121,6 +158,12 @@ impl Observer for HumanObserver {
         if self.quiet {
             return;
         }
+        if !self.steps {
+            if let Event::Warning { message } = event {
+                self.line(&format!("warning: {message}"));
+            }
+            return;
+        }
         match event {
             Event::CommandStarted {
                 app,
@@ -141,6 +184,7 @@ impl Observer for HumanObserver {
                 color,
                 elapsed_ms,
             } => {
+                self.flush_repeats();
                 self.stop_spinner();
                 self.line(&format!(
                     "  ok   {:<16} {:>7}",
@@ -152,11 +196,13 @@ impl Observer for HumanObserver {
                 step,
                 color,
                 elapsed_ms,
-                error,
+                ..
             } => {
+                // The reason is in the error printed at the end; here only where and when.
+                self.flush_repeats();
                 self.stop_spinner();
                 self.line(&format!(
-                    "  FAIL {:<16} {:>7}  {error}",
+                    "  FAIL {:<16} {:>7}",
                     step_label(*step, *color),
                     secs(*elapsed_ms)
                 ));
@@ -168,13 +214,35 @@ impl Observer for HumanObserver {
                 reason,
                 elapsed_ms,
             } => {
+                let reason = reason.as_deref().unwrap_or("unhealthy");
+                if !*healthy {
+                    let mut repeats = self.repeats.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(r) = repeats.as_mut() {
+                        if r.color == *color && r.reason == reason {
+                            r.last = *attempt;
+                            drop(repeats);
+                            self.set_spinner_message(format!(
+                                "{} {color}: probe #{attempt} not ready",
+                                Step::Ready
+                            ));
+                            return;
+                        }
+                    }
+                }
+                self.flush_repeats();
                 let verdict = if *healthy {
                     "healthy".to_string()
                 } else {
-                    format!("not ready: {}", reason.as_deref().unwrap_or("unhealthy"))
+                    *self.repeats.lock().unwrap_or_else(|p| p.into_inner()) = Some(Repeats {
+                        color: *color,
+                        reason: reason.to_string(),
+                        first: *attempt,
+                        last: *attempt,
+                    });
+                    format!("not ready: {reason}")
                 };
                 self.line(&format!(
-                    "       probe {color} #{attempt:<3} {verdict} ({elapsed_ms} ms)"
+                    "       probe {color} #{attempt}: {verdict} ({elapsed_ms} ms)"
                 ));
             }
             Event::Warning { message } => self.line(&format!("  warning: {message}")),
@@ -183,7 +251,10 @@ impl Observer for HumanObserver {
                     "  ->   live traffic now goes to {color} at {endpoint}"
                 ));
             }
-            Event::CommandFinished { .. } => self.stop_spinner(),
+            Event::CommandFinished { .. } => {
+                self.flush_repeats();
+                self.stop_spinner();
+            }
         }
     }
 }
@@ -228,12 +299,12 @@ pub struct Printer {
 }
 
 impl Printer {
-    /// The observer for a command that emits events.
-    pub fn observer(&self, pause: Option<PauseHook>) -> Arc<dyn Observer> {
+    /// The observer for a command that emits events; `steps` false shows only warnings.
+    pub fn observer(&self, steps: bool, pause: Option<PauseHook>) -> Arc<dyn Observer> {
         if self.json {
             Arc::new(JsonObserver::new(pause))
         } else {
-            Arc::new(HumanObserver::new(self.quiet, pause))
+            Arc::new(HumanObserver::new(self.quiet, steps, pause))
         }
     }
 
