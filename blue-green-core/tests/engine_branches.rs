@@ -784,6 +784,7 @@ async fn two_deploys_at_once_one_fails_with_locked() {
 #[tokio::test(start_paused = true)]
 async fn cancellation_at_each_step_before_the_stop_rolls_back() {
     for step in [
+        Step::Reconcile,
         Step::Clear,
         Step::Start,
         Step::Ready,

@@ -92,7 +92,11 @@ pub(super) async fn deploy<R: Runtime, P: HealthProbe, T: Router, S: StateStore>
 ) -> Result<Switched, Error> {
     let world = reconciled(run).await?;
     let from = world.live_color();
-    let color = from.map_or(Color::Blue, Color::other);
+    // The idle color; with nothing live, the one that was not live last (its slot may still
+    // hold the previous release, which `rollback` can bring back).
+    let color = from
+        .or(run.state.previous.as_ref().map(|d| d.color))
+        .map_or(Color::Blue, Color::other);
     run.from = from;
     run.to = Some(color);
     run.journal = Some(journal_for(run, color, Some(release.clone()), from));
