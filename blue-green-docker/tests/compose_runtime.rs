@@ -13,47 +13,8 @@ use blue_green_docker::{
     PerColor,
 };
 use blue_green_testkit::docker::{containers_with_prefix, demo_app_image, DockerCleanup};
+use common::compose::{compose_config, per_color_file, write, ComposeDown};
 use common::{free_endpoints, wait_healthy, wait_state};
-
-/// Runs `compose down` for each project on drop (the [`DockerCleanup`] behind it removes
-/// anything still left with the test's prefix).
-struct ComposeDown(Vec<(String, PathBuf)>);
-
-impl Drop for ComposeDown {
-    fn drop(&mut self) {
-        for (project, file) in &self.0 {
-            let _ = std::process::Command::new("docker-compose")
-                .args(["-p", project, "-f"])
-                .arg(file)
-                .args(["down", "--timeout", "1"])
-                .env("BLUE_GREEN_IMAGE", "unused")
-                .output();
-        }
-    }
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-/// One color's file in the blog's layout: fixed image, fixed host port.
-fn per_color_file(image: &str, port: u16) -> String {
-    format!(
-        r#"version: "3.7"
-services:
-  api:
-    image: {image}
-    environment:
-      - BLUE_GREEN_COLOR
-      - BLUE_GREEN_RELEASE
-      - SIGTERM_MODE=graceful
-    ports:
-      - "127.0.0.1:{port}:8080"
-"#
-    )
-}
 
 /// One file for both colors: image, color and release interpolated, a free host port.
 const SHARED_FILE: &str = r#"version: "3.7"
@@ -161,19 +122,6 @@ async fn deploy_both_and_take_down(
             .is_empty(),
         "down removed every container"
     );
-}
-
-fn compose_config(files: ComposeFiles) -> ComposeConfig {
-    ComposeConfig {
-        tool: ComposeTool::Auto,
-        files,
-        project: "{app}-{color}".into(),
-        service: "api".into(),
-        endpoints: None,
-        container_port: Some(8080),
-        working_dir: None,
-        env: BTreeMap::new(),
-    }
 }
 
 #[tokio::test]

@@ -7,40 +7,13 @@ mod common;
 
 use std::time::Duration;
 
-use blue_green_core::{
-    AppName, CancellationToken, DeployReport, Endpoint, Engine, EngineConfig, Error, FileStore,
-    HttpProbe, HttpProbeConfig, KeepPrevious, NginxConfig, NginxRouter, NginxVerify,
-    ReadinessPolicy, Release, Step, SwitchPolicy,
-};
+use blue_green_core::{AppName, CancellationToken, Engine, Error, FileStore, Release};
 use blue_green_docker::DockerRuntime;
 use blue_green_testkit::docker::{demo_app_image, demo_app_image_with_env, DockerCleanup};
-use blue_green_testkit::load::{Load, LoadConfig};
+use blue_green_testkit::load::Load;
 use blue_green_testkit::nginx::NginxHarness;
 use common::demo_config;
-
-/// Milliseconds of `step` in a report (summed when it ran more than once), or `-`.
-fn ms(report: &DeployReport, steps: &[Step]) -> String {
-    let total: Option<u64> = report
-        .steps
-        .iter()
-        .filter(|t| steps.contains(&t.step))
-        .map(|t| t.ms)
-        .reduce(|a, b| a + b);
-    total.map_or("-".into(), |ms| ms.to_string())
-}
-
-fn timing_row(label: &str, report: &DeployReport) -> String {
-    format!(
-        "{label:<8} {:<6} {:>6} {:>6} {:>7} {:>6} {:>6} {:>6}",
-        report.live.color,
-        ms(report, &[Step::Start]),
-        ms(report, &[Step::Ready]),
-        ms(report, &[Step::Switch, Step::Verify]),
-        ms(report, &[Step::Drain]),
-        ms(report, &[Step::Stop]),
-        report.steps.iter().map(|t| t.ms).sum::<u64>(),
-    )
-}
+use common::engine::{self as setup, timing_row, TIMING_HEADER};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ten_deploys_and_two_failed_ones_through_nginx_under_load_lose_no_request() {
@@ -50,9 +23,7 @@ async fn ten_deploys_and_two_failed_ones_through_nginx_under_load_lose_no_reques
     let sick = demo_app_image_with_env(&cleanup, "sick", &[("NEVER_HEALTHY", "1")]).await;
 
     // Before the first deploy nginx points at a port where nothing listens.
-    let nothing = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let nowhere = Endpoint::new("127.0.0.1", nothing.local_addr().unwrap().port());
-    drop(nothing);
+    let nowhere = setup::nowhere();
     let nginx = NginxHarness::start("demo", &nowhere)
         .await
         .unwrap_or_else(|e| panic!("nginx did not start: {e}"));
@@ -61,45 +32,10 @@ async fn ten_deploys_and_two_failed_ones_through_nginx_under_load_lose_no_reques
     let runtime = DockerRuntime::connect(app.clone(), demo_config(&good, &[]))
         .await
         .unwrap();
-    let probe = HttpProbe::new(HttpProbeConfig {
-        path: "/health".into(),
-        expect_body: Some("{color} {release}".into()),
-        timeout: Duration::from_secs(2),
-        ..Default::default()
-    });
-    let router = NginxRouter::new(NginxConfig {
-        upstream: nginx.upstream().to_string(),
-        upstream_file: nginx.upstream_file(),
-        server_options: vec!["max_fails=0".into()],
-        upstream_directives: vec!["keepalive 16".into()],
-        test_command: nginx.test_command(),
-        reload_command: nginx.reload_command(),
-        command_timeout: Duration::from_secs(20),
-        verify: Some(NginxVerify {
-            url: nginx.url("/health"),
-            expect_body: "{color} {release}".into(),
-            successes: 3,
-            interval: Duration::from_millis(20),
-            deadline: Duration::from_secs(20),
-        }),
-    })
-    .unwrap();
+    let probe = setup::probe();
+    let router = setup::router(&nginx);
     let state_dir = tempfile::tempdir().unwrap();
-    let mut config = EngineConfig::new(app);
-    config.readiness = ReadinessPolicy {
-        initial_delay: Duration::ZERO,
-        interval: Duration::from_millis(100),
-        timeout: Duration::from_secs(2),
-        healthy_threshold: 2,
-        deadline: Duration::from_secs(30),
-    };
-    config.switch = SwitchPolicy {
-        // Longer than the slowest request, so requests nginx still sends to the old color
-        // finish before it is stopped.
-        drain: Duration::from_secs(1),
-        stop_timeout: Duration::from_secs(10),
-        keep_previous: KeepPrevious::Stopped,
-    };
+    let config = setup::engine_config(app);
     let engine = Engine::new(
         config.clone(),
         runtime,
@@ -114,16 +50,7 @@ async fn ten_deploys_and_two_failed_ones_through_nginx_under_load_lose_no_reques
         .await
         .unwrap_or_else(|e| panic!("first deploy: {e}\nnginx: {}", nginx.error_log()));
 
-    let load = Load::start(LoadConfig {
-        clients: 6,
-        get_path: "/health".into(),
-        post_path: Some("/slow?ms=300".into()),
-        post_every: 4,
-        slow_path: Some("/slow?ms=400".into()),
-        slow_every: 3,
-        pause: Duration::from_millis(5),
-        ..LoadConfig::new(nginx.url(""))
-    });
+    let load = Load::start(setup::load_config(nginx.url("")));
     let warm = load.wait_for(50, Duration::from_secs(20)).await;
     assert!(
         warm.total >= 50 && warm.failed == 0,
@@ -178,10 +105,7 @@ async fn ten_deploys_and_two_failed_ones_through_nginx_under_load_lose_no_reques
     let report = load.stop().await;
     println!("load during 10 good and 2 failed deploys: {report}");
     println!("{}", report.retry_samples.join("\n"));
-    println!(
-        "per-deploy timings in ms (switch = switch + verify; total = every step):\n\
-         release  live    start  ready  switch   drain   stop  total"
-    );
+    println!("{TIMING_HEADER}");
     for row in &rows {
         println!("{row}");
     }

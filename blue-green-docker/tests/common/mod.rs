@@ -1,6 +1,9 @@
 //! Helpers shared by the Docker tests.
 #![allow(dead_code)]
 
+pub mod compose;
+pub mod engine;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
