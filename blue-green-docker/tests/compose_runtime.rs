@@ -3,15 +3,10 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use blue_green_core::{AppName, Color, Health, HealthProbe, InstanceState, Release, Runtime};
-use blue_green_docker::{
-    ComposeConfig, ComposeFiles, ComposeRuntime, ComposeTool, ContainerHealthProbe, ExecProbe,
-    PerColor,
-};
+use blue_green_docker::{ComposeFiles, ComposeRuntime, ContainerHealthProbe, ExecProbe, PerColor};
 use blue_green_testkit::docker::{containers_with_prefix, demo_app_image, DockerCleanup};
 use common::compose::{compose_config, per_color_file, write, ComposeDown};
 use common::{free_endpoints, wait_healthy, wait_state};
