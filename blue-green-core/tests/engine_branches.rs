@@ -1152,3 +1152,17 @@ fn fake_engine(
         world.store(),
     )
 }
+
+#[test]
+fn command_futures_are_send_so_a_caller_can_spawn_them() {
+    fn send<T: Send>(_: &T) {}
+    let world = FakeWorld::new();
+    let engine = fake_engine(&world, config());
+    let cancel = go();
+    send(&engine.deploy(Release::new("v1"), &cancel));
+    send(&engine.rollback(&cancel));
+    send(&engine.switch(Color::Blue, &cancel));
+    send(&engine.down(None, false));
+    send(&engine.status());
+    send(&engine.history());
+}

@@ -64,7 +64,7 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
     ) -> Result<Instance, ComponentError> {
         within(
             self.timeouts().start,
-            format_args!("the runtime starting release {} in {color}", release.id),
+            format!("the runtime starting release {} in {color}", release.id),
             self.runtime.start(color, release),
         )
         .await
@@ -73,7 +73,7 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
     pub(super) async fn rt_restart(&self, instance: &Instance) -> Result<Instance, ComponentError> {
         within(
             self.timeouts().start,
-            format_args!("the runtime restarting {}", describe(instance)),
+            format!("the runtime restarting {}", describe(instance)),
             self.runtime.restart(instance),
         )
         .await
@@ -87,7 +87,7 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
         let limit = limit.map_or(self.timeouts().runtime, |l| l.min(self.timeouts().runtime));
         within(
             limit,
-            format_args!("the runtime reporting the state of {}", describe(instance)),
+            format!("the runtime reporting the state of {}", describe(instance)),
             self.runtime.state(instance),
         )
         .await
@@ -97,7 +97,7 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
         let grace = self.config.switch.stop_timeout;
         within(
             grace + self.timeouts().stop_margin,
-            format_args!("the runtime stopping {}", describe(instance)),
+            format!("the runtime stopping {}", describe(instance)),
             self.runtime.stop(instance, grace),
         )
         .await
@@ -106,7 +106,7 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
     pub(super) async fn rt_remove(&self, instance: &Instance) -> Result<(), ComponentError> {
         within(
             self.timeouts().runtime,
-            format_args!("the runtime removing {}", describe(instance)),
+            format!("the runtime removing {}", describe(instance)),
             self.runtime.remove(instance),
         )
         .await
@@ -124,7 +124,7 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
     pub(super) async fn rt_logs(&self, instance: &Instance) -> Result<Vec<String>, ComponentError> {
         within(
             self.timeouts().runtime,
-            format_args!("the runtime reading the logs of {}", describe(instance)),
+            format!("the runtime reading the logs of {}", describe(instance)),
             self.runtime.logs(instance, self.config.log_lines),
         )
         .await
@@ -179,7 +179,7 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
     pub(super) async fn router_route_to(&self, endpoint: &Endpoint) -> Result<(), ComponentError> {
         within(
             self.timeouts().router,
-            format_args!("the router switching to {endpoint}"),
+            format!("the router switching to {endpoint}"),
             self.router.route_to(endpoint),
         )
         .await
@@ -188,7 +188,7 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
     pub(super) async fn router_verify(&self, instance: &Instance) -> Result<(), ComponentError> {
         within(
             self.timeouts().router,
-            format_args!(
+            format!(
                 "the router verifying that traffic reaches {}",
                 describe(instance)
             ),
@@ -203,7 +203,7 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
     ) -> Result<Option<u64>, ComponentError> {
         within(
             self.timeouts().router,
-            format_args!("the router counting requests in flight to {endpoint}"),
+            format!("the router counting requests in flight to {endpoint}"),
             self.router.in_flight(endpoint),
         )
         .await
