@@ -437,17 +437,38 @@ impl ComposeRuntime {
         if let Some(image) = &release.artifact {
             env.push(("BLUE_GREEN_IMAGE", image.clone()));
         }
-        self.run(color, &["up", "-d"], &env, self.command_timeout)
-            .await?;
         let project = self.projects.get(color);
-        if self.service_containers(project).await?.is_empty() {
-            return Err(Error::Invalid(format!(
-                "compose project {project} started, but it has no container for service `{}`: check `service` in [runtime] against the services in {}",
-                self.config.service,
-                self.files.get(color).display()
-            )));
+        let up = async {
+            self.run(color, &["up", "-d"], &env, self.command_timeout)
+                .await?;
+            if self.service_containers(project).await?.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "compose project {project} started, but it has no container for service `{}`: check `service` in [runtime] against the services in {}",
+                    self.config.service,
+                    self.files.get(color).display()
+                )));
+            }
+            self.instance_of(color, release.id.clone(), &env).await
+        };
+        match up.await {
+            Ok(instance) => Ok(instance),
+            Err(error) => {
+                // Leave the slot empty, as it was: the engine never learns of a project whose
+                // start failed, so nobody else would take it down.
+                let down = self
+                    .run(
+                        color,
+                        &["down", "--timeout", "10"],
+                        &env,
+                        self.command_timeout + Duration::from_secs(10),
+                    )
+                    .await;
+                if let Err(down) = down {
+                    tracing::warn!(project, error = %down, "could not take down a project whose start failed");
+                }
+                Err(error)
+            }
         }
-        self.instance_of(color, release.id.clone(), &env).await
     }
 
     async fn stop_inner(&self, instance: &Instance, grace: Duration) -> Result<(), Error> {

@@ -106,13 +106,17 @@ impl Error {
     pub(crate) fn from_bollard(what: impl Into<String>, source: bollard::errors::Error) -> Self {
         use bollard::errors::Error as B;
         match source {
-            B::SocketNotFoundError(_)
-            | B::HyperLegacyError { .. }
-            | B::IOError { .. }
-            | B::RequestTimeoutError => Error::Unreachable {
-                host: crate::client::docker_host(),
-                source,
+            // The client's own limit (bollard's default of 120s), hit before ours.
+            B::RequestTimeoutError => Error::Timeout {
+                what: what.into(),
+                timeout: Duration::from_secs(120),
             },
+            B::SocketNotFoundError(_) | B::HyperLegacyError { .. } | B::IOError { .. } => {
+                Error::Unreachable {
+                    host: crate::client::docker_host(),
+                    source,
+                }
+            }
             source => Error::Api {
                 what: what.into(),
                 source,

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use blue_green_core::{AppName, Color, Health, HealthProbe, InstanceState, Release, Runtime};
 use blue_green_docker::{ComposeFiles, ComposeRuntime, ContainerHealthProbe, ExecProbe, PerColor};
-use blue_green_testkit::docker::{containers_with_prefix, demo_app_image, DockerCleanup};
+use blue_green_testkit::docker::{
+    containers_with_prefix, demo_app_image, networks_with_prefix, DockerCleanup,
+};
 use common::compose::{compose_config, per_color_file, write, ComposeDown};
 use common::{free_endpoints, wait_healthy, wait_state};
 
@@ -196,6 +198,15 @@ async fn a_failing_up_reports_compose_stderr() {
     assert!(
         error.message.contains(&missing),
         "compose's stderr names the image: {error}"
+    );
+    assert!(
+        containers_with_prefix(cleanup.docker(), cleanup.prefix())
+            .await
+            .is_empty()
+            && networks_with_prefix(cleanup.docker(), cleanup.prefix())
+                .await
+                .is_empty(),
+        "the failed project was taken down"
     );
 }
 

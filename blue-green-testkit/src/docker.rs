@@ -381,3 +381,15 @@ pub async fn containers_with_prefix(
         })
         .collect()
 }
+
+/// Names of the networks with `prefix` (compose makes `<project>_default`).
+pub async fn networks_with_prefix(docker: &Docker, prefix: &str) -> Vec<String> {
+    docker
+        .list_networks(None::<ListNetworksOptions>)
+        .await
+        .expect("listing networks")
+        .into_iter()
+        .filter_map(|n| n.name)
+        .filter(|name| name.starts_with(prefix))
+        .collect()
+}
