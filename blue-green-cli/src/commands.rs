@@ -407,7 +407,7 @@ async fn environment_checks(config: &Config, checks: &mut Vec<Check>) -> Result<
         Ok(c) => {
             checks.push(Check {
                 what: config.runtime.kind().into(),
-                result: Ok("Docker answers".into()),
+                result: Ok(c.connected.clone()),
             });
             Some(c)
         }

@@ -30,6 +30,8 @@ pub struct Components {
     pub router: Box<dyn Router>,
     /// State, history and lock.
     pub store: FileStore,
+    /// What was connected to, for `validate`.
+    pub connected: String,
 }
 
 impl Components {
@@ -68,9 +70,15 @@ impl Components {
                 Box::new(ExecProbe::for_compose(r, argv.clone(), timeout).map_err(Failure::docker)?)
             }
         };
-        let runtime: Box<dyn Runtime> = match runtime {
-            Docker(r) => Box::new(r),
-            Compose(r) => Box::new(r),
+        let (runtime, connected): (Box<dyn Runtime>, String) = match runtime {
+            Docker(r) => (Box::new(r), "Docker answers".to_string()),
+            Compose(r) => {
+                let program = r.program().display();
+                (
+                    Box::new(r),
+                    format!("Docker answers; compose program: `{program}`"),
+                )
+            }
         };
         let router: Box<dyn Router> = match &config.router {
             RouterConfig::Nginx(c) => {
@@ -83,6 +91,7 @@ impl Components {
             probe,
             router,
             store: FileStore::new(config.state_dir.clone()),
+            connected,
         })
     }
 

@@ -320,3 +320,38 @@ async fn a_held_lock_exits_3_naming_the_holder() {
         "the message should name the holder:\n{stderr}"
     );
 }
+
+#[test]
+fn every_example_config_passes_config_validation() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut checked = Vec::new();
+    for entry in std::fs::read_dir(&examples).expect("read examples/") {
+        let config = entry.expect("entry").path().join("blue-green.toml");
+        if !config.is_file() {
+            continue;
+        }
+        // `--config-only`: the config and the files it names, not Docker or nginx, which the
+        // examples' READMEs start by hand.
+        let out = blue_green(&examples)
+            .arg("-c")
+            .arg(&config)
+            .args(["validate", "--config-only"])
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "{} does not validate:\n{}",
+            config.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        checked.push(config);
+    }
+    assert!(
+        checked.len() >= 2,
+        "expected compose-nginx and docker-nginx, found {checked:?}"
+    );
+    assert!(
+        !examples.join("compose-nginx/.blue-green").exists(),
+        "validation must not create a state directory"
+    );
+}

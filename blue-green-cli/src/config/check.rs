@@ -1030,8 +1030,15 @@ impl<'a> Checker<'a> {
     }
 
     /// An argv array: at least a program unless `empty_ok`, no empty program, no NUL.
+    /// `{config_dir}` becomes the config file's directory; other braces are left as they are
+    /// (an argument may well be JSON).
     fn argv(&mut self, list: &Spanned<Vec<Str>>, key: &str, empty_ok: bool) -> Vec<String> {
-        let argv: Vec<String> = list.get_ref().iter().map(|a| a.get_ref().clone()).collect();
+        let dir = self.dir.display().to_string();
+        let argv: Vec<String> = list
+            .get_ref()
+            .iter()
+            .map(|a| a.get_ref().replace("{config_dir}", &dir))
+            .collect();
         if argv.is_empty() && !empty_ok {
             self.bad(list.span(), key, "the command is empty: expected an argv array with the program first, for example [\"nginx\", \"-s\", \"reload\"]");
         } else if argv.first().is_some_and(|p| p.trim().is_empty()) {

@@ -130,3 +130,31 @@ fn images_are_checked() {
     assert!(!is_valid_image("-web"));
     assert!(!is_valid_image(""));
 }
+
+#[test]
+fn config_dir_is_filled_in_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"
+app = "web"
+[runtime]
+kind = "docker"
+image = "web:1"
+container_port = 8080
+[router]
+kind = "nginx"
+upstream = "web"
+upstream_file = "nginx/upstream.conf"
+test_command = ["nginx", "-p", "{config_dir}/nginx/", "-t"]
+reload_command = ["nginx", "-s", "reload", "{\"json\": 1}"]
+"#;
+    let c = parse(text, &dir.path().join("bg.toml"), dir.path()).unwrap();
+    let RouterConfig::Nginx(n) = &c.router else {
+        panic!("expected nginx")
+    };
+    assert_eq!(
+        n.test_command[2],
+        format!("{}/nginx/", dir.path().display())
+    );
+    assert_eq!(n.reload_command[3], "{\"json\": 1}");
+    assert_eq!(n.upstream_file, dir.path().join("nginx/upstream.conf"));
+}
