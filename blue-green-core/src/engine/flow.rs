@@ -60,7 +60,7 @@ fn journal_for<R, P, T, S>(
         color,
         release,
         from,
-        started_at: now_rfc3339(),
+        started_at: run.started_at.clone(),
         pid: std::process::id(),
     }
 }

@@ -54,7 +54,7 @@ pub(super) async fn down<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
             color,
             release: None,
             from: live,
-            started_at: super::calls::now_rfc3339(),
+            started_at: run.started_at.clone(),
             pid: std::process::id(),
         });
         // `--force` is the one way to stop what the router points at: the user asked for it.

@@ -29,7 +29,7 @@ pub(super) struct Run<'e, R, P, T, S> {
     pub(super) command: Command,
     cancel: CancellationToken,
     began: Instant,
-    started_at: String,
+    pub(super) started_at: String,
     steps: Vec<StepTiming>,
     warnings: Vec<String>,
     /// The saved state as this command sees it (reconciled, then changed step by step).
