@@ -338,3 +338,100 @@ async fn a_graceful_app_finishes_in_flight_requests_on_stop_and_an_aborting_one_
         }
     );
 }
+
+#[tokio::test]
+async fn networks_restart_policy_stop_signal_env_and_labels_reach_the_container() {
+    let cleanup = DockerCleanup::new("settings").await;
+    let image = demo_app_image(&cleanup).await;
+    let networks: Vec<String> = ["front", "back"]
+        .iter()
+        .map(|n| format!("{}-{n}", cleanup.prefix()))
+        .collect();
+    for name in &networks {
+        cleanup
+            .docker()
+            .create_network(bollard::models::NetworkCreateRequest {
+                name: name.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let mut config = demo_config(
+        &image,
+        &[("GREETING", "hi"), ("BLUE_GREEN_COLOR", "spoofed")],
+    );
+    config.networks = networks.clone();
+    config.restart_policy = Some("on-failure".into());
+    config.stop_signal = Some("SIGINT".into());
+    config.labels.insert("team".into(), "web".into());
+    let runtime = runtime(&cleanup, config).await;
+    let instance = runtime
+        .start(Color::Green, &Release::new("v3"))
+        .await
+        .unwrap();
+    assert_eq!(
+        wait_healthy(&instance, Duration::from_secs(20)).await,
+        "green v3"
+    );
+
+    let inspect = cleanup
+        .docker()
+        .inspect_container(
+            &instance.id,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .unwrap();
+    let attached: Vec<String> = inspect
+        .network_settings
+        .and_then(|n| n.networks)
+        .unwrap_or_default()
+        .into_keys()
+        .collect();
+    for name in &networks {
+        assert!(attached.contains(name), "attached to {name}: {attached:?}");
+    }
+    let host = inspect.host_config.unwrap();
+    assert_eq!(
+        host.restart_policy.and_then(|r| r.name),
+        Some(bollard::models::RestartPolicyNameEnum::ON_FAILURE)
+    );
+    let config = inspect.config.unwrap();
+    assert_eq!(config.stop_signal.as_deref(), Some("SIGINT"));
+    let env = config.env.unwrap_or_default();
+    assert!(env.contains(&"GREETING=hi".to_string()), "{env:?}");
+    assert!(
+        env.contains(&"BLUE_GREEN_COLOR=green".to_string()),
+        "{env:?}"
+    );
+    assert!(
+        env.contains(&"BLUE_GREEN_RELEASE=v3".to_string()),
+        "{env:?}"
+    );
+    assert!(
+        !env.iter().any(|e| e.contains("spoofed")),
+        "ours win: {env:?}"
+    );
+    assert_eq!(
+        config
+            .labels
+            .unwrap_or_default()
+            .get("team")
+            .map(String::as_str),
+        Some("web")
+    );
+
+    // SIGINT is a graceful stop for the demo app too.
+    runtime
+        .stop(&instance, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        runtime.state(&instance).await.unwrap(),
+        InstanceState::Exited {
+            code: Some(0),
+            reason: None
+        }
+    );
+}
