@@ -1,5 +1,20 @@
 //! The switch algorithm, written once and generic over [`Runtime`], [`HealthProbe`], [`Router`]
 //! and [`StateStore`].
+//!
+//! A deploy runs these steps, each announced by an [`Event`](crate::Event) and, from `clear`
+//! on, written to the journal in the saved state *before* it runs:
+//!
+//! `lock` → `reconcile` → `clear` → `start` → `ready` → `switch` → `verify` → `drain` → `stop`
+//! → `remove` → `record`
+//!
+//! A failure or cancellation before the switch is verified runs `restore` (route back, remove
+//! what was started). A command that finds a journal left by a killed one repairs from it
+//! before anything else. `docs/architecture.md` has the whole story: each step, the repair
+//! rules, the invariants and the exit classes.
+//!
+//! Files: `flow` (deploy, rollback, switch, restore), `reconcile`, `readiness` (and the drain),
+//! `ops` (down, status), `run` (one command: lock, journal, events, history), `calls` (every
+//! external call with its timeout).
 
 mod calls;
 mod flow;
@@ -102,7 +117,12 @@ pub struct Status {
     pub warnings: Vec<String>,
 }
 
-/// The deploy engine for one app.
+/// The deploy engine for one app: its config, its four components and an observer of events.
+///
+/// Every command takes the app's lock for its whole run, so one engine (or several processes
+/// with engines over the same store) runs one command at a time; a second fails at once with
+/// [`Error::Locked`]. The command futures are `Send`; dropping one mid-way is like killing the
+/// process: the next command repairs from the journal.
 pub struct Engine<R, P, T, S> {
     config: EngineConfig,
     runtime: R,
