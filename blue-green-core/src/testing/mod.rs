@@ -50,39 +50,39 @@ pub use fakes::{FakeProbe, FakeRouter, FakeRuntime, FakeStore};
 /// Every method of the four components, to name a call when injecting a fault or counting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum FakeCall {
-    /// [`Runtime::start`]
+    /// [`Runtime::start`](crate::Runtime::start)
     Start,
-    /// [`Runtime::state`]
+    /// [`Runtime::state`](crate::Runtime::state)
     State,
-    /// [`Runtime::stop`]
+    /// [`Runtime::stop`](crate::Runtime::stop)
     Stop,
-    /// [`Runtime::restart`]
+    /// [`Runtime::restart`](crate::Runtime::restart)
     Restart,
-    /// [`Runtime::remove`]
+    /// [`Runtime::remove`](crate::Runtime::remove)
     Remove,
-    /// [`Runtime::list`]
+    /// [`Runtime::list`](crate::Runtime::list)
     List,
-    /// [`Runtime::logs`]
+    /// [`Runtime::logs`](crate::Runtime::logs)
     Logs,
-    /// [`HealthProbe::check`]
+    /// [`HealthProbe::check`](crate::HealthProbe::check)
     Check,
-    /// [`Router::target`]
+    /// [`Router::target`](crate::Router::target)
     Target,
-    /// [`Router::route_to`]
+    /// [`Router::route_to`](crate::Router::route_to)
     RouteTo,
-    /// [`Router::verify`]
+    /// [`Router::verify`](crate::Router::verify)
     Verify,
-    /// [`Router::in_flight`]
+    /// [`Router::in_flight`](crate::Router::in_flight)
     InFlight,
-    /// [`StateStore::lock`]
+    /// [`StateStore::lock`](crate::StateStore::lock)
     Lock,
-    /// [`StateStore::load`]
+    /// [`StateStore::load`](crate::StateStore::load)
     Load,
-    /// [`StateStore::save`]
+    /// [`StateStore::save`](crate::StateStore::save)
     Save,
-    /// [`StateStore::append_history`]
+    /// [`StateStore::append_history`](crate::StateStore::append_history)
     AppendHistory,
-    /// [`StateStore::history`]
+    /// [`StateStore::history`](crate::StateStore::history)
     History,
 }
 
@@ -144,7 +144,7 @@ impl fmt::Display for CallRecord {
 pub struct FakeInstance {
     /// The instance handed to the engine.
     pub instance: Instance,
-    /// What [`Runtime::state`] answers for it.
+    /// What [`Runtime::state`](crate::Runtime::state) answers for it.
     pub state: InstanceState,
     /// Whether it answered a healthy probe since it was last (re)started: the world's notion
     /// of "passed readiness".
@@ -294,7 +294,7 @@ impl FakeWorld {
         self.lock().in_flight = Some(n);
     }
 
-    /// A live process holds the lock: `lock` answers [`LockError::Held`] until
+    /// A live process holds the lock: `lock` answers [`LockError::Held`](crate::LockError::Held) until
     /// [`FakeWorld::release_lock`].
     pub fn hold_lock(&self, holder: LockHolder) {
         self.lock().lock = Some(holder);
@@ -306,7 +306,7 @@ impl FakeWorld {
     }
 
     /// A lock is left by a process that is gone: the next `lock` takes it over and says so in
-    /// [`Lock::taken_over_from`].
+    /// [`Lock::taken_over_from`](crate::Lock::taken_over_from).
     pub fn leave_stale_lock(&self, holder: LockHolder) {
         self.lock().stale_lock = Some(holder);
     }
