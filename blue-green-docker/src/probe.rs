@@ -168,6 +168,11 @@ impl HealthProbe for ContainerHealthProbe {
 /// Runs a command inside the container through the exec API (argv, never a shell); exit code
 /// 0 is healthy, anything else unhealthy with the code and the command's output.
 ///
+/// The image must contain the program (a `FROM scratch` image has no shell or curl: use the
+/// app's own binary, as the demo app's `--check` does). Docker has no call to kill an exec, so
+/// a command that outlives the timeout is reported unhealthy and left to finish on its own:
+/// keep the command short and give it its own time limit where it can take one.
+///
 /// ```no_run
 /// # fn demo(runtime: &blue_green_docker::DockerRuntime) -> Result<(), blue_green_docker::Error> {
 /// use std::time::Duration;
