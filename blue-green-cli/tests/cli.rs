@@ -355,3 +355,42 @@ fn every_example_config_passes_config_validation() {
         "validation must not create a state directory"
     );
 }
+
+#[test]
+fn configs_shown_in_the_docs_pass_config_validation() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut checked = 0;
+    for doc in ["README.md", "docs/configuration.md", "docs/guide.md"] {
+        let text = std::fs::read_to_string(root.join(doc)).expect("read doc");
+        let mut blocks = text.split("```toml\n").skip(1);
+        for (i, block) in blocks.by_ref().enumerate() {
+            let config = block.split("```").next().unwrap_or("");
+            // Only whole files; the fragments of one table are shown for reading.
+            if !(config.contains("app = ") && config.contains("[router]")) {
+                continue;
+            }
+            let dir = project(config);
+            std::fs::write(dir.path().join("docker-compose.blue.yml"), "services: {}\n")
+                .expect("write");
+            std::fs::write(
+                dir.path().join("docker-compose.green.yml"),
+                "services: {}\n",
+            )
+            .expect("write");
+            let out = blue_green(dir.path())
+                .args(["validate", "--config-only"])
+                .output()
+                .expect("run");
+            assert!(
+                out.status.success(),
+                "config block {i} of {doc} does not validate:\n{}\n{config}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 3,
+        "only {checked} full configs found in the docs"
+    );
+}

@@ -1,0 +1,553 @@
+//! Fault injection: the real `blue-green` binary against the real Docker engine and a real
+//! nginx, with GET, POST and slow requests flowing through nginx the whole time.
+//!
+//! - the CLI killed with SIGKILL at the start of each step of a deploy (the test-only hook
+//!   `BLUE_GREEN_TEST_PAUSE_AT` parks it there), then `status` and the next `deploy` repair;
+//! - a release that crash-loops under a restart policy; one that never gets healthy;
+//! - nginx's config test failing; an old container that ignores SIGTERM;
+//! - ten deploys started at once.
+//!
+//! In every case no request through nginx may fail. Needs Docker and nginx; fails with a clear
+//! message when either is missing. Every container and image carries the test's prefix and is
+//! removed on drop, also when a test fails; nginx and the temporary directory go the same way.
+
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use blue_green_core::Endpoint;
+use blue_green_testkit::docker::{demo_app_image, demo_app_image_with_env, DockerCleanup};
+use blue_green_testkit::load::{Load, LoadConfig, LoadReport};
+use blue_green_testkit::nginx::NginxHarness;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_blue-green");
+/// No single command of these tests takes longer on a busy 2-core machine.
+const COMMAND_DEADLINE: Duration = Duration::from_secs(120);
+
+/// What a test varies in the config file.
+#[derive(Default)]
+struct Tweaks {
+    /// `runtime.restart_policy`.
+    restart_policy: Option<&'static str>,
+    /// Replace nginx's config test with this argv.
+    test_command: Option<Vec<String>>,
+}
+
+/// One app with its own nginx, image, config and state, and everything torn down on drop.
+/// Fields drop in order: the load stops before nginx, nginx before the containers go.
+struct Stage {
+    nginx: NginxHarness,
+    dir: tempfile::TempDir,
+    image: String,
+    cleanup: DockerCleanup,
+}
+
+impl Stage {
+    async fn new(name: &str) -> Stage {
+        let cleanup = DockerCleanup::new(name).await;
+        let image = demo_app_image(&cleanup).await;
+        // Until the first deploy nginx points at a port where nothing listens.
+        let nowhere = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+            Endpoint::new("127.0.0.1", l.local_addr().expect("local addr").port())
+        };
+        let nginx = NginxHarness::start(cleanup.prefix(), &nowhere)
+            .await
+            .unwrap_or_else(|e| panic!("nginx did not start: {e}"));
+        let dir = tempfile::Builder::new()
+            .prefix("bg-fault-")
+            .tempdir()
+            .expect("temp dir");
+        let stage = Stage {
+            nginx,
+            dir,
+            image,
+            cleanup,
+        };
+        stage.write_config("blue-green.toml", &Tweaks::default());
+        stage
+    }
+
+    fn app(&self) -> &str {
+        self.cleanup.prefix()
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("blue-green.toml")
+    }
+
+    /// Writes a config for this app (same state, same nginx) as `file` in the test's directory.
+    fn write_config(&self, file: &str, tweaks: &Tweaks) -> PathBuf {
+        let list = |argv: &[String]| {
+            let items: Vec<String> = argv.iter().map(|a| format!("{a:?}")).collect();
+            format!("[{}]", items.join(", "))
+        };
+        let restart = tweaks
+            .restart_policy
+            .map(|p| format!("restart_policy = {p:?}\n"))
+            .unwrap_or_default();
+        let test = tweaks
+            .test_command
+            .clone()
+            .unwrap_or_else(|| self.nginx.test_command());
+        let text = format!(
+            r#"app = "{app}"
+state_dir = {state:?}
+
+[runtime]
+kind = "docker"
+image = "{image}"
+container_port = 8080
+{restart}
+[health]
+kind = "http"
+path = "/health"
+expect_body = "{{color}} {{release}}"
+interval = "100ms"
+timeout = "1s"
+deadline = "8s"
+
+[router]
+kind = "nginx"
+upstream = "{app}"
+upstream_file = {upstream_file:?}
+server_options = ["max_fails=0"]
+test_command = {test}
+reload_command = {reload}
+verify_url = "{verify}"
+
+[switch]
+drain = "500ms"
+stop_timeout = "2s"
+keep_previous = "stopped"
+"#,
+            app = self.app(),
+            state = self.state_dir().display().to_string(),
+            image = self.image,
+            upstream_file = self.nginx.upstream_file().display().to_string(),
+            test = list(&test),
+            reload = list(&self.nginx.reload_command()),
+            verify = self.nginx.url("/health"),
+        );
+        let path = self.dir.path().join(file);
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+
+    fn command(&self, config: &PathBuf, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(BIN);
+        cmd.arg("-c")
+            .arg(config)
+            .args(args)
+            .env_remove("BLUE_GREEN_CONFIG")
+            .env_remove("BLUE_GREEN_TEST_PAUSE_AT")
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// Runs `blue-green -c CONFIG ARGS` to its end and prints what it said.
+    async fn run_with(&self, config: &PathBuf, args: &[&str]) -> Output {
+        let started = Instant::now();
+        let out = tokio::time::timeout(COMMAND_DEADLINE, self.command(config, args).output())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "`blue-green {}` ran past {COMMAND_DEADLINE:?}",
+                    args.join(" ")
+                )
+            })
+            .expect("run blue-green");
+        eprintln!(
+            "$ blue-green {} -> {} ({} ms)\n{}",
+            args.join(" "),
+            out.status,
+            started.elapsed().as_millis(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    async fn run(&self, args: &[&str]) -> Output {
+        self.run_with(&self.config(), args).await
+    }
+
+    /// A deploy that must succeed.
+    async fn deploy(&self, release: &str, extra: &[&str]) {
+        let mut args = vec!["deploy", "--release", release];
+        args.extend_from_slice(extra);
+        let out = self.run(&args).await;
+        assert!(
+            out.status.success(),
+            "`deploy --release {release}` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `status --json`: must succeed; returns its `status` object.
+    async fn status(&self) -> Value {
+        let out = self.run(&["--json", "status"]).await;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "`status` failed ({}): {}{stdout}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let last = stdout.lines().last().expect("a result line on stdout");
+        let result: Value = serde_json::from_str(last).expect("the result line is JSON");
+        result["status"].clone()
+    }
+
+    /// What nginx answers on `/health` now: `{color} {release}`.
+    async fn served(&self) -> String {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("client");
+        match client.get(self.nginx.url("/health")).send().await {
+            Ok(r) => r.text().await.unwrap_or_default().trim().to_string(),
+            Err(e) => format!("no answer: {e}"),
+        }
+    }
+
+    /// Steady traffic through nginx: GETs, POSTs with a body, slow GETs, half of the clients
+    /// on kept-alive connections. Returns once requests flow.
+    async fn load(&self) -> Load {
+        let mut config = LoadConfig::new(self.nginx.url(""));
+        config.post_path = Some("/echo".into());
+        config.post_every = 4;
+        config.slow_path = Some("/slow?ms=300".into());
+        config.slow_every = 6;
+        config.pause = Duration::from_millis(10);
+        config.max_duration = Duration::from_secs(300);
+        let load = Load::start(config);
+        let report = load.wait_for(20, Duration::from_secs(20)).await;
+        assert!(
+            report.total >= 20,
+            "no traffic flows through nginx: {report}"
+        );
+        load
+    }
+}
+
+/// The instance of `color` in a status object, if there is one.
+fn instance<'a>(status: &'a Value, color: &str) -> Option<&'a Value> {
+    status["instances"]
+        .as_array()?
+        .iter()
+        .find(|i| i["instance"]["color"] == color)
+}
+
+fn running(status: &Value, color: &str) -> bool {
+    instance(status, color).is_some_and(|i| i["state"]["state"] == "running")
+}
+
+fn assert_no_failed_requests(report: &LoadReport) {
+    eprintln!("load: {report}");
+    assert!(report.total > 0, "the load sent nothing: {report}");
+    assert_eq!(report.failed, 0, "requests failed through nginx: {report}");
+}
+
+/// Kills a deploy with SIGKILL at the start of `step`, then checks that `status` finds a
+/// consistent state and that the next deploy succeeds, with no request lost.
+async fn killed_at(step: &str) {
+    let stage = Stage::new(&format!("fi-kill-{step}")).await;
+    stage.deploy("v1", &[]).await;
+    assert_eq!(stage.served().await, "blue v1");
+    let load = stage.load().await;
+
+    let marker = stage.state_dir().join(format!("paused-at-{step}"));
+    let mut child = stage
+        .command(&stage.config(), &["--json", "deploy", "--release", "v2"])
+        .env("BLUE_GREEN_TEST_PAUSE_AT", step)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn deploy");
+    let until = Instant::now() + Duration::from_secs(60);
+    while !marker.exists() {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            let out = child.wait_with_output().await.expect("output");
+            panic!(
+                "the deploy ended ({status}) before step {step}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert!(
+            Instant::now() < until,
+            "the deploy did not reach step {step} within 60s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.start_kill().expect("SIGKILL the deploy");
+    let status = child.wait().await.expect("wait for the killed deploy");
+    assert_eq!(status.code(), None, "killed by a signal");
+    std::fs::remove_file(&marker).expect("remove the pause marker");
+
+    // Whatever nginx serves now must be a whole release, and `status` must agree with it.
+    let served = stage.served().await;
+    let live = served.split(' ').next().unwrap_or_default().to_string();
+    assert!(
+        served == "blue v1" || served == "green v2",
+        "after the kill at {step} nginx serves `{served}`"
+    );
+    let status = stage.status().await;
+    assert_eq!(
+        status["live"],
+        live.as_str(),
+        "status after the kill: {status}"
+    );
+    assert!(running(&status, &live), "the live color runs: {status}");
+
+    // The next deploy repairs what is left and switches to the other color.
+    stage.deploy("v3", &[]).await;
+    let next = if live == "blue" { "green" } else { "blue" };
+    assert_eq!(stage.served().await, format!("{next} v3"));
+    let status = stage.status().await;
+    assert_eq!(status["live"], next, "{status}");
+    assert!(running(&status, next), "{status}");
+    assert!(
+        !running(&status, &live),
+        "the old color was stopped: {status}"
+    );
+    assert_no_failed_requests(&load.stop().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_while_taking_the_lock_leaves_blue_serving_and_next_deploy_succeeds() {
+    killed_at("lock").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_while_reconciling_leaves_blue_serving_and_next_deploy_succeeds() {
+    killed_at("reconcile").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_while_starting_leaves_blue_serving_and_next_deploy_succeeds() {
+    killed_at("start").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_while_waiting_for_ready_leaves_blue_serving_and_next_deploy_clears_green() {
+    killed_at("ready").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_before_the_switch_leaves_blue_serving_and_next_deploy_succeeds() {
+    killed_at("switch").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_before_verifying_leaves_a_whole_color_serving_and_next_deploy_succeeds() {
+    killed_at("verify").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_while_draining_leaves_green_serving_and_next_deploy_retires_blue() {
+    killed_at("drain").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_before_stopping_the_old_color_leaves_green_serving_and_next_deploy_succeeds() {
+    killed_at("stop").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_before_recording_leaves_green_serving_and_next_deploy_succeeds() {
+    killed_at("record").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_looping_release_fails_and_blue_serves_on() {
+    let stage = Stage::new("fi-crashloop").await;
+    let crashing =
+        demo_app_image_with_env(&stage.cleanup, "crash", &[("CRASH_ON_START", "1")]).await;
+    let config = stage.write_config(
+        "restarting.toml",
+        &Tweaks {
+            restart_policy: Some("always"),
+            ..Tweaks::default()
+        },
+    );
+    let out = stage
+        .run_with(&config, &["deploy", "--release", "v1"])
+        .await;
+    assert!(out.status.success(), "the first deploy failed");
+    let load = stage.load().await;
+
+    let out = stage
+        .run_with(
+            &config,
+            &["deploy", "--release", "v2", "--image", &crashing],
+        )
+        .await;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a crash-looping release fails with exit 1: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stage.served().await, "blue v1");
+    let status = stage.status().await;
+    assert_eq!(status["live"], "blue", "{status}");
+    assert!(
+        !running(&status, "green"),
+        "the crashing release was not left running: {status}"
+    );
+    assert_no_failed_requests(&load.stop().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_that_never_gets_healthy_fails_and_blue_serves_on() {
+    let stage = Stage::new("fi-sick").await;
+    let sick = demo_app_image_with_env(&stage.cleanup, "sick", &[("NEVER_HEALTHY", "1")]).await;
+    stage.deploy("v1", &[]).await;
+    let load = stage.load().await;
+
+    let out = stage
+        .run(&["deploy", "--release", "v2", "--image", &sick])
+        .await;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stage.served().await, "blue v1");
+    let status = stage.status().await;
+    assert_eq!(status["live"], "blue", "{status}");
+    assert!(!running(&status, "green"), "{status}");
+    // And the app can still be deployed afterwards.
+    stage.deploy("v3", &[]).await;
+    assert_eq!(stage.served().await, "green v3");
+    assert_no_failed_requests(&load.stop().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_nginx_config_test_leaves_the_upstream_file_and_blue_serving() {
+    let stage = Stage::new("fi-nginx-t").await;
+    stage.deploy("v1", &[]).await;
+    let upstream_before = std::fs::read(stage.nginx.upstream_file()).expect("upstream file");
+    // The real nginx -t, on a main config that nginx rejects.
+    let broken = stage.dir.path().join("broken-nginx.conf");
+    std::fs::write(&broken, "events {}\nhttp { no_such_directive on; }\n").expect("write");
+    let mut test = stage.nginx.test_command();
+    let c = test
+        .iter()
+        .position(|a| a == "-c")
+        .expect("-c in the test argv");
+    test[c + 1] = broken.display().to_string();
+    let config = stage.write_config(
+        "failing-test.toml",
+        &Tweaks {
+            test_command: Some(test),
+            ..Tweaks::default()
+        },
+    );
+    let load = stage.load().await;
+
+    let out = stage
+        .run_with(&config, &["deploy", "--release", "v2"])
+        .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no_such_directive"),
+        "the error quotes nginx: {stderr}"
+    );
+    assert_eq!(
+        std::fs::read(stage.nginx.upstream_file()).expect("upstream file"),
+        upstream_before,
+        "the previous upstream file is back"
+    );
+    assert_eq!(stage.served().await, "blue v1");
+    let status = stage.status().await;
+    assert_eq!(status["live"], "blue", "{status}");
+    assert!(!running(&status, "green"), "{status}");
+    assert_no_failed_requests(&load.stop().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_container_that_ignores_sigterm_is_killed_and_the_deploy_succeeds() {
+    let stage = Stage::new("fi-stubborn").await;
+    let stubborn =
+        demo_app_image_with_env(&stage.cleanup, "stubborn", &[("IGNORE_SIGTERM", "1")]).await;
+    stage.deploy("v1", &["--image", &stubborn]).await;
+    let load = stage.load().await;
+
+    stage.deploy("v2", &[]).await;
+    assert_eq!(stage.served().await, "green v2");
+    let status = stage.status().await;
+    let blue = instance(&status, "blue").expect("blue is kept stopped");
+    assert_eq!(blue["state"]["state"], "exited", "{status}");
+    assert_eq!(
+        blue["state"]["code"], 137,
+        "blue ignored SIGTERM, so it was killed: {status}"
+    );
+    assert_no_failed_requests(&load.stop().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_deploys_at_once_one_runs_the_others_exit_3() {
+    let stage = Stage::new("fi-ten").await;
+    // A release that takes 3 s to listen, so that the winner holds the lock while the others
+    // start.
+    let slow =
+        demo_app_image_with_env(&stage.cleanup, "slowstart", &[("START_DELAY_MS", "3000")]).await;
+    stage.deploy("v1", &[]).await;
+    let load = stage.load().await;
+
+    let children: Vec<_> = (0..10)
+        .map(|i| {
+            let release = format!("v2-{i}");
+            stage
+                .command(
+                    &stage.config(),
+                    &["deploy", "--release", &release, "--image", &slow],
+                )
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn deploy")
+        })
+        .collect();
+    let mut codes = Vec::new();
+    let mut winner = None;
+    for (i, child) in children.into_iter().enumerate() {
+        let out = tokio::time::timeout(COMMAND_DEADLINE, child.wait_with_output())
+            .await
+            .expect("each deploy ends")
+            .expect("wait");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        eprintln!("deploy {i}: {}\n{stderr}", out.status);
+        if out.status.code() == Some(3) {
+            assert!(stderr.contains("lock"), "exit 3 names the lock: {stderr}");
+        }
+        if out.status.success() {
+            winner = Some(i);
+        }
+        codes.push(out.status.code());
+    }
+    assert_eq!(
+        codes.iter().filter(|c| **c == Some(0)).count(),
+        1,
+        "exactly one deploy ran: {codes:?}"
+    );
+    assert_eq!(
+        codes.iter().filter(|c| **c == Some(3)).count(),
+        9,
+        "the others exit 3: {codes:?}"
+    );
+    let winner = winner.expect("a winner");
+    assert_eq!(stage.served().await, format!("green v2-{winner}"));
+    assert_no_failed_requests(&load.stop().await);
+}
