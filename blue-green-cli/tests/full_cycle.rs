@@ -278,3 +278,281 @@ keep_previous = "stopped"
     let left = containers_with_prefix(cleanup.docker(), &app).await;
     assert!(left.is_empty(), "nothing is left: {left:?}");
 }
+
+/// A loopback port nothing listens on right now.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+/// nginx started from an example's own `nginx/nginx.conf`; stopped on drop.
+struct ExampleNginx {
+    args: Vec<String>,
+    pid_file: std::path::PathBuf,
+}
+
+impl ExampleNginx {
+    fn start(example: &Path) -> ExampleNginx {
+        let prefix = example.join("nginx");
+        let args = vec![
+            "-p".to_string(),
+            format!("{}/", prefix.display()),
+            "-c".into(),
+            "nginx.conf".into(),
+            "-e".into(),
+            "error.log".into(),
+        ];
+        let nginx = blue_green_testkit::nginx::NGINX;
+        assert!(
+            Path::new(nginx).exists(),
+            "nginx not found at {nginx}: install Debian's nginx-light (scripts/test does)"
+        );
+        let status = std::process::Command::new(nginx)
+            .args(&args)
+            .status()
+            .expect("run nginx");
+        let log = std::fs::read_to_string(prefix.join("error.log")).unwrap_or_default();
+        assert!(status.success(), "nginx did not start: {log}");
+        ExampleNginx {
+            args,
+            pid_file: prefix.join("nginx.pid"),
+        }
+    }
+}
+
+impl Drop for ExampleNginx {
+    fn drop(&mut self) {
+        let pid = std::fs::read_to_string(&self.pid_file).unwrap_or_default();
+        let _ = std::process::Command::new(blue_green_testkit::nginx::NGINX)
+            .args(&self.args)
+            .args(["-s", "stop"])
+            .status();
+        let until = Instant::now() + Duration::from_secs(5);
+        while self.pid_file.exists() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if self.pid_file.exists() && !pid.trim().is_empty() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", pid.trim()])
+                .status();
+        }
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// Replaces `from` by `to` in `file`, which must contain it.
+fn edit(file: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(file).expect("read");
+    assert!(text.contains(from), "{} has no `{from}`", file.display());
+    std::fs::write(file, text.replace(from, to)).expect("write");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compose_nginx_example_deploys_switches_and_rolls_back() {
+    let cleanup = DockerCleanup::new("cli-compose").await;
+    let app = cleanup.prefix().to_string();
+    let image = demo_app_image(&cleanup).await;
+
+    // The example as a user has it, with ports and the app name made unique to this test.
+    let dir = tempfile::Builder::new()
+        .prefix("bg-cli-compose-")
+        .tempdir()
+        .expect("temp dir");
+    let example = dir.path().join("compose-nginx");
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/compose-nginx"),
+        &example,
+    );
+    let (front, blue, green) = (free_port(), free_port(), free_port());
+    let config = example.join("blue-green.toml");
+    edit(&config, r#"app = "demo""#, &format!(r#"app = "{app}""#));
+    edit(&config, "127.0.0.1:8080", &format!("127.0.0.1:{front}"));
+    edit(&config, "127.0.0.1:8081", &format!("127.0.0.1:{blue}"));
+    edit(&config, "127.0.0.1:8082", &format!("127.0.0.1:{green}"));
+    edit(&config, r#"drain = "10s""#, r#"drain = "200ms""#);
+    edit(
+        &example.join("docker-compose.blue.yml"),
+        "8081:8080",
+        &format!("{blue}:8080"),
+    );
+    edit(
+        &example.join("docker-compose.green.yml"),
+        "8082:8080",
+        &format!("{green}:8080"),
+    );
+    edit(
+        &example.join("nginx/nginx.conf"),
+        "listen 127.0.0.1:8080;",
+        &format!("listen 127.0.0.1:{front};"),
+    );
+    std::fs::copy(
+        example.join("nginx/upstream.conf.initial"),
+        example.join("nginx/upstream.conf"),
+    )
+    .expect("copy the initial upstream");
+    let _nginx = ExampleNginx::start(&example);
+    let front_url = format!("http://127.0.0.1:{front}/");
+    let get = || async {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("client");
+        match client.get(&front_url).send().await {
+            Ok(r) => r.text().await.unwrap_or_default().trim().to_string(),
+            Err(e) => format!("no answer: {e}"),
+        }
+    };
+
+    // Run from the repository's point of view, like the README: -c with a path.
+    let cli = |args: Vec<String>| {
+        let mut all = vec!["-c".to_string(), config.display().to_string()];
+        all.extend(args);
+        all
+    };
+    let run = |args: &[&str]| {
+        let args = cli(args.iter().map(|s| s.to_string()).collect());
+        let image = image.clone();
+        async move {
+            let out = tokio::process::Command::new(assert_cmd::cargo::cargo_bin("blue-green"))
+                .args(&args)
+                .env("DEMO_IMAGE", &image)
+                .env_remove("BLUE_GREEN_TEST_PAUSE_AT")
+                .kill_on_drop(true)
+                .output()
+                .await
+                .expect("run blue-green");
+            eprintln!("$ blue-green {}\n{}", args.join(" "), text(&out.stderr));
+            assert!(out.status.success(), "`{}` failed", args.join(" "));
+            text(&out.stdout)
+        }
+    };
+
+    run(&["validate"]).await;
+    run(&["deploy", "--release", "v1"]).await;
+    assert_eq!(get().await, "demo-app blue v1");
+    run(&["deploy", "--release", "v2"]).await;
+    assert_eq!(get().await, "demo-app green v2");
+    let status = result_line(&run(&["--json", "status"]).await);
+    assert_eq!(status["status"]["live"], "green", "{status}");
+    run(&["rollback"]).await;
+    assert_eq!(get().await, "demo-app blue v1");
+    run(&["down"]).await;
+    run(&["down", "--force", "blue"]).await;
+    let left = containers_with_prefix(cleanup.docker(), &app).await;
+    assert!(left.is_empty(), "nothing is left: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_paused_by_the_test_hook_holds_the_lock_and_is_repaired_after_a_kill() {
+    let cleanup = DockerCleanup::new("cli-pause").await;
+    let app = cleanup.prefix().to_string();
+    let image = demo_app_image(&cleanup).await;
+    let nothing = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let nowhere = Endpoint::new("127.0.0.1", nothing.local_addr().expect("addr").port());
+    drop(nothing);
+    let nginx = NginxHarness::start(&app, &nowhere)
+        .await
+        .unwrap_or_else(|e| panic!("nginx did not start: {e}"));
+    let dir = tempfile::Builder::new()
+        .prefix("bg-cli-pause-")
+        .tempdir()
+        .expect("temp dir");
+    let config = format!(
+        r#"app = "{app}"
+[runtime]
+kind = "docker"
+image = "{image}"
+container_port = 8080
+[health]
+path = "/health"
+expect_body = "{{color}} {{release}}"
+interval = "100ms"
+deadline = "10s"
+[router]
+kind = "nginx"
+upstream = "{app}"
+upstream_file = "{upstream_file}"
+test_command = {test}
+reload_command = {reload}
+verify_url = "{verify}"
+[switch]
+drain = "200ms"
+stop_timeout = "5s"
+"#,
+        upstream_file = nginx.upstream_file().display(),
+        test = toml_list(&nginx.test_command()),
+        reload = toml_list(&nginx.reload_command()),
+        verify = nginx.url("/health"),
+    );
+    std::fs::write(dir.path().join("blue-green.toml"), config).expect("write config");
+    let d = dir.path();
+    ok(d, &["deploy", "--release", "v1"]).await;
+
+    // Pause the next deploy as its readiness wait starts.
+    let mut paused = tokio::process::Command::new(assert_cmd::cargo::cargo_bin("blue-green"))
+        .args(["deploy", "--release", "v2"])
+        .current_dir(d)
+        .env("BLUE_GREEN_TEST_PAUSE_AT", "ready")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn deploy");
+    let marker = d.join(".blue-green/paused-at-ready");
+    let until = Instant::now() + Duration::from_secs(60);
+    while !marker.exists() {
+        assert!(
+            Instant::now() < until,
+            "the deploy did not reach `ready` within 60s"
+        );
+        if let Some(status) = paused.try_wait().expect("try_wait") {
+            panic!("the paused deploy ended early: {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pid = paused.id().expect("pid");
+    assert_eq!(
+        std::fs::read_to_string(&marker).expect("marker").trim(),
+        pid.to_string()
+    );
+
+    // While it holds the lock, another deploy is refused with exit 3, naming it.
+    let out = blue_green(d, &["deploy", "--release", "v3"]).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains(&format!("pid {pid}")) && stderr.contains("`deploy`"),
+        "{stderr}"
+    );
+    assert_eq!(through_nginx(&nginx).await, "demo-app blue v1");
+
+    // Killed at that exact point: the next commands find blue live and repair the leftover.
+    paused.kill().await.expect("kill the paused deploy");
+    let status = result_line(&ok(d, &["--json", "status"]).await);
+    assert_eq!(status["status"]["live"], "blue", "{status}");
+    ok(d, &["deploy", "--release", "v2"]).await;
+    assert_eq!(through_nginx(&nginx).await, "demo-app green v2");
+    let history = result_line(&ok(d, &["--json", "history"]).await);
+    let outcomes: Vec<&str> = history["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap_or(""))
+        .collect();
+    assert!(
+        outcomes.contains(&"interrupted"),
+        "the killed deploy is recorded as interrupted: {outcomes:?}"
+    );
+}
