@@ -6,6 +6,12 @@
 //! `POST /slow?ms=…` with a body, three `POST /slow?ms=0` with a body and five `GET /health`.
 //! Every other request goes over a kept-alive connection, the others over a fresh one.
 //!
+//! A kept-alive connection can be closed by nginx just as a client sends the next request on it
+//! (a reload retires the old workers, which close their idle connections). No server has seen
+//! such a request, and browsers and curl send it again once on a new connection; so do the
+//! kept-alive requests here, counted as `retried` and failed only if the second try fails too.
+//! This is the same rule as the test kit's load loop.
+//!
 //! Slow POSTs matter: nginx passes a failed GET on to the next server by itself, but never a
 //! POST that it has already sent, so a POST in flight when its server dies is lost.
 
@@ -71,6 +77,9 @@ pub struct Sample {
     pub keep_alive: bool,
     /// `Ok(status)` for an answer, `Err(reason)` for a transport error or timeout.
     pub outcome: Result<u16, String>,
+    /// The kept-alive connection was closed before any answer, and the request was sent again
+    /// on a new connection; `outcome` is the second try's.
+    pub retried: bool,
 }
 
 impl Sample {
@@ -184,6 +193,29 @@ impl Client {
         } else {
             &self.fresh
         };
+        let sent = Instant::now();
+        let sent_at = sent.duration_since(self.started);
+        let mut outcome = self.send(client, kind).await;
+        let mut retried = false;
+        if keep_alive {
+            if let Err(e) = &outcome {
+                if e.contains("connection closed before message completed") {
+                    retried = true;
+                    outcome = self.send(&self.fresh, kind).await;
+                }
+            }
+        }
+        Sample {
+            sent_at,
+            latency: sent.elapsed(),
+            kind,
+            keep_alive,
+            outcome,
+            retried,
+        }
+    }
+
+    async fn send(&self, client: &reqwest::Client, kind: RequestKind) -> Result<u16, String> {
         let base = &self.config.base_url;
         let slow_ms = self.config.slow.as_millis();
         let request = match kind {
@@ -196,9 +228,7 @@ impl Client {
                 .post(format!("{base}/slow?ms={slow_ms}"))
                 .body(self.body.clone()),
         };
-        let sent = Instant::now();
-        let sent_at = sent.duration_since(self.started);
-        let outcome = match request.send().await {
+        match request.send().await {
             Ok(response) => {
                 let status = response.status().as_u16();
                 // The answer counts only once its body has arrived in full.
@@ -208,13 +238,6 @@ impl Client {
                 }
             }
             Err(e) => Err(describe(&e)),
-        };
-        Sample {
-            sent_at,
-            latency: sent.elapsed(),
-            kind,
-            keep_alive,
-            outcome,
         }
     }
 }

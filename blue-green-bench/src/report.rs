@@ -25,6 +25,9 @@ pub struct LoadSummary {
     pub slow: usize,
     /// Requests over fresh connections.
     pub fresh_connections: usize,
+    /// Kept-alive requests whose connection was closed before any answer and that were sent
+    /// again on a new connection (failed only if that failed too).
+    pub retried: usize,
     /// Median latency, milliseconds.
     pub p50_ms: f64,
     /// 99th percentile latency, milliseconds.
@@ -57,6 +60,7 @@ impl LoadSummary {
             post: count(&|s| s.kind.is_post()),
             slow: count(&|s| s.kind.is_slow()),
             fresh_connections: count(&|s| !s.keep_alive),
+            retried: count(&|s| s.retried),
             p50_ms: percentile_ms(&latencies, 50.0),
             p99_ms: percentile_ms(&latencies, 99.0),
             max_ms: latencies.last().map_or(0.0, |d| ms(*d)),
@@ -162,8 +166,15 @@ impl PhaseReport {
         let _ = writeln!(out, "{}", self.method);
         let _ = writeln!(
             out,
-            "requests {}  failed {}  (POST {} of {}, slow {} of {}, fresh connections {})",
-            l.requests, l.failed, l.failed_post, l.post, l.failed_slow, l.slow, l.fresh_connections
+            "requests {}  failed {}  (POST {} of {}, slow {} of {}, fresh connections {}, retried after a closed keep-alive connection {})",
+            l.requests,
+            l.failed,
+            l.failed_post,
+            l.post,
+            l.failed_slow,
+            l.slow,
+            l.fresh_connections,
+            l.retried
         );
         let _ = writeln!(
             out,
@@ -319,6 +330,7 @@ mod tests {
             kind,
             keep_alive: ms % 2 == 0,
             outcome,
+            retried: false,
         }
     }
 
