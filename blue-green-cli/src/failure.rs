@@ -60,9 +60,7 @@ impl Failure {
         let mut out = String::new();
         if let Failure::Engine(e) = self {
             if let blue_green_core::Error::NotReady { color, detail, .. } = e.as_ref() {
-                if let Some(p) = &detail.last_probe {
-                    out.push_str(&format!("  last probe: {p}\n"));
-                }
+                // The message already ends with the last probe; the logs are what it lacks.
                 if detail.logs.is_empty() {
                     out.push_str(&format!("  the {color} instance left no log lines\n"));
                 } else {

@@ -52,6 +52,7 @@ impl PauseHook {
 /// Progress for people, on stderr: each step with its time, probe attempts, warnings, and a
 /// spinner while a step runs (only when stderr is a terminal).
 pub struct HumanObserver {
+    out: Mutex<Box<dyn Write + Send>>,
     quiet: bool,
     steps: bool,
     terminal: bool,
@@ -69,10 +70,29 @@ struct Repeats {
 }
 
 impl HumanObserver {
-    /// An observer that prints unless `quiet`; with `steps` false, only warnings (for
-    /// read-only commands such as `status`).
+    /// The same, writing to `out` (never with a spinner): for tests.
+    fn with_writer(
+        out: Box<dyn Write + Send>,
+        quiet: bool,
+        steps: bool,
+        pause: Option<PauseHook>,
+    ) -> Self {
+        HumanObserver {
+            out: Mutex::new(out),
+            quiet,
+            steps,
+            terminal: false,
+            spinner: Mutex::new(None),
+            repeats: Mutex::new(None),
+            pause,
+        }
+    }
+
+    /// An observer on stderr, with a spinner when stderr is a terminal. It prints unless
+    /// `quiet`; with `steps` false, only warnings (for read-only commands such as `status`).
     pub fn new(quiet: bool, steps: bool, pause: Option<PauseHook>) -> Self {
         HumanObserver {
+            out: Mutex::new(Box::new(std::io::stderr())),
             quiet,
             steps,
             terminal: std::io::stderr().is_terminal(),
@@ -90,10 +110,15 @@ impl HumanObserver {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         if let Some(r) = pending {
-            if r.last > r.first {
+            let range = match r.last - r.first {
+                0 => None,
+                1 => Some(format!("#{}", r.last)),
+                _ => Some(format!("#{}-#{}", r.first + 1, r.last)),
+            };
+            if let Some(range) = range {
                 self.line(&format!(
-                    "       probe {} #{}-#{}: not ready, same reason",
-                    r.color, r.first, r.last
+                    "       probe {} {range}: not ready, same reason as #{}",
+                    r.color, r.first
                 ));
             }
         }
@@ -110,7 +135,10 @@ impl HumanObserver {
         let spinner = self.spinner.lock().unwrap_or_else(|p| p.into_inner());
         match spinner.as_ref() {
             Some(pb) if !pb.is_hidden() => pb.println(text),
-            _ => eprintln!("{text}"),
+            _ => {
+                let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+                let _ = writeln!(out, "{text}");
+            }
         }
     }
 
@@ -357,12 +385,106 @@ fn merge(into: &mut Value, fields: Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use blue_green_core::Color;
 
     #[test]
     fn secs_rounds_to_tenths() {
         assert_eq!(secs(0), "0.0s");
         assert_eq!(secs(1249), "1.2s");
         assert_eq!(secs(61_000), "61.0s");
+    }
+
+    /// A writer the test can read back.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn probe(attempt: u32, reason: Option<&str>) -> Event {
+        Event::ProbeAttempt {
+            color: Color::Green,
+            attempt,
+            healthy: reason.is_none(),
+            reason: reason.map(str::to_string),
+            elapsed_ms: 1,
+        }
+    }
+
+    fn render(events: &[Event], quiet: bool, steps: bool) -> String {
+        let out = Captured::default();
+        let observer = HumanObserver::with_writer(Box::new(out.clone()), quiet, steps, None);
+        for e in events {
+            observer.on_event(e);
+        }
+        let bytes = out.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn probe_attempts_with_the_same_reason_are_folded() {
+        let refused = Some("connection refused");
+        let events = [
+            Event::StepStarted {
+                step: Step::Ready,
+                color: Some(Color::Green),
+            },
+            probe(1, refused),
+            probe(2, refused),
+            probe(3, refused),
+            probe(4, Some("status 503")),
+            probe(5, Some("status 503")),
+            probe(6, None),
+            Event::StepFinished {
+                step: Step::Ready,
+                color: Some(Color::Green),
+                elapsed_ms: 2500,
+            },
+        ];
+        let text = render(&events, false, true);
+        let lines: Vec<&str> = text.lines().map(str::trim).collect();
+        assert_eq!(
+            lines,
+            [
+                "probe green #1: not ready: connection refused (1 ms)",
+                "probe green #2-#3: not ready, same reason as #1",
+                "probe green #4: not ready: status 503 (1 ms)",
+                "probe green #5: not ready, same reason as #4",
+                "probe green #6: healthy (1 ms)",
+                "ok   ready green         2.5s",
+            ]
+        );
+    }
+
+    #[test]
+    fn quiet_prints_nothing_and_read_only_commands_only_warnings() {
+        let events = [
+            Event::StepStarted {
+                step: Step::Lock,
+                color: None,
+            },
+            Event::StepFinished {
+                step: Step::Lock,
+                color: None,
+                elapsed_ms: 3,
+            },
+            Event::Warning {
+                message: "repaired a leftover".into(),
+            },
+        ];
+        assert_eq!(render(&events, true, true), "");
+        assert_eq!(
+            render(&events, false, false),
+            "warning: repaired a leftover\n"
+        );
+        assert!(render(&events, false, true).contains("ok   lock"));
     }
 
     #[test]
