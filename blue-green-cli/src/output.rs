@@ -70,7 +70,15 @@ struct Repeats {
 }
 
 impl HumanObserver {
-    /// The same, writing to `out` (never with a spinner): for tests.
+    /// An observer on stderr, with a spinner when stderr is a terminal. It prints unless
+    /// `quiet`; with `steps` false, only warnings (for read-only commands such as `status`).
+    pub fn new(quiet: bool, steps: bool, pause: Option<PauseHook>) -> Self {
+        let mut observer = Self::with_writer(Box::new(std::io::stderr()), quiet, steps, pause);
+        observer.terminal = std::io::stderr().is_terminal();
+        observer
+    }
+
+    /// An observer writing to `out`, never with a spinner.
     fn with_writer(
         out: Box<dyn Write + Send>,
         quiet: bool,
@@ -82,20 +90,6 @@ impl HumanObserver {
             quiet,
             steps,
             terminal: false,
-            spinner: Mutex::new(None),
-            repeats: Mutex::new(None),
-            pause,
-        }
-    }
-
-    /// An observer on stderr, with a spinner when stderr is a terminal. It prints unless
-    /// `quiet`; with `steps` false, only warnings (for read-only commands such as `status`).
-    pub fn new(quiet: bool, steps: bool, pause: Option<PauseHook>) -> Self {
-        HumanObserver {
-            out: Mutex::new(Box::new(std::io::stderr())),
-            quiet,
-            steps,
-            terminal: std::io::stderr().is_terminal(),
             spinner: Mutex::new(None),
             repeats: Mutex::new(None),
             pause,
