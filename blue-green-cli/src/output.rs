@@ -237,16 +237,12 @@ impl Observer for HumanObserver {
                 elapsed_ms,
             } => {
                 let reason = reason.as_deref().unwrap_or("unhealthy");
+                self.set_spinner_message(format!("{} {color}: probe #{attempt}", Step::Ready));
                 if !*healthy {
                     let mut repeats = self.repeats.lock().unwrap_or_else(|p| p.into_inner());
                     if let Some(r) = repeats.as_mut() {
                         if r.color == *color && r.reason == reason {
                             r.last = *attempt;
-                            drop(repeats);
-                            self.set_spinner_message(format!(
-                                "{} {color}: probe #{attempt} not ready",
-                                Step::Ready
-                            ));
                             return;
                         }
                     }
