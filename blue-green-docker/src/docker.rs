@@ -300,6 +300,7 @@ impl DockerRuntime {
         let image = self.image_for(release).to_string();
         let name = self.container_name(color);
         self.ensure_image(&image).await?;
+        self.check_port_free(color, &name).await?;
 
         let body = self.create_body(color, release, &image);
         let options = CreateContainerOptionsBuilder::new().name(&name).build();
@@ -352,6 +353,31 @@ impl DockerRuntime {
         self.instance_from(&inspect)
     }
 
+    /// Refuses a fixed host port that another process holds, when the daemon runs on this
+    /// machine. Docker finds this itself only when its userland proxy is on; without it the
+    /// container would start and the other process would keep answering on the port.
+    async fn check_port_free(&self, color: Color, name: &str) -> Result<(), Error> {
+        let Some(endpoints) = &self.config.endpoints else {
+            return Ok(());
+        };
+        if !client::docker_host().starts_with("unix://") {
+            return Ok(());
+        }
+        let endpoint = endpoints.get(color);
+        let Ok(ip) = endpoint.host.parse::<std::net::IpAddr>() else {
+            return Ok(());
+        };
+        match tokio::net::TcpListener::bind((ip, endpoint.port)).await {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(Error::PortInUse {
+                container: name.to_string(),
+                port: endpoint.port,
+                message: format!("another process listens on {endpoint}"),
+            }),
+            // Bound and released at once; any other error is Docker's to report.
+            _ => Ok(()),
+        }
+    }
+
     /// Turns "port is already allocated" and "address already in use" into
     /// [`Error::PortInUse`].
     fn explain_start_failure(&self, color: Color, name: &str, error: Error) -> Error {
@@ -364,12 +390,10 @@ impl DockerRuntime {
         if !port_taken {
             return error;
         }
-        let port = self
-            .config
-            .endpoints
-            .as_ref()
-            .map(|e| e.get(color).port)
-            .unwrap_or(0);
+        // Docker picks a free port itself when none is configured.
+        let Some(port) = self.config.endpoints.as_ref().map(|e| e.get(color).port) else {
+            return error;
+        };
         Error::PortInUse {
             container: name.to_string(),
             port,
@@ -586,6 +610,55 @@ mod tests {
     fn restart_policies_are_checked() {
         assert!(restart_policy_name("unless-stopped").is_some());
         assert!(restart_policy_name("sometimes").is_none());
+    }
+
+    #[test]
+    fn docker_port_conflicts_become_port_in_use() {
+        let runtime = DockerRuntime {
+            docker: Docker::connect_with_defaults().unwrap(),
+            app: AppName::new("web").unwrap(),
+            config: DockerConfig {
+                image: "web:1".into(),
+                container_port: 8080,
+                endpoints: Some(crate::PerColor {
+                    blue: Endpoint::new("127.0.0.1", 8081),
+                    green: Endpoint::new("127.0.0.1", 8082),
+                }),
+                publish_host: "127.0.0.1".into(),
+                env: Default::default(),
+                networks: vec![],
+                restart_policy: None,
+                stop_signal: None,
+                labels: Default::default(),
+            },
+            api_timeout: DEFAULT_API_TIMEOUT,
+        };
+        let refused = |message: &str| Error::Api {
+            what: "to start container web-green".into(),
+            source: bollard::errors::Error::DockerResponseServerError {
+                status_code: 500,
+                message: message.into(),
+            },
+        };
+        let taken = runtime.explain_start_failure(
+            Color::Green,
+            "web-green",
+            refused("driver failed programming external connectivity on endpoint web-green: Bind for 127.0.0.1:8082 failed: port is already allocated"),
+        );
+        assert!(
+            matches!(taken, Error::PortInUse { port: 8082, .. }),
+            "{taken}"
+        );
+        assert!(taken
+            .to_string()
+            .contains("host port 8082 is already in use"));
+
+        let other = runtime.explain_start_failure(
+            Color::Green,
+            "web-green",
+            refused("OCI runtime create failed"),
+        );
+        assert!(matches!(other, Error::Api { .. }), "{other}");
     }
 
     #[test]
