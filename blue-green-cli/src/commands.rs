@@ -15,14 +15,19 @@ use crate::config::{self, Config, HealthConfig, RouterConfig, RuntimeConfig};
 use crate::failure::Failure;
 use crate::output::{secs, PauseHook, Printer};
 
-/// Runs the command and returns the process exit code.
-pub async fn run(cli: &Cli) -> i32 {
+/// Runs the command with its config (read before the async runtime starts, so that no file
+/// is read on it) and returns the process exit code.
+pub async fn run(cli: &Cli, config: Result<Config, config::ConfigError>) -> i32 {
     let printer = Printer {
         json: cli.json,
         quiet: cli.quiet,
     };
     let name = command_name(&cli.command);
-    match dispatch(cli, printer).await {
+    let result = match config {
+        Ok(config) => dispatch(cli, config, printer).await,
+        Err(e) => Err(Failure::Config(e)),
+    };
+    match result {
         Ok(()) => 0,
         Err(f) => {
             let code = f.class().code();
@@ -44,8 +49,7 @@ fn command_name(c: &Command) -> &'static str {
     }
 }
 
-async fn dispatch(cli: &Cli, printer: Printer) -> Result<(), Failure> {
-    let config = config::load(&cli.config)?;
+async fn dispatch(cli: &Cli, config: Config, printer: Printer) -> Result<(), Failure> {
     match &cli.command {
         Command::Validate { config_only } => validate(&config, *config_only, printer).await,
         Command::History { limit } => history(&config, *limit, printer).await,
@@ -439,29 +443,13 @@ async fn environment_checks(config: &Config, checks: &mut Vec<Check>) -> Result<
             result,
         });
     }
-    if let HealthConfig::Command(argv) = &config.health {
-        checks.push(Check {
-            what: "health".into(),
-            result: program_exists(&argv[0]),
-        });
-    }
+    let owned = config.clone();
+    let file_checks = tokio::task::spawn_blocking(move || file_checks(&owned))
+        .await
+        .map_err(|e| Failure::Unreachable(format!("the file checks did not finish: {e}")))?;
+    checks.extend(file_checks);
     match &config.router {
         RouterConfig::Nginx(n) => {
-            let dir = n.upstream_file.parent().unwrap_or(Path::new("."));
-            checks.push(Check {
-                what: "upstream".into(),
-                result: if dir.is_dir() {
-                    Ok(format!("{} can be written in {}", n.upstream_file.display(), dir.display()))
-                } else {
-                    Err(format!("directory {} of upstream_file does not exist; create it and include the file from your nginx config", dir.display()))
-                },
-            });
-            if let Some(program) = n.reload_command.first() {
-                checks.push(Check {
-                    what: "reload".into(),
-                    result: program_exists(program),
-                });
-            }
             if !n.test_command.is_empty() {
                 checks.push(Check {
                     what: "nginx test".into(),
@@ -500,11 +488,40 @@ async fn environment_checks(config: &Config, checks: &mut Vec<Check>) -> Result<
             result,
         });
     }
+    Ok(())
+}
+
+/// The checks of `validate` that only look at files: run off the async runtime.
+fn file_checks(config: &Config) -> Vec<Check> {
+    let mut checks = Vec::new();
+    if let HealthConfig::Command(argv) = &config.health {
+        checks.push(Check {
+            what: "health".into(),
+            result: program_exists(&argv[0]),
+        });
+    }
+    if let RouterConfig::Nginx(n) = &config.router {
+        let dir = n.upstream_file.parent().unwrap_or(Path::new("."));
+        checks.push(Check {
+            what: "upstream".into(),
+            result: if dir.is_dir() {
+                Ok(format!("{} can be written in {}", n.upstream_file.display(), dir.display()))
+            } else {
+                Err(format!("directory {} of upstream_file does not exist; create it and include the file from your nginx config", dir.display()))
+            },
+        });
+        if let Some(program) = n.reload_command.first() {
+            checks.push(Check {
+                what: "reload".into(),
+                result: program_exists(program),
+            });
+        }
+    }
     checks.push(Check {
         what: "state".into(),
         result: state_dir_check(&config.state_dir),
     });
-    Ok(())
+    checks
 }
 
 fn state_dir_check(dir: &Path) -> Result<String, String> {

@@ -28,7 +28,8 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let code = runtime.block_on(commands::run(&cli));
+    let config = config::load(&cli.config);
+    let code = runtime.block_on(commands::run(&cli, config));
     // A blocked pause hook or a hung call must not keep the process alive after the result.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     ExitCode::from(u8::try_from(code).unwrap_or(1))
