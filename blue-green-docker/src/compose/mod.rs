@@ -2,7 +2,6 @@
 //! setup (`docker-compose -p app-blue -f docker-compose.blue.yml up -d`).
 
 use std::collections::HashMap;
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -17,10 +16,14 @@ use bollard::Docker;
 use tokio::process::Command;
 
 use crate::client::{self, call};
-use crate::config::{ComposeConfig, ComposeFiles, ComposeTool, PerColor};
+use crate::config::{ComposeConfig, ComposeFiles, PerColor};
 use crate::container;
 use crate::docker::DEFAULT_API_TIMEOUT;
 use crate::error::Error;
+
+mod program;
+
+pub use program::{detect, ComposeProgram};
 
 /// The label compose puts on a project's containers, naming the project.
 pub const LABEL_COMPOSE_PROJECT: &str = "com.docker.compose.project";
@@ -33,85 +36,6 @@ pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// How many lines of compose's stderr go into an error.
 const STDERR_LINES: usize = 20;
-
-/// The compose program found on this machine.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ComposeProgram {
-    /// `docker compose` (the v2 plugin).
-    V2,
-    /// `docker-compose` (v1, or v2's standalone binary).
-    V1,
-}
-
-impl ComposeProgram {
-    /// The program and the arguments that come before compose's own.
-    fn argv0(&self) -> (&'static str, &'static [&'static str]) {
-        match self {
-            ComposeProgram::V2 => ("docker", &["compose"]),
-            ComposeProgram::V1 => ("docker-compose", &[]),
-        }
-    }
-
-    /// How a person would type it.
-    pub fn display(&self) -> &'static str {
-        match self {
-            ComposeProgram::V2 => "docker compose",
-            ComposeProgram::V1 => "docker-compose",
-        }
-    }
-}
-
-/// Finds the compose program for `tool`: `Auto` prefers `docker compose` (v2) and falls back
-/// to `docker-compose`. `path` replaces `PATH` for the lookup (for tests); `None` uses the
-/// process's.
-pub async fn detect(tool: ComposeTool, path: Option<OsString>) -> Result<ComposeProgram, Error> {
-    let candidates: &[ComposeProgram] = match tool {
-        ComposeTool::Auto => &[ComposeProgram::V2, ComposeProgram::V1],
-        ComposeTool::V2 => &[ComposeProgram::V2],
-        ComposeTool::V1 => &[ComposeProgram::V1],
-    };
-    let mut last = None;
-    for candidate in candidates {
-        let (program, pre) = candidate.argv0();
-        let mut command = Command::new(program);
-        command
-            .args(pre)
-            .arg("version")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        if let Some(path) = &path {
-            command.env("PATH", path);
-        }
-        match tokio::time::timeout(Duration::from_secs(30), command.output()).await {
-            Ok(Ok(output)) if output.status.success() => return Ok(candidate.clone()),
-            Ok(Ok(output)) => {
-                last = Some(std::io::Error::other(format!(
-                    "`{} version` exited with {}: {}",
-                    candidate.display(),
-                    output.status,
-                    String::from_utf8_lossy(&output.stderr).trim()
-                )))
-            }
-            Ok(Err(e)) => last = Some(e),
-            Err(_) => {
-                last = Some(std::io::Error::other(format!(
-                    "`{} version` did not answer within 30s",
-                    candidate.display()
-                )))
-            }
-        }
-    }
-    Err(Error::ComposeMissing {
-        program: candidates
-            .iter()
-            .map(ComposeProgram::display)
-            .collect::<Vec<_>>()
-            .join("` or `"),
-        source: last.unwrap_or_else(|| std::io::Error::other("no candidate")),
-    })
-}
 
 /// Runs an app's releases as compose projects, one per color.
 ///
@@ -638,7 +562,6 @@ fn parse_port_output(out: &str) -> Option<Endpoint> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn project_names_are_filled_in_and_checked() {
@@ -680,56 +603,5 @@ mod tests {
             Some(Endpoint::new("127.0.0.1", 8081))
         );
         assert_eq!(parse_port_output("\n"), None);
-    }
-
-    /// A fake program named `name` in `dir` that exits 0 only for `args`.
-    fn fake(dir: &Path, name: &str, args: &str) {
-        let path = dir.join(name);
-        std::fs::write(
-            &path,
-            format!("#!/bin/sh\n[ \"$*\" = \"{args}\" ] && {{ echo fake {name} $*; exit 0; }}\nexit 1\n"),
-        )
-        .unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-
-    #[tokio::test]
-    async fn auto_detection_prefers_v2_and_falls_back_to_v1() {
-        let both = tempfile::tempdir().unwrap();
-        fake(both.path(), "docker", "compose version");
-        fake(both.path(), "docker-compose", "version");
-        let path = Some(both.path().as_os_str().to_owned());
-        assert_eq!(
-            detect(ComposeTool::Auto, path.clone()).await.unwrap(),
-            ComposeProgram::V2
-        );
-        assert_eq!(
-            detect(ComposeTool::V1, path).await.unwrap(),
-            ComposeProgram::V1
-        );
-
-        // A docker CLI without the compose plugin: `docker compose version` fails.
-        let v1_only = tempfile::tempdir().unwrap();
-        fake(v1_only.path(), "docker", "version");
-        fake(v1_only.path(), "docker-compose", "version");
-        let path = Some(v1_only.path().as_os_str().to_owned());
-        assert_eq!(
-            detect(ComposeTool::Auto, path.clone()).await.unwrap(),
-            ComposeProgram::V1
-        );
-        let err = detect(ComposeTool::V2, path).await.unwrap_err();
-        assert!(err.to_string().contains("docker compose"), "{err}");
-
-        let none = tempfile::tempdir().unwrap();
-        let err = detect(ComposeTool::Auto, Some(none.path().as_os_str().to_owned()))
-            .await
-            .unwrap_err();
-        let message = err.to_string();
-        assert!(message.contains("install Docker Compose"), "{message}");
-        let component: ComponentError = err.into();
-        assert_eq!(
-            component.kind,
-            blue_green_core::ComponentErrorKind::Unreachable
-        );
     }
 }
