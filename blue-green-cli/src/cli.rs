@@ -18,7 +18,7 @@ Exit codes:
 Examples:
   blue-green validate                       check blue-green.toml, Docker and nginx; change nothing
   blue-green deploy --release v1.4.2        start v1.4.2 in the idle color and switch to it
-  blue-green deploy --image web:1.4.2       (runtime kind = \"docker\") run that image
+  blue-green deploy --image web:1.4.2       run that image (release id: its tag)
   blue-green status                         which color is live, and every instance
   blue-green rollback                       route back to the previous color
   blue-green -c deploy/prod.toml history --json
@@ -74,7 +74,7 @@ pub enum Command {
     #[command(after_long_help = "\
 Examples:
   blue-green deploy --release v1.4.2
-  blue-green deploy --image registry.local/web:1.4.2      # runtime kind = \"docker\"
+  blue-green deploy --image registry.local/web:1.4.2      # release id: the tag, 1.4.2
   blue-green deploy --release \"$(git rev-parse --short HEAD)\" --json > deploy.ndjson")]
     Deploy(DeployArgs),
 
@@ -136,7 +136,8 @@ pub struct DeployArgs {
     #[arg(short, long, value_name = "VERSION")]
     pub release: Option<String>,
 
-    /// The image to run (runtime kind = "docker" only); default: runtime.image from the config.
+    /// The image to run. Runtime kind "docker": replaces runtime.image. Kind "compose": passed
+    /// to compose as ${BLUE_GREEN_IMAGE}, which the compose files must use.
     #[arg(short, long, value_name = "IMAGE")]
     pub image: Option<String>,
 }

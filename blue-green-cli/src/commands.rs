@@ -7,6 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 use blue_green_core::{
     CancellationToken, Color, DeployReport, FileStore, Release, StateStore, Status,
 };
+use blue_green_docker::{ComposeConfig, ComposeFiles};
 use serde_json::json;
 
 use crate::cli::{Cli, Command, DeployArgs};
@@ -54,7 +55,7 @@ async fn dispatch(cli: &Cli, config: Config, printer: Printer) -> Result<(), Fai
         Command::Validate { config_only } => validate(&config, *config_only, printer).await,
         Command::History { limit } => history(&config, *limit, printer).await,
         Command::Deploy(args) => {
-            let release = release_for(args, &config)?;
+            let release = release_for(args, &config).await?;
             let engine = engine(&config, printer, true).await?;
             let started = Instant::now();
             let report = with_cancel(|c| async move { engine.deploy(release, &c).await }).await?;
@@ -173,19 +174,15 @@ fn changed(printer: Printer, command: &str, report: &DeployReport, started: Inst
 
 // ---- deploy arguments -----------------------------------------------------------------------
 
-fn release_for(args: &DeployArgs, config: &Config) -> Result<Release, Failure> {
+async fn release_for(args: &DeployArgs, config: &Config) -> Result<Release, Failure> {
     if let Some(image) = &args.image {
-        if !matches!(config.runtime, RuntimeConfig::Docker(_)) {
-            return Err(Failure::Usage(format!(
-                "--image only works with runtime kind \"docker\"; {} uses kind \"{}\", whose compose files name their images (use ${{BLUE_GREEN_RELEASE}} in the image tag and pass --release)",
-                config.path.display(),
-                config.runtime.kind()
-            )));
-        }
         if !config::is_valid_image(image) {
             return Err(Failure::Usage(format!(
                 "--image `{image}` is not an image reference: expected for example web:1.4.2 or registry.local/web@sha256:..."
             )));
+        }
+        if let RuntimeConfig::Compose(compose) = &config.runtime {
+            compose_uses_image_variable(compose).await?;
         }
     }
     let id = match &args.release {
@@ -206,6 +203,27 @@ fn release_for(args: &DeployArgs, config: &Config) -> Result<Release, Failure> {
         Some(image) => release.with_artifact(image.clone()),
         None => release,
     })
+}
+
+/// With compose, `--image` reaches the project only as `${BLUE_GREEN_IMAGE}`: refuse it when no
+/// compose file uses that variable, rather than deploy the file's own image silently.
+async fn compose_uses_image_variable(compose: &ComposeConfig) -> Result<(), Failure> {
+    let files: Vec<&PathBuf> = match &compose.files {
+        ComposeFiles::Shared(file) => vec![file],
+        ComposeFiles::PerColor(p) => vec![&p.blue, &p.green],
+    };
+    for file in &files {
+        let text = tokio::fs::read_to_string(file).await.map_err(|e| {
+            Failure::Usage(format!("cannot read compose file {}: {e}", file.display()))
+        })?;
+        if !text.contains("BLUE_GREEN_IMAGE") {
+            return Err(Failure::Usage(format!(
+                "--image is passed to compose as ${{BLUE_GREEN_IMAGE}}, but {} does not use it: write `image: ${{BLUE_GREEN_IMAGE:-your-image:latest}}` in the service, or deploy without --image",
+                file.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn is_valid_release(id: &str) -> bool {

@@ -146,17 +146,27 @@ fn a_bad_release_id_is_refused_before_anything_runs() {
 }
 
 #[test]
-fn image_flag_needs_the_docker_runtime() {
+fn image_flag_with_compose_needs_the_image_variable_in_the_files() {
     let dir = project(COMPOSE_CONFIG);
     blue_green(dir.path())
         .args(["deploy", "--image", "web:2"])
         .env("DOCKER_HOST", "unix:///nonexistent.sock")
         .assert()
         .code(2)
-        .stderr(predicate::str::contains(
-            "--image only works with runtime kind \"docker\"",
-        ));
+        .stderr(predicate::str::contains("does not use it"));
     assert!(!dir.path().join(".blue-green").exists());
+    // With `${BLUE_GREEN_IMAGE}` in the file the flag is accepted, and the command goes on to
+    // Docker (unreachable here: exit 4).
+    std::fs::write(
+        dir.path().join("docker-compose.yml"),
+        "services:\n  web:\n    image: ${BLUE_GREEN_IMAGE:-web:1}\n",
+    )
+    .expect("write");
+    blue_green(dir.path())
+        .args(["deploy", "--image", "web:2"])
+        .env("DOCKER_HOST", "unix:///nonexistent.sock")
+        .assert()
+        .code(4);
 }
 
 #[test]

@@ -423,11 +423,9 @@ async fn the_compose_nginx_example_deploys_switches_and_rolls_back() {
     };
     let run = |args: &[&str]| {
         let args = cli(args.iter().map(|s| s.to_string()).collect());
-        let image = image.clone();
         async move {
             let out = tokio::process::Command::new(assert_cmd::cargo::cargo_bin("blue-green"))
                 .args(&args)
-                .env("DEMO_IMAGE", &image)
                 .env_remove("BLUE_GREEN_TEST_PAUSE_AT")
                 .kill_on_drop(true)
                 .output()
@@ -440,9 +438,9 @@ async fn the_compose_nginx_example_deploys_switches_and_rolls_back() {
     };
 
     run(&["validate"]).await;
-    run(&["deploy", "--release", "v1"]).await;
+    run(&["deploy", "--release", "v1", "--image", &image]).await;
     assert_eq!(get().await, "demo-app blue v1");
-    run(&["deploy", "--release", "v2"]).await;
+    run(&["deploy", "--release", "v2", "--image", &image]).await;
     assert_eq!(get().await, "demo-app green v2");
     let status = result_line(&run(&["--json", "status"]).await);
     assert_eq!(status["status"]["live"], "green", "{status}");
