@@ -382,6 +382,12 @@ async fn the_compose_nginx_example_deploys_switches_and_rolls_back() {
     edit(&config, "127.0.0.1:8081", &format!("127.0.0.1:{blue}"));
     edit(&config, "127.0.0.1:8082", &format!("127.0.0.1:{green}"));
     edit(&config, r#"drain = "10s""#, r#"drain = "200ms""#);
+    // Keep the old color running, so that `switch` has a color to switch to.
+    edit(
+        &config,
+        r#"keep_previous = "stopped""#,
+        r#"keep_previous = "running""#,
+    );
     edit(
         &example.join("docker-compose.blue.yml"),
         "8081:8080",
@@ -444,10 +450,39 @@ async fn the_compose_nginx_example_deploys_switches_and_rolls_back() {
     assert_eq!(get().await, "demo-app green v2");
     let status = result_line(&run(&["--json", "status"]).await);
     assert_eq!(status["status"]["live"], "green", "{status}");
-    run(&["rollback"]).await;
+
+    // Blue kept running: `switch` routes to it without starting anything.
+    run(&["switch", "blue"]).await;
     assert_eq!(get().await, "demo-app blue v1");
+    let refused = tokio::process::Command::new(assert_cmd::cargo::cargo_bin("blue-green"))
+        .args(cli(vec!["switch".into(), "blue".into()]))
+        .output()
+        .await
+        .expect("run blue-green");
+    assert_eq!(
+        refused.status.code(),
+        Some(2),
+        "switching to the live color is a usage error: {}",
+        text(&refused.stderr)
+    );
+    assert!(text(&refused.stderr).contains("already live"));
+
+    // Rollback goes back to where traffic was before the switch.
+    run(&["rollback"]).await;
+    let status = result_line(&run(&["--json", "status"]).await);
+    let live = status["status"]["live"]
+        .as_str()
+        .expect("a live color")
+        .to_string();
+    let release = status["status"]["deployment"]["release"]["id"]
+        .as_str()
+        .expect("a live release")
+        .to_string();
+    assert_eq!(live, "green", "{status}");
+    assert_eq!(get().await, format!("demo-app {live} {release}"));
+
     run(&["down"]).await;
-    run(&["down", "--force", "blue"]).await;
+    run(&["down", "--force", &live]).await;
     let left = containers_with_prefix(cleanup.docker(), &app).await;
     assert!(left.is_empty(), "nothing is left: {left:?}");
 }
