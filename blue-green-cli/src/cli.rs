@@ -49,7 +49,7 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
-    /// Show debug logs of every external call on stderr.
+    /// Show debug logs on stderr, and each failed step's own error.
     #[arg(short, long, global = true, conflicts_with = "quiet")]
     pub verbose: bool,
 

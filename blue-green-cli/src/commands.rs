@@ -22,6 +22,7 @@ pub async fn run(cli: &Cli, config: Result<Config, config::ConfigError>) -> i32 
     let printer = Printer {
         json: cli.json,
         quiet: cli.quiet,
+        verbose: cli.verbose,
     };
     let name = command_name(&cli.command);
     let result = match config {
@@ -106,6 +107,12 @@ async fn dispatch(cli: &Cli, config: Config, printer: Printer) -> Result<(), Fai
 }
 
 async fn engine(config: &Config, printer: Printer, steps: bool) -> Result<CliEngine, Failure> {
+    tracing::debug!(
+        config = %config.path.display(),
+        state_dir = %config.state_dir.display(),
+        runtime = config.runtime.kind(),
+        "building the components"
+    );
     let observer = printer.observer(steps, PauseHook::from_env(config.state_dir.clone()));
     Ok(Components::build(config)
         .await?
@@ -582,6 +589,7 @@ fn program_exists(program: &str) -> Result<String, String> {
 
 async fn run_check_command(argv: &[String], limit: Duration) -> Result<String, String> {
     let shown = argv.join(" ");
+    tracing::debug!(command = %shown, "running the router's test command");
     let mut cmd = tokio::process::Command::new(&argv[0]);
     cmd.args(&argv[1..]).kill_on_drop(true);
     match tokio::time::timeout(limit, cmd.output()).await {

@@ -10,6 +10,7 @@ mod config;
 mod failure;
 mod output;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -35,20 +36,25 @@ fn main() -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
-/// Logs go to stderr: warnings by default, debug with `-v`, errors only with `-q`.
-/// `RUST_LOG` overrides.
+/// Logs go to stderr: notes of our crates (such as "pulling image") and warnings by default,
+/// debug logs with `-v`, errors only with `-q`. `RUST_LOG` overrides.
 fn init_logs(cli: &cli::Cli) {
     let default = if cli.verbose {
-        "warn,blue_green_core=debug,blue_green_docker=debug,blue_green_cli=debug"
+        "warn,blue_green_core=debug,blue_green_docker=debug,blue_green=debug"
     } else if cli.quiet {
         "error"
     } else {
-        "warn"
+        "warn,blue_green_core=info,blue_green_docker=info,blue_green=info"
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(cli.verbose)
-        .init();
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(cli.verbose);
+    if cli.verbose {
+        logs.init();
+    } else {
+        logs.without_time().init();
+    }
 }

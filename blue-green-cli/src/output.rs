@@ -54,6 +54,7 @@ impl PauseHook {
 pub struct HumanObserver {
     out: Mutex<Box<dyn Write + Send>>,
     quiet: bool,
+    verbose: bool,
     steps: bool,
     terminal: bool,
     spinner: Mutex<Option<ProgressBar>>,
@@ -88,6 +89,7 @@ impl HumanObserver {
         HumanObserver {
             out: Mutex::new(out),
             quiet,
+            verbose: false,
             steps,
             terminal: false,
             spinner: Mutex::new(None),
@@ -218,16 +220,21 @@ impl Observer for HumanObserver {
                 step,
                 color,
                 elapsed_ms,
-                ..
+                error,
             } => {
-                // The reason is in the error printed at the end; here only where and when.
+                // The reason is in the error printed at the end; here only where and when,
+                // unless verbose (a failed restore step has an error of its own).
                 self.flush_repeats();
                 self.stop_spinner();
-                self.line(&format!(
+                let mut line = format!(
                     "  FAIL {:<16} {:>7}",
                     step_label(*step, *color),
                     secs(*elapsed_ms)
-                ));
+                );
+                if self.verbose {
+                    line.push_str(&format!("  {error}"));
+                }
+                self.line(&line);
             }
             Event::ProbeAttempt {
                 color,
@@ -314,6 +321,8 @@ pub struct Printer {
     pub json: bool,
     /// Only errors.
     pub quiet: bool,
+    /// More detail: each failed step's error.
+    pub verbose: bool,
 }
 
 impl Printer {
@@ -322,7 +331,9 @@ impl Printer {
         if self.json {
             Arc::new(JsonObserver::new(pause))
         } else {
-            Arc::new(HumanObserver::new(self.quiet, steps, pause))
+            let mut observer = HumanObserver::new(self.quiet, steps, pause);
+            observer.verbose = self.verbose;
+            Arc::new(observer)
         }
     }
 
