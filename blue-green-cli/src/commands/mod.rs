@@ -1,0 +1,284 @@
+//! Each command: read the config, build the components, call the engine, print the result.
+
+mod show;
+mod validate;
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::{Instant, SystemTime};
+
+use blue_green_core::{CancellationToken, Color, DeployReport, Release};
+use blue_green_docker::{ComposeConfig, ComposeFiles};
+use serde_json::json;
+
+use crate::cli::{Cli, Command, DeployArgs};
+use crate::components::{CliEngine, Components};
+use crate::config::{self, Config, RuntimeConfig};
+use crate::failure::Failure;
+use crate::output::{secs, PauseHook, Printer};
+
+use show::{history, status_text};
+use validate::validate;
+
+/// Runs the command with its config (read before the async runtime starts, so that no file
+/// is read on it) and returns the process exit code.
+pub async fn run(cli: &Cli, config: Result<Config, config::ConfigError>) -> i32 {
+    let printer = Printer {
+        json: cli.json,
+        quiet: cli.quiet,
+        verbose: cli.verbose,
+    };
+    let name = command_name(&cli.command);
+    let result = match config {
+        Ok(config) => dispatch(cli, config, printer).await,
+        Err(e) => Err(Failure::Config(e)),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(f) => {
+            let code = f.class().code();
+            printer.failure(name, code, &f.message(), f.json(), &f.detail());
+            code
+        }
+    }
+}
+
+fn command_name(c: &Command) -> &'static str {
+    match c {
+        Command::Deploy(_) => "deploy",
+        Command::Status => "status",
+        Command::Rollback => "rollback",
+        Command::Switch { .. } => "switch",
+        Command::Down { .. } => "down",
+        Command::History { .. } => "history",
+        Command::Validate { .. } => "validate",
+    }
+}
+
+async fn dispatch(cli: &Cli, config: Config, printer: Printer) -> Result<(), Failure> {
+    match &cli.command {
+        Command::Validate { config_only } => validate(&config, *config_only, printer).await,
+        Command::History { limit } => history(&config, *limit, printer).await,
+        Command::Deploy(args) => {
+            let release = release_for(args, &config).await?;
+            let engine = engine(&config, printer, true).await?;
+            let started = Instant::now();
+            let report = with_cancel(|c| async move { engine.deploy(release, &c).await }).await?;
+            changed(printer, "deploy", &report, started);
+            Ok(())
+        }
+        Command::Rollback => {
+            let engine = engine(&config, printer, true).await?;
+            let started = Instant::now();
+            let report = with_cancel(|c| async move { engine.rollback(&c).await }).await?;
+            changed(printer, "rollback", &report, started);
+            Ok(())
+        }
+        Command::Switch { color } => {
+            let engine = engine(&config, printer, true).await?;
+            let color = Color::from(*color);
+            let started = Instant::now();
+            let report = with_cancel(|c| async move { engine.switch(color, &c).await }).await?;
+            changed(printer, "switch", &report, started);
+            Ok(())
+        }
+        Command::Down { color, force } => {
+            let engine = engine(&config, printer, true).await?;
+            let report = engine.down(color.map(Color::from), *force).await?;
+            let mut human = String::new();
+            if report.removed.is_empty() {
+                human.push_str("nothing to take down");
+            }
+            for (i, inst) in report.removed.iter().enumerate() {
+                let sep = if i == 0 { "removed " } else { ", " };
+                let _ = write!(human, "{sep}{} (release {})", inst.color, inst.release);
+            }
+            printer.success("down", json!({ "report": report }), &human, false);
+            Ok(())
+        }
+        Command::Status => {
+            let engine = engine(&config, printer, false).await?;
+            let status = engine.status().await?;
+            printer.success(
+                "status",
+                json!({ "status": status }),
+                &status_text(&status),
+                true,
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn engine(config: &Config, printer: Printer, steps: bool) -> Result<CliEngine, Failure> {
+    tracing::debug!(
+        config = %config.path.display(),
+        state_dir = %config.state_dir.display(),
+        runtime = config.runtime.kind(),
+        "building the components"
+    );
+    let observer = printer.observer(steps, PauseHook::from_env(config.state_dir.clone()));
+    Ok(Components::build(config)
+        .await?
+        .engine(config)
+        .with_observer(observer))
+}
+
+/// Runs `work` with a cancellation token that Ctrl-C (or SIGTERM) cancels: the engine then
+/// rolls back and returns `Error::Cancelled` (exit 130). A second Ctrl-C exits at once; the
+/// next command repairs what is left.
+async fn with_cancel<F, Fut, T>(work: F) -> Result<T, Failure>
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<T, blue_green_core::Error>>,
+{
+    let cancel = CancellationToken::new();
+    let watcher = tokio::spawn(watch_signals(cancel.clone()));
+    let result = work(cancel).await;
+    watcher.abort();
+    result.map_err(Failure::from)
+}
+
+async fn watch_signals(cancel: CancellationToken) {
+    if interrupted().await.is_err() {
+        return;
+    }
+    eprintln!("interrupted: rolling back (interrupt again to exit at once)");
+    cancel.cancel();
+    if interrupted().await.is_ok() {
+        eprintln!("interrupted twice: exiting now; the next blue-green command repairs leftovers");
+        std::process::exit(130);
+    }
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+async fn interrupted() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r,
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await
+    }
+}
+
+fn changed(printer: Printer, command: &str, report: &DeployReport, started: Instant) {
+    let live = &report.live;
+    let previous = report
+        .previous
+        .map(|p| format!(" (was {p})"))
+        .unwrap_or_default();
+    let human = format!(
+        "{command} done in {}: release {} is live in {} at {}{previous}",
+        secs(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)),
+        live.release.id,
+        live.color,
+        live.endpoint,
+    );
+    printer.success(command, json!({ "report": report }), &human, false);
+}
+
+// ---- deploy arguments -----------------------------------------------------------------------
+
+async fn release_for(args: &DeployArgs, config: &Config) -> Result<Release, Failure> {
+    if let Some(image) = &args.image {
+        if !config::is_valid_image(image) {
+            return Err(Failure::Usage(format!(
+                "--image `{image}` is not an image reference: expected for example web:1.4.2 or registry.local/web@sha256:..."
+            )));
+        }
+        if let RuntimeConfig::Compose(compose) = &config.runtime {
+            compose_uses_image_variable(compose).await?;
+        }
+    }
+    let id = match &args.release {
+        Some(r) => r.clone(),
+        None => args
+            .image
+            .as_deref()
+            .and_then(image_tag)
+            .unwrap_or_else(timestamp_release),
+    };
+    if !is_valid_release(&id) {
+        return Err(Failure::Usage(format!(
+            "--release `{id}` is not a valid release id: use 1 to 128 letters, digits, `_`, `.` and `-`, starting with a letter or digit (it becomes BLUE_GREEN_RELEASE and may be used in image tags)"
+        )));
+    }
+    let release = Release::new(id);
+    Ok(match &args.image {
+        Some(image) => release.with_artifact(image.clone()),
+        None => release,
+    })
+}
+
+/// With compose, `--image` reaches the project only as `${BLUE_GREEN_IMAGE}`: refuse it when no
+/// compose file uses that variable, rather than deploy the file's own image silently.
+async fn compose_uses_image_variable(compose: &ComposeConfig) -> Result<(), Failure> {
+    let files: Vec<&PathBuf> = match &compose.files {
+        ComposeFiles::Shared(file) => vec![file],
+        ComposeFiles::PerColor(p) => vec![&p.blue, &p.green],
+    };
+    for file in &files {
+        let text = tokio::fs::read_to_string(file).await.map_err(|e| {
+            Failure::Usage(format!("cannot read compose file {}: {e}", file.display()))
+        })?;
+        if !text.contains("BLUE_GREEN_IMAGE") {
+            return Err(Failure::Usage(format!(
+                "--image is passed to compose as ${{BLUE_GREEN_IMAGE}}, but {} does not use it: write `image: ${{BLUE_GREEN_IMAGE:-your-image:latest}}` in the service, or deploy without --image",
+                file.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn is_valid_release(id: &str) -> bool {
+    let mut chars = id.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        && id.len() <= 128
+}
+
+/// The tag of `repo/name:tag`, if it has one (not a digest).
+fn image_tag(image: &str) -> Option<String> {
+    if image.contains('@') {
+        return None;
+    }
+    let name = image.rsplit('/').next()?;
+    let (_, tag) = name.split_once(':')?;
+    (!tag.is_empty()).then(|| tag.to_string())
+}
+
+/// The current UTC time as `YYYYMMDDTHHMMSSZ`.
+fn timestamp_release() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now())
+        .to_string()
+        .replace(['-', ':'], "")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_tags() {
+        assert_eq!(image_tag("web:1.2").as_deref(), Some("1.2"));
+        assert_eq!(image_tag("reg.local:5000/web:v3").as_deref(), Some("v3"));
+        assert_eq!(image_tag("reg.local:5000/web"), None);
+        assert_eq!(image_tag("web@sha256:abc"), None);
+    }
+
+    #[test]
+    fn release_ids() {
+        assert!(is_valid_release("v1.4.2"));
+        assert!(is_valid_release(&timestamp_release()));
+        for bad in ["", "-x", "a b", "a/b", "a;b", &"x".repeat(129)] {
+            assert!(!is_valid_release(bad), "{bad}");
+        }
+    }
+}

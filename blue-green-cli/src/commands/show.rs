@@ -1,0 +1,148 @@
+//! `status` and `history` for people.
+
+use std::fmt::Write as _;
+
+use blue_green_core::{Color, FileStore, StateStore, Status};
+use serde_json::json;
+
+use crate::config::Config;
+use crate::failure::Failure;
+use crate::output::{secs, Printer};
+
+pub(super) fn status_text(s: &Status) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "app      {}", s.app);
+    match (&s.live, &s.deployment) {
+        (Some(color), Some(d)) if d.color == *color => {
+            let _ = writeln!(
+                out,
+                "live     {color}, release {} since {}",
+                d.release.id,
+                short_time(&d.since)
+            );
+        }
+        (Some(color), _) => {
+            let _ = writeln!(out, "live     {color} (no deploy of it is recorded)");
+        }
+        (None, _) => {
+            let _ = writeln!(
+                out,
+                "live     none (nothing deployed yet: run `blue-green deploy`)"
+            );
+        }
+    }
+    let target = s
+        .router_target
+        .as_ref()
+        .map_or("nowhere".to_string(), ToString::to_string);
+    let _ = writeln!(out, "router   -> {target}");
+    if s.instances.is_empty() {
+        let _ = writeln!(out, "instances: none");
+    } else {
+        let _ = writeln!(out, "instances:");
+        for i in &s.instances {
+            let live = if i.live { "  LIVE" } else { "" };
+            let _ = writeln!(
+                out,
+                "  {:<6} release {:<16} {:<22} {:<20} {}{live}",
+                i.instance.color,
+                i.instance.release,
+                i.instance.endpoint.to_string(),
+                i.state.to_string(),
+                short_id(&i.instance.id),
+            );
+        }
+    }
+    for w in &s.warnings {
+        let _ = writeln!(out, "warning: {w}");
+    }
+    out
+}
+
+/// An RFC 3339 time without its fraction of a second: `2026-11-25T11:18:09Z`.
+fn short_time(t: &str) -> String {
+    match t.split_once('.') {
+        Some((whole, rest)) => {
+            let zone = rest.trim_start_matches(|c: char| c.is_ascii_digit());
+            format!("{whole}{zone}")
+        }
+        None => t.to_string(),
+    }
+}
+
+/// A Docker container id shortened as `docker ps` does; other ids as they are.
+fn short_id(id: &str) -> &str {
+    if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        &id[..12]
+    } else {
+        id
+    }
+}
+
+pub(super) async fn history(
+    config: &Config,
+    limit: Option<usize>,
+    printer: Printer,
+) -> Result<(), Failure> {
+    // History needs only the state directory: it works while Docker or nginx are down.
+    let store = FileStore::new(config.state_dir.clone());
+    let mut records = store.history().await.map_err(Failure::Component)?;
+    if let Some(n) = limit {
+        let skip = records.len().saturating_sub(n);
+        records.drain(..skip);
+    }
+    let mut out = String::new();
+    if records.is_empty() {
+        out.push_str("no deploys recorded yet\n");
+    } else {
+        let _ = writeln!(
+            out,
+            "{:<20}  {:<8} {:<16} {:<14} {:<12} {:>7}  STEPS",
+            "STARTED", "COMMAND", "RELEASE", "FROM -> TO", "OUTCOME", "TIME"
+        );
+    }
+    for r in &records {
+        let total: u64 = r.steps.iter().map(|s| s.ms).sum();
+        let color = |c: Option<Color>| c.map_or("-".to_string(), |c| c.to_string());
+        let steps: Vec<String> = r
+            .steps
+            .iter()
+            .map(|s| format!("{}{} {}", s.step, if s.ok { "" } else { "!" }, secs(s.ms)))
+            .collect();
+        let _ = writeln!(
+            out,
+            "{:<20}  {:<8} {:<16} {:<14} {:<12} {:>7}  {}",
+            short_time(&r.started_at),
+            r.command,
+            r.release.as_deref().unwrap_or("-"),
+            format!("{} -> {}", color(r.from), color(r.to)),
+            format!("{:?}", r.outcome).to_lowercase(),
+            secs(total),
+            steps.join(", "),
+        );
+        if let Some(e) = &r.error {
+            let _ = writeln!(out, "{:<22}error: {e}", "");
+        }
+    }
+    printer.success("history", json!({ "history": records }), &out, true);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_times_and_ids() {
+        assert_eq!(
+            short_time("2026-11-25T11:18:09.19880927Z"),
+            "2026-11-25T11:18:09Z"
+        );
+        assert_eq!(
+            short_time("2026-11-25T11:18:09+01:00"),
+            "2026-11-25T11:18:09+01:00"
+        );
+        assert_eq!(short_id(&"a".repeat(64)), "aaaaaaaaaaaa");
+        assert_eq!(short_id("web-blue"), "web-blue");
+    }
+}

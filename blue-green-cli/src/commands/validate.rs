@@ -1,0 +1,251 @@
+//! `validate`: the config, then the environment, one check at a time; changes nothing.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::components::Components;
+use crate::config::{Config, HealthConfig, RouterConfig};
+use crate::failure::Failure;
+use crate::output::Printer;
+
+/// One environment check of `validate`.
+struct Check {
+    what: String,
+    result: Result<String, String>,
+}
+
+pub(super) async fn validate(
+    config: &Config,
+    config_only: bool,
+    printer: Printer,
+) -> Result<(), Failure> {
+    let mut checks = vec![Check {
+        what: "config".into(),
+        result: Ok(format!(
+            "{} is valid (app {}, runtime {}, state in {})",
+            config.path.display(),
+            config.app,
+            config.runtime.kind(),
+            config.state_dir.display()
+        )),
+    }];
+    if !config_only {
+        environment_checks(config, &mut checks).await?;
+    }
+    let failed: Vec<&Check> = checks.iter().filter(|c| c.result.is_err()).collect();
+    if !printer.json && !printer.quiet {
+        for c in &checks {
+            match &c.result {
+                Ok(m) => eprintln!("  ok   {:<10} {m}", c.what),
+                Err(m) => eprintln!("  FAIL {:<10} {m}", c.what),
+            }
+        }
+    }
+    if failed.is_empty() {
+        let json_checks: Vec<_> = checks
+            .iter()
+            .map(|c| json!({ "check": c.what, "ok": true, "detail": c.result.as_ref().ok() }))
+            .collect();
+        let human = if config_only {
+            "config is valid (environment not checked: --config-only)"
+        } else {
+            "config and environment are ready: nothing was changed"
+        };
+        printer.success("validate", json!({ "checks": json_checks }), human, false);
+        Ok(())
+    } else {
+        let lines: Vec<String> = failed
+            .iter()
+            .map(|c| format!("{}: {}", c.what, c.result.as_ref().err().map_or("", |s| s)))
+            .collect();
+        Err(Failure::Unreachable(format!(
+            "the environment is not ready:\n  {}",
+            lines.join("\n  ")
+        )))
+    }
+}
+
+async fn environment_checks(config: &Config, checks: &mut Vec<Check>) -> Result<(), Failure> {
+    // Building the components connects to Docker (and finds the compose tool): a failure here
+    // is the first environment check.
+    let components = match Components::build(config).await {
+        Ok(c) => {
+            checks.push(Check {
+                what: config.runtime.kind().into(),
+                result: Ok(c.connected.clone()),
+            });
+            Some(c)
+        }
+        Err(f) if f.class() == blue_green_core::ExitClass::Usage => return Err(f),
+        Err(f) => {
+            checks.push(Check {
+                what: config.runtime.kind().into(),
+                result: Err(f.message()),
+            });
+            None
+        }
+    };
+    if let Some(c) = &components {
+        let limit = config.engine.timeouts.runtime;
+        let result = match tokio::time::timeout(limit, c.runtime.list()).await {
+            Ok(Ok(list)) => Ok(format!(
+                "{} instance(s) of {} found",
+                list.len(),
+                config.app
+            )),
+            Ok(Err(e)) => Err(e.message),
+            Err(_) => Err(format!(
+                "listing instances did not answer within {}s",
+                limit.as_secs()
+            )),
+        };
+        checks.push(Check {
+            what: "instances".into(),
+            result,
+        });
+    }
+    let owned = config.clone();
+    let file_checks = tokio::task::spawn_blocking(move || file_checks(&owned))
+        .await
+        .map_err(|e| Failure::Unreachable(format!("the file checks did not finish: {e}")))?;
+    checks.extend(file_checks);
+    match &config.router {
+        RouterConfig::Nginx(n) => {
+            if !n.test_command.is_empty() {
+                checks.push(Check {
+                    what: "nginx test".into(),
+                    result: run_check_command(&n.test_command, n.command_timeout).await,
+                });
+            }
+        }
+        RouterConfig::None { target_file } => {
+            let dir = target_file
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default();
+            checks.push(Check {
+                what: "router".into(),
+                result: Ok(format!(
+                    "none: the target is only recorded in {} (under {})",
+                    target_file.display(),
+                    dir.display()
+                )),
+            });
+        }
+    }
+    if let Some(c) = &components {
+        let limit = config.engine.timeouts.router;
+        let result = match tokio::time::timeout(limit, c.router.target()).await {
+            Ok(Ok(Some(t))) => Ok(format!("routes to {t}")),
+            Ok(Ok(None)) => Ok("routes nowhere yet".into()),
+            Ok(Err(e)) => Err(e.message),
+            Err(_) => Err(format!(
+                "reading the router target did not answer within {}s",
+                limit.as_secs()
+            )),
+        };
+        checks.push(Check {
+            what: "target".into(),
+            result,
+        });
+    }
+    Ok(())
+}
+
+/// The checks of `validate` that only look at files: run off the async runtime.
+fn file_checks(config: &Config) -> Vec<Check> {
+    let mut checks = Vec::new();
+    if let HealthConfig::Command(argv) = &config.health {
+        checks.push(Check {
+            what: "health".into(),
+            result: program_exists(&argv[0]),
+        });
+    }
+    if let RouterConfig::Nginx(n) = &config.router {
+        let dir = n.upstream_file.parent().unwrap_or(Path::new("."));
+        checks.push(Check {
+            what: "upstream".into(),
+            result: if dir.is_dir() {
+                Ok(format!("{} can be written in {}", n.upstream_file.display(), dir.display()))
+            } else {
+                Err(format!("directory {} of upstream_file does not exist; create it and include the file from your nginx config", dir.display()))
+            },
+        });
+        if let Some(program) = n.reload_command.first() {
+            checks.push(Check {
+                what: "reload".into(),
+                result: program_exists(program),
+            });
+        }
+    }
+    checks.push(Check {
+        what: "state".into(),
+        result: state_dir_check(&config.state_dir),
+    });
+    checks
+}
+
+fn state_dir_check(dir: &Path) -> Result<String, String> {
+    if dir.is_dir() {
+        return Ok(format!("{} exists", dir.display()));
+    }
+    let mut parent = dir.parent();
+    while let Some(p) = parent {
+        if p.as_os_str().is_empty() || p.is_dir() {
+            return Ok(format!(
+                "{} will be created on the first deploy",
+                dir.display()
+            ));
+        }
+        parent = p.parent();
+    }
+    Err(format!(
+        "cannot find a parent directory of {}",
+        dir.display()
+    ))
+}
+
+/// Finds `program` the way a process spawn does: a path as is, a bare name on `PATH`.
+fn program_exists(program: &str) -> Result<String, String> {
+    let found = if program.contains('/') {
+        Path::new(program).is_file().then(|| PathBuf::from(program))
+    } else {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(program))
+                .find(|p| p.is_file())
+        })
+    };
+    found
+        .map(|p| format!("{program} found at {}", p.display()))
+        .ok_or_else(|| {
+            format!("program `{program}` was not found on PATH; install it or give its full path")
+        })
+}
+
+async fn run_check_command(argv: &[String], limit: Duration) -> Result<String, String> {
+    let shown = argv.join(" ");
+    tracing::debug!(command = %shown, "running the router's test command");
+    let mut cmd = tokio::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..]).kill_on_drop(true);
+    match tokio::time::timeout(limit, cmd.output()).await {
+        Err(_) => Err(format!(
+            "`{shown}` did not finish within {}s",
+            limit.as_secs()
+        )),
+        Ok(Err(e)) => Err(format!("cannot run `{shown}`: {e}")),
+        Ok(Ok(out)) if out.status.success() => Ok(format!("`{shown}` passed")),
+        Ok(Ok(out)) => {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let last: Vec<&str> = stderr.lines().rev().take(3).collect();
+            let last: Vec<&str> = last.into_iter().rev().collect();
+            Err(format!(
+                "`{shown}` failed ({}): {}",
+                out.status,
+                last.join(" / ")
+            ))
+        }
+    }
+}
