@@ -157,12 +157,10 @@ async fn run(args: &Args) -> Result<(), String> {
     if !args.only_baseline {
         let binary = blue_green_binary(args).await?;
         let phase = run_ours(args, tmp.path(), &prefix, &image, &app_env, &binary).await?;
-        println!("{}", phase.render());
         comparison.phases.push(phase);
     }
     if !args.only_ours {
         let phase = run_baseline(args, tmp.path(), &prefix, &image, &app_env).await?;
-        println!("{}", phase.render());
         comparison.phases.push(phase);
     }
     println!("{}", comparison.render());
@@ -483,6 +481,16 @@ async fn machine(args: &Args, image: &str) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     m.insert("cpus".into(), cpus.to_string());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    m.insert("cpu".into(), model);
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|t| {
