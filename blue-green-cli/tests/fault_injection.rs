@@ -2,7 +2,8 @@
 //! nginx, with GET, POST and slow requests flowing through nginx the whole time.
 //!
 //! - the CLI killed with SIGKILL at the start of each step of a deploy (the test-only hook
-//!   `BLUE_GREEN_TEST_PAUSE_AT` parks it there), then `status` and the next `deploy` repair;
+//!   `BLUE_GREEN_TEST_PAUSE_AT` parks it there) — also while it clears the idle slot, removes
+//!   the old color, or undoes a failed release — then `status` and the next `deploy` repair;
 //! - a release that crash-loops under a restart policy; one that never gets healthy;
 //! - nginx's config test failing; an old container that ignores SIGTERM;
 //! - ten deploys started at once.
@@ -32,6 +33,8 @@ struct Tweaks {
     restart_policy: Option<&'static str>,
     /// Replace nginx's config test with this argv.
     test_command: Option<Vec<String>>,
+    /// `switch.keep_previous` (default `stopped`).
+    keep_previous: Option<&'static str>,
 }
 
 /// One app with its own nginx, image, config and state, and everything torn down on drop.
@@ -124,7 +127,7 @@ verify_url = "{verify}"
 [switch]
 drain = "500ms"
 stop_timeout = "2s"
-keep_previous = "stopped"
+keep_previous = "{keep}"
 "#,
             app = self.app(),
             state = self.state_dir().display().to_string(),
@@ -133,6 +136,7 @@ keep_previous = "stopped"
             test = list(&test),
             reload = list(&self.nginx.reload_command()),
             verify = self.nginx.url("/health"),
+            keep = tweaks.keep_previous.unwrap_or("stopped"),
         );
         let path = self.dir.path().join(file);
         std::fs::write(&path, text).expect("write config");
@@ -272,6 +276,70 @@ fn assert_no_failed_requests(report: &LoadReport) {
     assert_eq!(report.failed, 0, "requests failed through nginx: {report}");
 }
 
+impl Stage {
+    /// Starts `deploy --release RELEASE EXTRA…` with the pause hook at `step`, waits (at most
+    /// 60 s) until it is parked there, and kills it with SIGKILL.
+    async fn deploy_killed_at(&self, config: &PathBuf, step: &str, release: &str, extra: &[&str]) {
+        let marker = self.state_dir().join(format!("paused-at-{step}"));
+        let mut args = vec!["--json", "deploy", "--release", release];
+        args.extend_from_slice(extra);
+        let mut child = self
+            .command(config, &args)
+            .env("BLUE_GREEN_TEST_PAUSE_AT", step)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn deploy");
+        let until = Instant::now() + Duration::from_secs(60);
+        while !marker.exists() {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                let out = child.wait_with_output().await.expect("output");
+                panic!(
+                    "the deploy of {release} ended ({status}) before step {step}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            assert!(
+                Instant::now() < until,
+                "the deploy of {release} did not reach step {step} within 60s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        child.start_kill().expect("SIGKILL the deploy");
+        let status = child.wait().await.expect("wait for the killed deploy");
+        assert_eq!(status.code(), None, "killed by a signal");
+        std::fs::remove_file(&marker).expect("remove the pause marker");
+    }
+
+    /// After a kill: `status` must find a consistent state (the live color is the router's,
+    /// it runs, and nginx serves it as one of `whole`, the releases that were ever complete);
+    /// then `deploy --release NEXT` must succeed, switch to the other color and stop this one.
+    /// Returns the color live after the kill.
+    async fn assert_repaired(&self, whole: &[(&str, &str)], next_release: &str) -> String {
+        let status = self.status().await;
+        let live = status["live"].as_str().unwrap_or_default().to_string();
+        let Some((_, release)) = whole.iter().find(|(color, _)| *color == live) else {
+            panic!("after the kill the live color is `{live}`, expected one of {whole:?}: {status}")
+        };
+        assert!(running(&status, &live), "the live color runs: {status}");
+        // nginx may answer from its old workers for a moment after a reload that the killed
+        // deploy started.
+        self.wait_until_served(&format!("{live} {release}")).await;
+
+        self.deploy(next_release, &[]).await;
+        let next = if live == "blue" { "green" } else { "blue" };
+        assert_eq!(self.served().await, format!("{next} {next_release}"));
+        let status = self.status().await;
+        assert_eq!(status["live"], next, "{status}");
+        assert!(running(&status, next), "{status}");
+        assert!(
+            !running(&status, &live),
+            "the old color was stopped: {status}"
+        );
+        live
+    }
+}
+
 /// Kills a deploy with SIGKILL at the start of `step`, then checks that `status` finds a
 /// consistent state and that the next deploy succeeds, with no request lost.
 async fn killed_at(step: &str) {
@@ -280,58 +348,12 @@ async fn killed_at(step: &str) {
     assert_eq!(stage.served().await, "blue v1");
     let load = stage.load().await;
 
-    let marker = stage.state_dir().join(format!("paused-at-{step}"));
-    let mut child = stage
-        .command(&stage.config(), &["--json", "deploy", "--release", "v2"])
-        .env("BLUE_GREEN_TEST_PAUSE_AT", step)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn deploy");
-    let until = Instant::now() + Duration::from_secs(60);
-    while !marker.exists() {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            let out = child.wait_with_output().await.expect("output");
-            panic!(
-                "the deploy ended ({status}) before step {step}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        assert!(
-            Instant::now() < until,
-            "the deploy did not reach step {step} within 60s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    child.start_kill().expect("SIGKILL the deploy");
-    let status = child.wait().await.expect("wait for the killed deploy");
-    assert_eq!(status.code(), None, "killed by a signal");
-    std::fs::remove_file(&marker).expect("remove the pause marker");
-
-    // `status` finds a consistent state: the live color is the router's, and it runs. nginx
-    // may answer from its old workers for a moment after a reload the killed deploy started,
-    // so wait until it serves that color, which must be a whole release.
-    let status = stage.status().await;
-    let live = status["live"].as_str().unwrap_or_default().to_string();
-    let expected = match live.as_str() {
-        "blue" => "blue v1",
-        "green" => "green v2",
-        other => panic!("after the kill at {step} no color is live (`{other}`): {status}"),
-    };
-    assert!(running(&status, &live), "the live color runs: {status}");
-    stage.wait_until_served(expected).await;
-
-    // The next deploy repairs what is left and switches to the other color.
-    stage.deploy("v3", &[]).await;
-    let next = if live == "blue" { "green" } else { "blue" };
-    assert_eq!(stage.served().await, format!("{next} v3"));
-    let status = stage.status().await;
-    assert_eq!(status["live"], next, "{status}");
-    assert!(running(&status, next), "{status}");
-    assert!(
-        !running(&status, &live),
-        "the old color was stopped: {status}"
-    );
+    stage
+        .deploy_killed_at(&stage.config(), step, "v2", &[])
+        .await;
+    stage
+        .assert_repaired(&[("blue", "v1"), ("green", "v2")], "v3")
+        .await;
     assert_no_failed_requests(&load.stop().await);
 }
 
@@ -378,6 +400,58 @@ async fn killed_before_stopping_the_old_color_leaves_green_serving_and_next_depl
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_before_recording_leaves_green_serving_and_next_deploy_succeeds() {
     killed_at("record").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_while_clearing_the_previous_color_leaves_green_serving_and_next_deploy_succeeds() {
+    let stage = Stage::new("fi-kill-clear").await;
+    // After two deploys green is live and blue is kept stopped: the third deploy clears blue's
+    // slot before it starts there.
+    stage.deploy("v1", &[]).await;
+    stage.deploy("v2", &[]).await;
+    let load = stage.load().await;
+    stage
+        .deploy_killed_at(&stage.config(), "clear", "v3", &[])
+        .await;
+    let live = stage.assert_repaired(&[("green", "v2")], "v4").await;
+    assert_eq!(live, "green");
+    assert_no_failed_requests(&load.stop().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_while_removing_the_old_color_leaves_green_serving_and_next_deploy_succeeds() {
+    let stage = Stage::new("fi-kill-remove").await;
+    let config = stage.write_config(
+        "removing.toml",
+        &Tweaks {
+            keep_previous: Some("removed"),
+            ..Tweaks::default()
+        },
+    );
+    let out = stage
+        .run_with(&config, &["deploy", "--release", "v1"])
+        .await;
+    assert!(out.status.success(), "the first deploy failed");
+    let load = stage.load().await;
+    stage.deploy_killed_at(&config, "remove", "v2", &[]).await;
+    let live = stage.assert_repaired(&[("green", "v2")], "v3").await;
+    assert_eq!(live, "green");
+    assert_no_failed_requests(&load.stop().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_while_restoring_after_a_failed_release_leaves_blue_serving() {
+    let stage = Stage::new("fi-kill-restore").await;
+    let sick = demo_app_image_with_env(&stage.cleanup, "sick", &[("NEVER_HEALTHY", "1")]).await;
+    stage.deploy("v1", &[]).await;
+    let load = stage.load().await;
+    // The sick release fails its readiness wait; the deploy is killed as it starts to undo.
+    stage
+        .deploy_killed_at(&stage.config(), "restore", "v2", &["--image", &sick])
+        .await;
+    let live = stage.assert_repaired(&[("blue", "v1")], "v3").await;
+    assert_eq!(live, "blue");
+    assert_no_failed_requests(&load.stop().await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
