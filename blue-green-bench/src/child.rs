@@ -3,7 +3,9 @@
 //!
 //! `wait4` is used instead of `std::process::Child::wait` because only it hands back the child's
 //! rusage. Linux reports in `ru_maxrss` the highest of the child and the descendants it waited
-//! for, so for `blue-green` that also covers the short `nginx -t` and `nginx -s reload` it runs.
+//! for, so for `blue-green` that also covers the short `nginx -t` and `nginx -s reload` it runs
+//! (and `docker-compose`, with the compose runtime). The process's own high-water mark is read
+//! as well, from `VmHWM` in `/proc/PID/status`, sampled every 10 ms while it runs.
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read};
@@ -23,8 +25,10 @@ pub struct Finished {
     pub stdout: Vec<(Duration, String)>,
     /// All of stderr.
     pub stderr: String,
-    /// Peak resident memory, KiB.
+    /// Peak resident memory of the process and the children it waited for, KiB (`wait4`).
     pub max_rss_kib: u64,
+    /// Peak resident memory of the process alone, KiB (last `VmHWM` seen), if it was read.
+    pub own_hwm_kib: Option<u64>,
     /// True when it ran past its timeout and was killed.
     pub timed_out: bool,
 }
@@ -81,10 +85,26 @@ pub fn run_measured(
         false
     });
 
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let sampler = std::thread::spawn(move || {
+        let mut hwm = None;
+        // Stops as soon as the waiter says the child is reaped, before its pid can be reused.
+        while let Err(mpsc::RecvTimeoutError::Timeout) =
+            done_rx.recv_timeout(Duration::from_millis(10))
+        {
+            if let Some(kib) = vm_hwm_kib(pid) {
+                hwm = Some(kib);
+            }
+        }
+        hwm
+    });
+
     let (status, rusage) = wait4(pid)?;
     let wall = started.elapsed();
     let _ = reaped_tx.send(());
+    let _ = done_tx.send(());
     let timed_out = watchdog.join().unwrap_or(false);
+    let own_hwm_kib = sampler.join().unwrap_or(None);
     // `child` was reaped by wait4 above; dropping it does not wait again.
     drop(child);
     let stdout = out_reader.join().unwrap_or_default();
@@ -101,8 +121,16 @@ pub fn run_measured(
         stderr,
         // Linux reports ru_maxrss in KiB.
         max_rss_kib: u64::try_from(rusage.ru_maxrss).unwrap_or(0),
+        own_hwm_kib,
         timed_out,
     })
+}
+
+/// `VmHWM` of a running process, KiB; `None` once it has exited (a zombie has no memory).
+fn vm_hwm_kib(pid: libc::pid_t) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn wait4(pid: libc::pid_t) -> Result<(libc::c_int, libc::rusage), String> {
@@ -139,6 +167,17 @@ mod tests {
         assert_eq!(f.stderr.trim(), "oops");
         assert!(f.max_rss_kib > 0);
         assert!(!f.timed_out);
+    }
+
+    #[test]
+    fn samples_the_own_high_water_mark_of_a_running_process() {
+        let args: Vec<OsString> = ["0.3"].iter().map(OsString::from).collect();
+        let f = run_measured(Path::new("/bin/sleep"), &args, &[], Duration::from_secs(10)).unwrap();
+        assert_eq!(f.code, Some(0));
+        let own = f.own_hwm_kib.expect("VmHWM read while sleep ran");
+        assert!(own > 0);
+        // wait4's figure covers the process itself, so it is at least the sampled one.
+        assert!(own <= f.max_rss_kib, "{own} > {}", f.max_rss_kib);
     }
 
     #[test]

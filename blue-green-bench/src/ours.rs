@@ -192,6 +192,7 @@ pub fn figures(release: &str, run: &Finished, drain: Duration) -> DeployFigures 
         stop_ms: get("stop"),
         overhead_ms,
         peak_rss_kib: Some(run.max_rss_kib),
+        own_peak_rss_kib: run.own_hwm_kib,
         failed_requests: 0,
         error: (!ok).then(|| {
             let tail: Vec<&str> = run.stderr.lines().rev().take(5).collect();
@@ -218,6 +219,7 @@ mod tests {
                 .collect(),
             stderr: "error: it broke\n".into(),
             max_rss_kib: 9000,
+            own_hwm_kib: Some(8000),
             timed_out: false,
         }
     }

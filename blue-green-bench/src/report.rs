@@ -114,8 +114,11 @@ pub struct DeployFigures {
     pub stop_ms: Option<u64>,
     /// Wall time minus the app's start-to-ready minus the configured drain, milliseconds.
     pub overhead_ms: Option<i64>,
-    /// Peak resident memory of the deploy command, KiB (from `wait4`'s rusage).
+    /// Peak resident memory of the deploy command and the children it waited for, KiB (from
+    /// `wait4`'s rusage).
     pub peak_rss_kib: Option<u64>,
+    /// Peak resident memory of the deploy command alone, KiB (its `VmHWM`).
+    pub own_peak_rss_kib: Option<u64>,
     /// Requests that failed while this deploy ran.
     pub failed_requests: usize,
     /// What the command said when it failed.
@@ -242,6 +245,19 @@ impl PhaseReport {
             "",
         );
         out.push_str("    (times in ms; rss row 'med' shows the highest peak)\n");
+        let highest =
+            |f: &dyn Fn(&DeployFigures) -> Option<u64>| self.deploys.iter().filter_map(f).max();
+        if let (Some(own), Some(tree)) = (
+            highest(&|d| d.own_peak_rss_kib),
+            highest(&|d| d.peak_rss_kib),
+        ) {
+            let _ = writeln!(
+                out,
+                "peak memory of the deploy command: {:.1} MB itself, {:.1} MB with the commands it ran (nginx -t, reload, compose)",
+                own as f64 / 1024.0,
+                tree as f64 / 1024.0
+            );
+        }
         out
     }
 }
