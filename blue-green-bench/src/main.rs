@@ -59,8 +59,8 @@ struct Args {
     /// How the app answers SIGTERM, in both phases: graceful or abort.
     /// The default is the blog's app: Spring Boot 2.4 stops at once on SIGTERM
     /// (`server.shutdown=immediate`).
-    #[arg(long, default_value = "abort")]
-    sigterm_mode: String,
+    #[arg(long, value_enum, default_value_t = SigtermMode::Abort)]
+    sigterm_mode: SigtermMode,
     /// Server-side time of a slow request.
     #[arg(long, default_value = "300ms", value_parser = humantime::parse_duration)]
     slow: Duration,
@@ -101,6 +101,24 @@ struct Args {
     deploy_timeout: Duration,
 }
 
+/// What the demo app does on SIGTERM (its `SIGTERM_MODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SigtermMode {
+    /// Stop accepting, finish the requests in flight, exit.
+    Graceful,
+    /// Exit at once.
+    Abort,
+}
+
+impl SigtermMode {
+    fn as_env(self) -> &'static str {
+        match self {
+            SigtermMode::Graceful => "graceful",
+            SigtermMode::Abort => "abort",
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
@@ -125,9 +143,6 @@ async fn run(args: &Args) -> Result<(), String> {
     if args.deploys == 0 || args.clients == 0 {
         return Err("--deploys and --clients must be at least 1".into());
     }
-    if !matches!(args.sigterm_mode.as_str(), "graceful" | "abort") {
-        return Err("--sigterm-mode must be `graceful` or `abort`".into());
-    }
     let tmp = tempfile::Builder::new()
         .prefix("blue-green-bench-")
         .tempdir()
@@ -148,7 +163,10 @@ async fn run(args: &Args) -> Result<(), String> {
         "START_DELAY_MS".to_string(),
         args.app_start_delay.as_millis().to_string(),
     );
-    app_env.insert("SIGTERM_MODE".to_string(), args.sigterm_mode.clone());
+    app_env.insert(
+        "SIGTERM_MODE".to_string(),
+        args.sigterm_mode.as_env().to_string(),
+    );
 
     let mut comparison = Comparison {
         setup: machine(args, &image).await,
@@ -544,7 +562,7 @@ async fn machine(args: &Args, image: &str) -> BTreeMap<String, String> {
         format!(
             "demo-app, START_DELAY_MS={}, SIGTERM_MODE={}",
             args.app_start_delay.as_millis(),
-            args.sigterm_mode
+            args.sigterm_mode.as_env()
         ),
     );
     m.insert("deploys".into(), args.deploys.to_string());
