@@ -193,6 +193,10 @@ pub fn figures(release: &str, run: &Finished, drain: Duration) -> DeployFigures 
         overhead_ms,
         peak_rss_kib: Some(run.max_rss_kib),
         own_peak_rss_kib: run.own_hwm_kib,
+        first_event_ms: run
+            .stdout
+            .first()
+            .map(|(at, _)| u64::try_from(at.as_millis()).unwrap_or(u64::MAX)),
         failed_requests: 0,
         error: (!ok).then(|| {
             let tail: Vec<&str> = run.stderr.lines().rev().take(5).collect();
@@ -202,6 +206,7 @@ pub fn figures(release: &str, run: &Finished, drain: Duration) -> DeployFigures 
             }
             tail.join(" | ")
         }),
+        steps_ms: steps,
     }
 }
 

@@ -123,6 +123,11 @@ pub struct DeployFigures {
     pub failed_requests: usize,
     /// What the command said when it failed.
     pub error: Option<String>,
+    /// Every step's time, milliseconds (for the deploy command).
+    pub steps_ms: BTreeMap<String, u64>,
+    /// From spawning the deploy command to its first event, milliseconds: process start,
+    /// config, connecting to Docker.
+    pub first_event_ms: Option<u64>,
 }
 
 /// One way of deploying, measured.
