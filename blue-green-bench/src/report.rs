@@ -250,6 +250,28 @@ impl PhaseReport {
             "",
         );
         out.push_str("    (times in ms; rss row 'med' shows the highest peak)\n");
+        let step =
+            |name: &'static str| move |d: &DeployFigures| d.steps_ms.get(name).map(|v| *v as f64);
+        if let (Some(verify), Some(switch), Some(stop)) = (
+            self.median_of(step("verify")),
+            self.median_of(step("switch")),
+            self.median_of(step("stop")),
+        ) {
+            // Everything but the app's start, the drain, the switch, the verification and the
+            // stop: process start, config, lock, reconcile, clear, record.
+            let rest = self.median_of(|d| {
+                let accounted: u64 = ["start", "ready", "drain", "switch", "verify", "stop"]
+                    .iter()
+                    .filter_map(|s| d.steps_ms.get(*s))
+                    .sum();
+                d.ok.then_some(d.wall_ms as f64 - accounted as f64)
+            });
+            let _ = writeln!(
+                out,
+                "overhead, medians: verify through nginx {verify:.0} ms, switch (write, nginx -t, reload) {switch:.0} ms, stop {stop:.0} ms, everything else (process start, config, lock, reconcile, clear, record) {:.0} ms",
+                rest.unwrap_or(0.0)
+            );
+        }
         let highest =
             |f: &dyn Fn(&DeployFigures) -> Option<u64>| self.deploys.iter().filter_map(f).max();
         if let (Some(own), Some(tree)) = (
