@@ -8,6 +8,9 @@
 //! - a fixed `sleep` (the post's 30 s, shortened here and configurable), then up to five
 //!   `curl -s $CHECK_URL | grep <color>` **through the load balancer**, with a pause between;
 //! - on success `docker-compose … down` the old color; otherwise `down` the new one.
+//!
+//! The post's script has `curl -s CHECK_URL` (without `$`), which can never succeed; the port
+//! asks the URL it meant.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -190,14 +193,13 @@ impl Baseline {
         self.compose(new, &["up", "-d"], release).await?;
         tokio::time::sleep(self.config.sleep).await;
         let mut found = false;
-        for attempt in 1..=self.config.attempts {
+        // As in the script, the pause follows every check that missed, the last one too.
+        for _ in 0..self.config.attempts {
             if self.check(new).await {
                 found = true;
                 break;
             }
-            if attempt < self.config.attempts {
-                tokio::time::sleep(self.config.retry_pause).await;
-            }
+            tokio::time::sleep(self.config.retry_pause).await;
         }
         figures.ready_ms = Some(millis(started.elapsed()));
         let stop_started = Instant::now();
