@@ -38,7 +38,8 @@ struct Tweaks {
 }
 
 /// One app with its own nginx, image, config and state, and everything torn down on drop.
-/// Fields drop in order: the load stops before nginx, nginx before the containers go.
+/// Fields drop in order, so nginx stops before the containers go; a test's load, declared
+/// after its stage, stops before either.
 struct Stage {
     nginx: NginxHarness,
     dir: tempfile::TempDir,
