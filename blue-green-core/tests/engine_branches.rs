@@ -527,6 +527,13 @@ async fn verification_failure_routes_back_and_removes_the_new_instance() {
         .expect_verify()
         .times(1)
         .returning(|_| Err(failed("http://127.0.0.1/health answered blue")));
+    // Green took live traffic between the switch and the route back: it is drained before
+    // it is removed.
+    m.router
+        .expect_in_flight()
+        .withf(|e| *e == green().endpoint)
+        .times(1)
+        .returning(|_| Ok(Some(0)));
     m.removed(green());
     let (engine, seen) = m.engine();
 

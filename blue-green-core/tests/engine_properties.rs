@@ -546,3 +546,27 @@ async fn a_crash_during_down_is_finished_by_the_next_command() {
         world.check_invariants().unwrap();
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_between_switch_and_drain_drains_the_old_color_before_anything_stops_it() {
+    for step in [Step::Verify, Step::Drain] {
+        let world = crash_deploy_at(step, KeepPrevious::Stopped, |_| {}).await;
+        let before = world.calls().len();
+        let engine = engine(&world, KeepPrevious::Stopped);
+        engine.status().await.unwrap();
+        engine
+            .deploy(Release::new("v3"), &CancellationToken::new())
+            .await
+            .unwrap();
+        let after: Vec<FakeCall> = world.calls()[before..].iter().map(|c| c.call).collect();
+        let drained = after.iter().position(|c| *c == FakeCall::InFlight);
+        let first_stop = after
+            .iter()
+            .position(|c| matches!(c, FakeCall::Stop | FakeCall::Remove));
+        assert!(
+            drained.is_some() && drained < first_stop,
+            "after a crash at {step}, blue must be drained before it is stopped or removed: {after:?}"
+        );
+        world.check_invariants().unwrap();
+    }
+}

@@ -440,6 +440,8 @@ async fn restore<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
     let mut left = Vec::new();
     // Whether the router may point at the new instance, which then must not be taken away.
     let mut router_on_new = false;
+    // Whether the router had to be sent back, i.e. the new instance took live traffic.
+    let mut routed_back = false;
 
     if maybe_routed {
         let now = eng.router_target().await;
@@ -447,6 +449,7 @@ async fn restore<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
             run.target = plan.old_target.clone();
         } else if let Some(old) = &plan.old_target {
             let old_color = plan.old.as_ref().map_or(color.other(), |o| o.color);
+            routed_back = true;
             if let Err(e) = run.route(old_color, old).await {
                 router_on_new = true;
                 left.push(format!(
@@ -475,6 +478,16 @@ async fn restore<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
 
     if !router_on_new {
         let routed = run.target.clone();
+        // The new instance served live traffic between the switch and the route back: let
+        // those requests finish (and nginx's old workers let go of it) before it goes away.
+        if let (true, Some(inst)) = (routed_back, new) {
+            if routed.as_ref() != Some(&inst.endpoint) && plan.undo != Undo::Leave {
+                match eng.drain(&inst.endpoint).await {
+                    Ok(warnings) => warnings.into_iter().for_each(|w| run.warn(w)),
+                    Err(e) => run.warn(format!("draining {color} before undoing it failed: {e}")),
+                }
+            }
+        }
         let undone: Result<(), ComponentError> = match (new, plan.undo, &plan.bring) {
             (Some(inst), Undo::Remove, _) => eng.remove_unless_routed(inst, routed.as_ref()).await,
             (Some(inst), Undo::Stop, _) | (None, Undo::Stop, Bring::Restart(inst)) => {

@@ -226,10 +226,34 @@ impl<'e, R: Runtime, P: HealthProbe, T: Router, S: StateStore> Run<'e, R, P, T, 
                     since: now_rfc3339(),
                 });
             }
+            // Died between the switch and the end of the drain: the old color may still have
+            // requests in flight (and nginx's old workers may still send it new ones for a
+            // moment), so it is drained now, before anything may stop or clear it.
+            let undrained = matches!(journal.step, Step::Switch | Step::Verify | Step::Drain);
+            if let (true, Some(from)) = (undrained, journal.from) {
+                let old: Vec<Instance> = world
+                    .instances
+                    .iter()
+                    .filter(|i| i.color == from && Some(&i.endpoint) != world.target.as_ref())
+                    .cloned()
+                    .collect();
+                for inst in old {
+                    if !matches!(eng.rt_state(&inst, None).await, Ok(InstanceState::Running)) {
+                        continue;
+                    }
+                    match eng.drain(&inst.endpoint).await {
+                        Ok(warnings) => warnings.into_iter().for_each(|w| self.warn(w)),
+                        Err(e) => self.warn(format!("draining {} failed: {e}", describe(&inst))),
+                    }
+                }
+            }
             let old = journal
                 .from
                 .map(|c| {
-                    format!("; the old color {c} was left as it was (`down {c}` takes it down)")
+                    let drained = if undrained { "drained and " } else { "" };
+                    format!(
+                        "; the old color {c} was {drained}left running (`down {c}` takes it down)"
+                    )
                 })
                 .unwrap_or_default();
             (
