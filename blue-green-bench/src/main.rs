@@ -240,6 +240,7 @@ async fn run_ours(
         test_command: nginx.test_command(),
         reload_command: nginx.reload_command(),
         verify_url: nginx.url("/health"),
+        pid_file: Some(nginx.pid_file()),
         drain: args.drain,
         stop_timeout: args.stop_timeout,
     };

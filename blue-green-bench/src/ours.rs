@@ -36,6 +36,8 @@ pub struct OursConfig {
     pub reload_command: Vec<String>,
     /// The health URL through nginx, for the router's verification.
     pub verify_url: String,
+    /// nginx's pid file, so the router watches nginx's workers instead of a fixed overlap.
+    pub pid_file: Option<PathBuf>,
     /// The configured drain.
     pub drain: Duration,
     /// The configured stop timeout.
@@ -102,7 +104,7 @@ impl OursConfig {
         format!(
             "app = {app}\nstate_dir = {state}\n\n[runtime]\n{runtime}\n[endpoints]\nblue = \"127.0.0.1:{blue}\"\ngreen = \"127.0.0.1:{green}\"\n\n\
              [health]\nkind = \"http\"\npath = \"/health\"\nexpect_status = 200\nexpect_body = \"{{color}} {{release}}\"\ninterval = \"100ms\"\ntimeout = \"1s\"\nhealthy_threshold = 1\ndeadline = \"30s\"\n\n\
-             [router]\nkind = \"nginx\"\nupstream = {upstream}\nupstream_file = {ufile}\ntest_command = {test}\nreload_command = {reload}\nverify_url = {verify}\n\n\
+             [router]\nkind = \"nginx\"\nupstream = {upstream}\nupstream_file = {ufile}\ntest_command = {test}\nreload_command = {reload}\nverify_url = {verify}\n{pid_file}\n\
              [switch]\ndrain = \"{drain}ms\"\nstop_timeout = \"{stop}ms\"\nkeep_previous = \"stopped\"\n",
             app = toml_str(&self.app),
             state = toml_str(&self.dir.join("state").to_string_lossy()),
@@ -113,6 +115,11 @@ impl OursConfig {
             test = argv(&self.test_command),
             reload = argv(&self.reload_command),
             verify = toml_str(&self.verify_url),
+            pid_file = self
+                .pid_file
+                .as_ref()
+                .map(|p| format!("pid_file = {}\n", toml_str(&p.to_string_lossy())))
+                .unwrap_or_default(),
             drain = self.drain.as_millis(),
             stop = self.stop_timeout.as_millis(),
         )
@@ -276,6 +283,7 @@ mod tests {
             test_command: vec!["nginx".into(), "-t".into()],
             reload_command: vec!["nginx".into(), "-s".into(), "reload".into()],
             verify_url: "http://127.0.0.1:1/health".into(),
+            pid_file: Some(PathBuf::from("/tmp/x/nginx.pid")),
             drain: Duration::from_secs(2),
             stop_timeout: Duration::from_secs(5),
         };

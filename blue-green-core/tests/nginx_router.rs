@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use blue_green_core::router::nginx::OLD_WORKER_OVERLAP;
 use blue_green_core::{
     Color, ComponentErrorKind, Endpoint, NginxConfig, NginxRouter, NginxVerify, Router,
 };
@@ -32,6 +33,7 @@ fn router_config(nginx: &NginxHarness) -> NginxConfig {
             interval: Duration::from_millis(10),
             deadline: Duration::from_secs(20),
         }),
+        pid_file: Some(nginx.pid_file()),
     }
 }
 
@@ -69,77 +71,147 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[index]
 }
 
+/// The pids of the master's children that are accepting workers (title `worker process`, not
+/// shutting down), read from /proc.
+fn accepting_workers(master: u32) -> Vec<u32> {
+    let children = std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+        .unwrap_or_else(|e| panic!("cannot list the children of nginx's master {master}: {e}"));
+    children
+        .split_whitespace()
+        .filter_map(|pid| {
+            let title = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let title = String::from_utf8_lossy(&title).replace('\0', " ");
+            (title.contains("worker process") && !title.contains("shutting down"))
+                .then(|| pid.parse().unwrap())
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_switches_under_load_fail_no_request_and_verify_the_new_color() {
     let blue = ColorServer::start(Color::Blue, "v1").await.unwrap();
     let green = ColorServer::start(Color::Green, "v2").await.unwrap();
     let nginx = NginxHarness::start("app", &blue.endpoint()).await.unwrap();
-    let router = NginxRouter::new(router_config(&nginx)).unwrap();
-    assert_eq!(router.target().await.unwrap(), Some(blue.endpoint()));
     assert_eq!(colors_through(&nginx, 3).await, ["blue"; 3]);
 
-    let load = Load::start(LoadConfig::new(nginx.url("")));
-    let warm = load.wait_for(50, Duration::from_secs(20)).await;
-    assert!(warm.total >= 50, "the load loop does not get going: {warm}");
+    // First with the pid file (the router watches nginx's workers), then without it (the
+    // router waits the fixed overlap), on the same nginx under the same load.
+    for watch_workers in [true, false] {
+        let mode = if watch_workers {
+            "with pid_file (workers watched)"
+        } else {
+            "without pid_file (fixed overlap)"
+        };
+        let mut config = router_config(&nginx);
+        if !watch_workers {
+            config.pid_file = None;
+        }
+        let router = NginxRouter::new(config).unwrap();
+        let load = Load::start(LoadConfig::new(nginx.url("")));
+        let warm = load.wait_for(50, Duration::from_secs(20)).await;
+        assert!(warm.total >= 50, "the load loop does not get going: {warm}");
 
-    let mut reload_to_verified = Vec::new();
-    let mut reload_took = Vec::new();
-    for switch in 0..SWITCHES {
-        let to = if switch % 2 == 0 { &green } else { &blue };
+        let mut reload_to_verified = Vec::new();
+        let mut reload_took = Vec::new();
+        for switch in 0..SWITCHES {
+            let from = router.target().await.unwrap();
+            let to = if from == Some(blue.endpoint()) {
+                &green
+            } else {
+                &blue
+            };
+            let old_workers = accepting_workers(nginx.pid());
+            let asked = Instant::now();
+            router
+                .route_to(&to.endpoint())
+                .await
+                .unwrap_or_else(|e| panic!("{mode}: switch {switch} to {}: {e}", to.color()));
+            let reloaded = asked.elapsed();
+            router
+                .verify(&to.instance())
+                .await
+                .unwrap_or_else(|e| panic!("{mode}: switch {switch} to {}: {e}", to.color()));
+            reload_to_verified.push(asked.elapsed());
+            reload_took.push(reloaded);
+
+            // Verified with the pid file means: no worker that ran before the reload accepts
+            // any more (the fixed overlap only makes that likely)...
+            let still = accepting_workers(nginx.pid());
+            assert!(
+                !watch_workers || old_workers.iter().all(|old| !still.contains(old)),
+                "{mode}: after switch {switch}, old workers {old_workers:?} still accept (accepting now: {still:?})"
+            );
+            // ...and every new connection right after it reaches the new color.
+            assert_eq!(router.target().await.unwrap(), Some(to.endpoint()));
+            let seen = colors_through(&nginx, 5).await;
+            assert!(
+                seen.iter().all(|c| c == to.color().as_str()),
+                "{mode}: after switch {switch} to {}, new requests through nginx answered {seen:?}",
+                to.color()
+            );
+        }
+        // Keep the load running a moment after the last switch, so late failures count too.
+        let before_end = load.snapshot().total;
+        load.wait_for(before_end + 50, Duration::from_secs(20))
+            .await;
+        let report = load.stop().await;
+
+        reload_to_verified.sort();
+        reload_took.sort();
+        eprintln!(
+            "{SWITCHES} switches {mode}: reload asked → verified: median {:?}, p90 {:?}, max {:?} (of which route_to, i.e. write + nginx -t + nginx -s reload: median {:?}, max {:?})",
+            percentile(&reload_to_verified, 0.5),
+            percentile(&reload_to_verified, 0.9),
+            reload_to_verified[SWITCHES - 1],
+            percentile(&reload_took, 0.5),
+            reload_took[SWITCHES - 1],
+        );
+        eprintln!("load through nginx {mode}: {report}");
+
+        assert_eq!(
+            report.failed, 0,
+            "{mode}: requests failed during the switches: {report}"
+        );
+        assert!(
+            report.total >= 100,
+            "{mode}: too little traffic to mean anything: {report}"
+        );
+        for color in ["blue", "green"] {
+            assert!(
+                report.by_color.get(color).copied().unwrap_or(0) > 0,
+                "{mode}: no request reached {color}: {report}"
+            );
+        }
+        assert_eq!(report.by_color.get("other"), None, "{report}");
+    }
+}
+
+#[tokio::test]
+async fn a_pid_file_that_names_no_nginx_master_falls_back_to_the_fixed_overlap() {
+    let blue = ColorServer::start(Color::Blue, "v1").await.unwrap();
+    let green = ColorServer::start(Color::Green, "v2").await.unwrap();
+    let nginx = NginxHarness::start("app", &blue.endpoint()).await.unwrap();
+    // As when nginx runs in a container: the pid in the file is no nginx master here (this
+    // test's own process stands in for it).
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("nginx.pid");
+    std::fs::write(&pid_file, format!("{}\n", std::process::id())).unwrap();
+    let mut config = router_config(&nginx);
+    config.pid_file = Some(pid_file);
+    let router = NginxRouter::new(config).unwrap();
+
+    for to in [&green, &blue, &green] {
         let asked = Instant::now();
-        router
-            .route_to(&to.endpoint())
-            .await
-            .unwrap_or_else(|e| panic!("switch {switch} to {}: {e}", to.color()));
-        let reloaded = asked.elapsed();
-        router
-            .verify(&to.instance())
-            .await
-            .unwrap_or_else(|e| panic!("switch {switch} to {}: {e}", to.color()));
-        reload_to_verified.push(asked.elapsed());
-        reload_took.push(reloaded);
-
-        assert_eq!(router.target().await.unwrap(), Some(to.endpoint()));
-        let seen = colors_through(&nginx, 5).await;
+        router.route_to(&to.endpoint()).await.unwrap();
+        router.verify(&to.instance()).await.unwrap();
+        let took = asked.elapsed();
+        // Not a timing measurement: the fallback cannot verify before its overlap has passed.
         assert!(
-            seen.iter().all(|c| c == to.color().as_str()),
-            "after switch {switch} to {}, new requests through nginx answered {seen:?}",
-            to.color()
+            took >= OLD_WORKER_OVERLAP,
+            "verified after {took:?}, before the fixed overlap of {OLD_WORKER_OVERLAP:?}"
         );
+        assert_eq!(colors_through(&nginx, 5).await, [to.color().as_str(); 5]);
     }
-    // Keep the load running a moment after the last switch, so late failures count too.
-    let before_end = load.snapshot().total;
-    load.wait_for(before_end + 50, Duration::from_secs(20))
-        .await;
-    let report = load.stop().await;
-
-    reload_to_verified.sort();
-    reload_took.sort();
-    eprintln!(
-        "{SWITCHES} switches: reload asked → verified: median {:?}, p90 {:?}, max {:?} (of which route_to, i.e. write + nginx -t + nginx -s reload: median {:?}, max {:?})",
-        percentile(&reload_to_verified, 0.5),
-        percentile(&reload_to_verified, 0.9),
-        reload_to_verified[SWITCHES - 1],
-        percentile(&reload_took, 0.5),
-        reload_took[SWITCHES - 1],
-    );
-    eprintln!("load through nginx: {report}");
-
-    assert_eq!(
-        report.failed, 0,
-        "requests failed during the switches: {report}"
-    );
-    assert!(
-        report.total >= 100,
-        "too little traffic to mean anything: {report}"
-    );
-    for color in ["blue", "green"] {
-        assert!(
-            report.by_color.get(color).copied().unwrap_or(0) > 0,
-            "no request reached {color}: {report}"
-        );
-    }
-    assert_eq!(report.by_color.get("other"), None, "{report}");
 }
 
 #[tokio::test]
@@ -210,6 +282,7 @@ async fn injection_attempts_are_refused_before_anything_is_written() {
         reload_command: vec!["touch".into(), marker],
         command_timeout: Duration::from_secs(5),
         verify: None,
+        pid_file: None,
     };
     let evil = [
         ";",
@@ -301,6 +374,7 @@ async fn a_verification_that_never_sees_the_new_color_says_what_it_saw() {
             deadline: Duration::from_secs(1),
             ..NginxVerify::new(blue.url("/health"))
         }),
+        pid_file: None,
     })
     .unwrap();
     let error = router.verify(&green.instance()).await.unwrap_err();

@@ -11,6 +11,7 @@
 //! let nginx = NginxHarness::start("app", &Endpoint::new("127.0.0.1", 8081)).await?;
 //! let url = nginx.url("/health"); // http://127.0.0.1:PORT/health, proxied to 127.0.0.1:8081
 //! let file = nginx.upstream_file(); // give this, test_command() and reload_command() to the router
+//! let pid_file = nginx.pid_file(); // and this as its pid_file
 //! # Ok(()) }
 //! ```
 //!
@@ -137,6 +138,11 @@ impl NginxHarness {
         self.dir.path().join("upstream.conf")
     }
 
+    /// nginx's pid file, holding the master's pid (give it to the router as `pid_file`).
+    pub fn pid_file(&self) -> PathBuf {
+        self.dir.path().join("nginx.pid")
+    }
+
     /// The main config file.
     pub fn config_file(&self) -> PathBuf {
         self.dir.path().join("nginx.conf")
@@ -191,9 +197,13 @@ async fn wait_until_listening(child: &mut Child, port: u16, dir: &Path) -> Resul
                 error_log()
             ));
         }
-        if tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
-            .await
-            .is_ok()
+        // nginx opens its listening sockets before it writes its pid file: wait for both.
+        let pid_written = fs::read_to_string(dir.join("nginx.pid"))
+            .is_ok_and(|pid| pid.trim() == child.id().to_string());
+        if pid_written
+            && tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+                .await
+                .is_ok()
         {
             return Ok(());
         }

@@ -100,6 +100,7 @@ pub struct RawRouter {
     pub verify_successes: Option<Spanned<i64>>,
     pub verify_interval: Option<Str>,
     pub verify_deadline: Option<Str>,
+    pub pid_file: Option<Str>,
     // none
     pub target_file: Option<Str>,
 }

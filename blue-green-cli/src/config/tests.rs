@@ -115,6 +115,7 @@ start = "10m"
             assert_eq!(n.upstream, "web_up");
             assert_eq!(n.upstream_file, PathBuf::from("/etc/nginx/conf.d/web.conf"));
             assert_eq!(n.test_command, vec!["nginx", "-t"]);
+            assert_eq!(n.pid_file, None);
             let v = n.verify.as_ref().unwrap();
             assert_eq!(v.expect_body, "{color}");
         }
@@ -146,6 +147,7 @@ upstream = "web"
 upstream_file = "nginx/upstream.conf"
 test_command = ["nginx", "-p", "{config_dir}/nginx/", "-t"]
 reload_command = ["nginx", "-s", "reload", "{\"json\": 1}"]
+pid_file = "nginx/{app}.pid"
 "#;
     let c = parse(text, &dir.path().join("bg.toml"), dir.path()).unwrap();
     let RouterConfig::Nginx(n) = &c.router else {
@@ -157,4 +159,5 @@ reload_command = ["nginx", "-s", "reload", "{\"json\": 1}"]
     );
     assert_eq!(n.reload_command[3], "{\"json\": 1}");
     assert_eq!(n.upstream_file, dir.path().join("nginx/upstream.conf"));
+    assert_eq!(n.pid_file, Some(dir.path().join("nginx/web.pid")));
 }

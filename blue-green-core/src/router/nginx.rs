@@ -25,6 +25,16 @@
 //! first new-color one). So a verification only counts a run of new-color answers that spans
 //! at least [`OLD_WORKER_OVERLAP`], however few `successes` it asks for.
 //!
+//! When nginx runs as a local process and [`NginxConfig::pid_file`] names its pid file, the
+//! router waits for the exact moment instead: it notes the master's workers (from `/proc`)
+//! before the reload, and after it waits until a new worker runs and every old one is gone or
+//! titled `worker process is shutting down` — nginx sets that title just before the worker
+//! closes its listening sockets. From then on every new connection gets the new config, so
+//! `successes` answers in a row suffice, and the verification takes about 100 ms less than
+//! the overlap plus the master's own pause. If the pid file cannot be read or `/proc` does not
+//! show an nginx master there (nginx in a container, for example), the router falls back to
+//! the overlap; a debug log says which way it verified.
+//!
 //! If nginx runs in a container, mount the file's *directory* rather than the file itself: the
 //! atomic write replaces the file by renaming, which a single-file bind mount does not see.
 
@@ -42,12 +52,20 @@ use crate::model::{Endpoint, Instance};
 use crate::router::Router;
 use crate::state::atomic::write_atomic;
 
+mod workers;
+
+use workers::{WaitError, WorkerWatch};
+
 /// The first line of every file the router writes.
 const HEADER: &str = "# Managed by blue-green: rewritten on every switch; edits here will be lost.";
 /// How long a run of new-color answers must last before a switch counts as verified: nginx's
 /// old workers accept new connections for about 100 ms after the new ones start, and a busy
 /// machine may be slower to tell them to stop.
 pub const OLD_WORKER_OVERLAP: Duration = Duration::from_millis(250);
+/// How often the router looks at nginx's workers while they are replaced.
+const WORKER_POLL: Duration = Duration::from_millis(10);
+/// Where the kernel shows processes.
+const PROC_ROOT: &str = "/proc";
 /// How much of a command's output an error quotes.
 const OUTPUT_LIMIT: usize = 2000;
 
@@ -72,7 +90,8 @@ pub struct NginxVerify {
     /// The body must contain this, after `{color}` and `{release}` are filled in (default
     /// `{color}`).
     pub expect_body: String,
-    /// Answers in a row needed; the run must also last [`OLD_WORKER_OVERLAP`].
+    /// Answers in a row needed; unless the router could watch nginx's workers (see
+    /// [`NginxConfig::pid_file`]), the run must also last [`OLD_WORKER_OVERLAP`].
     pub successes: u32,
     /// Time between two requests.
     pub interval: Duration,
@@ -115,6 +134,10 @@ pub struct NginxConfig {
     pub command_timeout: Duration,
     /// Optional verification through nginx.
     pub verify: Option<NginxVerify>,
+    /// nginx's pid file (the `pid` directive), when nginx runs as a process on this machine.
+    /// With it, [`Router::verify`] waits until nginx's old workers stop accepting instead of
+    /// the fixed [`OLD_WORKER_OVERLAP`] (and waits for that even without `verify`).
+    pub pid_file: Option<PathBuf>,
 }
 
 /// Routes through nginx by rewriting the upstream file it includes and reloading it.
@@ -133,6 +156,7 @@ pub struct NginxConfig {
 ///     reload_command: vec!["nginx".into(), "-s".into(), "reload".into()],
 ///     command_timeout: Duration::from_secs(10),
 ///     verify: Some(NginxVerify::new("http://127.0.0.1/health")),
+///     pid_file: Some("/run/nginx.pid".into()),
 /// })?;
 /// router.route_to(&Endpoint::new("127.0.0.1", 8082)).await?;
 /// assert_eq!(router.target().await?, Some(Endpoint::new("127.0.0.1", 8082)));
@@ -143,6 +167,10 @@ pub struct NginxRouter {
     config: NginxConfig,
     /// One switch at a time: a second `route_to` waits, so restores never interleave.
     switching: Arc<tokio::sync::Mutex<()>>,
+    /// The workers noted before the last reload, for the next `verify`; or why there are none.
+    reload: Arc<std::sync::Mutex<Option<Result<WorkerWatch, String>>>>,
+    /// Where the kernel shows processes (a fake tree in tests).
+    proc_root: PathBuf,
     /// For verification: no connection reuse, so each request is a new client of nginx.
     #[cfg(feature = "http-probe")]
     verify_client: reqwest::Client,
@@ -196,6 +224,8 @@ impl NginxRouter {
         Ok(NginxRouter {
             config,
             switching: Arc::new(tokio::sync::Mutex::new(())),
+            reload: Arc::new(std::sync::Mutex::new(None)),
+            proc_root: PathBuf::from(PROC_ROOT),
             #[cfg(feature = "http-probe")]
             verify_client,
         })
@@ -253,18 +283,93 @@ impl NginxRouter {
         }
     }
 
+    /// With a pid file: notes nginx's workers before a reload; `None` without a pid file.
+    async fn watch_workers(&self) -> Option<Result<WorkerWatch, String>> {
+        let pid_file = self.config.pid_file.as_ref()?;
+        let timeout = self.config.command_timeout;
+        let watch = tokio::time::timeout(
+            timeout,
+            WorkerWatch::before_reload(&self.proc_root, pid_file),
+        )
+        .await
+        .unwrap_or_else(|_| Err(format!("reading /proc took longer than {timeout:?}")));
+        Some(watch)
+    }
+
+    /// Replaces the workers noted for the next `verify`.
+    fn set_reload(&self, reload: Option<Result<WorkerWatch, String>>) {
+        match self.reload.lock() {
+            Ok(mut slot) => *slot = reload,
+            Err(poisoned) => *poisoned.into_inner() = reload,
+        }
+    }
+
+    /// How long a run of good answers must last: nothing once nginx's old workers are seen to
+    /// stop accepting, else [`OLD_WORKER_OVERLAP`]. Fails when the workers are not replaced
+    /// by `deadline`.
+    async fn wait_for_workers(
+        &self,
+        started: tokio::time::Instant,
+        deadline: tokio::time::Instant,
+    ) -> Result<Duration, ComponentError> {
+        let reload = match self.reload.lock() {
+            Ok(mut slot) => slot.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        let watch = match reload {
+            Some(Ok(watch)) => watch,
+            Some(Err(why)) => {
+                tracing::debug!(reason = %why, overlap = ?OLD_WORKER_OVERLAP, "cannot watch nginx's workers; verifying with the fixed overlap");
+                return Ok(OLD_WORKER_OVERLAP);
+            }
+            None => {
+                tracing::debug!(overlap = ?OLD_WORKER_OVERLAP, "no pid file, or no reload to watch; verifying with the fixed overlap");
+                return Ok(OLD_WORKER_OVERLAP);
+            }
+        };
+        let pid_file = self
+            .config
+            .pid_file
+            .as_deref()
+            .unwrap_or(Path::new(""))
+            .display();
+        match watch.wait(deadline, WORKER_POLL).await {
+            Ok(()) => {
+                tracing::debug!(
+                    master = watch.master(),
+                    elapsed = ?started.elapsed(),
+                    "nginx's old workers stopped accepting; verifying without an overlap"
+                );
+                Ok(Duration::ZERO)
+            }
+            Err(WaitError::Timeout(why)) => Err(ComponentError::timeout(format!(
+                "nginx did not replace its workers within {:?} after the reload: {why}. Check nginx's error log (a reload that nginx cannot apply keeps the old workers), and that pid_file {pid_file} belongs to the nginx that the reload command reloads",
+                deadline.saturating_duration_since(started)
+            ))),
+            Err(WaitError::Unreadable(why)) => Err(ComponentError::failed(format!(
+                "{why}; check that nginx (pid file {pid_file}) still runs"
+            ))),
+        }
+    }
+
     #[cfg(feature = "http-probe")]
     async fn verify_through_nginx(
         &self,
         verify: &NginxVerify,
         instance: &Instance,
+        started: tokio::time::Instant,
+        overlap: Duration,
     ) -> Result<(), ComponentError> {
         use crate::probe::http::{body_snippet, contains, describe_request_error, read_body};
         use tokio::time::Instant;
 
         let expected = crate::probe::http::fill_placeholders(&verify.expect_body, instance);
-        let started = Instant::now();
         let deadline = started + verify.deadline;
+        let over = if overlap.is_zero() {
+            String::new()
+        } else {
+            format!(", over at least {overlap:?},")
+        };
         let mut in_a_row = 0u32;
         let mut run_started = started;
         let mut requests = 0u32;
@@ -273,7 +378,7 @@ impl NginxRouter {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 return Err(ComponentError::timeout(format!(
-                    "requests through nginx to {} did not answer with `{expected}` {} times in a row, over at least {OLD_WORKER_OVERLAP:?}, within {:?} ({requests} requests); last seen: {last_seen}. Check that nginx proxies that URL to upstream `{}` and that {} answers `{expected}`",
+                    "requests through nginx to {} did not answer with `{expected}` {} times in a row{over} within {:?} ({requests} requests); last seen: {last_seen}. Check that nginx proxies that URL to upstream `{}` and that {} answers `{expected}`",
                     verify.url, verify.successes, verify.deadline, self.config.upstream, instance.endpoint
                 )));
             }
@@ -295,10 +400,11 @@ impl NginxRouter {
                         "the expected answer {in_a_row} times in a row over {:?}",
                         run_started.elapsed()
                     );
-                    if in_a_row >= verify.successes && run_started.elapsed() >= OLD_WORKER_OVERLAP {
+                    if in_a_row >= verify.successes && run_started.elapsed() >= overlap {
                         tracing::debug!(
                             url = %verify.url,
                             requests,
+                            ?overlap,
                             elapsed = ?started.elapsed(),
                             "switch verified through nginx"
                         );
@@ -350,6 +456,7 @@ impl Router for NginxRouter {
         // Everything is checked before the file is touched.
         let content = self.render(endpoint)?;
         let _switching = self.switching.lock().await;
+        self.set_reload(None);
         let file = self.file().display().to_string();
 
         let previous = match tokio::fs::read(self.file()).await {
@@ -382,6 +489,9 @@ impl Router for NginxRouter {
             }
         }
 
+        // Before the reload: once `nginx -s reload` returns, the master may already have
+        // started new workers.
+        let watch = self.watch_workers().await;
         if let Err(failure) = run(&self.config.reload_command, self.config.command_timeout).await {
             let restored = self.restore(&previous).await;
             // The reload may have gone through before failing (or timing out): reload again so
@@ -409,21 +519,36 @@ impl Router for NginxRouter {
                 true,
             ));
         }
+        self.set_reload(watch);
         Ok(())
     }
 
     async fn verify(&self, instance: &Instance) -> Result<(), ComponentError> {
+        let started = tokio::time::Instant::now();
         let Some(verify) = &self.config.verify else {
+            // Without a URL, still wait for the old workers when they can be watched.
+            let noted = match self.reload.lock() {
+                Ok(slot) => matches!(*slot, Some(Ok(_))),
+                Err(poisoned) => matches!(*poisoned.into_inner(), Some(Ok(_))),
+            };
+            if noted {
+                let deadline = started + self.config.command_timeout;
+                self.wait_for_workers(started, deadline).await?;
+            }
             return Ok(());
         };
+        let overlap = self
+            .wait_for_workers(started, started + verify.deadline)
+            .await?;
         #[cfg(feature = "http-probe")]
         {
-            self.verify_through_nginx(verify, instance).await
+            self.verify_through_nginx(verify, instance, started, overlap)
+                .await
         }
         #[cfg(not(feature = "http-probe"))]
         {
             // `new` refuses a verification without the feature; kept for completeness.
-            let _ = (verify, instance);
+            let _ = (verify, instance, overlap);
             Err(ComponentError::invalid(
                 "verifying through nginx needs blue-green-core's `http-probe` feature",
             ))
@@ -740,6 +865,7 @@ mod tests {
             reload_command: vec!["true".into()],
             command_timeout: Duration::from_secs(5),
             verify: None,
+            pid_file: None,
         }
     }
 

@@ -35,6 +35,7 @@ pub fn router(nginx: &NginxHarness) -> NginxRouter {
             interval: Duration::from_millis(20),
             deadline: Duration::from_secs(20),
         }),
+        pid_file: Some(nginx.pid_file()),
     })
     .expect("nginx router config")
 }

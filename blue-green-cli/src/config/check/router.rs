@@ -21,7 +21,7 @@ impl Checker<'_> {
         state_dir: &Path,
     ) -> Option<RouterConfig> {
         let r = raw.get_ref();
-        let nginx_keys: [(&str, Option<Range<usize>>); 11] = [
+        let nginx_keys: [(&str, Option<Range<usize>>); 12] = [
             ("upstream", r.upstream.as_ref().map(Spanned::span)),
             ("upstream_file", r.upstream_file.as_ref().map(Spanned::span)),
             (
@@ -42,6 +42,7 @@ impl Checker<'_> {
                 r.command_timeout.as_ref().map(Spanned::span),
             ),
             ("verify_url", r.verify_url.as_ref().map(Spanned::span)),
+            ("pid_file", r.pid_file.as_ref().map(Spanned::span)),
             ("verify_body", r.verify_body.as_ref().map(Spanned::span)),
             (
                 "verify_successes",
@@ -215,6 +216,10 @@ impl Checker<'_> {
                 None
             }
         };
+        let pid_file = r.pid_file.as_ref().map(|f| {
+            let filled = self.filled(f, "router.pid_file", &["app"], app);
+            self.path(f, "router.pid_file", &filled)
+        });
         let config = NginxConfig {
             upstream: upstream?,
             upstream_file: upstream_file?,
@@ -224,6 +229,7 @@ impl Checker<'_> {
             reload_command,
             command_timeout,
             verify,
+            pid_file,
         };
         // The router checks names and options itself (strictly: nothing a user types may add a
         // directive); building it here touches nothing and turns its refusal into a config error.
