@@ -103,7 +103,10 @@ async fn a_server_slower_than_the_timeout_is_a_timeout() {
     let started = Instant::now();
     let reason = unhealthy(probe.check(&blue.instance()).await);
     let took = started.elapsed();
-    assert!(reason.contains("timed out after 300ms"), "reason: {reason}");
+    assert_eq!(
+        reason,
+        format!("GET {}: timed out after 300ms", blue.url("/slow?ms=10000"))
+    );
     // Not a timing measurement: the server would have taken 10s, the probe must not wait for it.
     assert!(took < Duration::from_secs(8), "the probe waited {took:?}");
     eprintln!("slow server: probe gave up after {took:?}");
@@ -122,10 +125,9 @@ async fn nothing_listening_is_connection_refused() {
         endpoint: Endpoint::new("127.0.0.1", port),
     };
     let reason = unhealthy(probe("/health", None).check(&instance).await);
-    assert!(reason.contains("connection refused"), "reason: {reason}");
-    assert!(
-        reason.contains(&format!("127.0.0.1:{port}")),
-        "reason: {reason}"
+    assert_eq!(
+        reason,
+        format!("GET http://127.0.0.1:{port}/health: connection refused")
     );
 }
 
@@ -159,4 +161,89 @@ async fn one_probe_checks_many_times_and_both_colors() {
     }
     assert_eq!(blue.served(), 20);
     assert_eq!(green.served(), 20);
+}
+
+/// How a fake server ends each connection after reading the request.
+#[derive(Clone, Copy)]
+enum Hangup {
+    /// Closes it (FIN) without a word.
+    Close,
+    /// Resets it (RST).
+    Reset,
+}
+
+/// A server on loopback that reads each request and hangs up without answering; stops when
+/// dropped.
+struct HangupServer {
+    endpoint: Endpoint,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HangupServer {
+    async fn start(how: Hangup) -> HangupServer {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if let Hangup::Reset = how {
+                    stream.set_zero_linger().unwrap();
+                }
+                drop(stream);
+            }
+        });
+        HangupServer {
+            endpoint: Endpoint::new("127.0.0.1", port),
+            task,
+        }
+    }
+
+    fn instance(&self) -> Instance {
+        Instance {
+            color: Color::Blue,
+            release: "v1".into(),
+            id: "hangup".into(),
+            endpoint: self.endpoint.clone(),
+        }
+    }
+}
+
+impl Drop for HangupServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_server_that_closes_without_answering_gets_a_short_reason() {
+    let server = HangupServer::start(Hangup::Close).await;
+    let reason = unhealthy(probe("/health", None).check(&server.instance()).await);
+    assert_eq!(
+        reason,
+        format!(
+            "GET http://{}/health: connection closed before an answer",
+            server.endpoint
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_server_that_resets_the_connection_gets_a_short_reason() {
+    let server = HangupServer::start(Hangup::Reset).await;
+    let reason = unhealthy(probe("/health", None).check(&server.instance()).await);
+    assert_eq!(
+        reason,
+        format!(
+            "GET http://{}/health: connection reset by peer",
+            server.endpoint
+        )
+    );
 }

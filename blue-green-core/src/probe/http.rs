@@ -232,36 +232,65 @@ pub(crate) fn body_snippet(body: &[u8]) -> String {
     }
 }
 
-/// Why a request failed, in a person's words: "connection refused", "timed out after 2s", …
+/// Why a request failed, in a person's words: "connection refused", "timed out after 2s",
+/// "connection closed before an answer", … The full error chain (reqwest, hyper and the
+/// socket's error) goes only to a debug log.
 pub(crate) fn describe_request_error(error: &reqwest::Error, timeout: Duration) -> String {
-    if error.is_timeout() {
+    let mut chain = error.to_string();
+    let mut source = std::error::Error::source(error);
+    let mut innermost: &dyn std::error::Error = error;
+    let mut io_kind = None;
+    while let Some(err) = source {
+        chain.push_str(": ");
+        chain.push_str(&err.to_string());
+        if io_kind.is_none() {
+            io_kind = err.downcast_ref::<std::io::Error>().map(|io| io.kind());
+        }
+        innermost = err;
+        source = err.source();
+    }
+    tracing::debug!(error = %chain, "an HTTP request failed");
+    classify_request_error(
+        error.is_timeout(),
+        error.is_connect(),
+        io_kind,
+        &innermost.to_string(),
+        timeout,
+    )
+}
+
+/// The short reason, from what [`describe_request_error`] found in the chain.
+fn classify_request_error(
+    is_timeout: bool,
+    is_connect: bool,
+    io_kind: Option<std::io::ErrorKind>,
+    innermost: &str,
+    timeout: Duration,
+) -> String {
+    use std::io::ErrorKind;
+    if is_timeout || io_kind == Some(ErrorKind::TimedOut) {
         return format!("timed out after {timeout:?}");
     }
-    // The io::Error deep in the chain says best what happened ("connection refused").
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(err) = source {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            return match io.kind() {
-                std::io::ErrorKind::ConnectionRefused => "connection refused".to_string(),
-                std::io::ErrorKind::ConnectionReset => "connection reset by peer".to_string(),
-                _ if error.is_connect() => format!("could not connect: {io}"),
-                _ => io.to_string(),
-            };
-        }
-        source = err.source();
+    match io_kind {
+        Some(ErrorKind::ConnectionRefused) => return "connection refused".into(),
+        Some(ErrorKind::ConnectionReset) => return "connection reset by peer".into(),
+        Some(ErrorKind::ConnectionAborted) => return "connection aborted".into(),
+        Some(ErrorKind::UnexpectedEof) => return "connection closed before an answer".into(),
+        Some(ErrorKind::HostUnreachable) => return "host unreachable".into(),
+        Some(ErrorKind::NetworkUnreachable) => return "network unreachable".into(),
+        Some(ErrorKind::AddrNotAvailable) => return "address not available".into(),
+        _ => {}
     }
-    let mut text = if error.is_connect() {
-        "could not connect".to_string()
+    // hyper says so when the peer closes the connection before (or while) it answers; the
+    // error has no kind of its own to match on.
+    if innermost.contains("connection closed before message completed") {
+        return "connection closed before an answer".into();
+    }
+    if is_connect {
+        format!("could not connect: {innermost}")
     } else {
-        "request failed".to_string()
-    };
-    let mut source = std::error::Error::source(error);
-    while let Some(err) = source {
-        text.push_str(": ");
-        text.push_str(&err.to_string());
-        source = err.source();
+        innermost.to_string()
     }
-    text
 }
 
 /// Reads up to [`BODY_LIMIT`] bytes of a response body.
@@ -383,6 +412,61 @@ mod tests {
         assert_eq!(snippet.chars().filter(|c| *c == 'a').count(), 200);
         assert!(snippet.ends_with('…'));
         assert_eq!(body_snippet(b""), "(empty body)");
+    }
+
+    #[test]
+    fn request_errors_get_short_reasons() {
+        use std::io::ErrorKind;
+        let t = Duration::from_secs(2);
+        let closed = "connection closed before message completed";
+        let cases = [
+            ((true, false, None, "x"), "timed out after 2s"),
+            (
+                (false, true, Some(ErrorKind::TimedOut), "x"),
+                "timed out after 2s",
+            ),
+            (
+                (
+                    false,
+                    true,
+                    Some(ErrorKind::ConnectionRefused),
+                    "Connection refused (os error 111)",
+                ),
+                "connection refused",
+            ),
+            (
+                (
+                    false,
+                    false,
+                    Some(ErrorKind::ConnectionReset),
+                    "Connection reset by peer (os error 104)",
+                ),
+                "connection reset by peer",
+            ),
+            (
+                (false, false, None, closed),
+                "connection closed before an answer",
+            ),
+            (
+                (false, false, Some(ErrorKind::UnexpectedEof), "eof"),
+                "connection closed before an answer",
+            ),
+            (
+                (false, true, None, "dns error"),
+                "could not connect: dns error",
+            ),
+            (
+                (false, false, None, "invalid HTTP version parsed"),
+                "invalid HTTP version parsed",
+            ),
+        ];
+        for ((timeout, connect, kind, innermost), reason) in cases {
+            assert_eq!(
+                classify_request_error(timeout, connect, kind, innermost, t),
+                reason,
+                "{innermost}"
+            );
+        }
     }
 
     #[test]
