@@ -197,9 +197,15 @@ fn prepare(config: &HttpProbeConfig) -> Result<Prepared, ComponentError> {
             headers.append(name, value);
         }
     }
-    let client = reqwest::Client::builder().no_proxy().build().map_err(|e| {
-        ComponentError::failed(format!("could not build the HTTP probe's client: {e}"))
-    })?;
+    // No kept-alive connections between attempts: an app that closes an idle connection just as
+    // the next attempt reuses it would break the run of successes for no fault of its own.
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .build()
+        .map_err(|e| {
+            ComponentError::failed(format!("could not build the HTTP probe's client: {e}"))
+        })?;
     Ok(Prepared {
         client,
         method,

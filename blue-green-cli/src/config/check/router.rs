@@ -185,7 +185,7 @@ impl Checker<'_> {
                     interval: self.duration(
                         r.verify_interval.as_ref(),
                         "router.verify_interval",
-                        Duration::from_millis(100),
+                        Duration::from_millis(20),
                         false,
                     ),
                     deadline: self.duration(
