@@ -175,9 +175,9 @@ mod tests {
         let f = run_measured(Path::new("/bin/sleep"), &args, &[], Duration::from_secs(10)).unwrap();
         assert_eq!(f.code, Some(0));
         let own = f.own_hwm_kib.expect("VmHWM read while sleep ran");
+        // (Not compared with wait4's figure: the kernel's RSS counters are approximate, and
+        // either can come out a few pages higher.)
         assert!(own > 0);
-        // wait4's figure covers the process itself, so it is at least the sampled one.
-        assert!(own <= f.max_rss_kib, "{own} > {}", f.max_rss_kib);
     }
 
     #[test]
