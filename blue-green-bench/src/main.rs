@@ -284,17 +284,7 @@ async fn run_ours(
             let run = deploy(release.clone()).await?;
             let window = (from, load.elapsed());
             let figures = ours::figures(&release, &run, args.drain);
-            eprintln!(
-                "blue-green: deploy {k}/{} {} in {} ms{}",
-                args.deploys,
-                if figures.ok { "ok" } else { "FAILED" },
-                figures.wall_ms,
-                figures
-                    .error
-                    .as_ref()
-                    .map(|e| format!(": {e}"))
-                    .unwrap_or_default()
-            );
+            progress("blue-green", k, args.deploys, &figures);
             deploys.push((figures, window));
         }
         tokio::time::sleep(args.gap).await;
@@ -369,17 +359,7 @@ async fn run_baseline(
             let from = load.elapsed();
             let figures = baseline.deploy(&release).await;
             let window = (from, load.elapsed());
-            eprintln!(
-                "baseline: deploy {k}/{} {} in {} ms{}",
-                args.deploys,
-                if figures.ok { "ok" } else { "FAILED" },
-                figures.wall_ms,
-                figures
-                    .error
-                    .as_ref()
-                    .map(|e| format!(": {e}"))
-                    .unwrap_or_default()
-            );
+            progress("baseline", k, args.deploys, &figures);
             deploys.push((figures, window));
         }
         tokio::time::sleep(args.gap).await;
@@ -400,6 +380,20 @@ async fn run_baseline(
     }
     drop(nginx);
     result
+}
+
+/// One progress line on stderr per deploy, the same for both phases.
+fn progress(phase: &str, k: usize, total: usize, figures: &DeployFigures) {
+    eprintln!(
+        "{phase}: deploy {k}/{total} {} in {} ms{}",
+        if figures.ok { "ok" } else { "FAILED" },
+        figures.wall_ms,
+        figures
+            .error
+            .as_ref()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default()
+    );
 }
 
 fn finish_phase(
