@@ -70,7 +70,7 @@ pub struct ComposeRuntime {
 
 impl ComposeRuntime {
     /// Checks the config (project names, files), finds the compose program (per
-    /// [`ComposeTool`]) and connects to the Docker daemon, which it reads state from.
+    /// [`ComposeTool`](crate::ComposeTool)) and connects to the Docker daemon, which it reads state from.
     pub async fn new(app: AppName, config: ComposeConfig) -> Result<ComposeRuntime, Error> {
         let projects = PerColor {
             blue: project_name(&config.project, &app, Color::Blue)?,
