@@ -17,24 +17,11 @@ use blue_green_testkit::nginx::NginxHarness;
 const SWITCHES: usize = 50;
 
 fn router_config(nginx: &NginxHarness) -> NginxConfig {
-    NginxConfig {
-        upstream: nginx.upstream().to_string(),
-        upstream_file: nginx.upstream_file(),
-        // With one server, a failed attempt must not make nginx give up on it for a while.
-        server_options: vec!["max_fails=0".into()],
-        upstream_directives: vec!["keepalive 16".into()],
-        test_command: nginx.test_command(),
-        reload_command: nginx.reload_command(),
-        command_timeout: Duration::from_secs(20),
-        verify: Some(NginxVerify {
-            url: nginx.url("/health"),
-            expect_body: "{color} {release}".into(),
-            successes: 3,
-            interval: Duration::from_millis(10),
-            deadline: Duration::from_secs(20),
-        }),
-        pid_file: Some(nginx.pid_file()),
+    let mut config = nginx.router_config();
+    if let Some(verify) = config.verify.as_mut() {
+        verify.interval = Duration::from_millis(10);
     }
+    config
 }
 
 /// The colors that `n` requests through nginx, each on a new connection, answer.

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use blue_green_core::Endpoint;
+use blue_green_core::{Endpoint, NginxConfig, NginxVerify};
 use rustix::process::{Pid, Signal};
 use tempfile::TempDir;
 
@@ -141,6 +141,30 @@ impl NginxHarness {
     /// nginx's pid file, holding the master's pid (give it to the router as `pid_file`).
     pub fn pid_file(&self) -> PathBuf {
         self.dir.path().join("nginx.pid")
+    }
+
+    /// An [`NginxConfig`] that routes through this nginx: its upstream file, test and reload
+    /// commands and pid file, `max_fails=0` (with one server, a failed attempt must not make
+    /// nginx give up on it), keep-alive to the upstream, and verification of `{color}
+    /// {release}` at `/health` through it, 3 answers in a row, 20 ms apart.
+    pub fn router_config(&self) -> NginxConfig {
+        NginxConfig {
+            upstream: self.upstream().to_string(),
+            upstream_file: self.upstream_file(),
+            server_options: vec!["max_fails=0".into()],
+            upstream_directives: vec!["keepalive 16".into()],
+            test_command: self.test_command(),
+            reload_command: self.reload_command(),
+            command_timeout: Duration::from_secs(20),
+            verify: Some(NginxVerify {
+                url: self.url("/health"),
+                expect_body: "{color} {release}".into(),
+                successes: 3,
+                interval: Duration::from_millis(20),
+                deadline: Duration::from_secs(20),
+            }),
+            pid_file: Some(self.pid_file()),
+        }
     }
 
     /// The main config file.

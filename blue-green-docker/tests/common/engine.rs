@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use blue_green_core::{
-    AppName, DeployReport, EngineConfig, HttpProbe, HttpProbeConfig, KeepPrevious, NginxConfig,
-    NginxRouter, NginxVerify, ReadinessPolicy, Step, SwitchPolicy,
+    AppName, DeployReport, EngineConfig, HttpProbe, HttpProbeConfig, KeepPrevious, NginxRouter,
+    ReadinessPolicy, Step, SwitchPolicy,
 };
 use blue_green_testkit::nginx::NginxHarness;
 
@@ -20,24 +20,7 @@ pub fn probe() -> HttpProbe {
 
 /// Routes through the test's nginx and verifies the switch through it.
 pub fn router(nginx: &NginxHarness) -> NginxRouter {
-    NginxRouter::new(NginxConfig {
-        upstream: nginx.upstream().to_string(),
-        upstream_file: nginx.upstream_file(),
-        server_options: vec!["max_fails=0".into()],
-        upstream_directives: vec!["keepalive 16".into()],
-        test_command: nginx.test_command(),
-        reload_command: nginx.reload_command(),
-        command_timeout: Duration::from_secs(20),
-        verify: Some(NginxVerify {
-            url: nginx.url("/health"),
-            expect_body: "{color} {release}".into(),
-            successes: 3,
-            interval: Duration::from_millis(20),
-            deadline: Duration::from_secs(20),
-        }),
-        pid_file: Some(nginx.pid_file()),
-    })
-    .expect("nginx router config")
+    NginxRouter::new(nginx.router_config()).expect("nginx router config")
 }
 
 /// Quick readiness, a drain longer than the slowest request of the load, old color stopped.
