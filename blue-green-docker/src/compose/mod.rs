@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use blue_green_core::{
     AppName, Color, ComponentError, Endpoint, Instance, InstanceState, Release, Runtime,
 };
-use bollard::models::ContainerInspectResponse;
+use bollard::models::{ContainerInspectResponse, ContainerSummary};
 use bollard::query_parameters::ListContainersOptionsBuilder;
 use bollard::Docker;
 use tokio::process::Command;
@@ -259,23 +259,12 @@ impl ComposeRuntime {
         &self,
         project: &str,
     ) -> Result<Vec<ContainerInspectResponse>, Error> {
-        let filters = HashMap::from([(
-            "label",
-            vec![
-                format!("{LABEL_COMPOSE_PROJECT}={project}"),
-                format!("{LABEL_COMPOSE_SERVICE}={}", self.config.service),
-            ],
-        )]);
-        let options = ListContainersOptionsBuilder::new()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let summaries = call(
-            || format!("to list the containers of compose project {project}"),
-            self.api_timeout,
-            self.docker.list_containers(Some(options)),
-        )
-        .await?;
+        let summaries = self
+            .list_project(
+                project,
+                Some(format!("{LABEL_COMPOSE_SERVICE}={}", self.config.service)),
+            )
+            .await?;
         let mut found = Vec::new();
         for id in summaries.into_iter().filter_map(|s| s.id) {
             if let Some(inspect) = container::inspect(&self.docker, &id, self.api_timeout).await? {
@@ -288,19 +277,29 @@ impl ComposeRuntime {
 
     /// Whether any container (of any service) belongs to `project`.
     async fn project_exists(&self, project: &str) -> Result<bool, Error> {
-        let filters =
-            HashMap::from([("label", vec![format!("{LABEL_COMPOSE_PROJECT}={project}")])]);
+        Ok(!self.list_project(project, None).await?.is_empty())
+    }
+
+    /// The containers of compose project `project`, running or not, optionally narrowed by one
+    /// more label filter (`key=value`).
+    async fn list_project(
+        &self,
+        project: &str,
+        label: Option<String>,
+    ) -> Result<Vec<ContainerSummary>, Error> {
+        let mut labels = vec![format!("{LABEL_COMPOSE_PROJECT}={project}")];
+        labels.extend(label);
+        let filters = HashMap::from([("label", labels)]);
         let options = ListContainersOptionsBuilder::new()
             .all(true)
             .filters(&filters)
             .build();
-        let summaries = call(
+        call(
             || format!("to list the containers of compose project {project}"),
             self.api_timeout,
             self.docker.list_containers(Some(options)),
         )
-        .await?;
-        Ok(!summaries.is_empty())
+        .await
     }
 
     /// Environment for commands on an existing instance: its color and release, and the image
