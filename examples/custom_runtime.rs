@@ -21,8 +21,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use blue_green_core::{
     AppName, CancellationToken, Color, ComponentError, Endpoint, Engine, EngineConfig, Event,
-    FileStore, Health, HealthProbe, Instance, InstanceState, KeepPrevious, Release, Router,
-    Runtime,
+    FileStore, Health, HealthProbe, Instance, InstanceState, KeepPrevious, Release, RouteReceipt,
+    Router, Runtime,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -264,12 +264,12 @@ impl Router for ProxyRouter {
             .clone())
     }
 
-    async fn route_to(&self, endpoint: &Endpoint) -> Result<(), ComponentError> {
+    async fn route_to(&self, endpoint: &Endpoint) -> Result<RouteReceipt, ComponentError> {
         *self.target.lock().unwrap_or_else(|e| e.into_inner()) = Some(endpoint.clone());
-        Ok(())
+        Ok(RouteReceipt::new())
     }
 
-    async fn verify(&self, instance: &Instance) -> Result<(), ComponentError> {
+    async fn verify(&self, instance: &Instance, _: &RouteReceipt) -> Result<(), ComponentError> {
         let body = get_health(&self.address).await.map_err(|e| {
             ComponentError::failed(format!("the proxy at {} did not answer: {e}", self.address))
         })?;

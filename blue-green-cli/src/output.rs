@@ -276,6 +276,24 @@ impl Observer for HumanObserver {
                     "  ->   live traffic now goes to {color} at {endpoint}"
                 ));
             }
+            // Only a router that counts in-flight requests says anything worth a line.
+            Event::Drained {
+                endpoint,
+                elapsed_ms,
+                left: Some(left),
+                cut,
+            } => {
+                let what = match (left, cut) {
+                    (0, _) => "nothing left in flight".to_string(),
+                    (n, Some(c)) => format!("{n} still in flight, {c} closed by the router"),
+                    (n, None) => format!("{n} still in flight"),
+                };
+                self.line(&format!(
+                    "       drained {endpoint}: {what} after {}",
+                    secs(*elapsed_ms)
+                ));
+            }
+            Event::Drained { left: None, .. } => {}
             Event::CommandFinished { .. } => {
                 self.flush_repeats();
                 self.stop_spinner();

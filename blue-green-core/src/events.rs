@@ -171,6 +171,21 @@ pub enum Event {
         /// Its endpoint.
         endpoint: Endpoint,
     },
+    /// The drain of an old target ended: at once when the router counted nothing left in
+    /// flight, otherwise at the drain deadline.
+    Drained {
+        /// The endpoint drained.
+        endpoint: Endpoint,
+        /// How long the drain waited, in milliseconds.
+        elapsed_ms: u64,
+        /// Requests (and upgraded connections) still in flight when it ended, when the router
+        /// can count them: `Some(0)` is a complete drain.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        left: Option<u64>,
+        /// How many of those the router closed, when it can close them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cut: Option<u64>,
+    },
     /// A command ended.
     CommandFinished {
         /// Which command.

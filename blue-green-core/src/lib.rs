@@ -47,7 +47,7 @@ pub use model::{AppName, Color, Endpoint, Health, Instance, InstanceState, Relea
 pub use probe::{CommandProbe, HealthProbe, TcpProbe};
 #[cfg(feature = "http-probe")]
 pub use probe::{HttpProbe, HttpProbeConfig, StatusMatch};
-pub use router::{NginxConfig, NginxRouter, NginxVerify, NoneRouter, Router};
+pub use router::{NginxConfig, NginxRouter, NginxVerify, NoneRouter, RouteReceipt, Router};
 pub use runtime::Runtime;
 pub use state::file::FileStore;
 pub use state::{

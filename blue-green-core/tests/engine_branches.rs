@@ -12,7 +12,8 @@ use blue_green_core::testing::{FakeCall, FakeWorld};
 use blue_green_core::{
     AppName, AppState, CancellationToken, Color, Command, ComponentError, DeployRecord, Deployment,
     Endpoint, Engine, EngineConfig, Error, Event, Health, HealthProbe, Instance, InstanceState,
-    KeepPrevious, Lock, LockError, LockHolder, Outcome, Release, Router, Runtime, StateStore, Step,
+    KeepPrevious, Lock, LockError, LockHolder, Outcome, Release, RouteReceipt, Router, Runtime,
+    StateStore, Step,
 };
 use mockall::mock;
 use mockall::predicate::eq;
@@ -44,9 +45,10 @@ mock! {
     #[async_trait]
     impl Router for Rtr {
         async fn target(&self) -> Result<Option<Endpoint>, ComponentError>;
-        async fn route_to(&self, endpoint: &Endpoint) -> Result<(), ComponentError>;
-        async fn verify(&self, instance: &Instance) -> Result<(), ComponentError>;
+        async fn route_to(&self, endpoint: &Endpoint) -> Result<RouteReceipt, ComponentError>;
+        async fn verify(&self, instance: &Instance, receipt: &RouteReceipt) -> Result<(), ComponentError>;
         async fn in_flight(&self, endpoint: &Endpoint) -> Result<Option<u64>, ComponentError>;
+        async fn cut(&self, endpoint: &Endpoint) -> Result<Option<u64>, ComponentError>;
     }
 }
 
@@ -189,7 +191,7 @@ impl Mocks {
             .times(times)
             .returning(move |e| {
                 *cell.lock().unwrap() = Some(e.clone());
-                Ok(())
+                Ok(RouteReceipt::new())
             });
     }
 
@@ -277,6 +279,24 @@ impl Probe {
             .expect("history")
             .outcome
     }
+    /// The `Drained` events: endpoint, elapsed ms, left, cut.
+    fn drained(&self) -> Vec<(Endpoint, u64, Option<u64>, Option<u64>)> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|e| match e {
+                Event::Drained {
+                    endpoint,
+                    elapsed_ms,
+                    left,
+                    cut,
+                } => Some((endpoint.clone(), *elapsed_ms, *left, *cut)),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn warnings(&self) -> Vec<String> {
         self.events
             .lock()
@@ -314,7 +334,7 @@ async fn first_deploy_with_nothing_live_starts_blue_and_routes_to_it() {
     m.running(blue());
     m.healthy(blue(), 1);
     m.route_ok(blue().endpoint, 1);
-    m.router.expect_verify().times(1).returning(|_| Ok(()));
+    m.router.expect_verify().times(1).returning(|_, _| Ok(()));
     // Nothing was live: no drain, no stop.
     m.rt.expect_stop().never();
     m.router.expect_in_flight().never();
@@ -340,9 +360,9 @@ async fn normal_switch_drains_then_stops_the_old_color_and_records_it_as_previou
     m.route_ok(green().endpoint, 1);
     m.router
         .expect_verify()
-        .with(eq(green()))
+        .withf(|i, _| *i == green())
         .times(1)
-        .returning(|_| Ok(()));
+        .returning(|_, _| Ok(()));
     let mut left = vec![0u64, 1, 2];
     m.router
         .expect_in_flight()
@@ -377,6 +397,75 @@ async fn normal_switch_drains_then_stops_the_old_color_and_records_it_as_previou
     assert_eq!(state.live.unwrap().color, Color::Green);
     assert_eq!(state.previous.unwrap().release.id, "v1");
     assert!(seen.warnings().is_empty(), "{:?}", seen.warnings());
+}
+
+#[tokio::test(start_paused = true)]
+async fn drain_ends_the_moment_nothing_is_left_in_flight_and_reports_it() {
+    let mut m = Mocks::blue_live();
+    m.start_green();
+    m.running(green());
+    m.healthy(green(), 1);
+    m.route_ok(green().endpoint, 1);
+    m.router.expect_verify().returning(|_, _| Ok(()));
+    let mut left = vec![0u64, 4];
+    m.router
+        .expect_in_flight()
+        .with(eq(blue().endpoint))
+        .times(2)
+        .returning(move |_| Ok(left.pop()));
+    m.router.expect_cut().never();
+    m.rt.expect_stop().times(1).returning(|_, _| Ok(()));
+    let (engine, seen) = m.engine();
+
+    engine.deploy(Release::new("v2"), &go()).await.unwrap();
+
+    let drained = seen.drained();
+    assert_eq!(drained.len(), 1, "{drained:?}");
+    let (endpoint, elapsed_ms, left, cut) = drained[0].clone();
+    assert_eq!(endpoint, blue().endpoint);
+    assert_eq!((left, cut), (Some(0), None));
+    // One poll interval (250 ms of paused time), not the whole drain time.
+    assert!(elapsed_ms < 1000, "drain took {elapsed_ms} ms");
+    assert!(seen.warnings().is_empty(), "{:?}", seen.warnings());
+}
+
+#[tokio::test(start_paused = true)]
+async fn drain_out_of_time_asks_the_router_to_cut_what_is_left_and_counts_it() {
+    let mut m = Mocks::blue_live();
+    m.start_green();
+    m.running(green());
+    m.healthy(green(), 1);
+    m.route_ok(green().endpoint, 1);
+    m.router.expect_verify().returning(|_, _| Ok(()));
+    m.router
+        .expect_in_flight()
+        .with(eq(blue().endpoint))
+        .returning(|_| Ok(Some(3)));
+    m.router
+        .expect_cut()
+        .with(eq(blue().endpoint))
+        .times(1)
+        .returning(|_| Ok(Some(3)));
+    m.rt.expect_stop().times(1).returning(|_, _| Ok(()));
+    let (engine, seen) = m.engine();
+
+    engine.deploy(Release::new("v2"), &go()).await.unwrap();
+
+    let drained = seen.drained();
+    assert_eq!(drained.len(), 1, "{drained:?}");
+    let (_, elapsed_ms, left, cut) = drained[0].clone();
+    assert_eq!((left, cut), (Some(3), Some(3)));
+    assert!(
+        elapsed_ms >= 2000,
+        "drain ended at {elapsed_ms} ms, before its 2 s deadline"
+    );
+    let warnings = seen.warnings();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("the router closed 3 of them")),
+        "{warnings:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -469,7 +558,7 @@ async fn healthy_threshold_needs_successes_in_a_row() {
         }
     });
     m.route_ok(green().endpoint, 1);
-    m.router.expect_verify().returning(|_| Ok(()));
+    m.router.expect_verify().returning(|_, _| Ok(()));
     m.router.expect_in_flight().returning(|_| Ok(Some(0)));
     m.rt.expect_stop().returning(|_, _| Ok(()));
     let (engine, _seen) = m.engine();
@@ -526,7 +615,7 @@ async fn verification_failure_routes_back_and_removes_the_new_instance() {
     m.router
         .expect_verify()
         .times(1)
-        .returning(|_| Err(failed("http://127.0.0.1/health answered blue")));
+        .returning(|_, _| Err(failed("http://127.0.0.1/health answered blue")));
     // Green took live traffic between the switch and the route back: it is drained before
     // it is removed.
     m.router
@@ -563,7 +652,7 @@ async fn verification_failure_with_nothing_to_go_back_to_is_inconsistent_and_kee
     m.route_ok(blue().endpoint, 1);
     m.router
         .expect_verify()
-        .returning(|_| Err(failed("no answer through the router")));
+        .returning(|_, _| Err(failed("no answer through the router")));
     // The router points at it and cannot point at nothing: it must not be stopped.
     m.rt.expect_stop().never();
     m.rt.expect_remove().never();
@@ -597,7 +686,7 @@ async fn restore_that_fails_names_what_is_left() {
         .returning(|_| Err(failed("nginx reload failed")));
     m.router
         .expect_verify()
-        .returning(|_| Err(failed("verify failed")));
+        .returning(|_, _| Err(failed("verify failed")));
     m.rt.expect_stop().never();
     let (engine, seen) = m.engine();
 
@@ -630,7 +719,7 @@ async fn failed_stop_of_the_old_color_still_succeeds_with_a_warning() {
     m.running(green());
     m.healthy(green(), 1);
     m.route_ok(green().endpoint, 1);
-    m.router.expect_verify().returning(|_| Ok(()));
+    m.router.expect_verify().returning(|_, _| Ok(()));
     m.router.expect_in_flight().returning(|_| Ok(None));
     m.rt.expect_stop()
         .with(eq(blue()), eq(Duration::from_secs(5)))
@@ -657,7 +746,7 @@ async fn keep_previous_removed_removes_the_old_color_after_stopping_it() {
     m.running(green());
     m.healthy(green(), 1);
     m.route_ok(green().endpoint, 1);
-    m.router.expect_verify().returning(|_| Ok(()));
+    m.router.expect_verify().returning(|_, _| Ok(()));
     m.router.expect_in_flight().returning(|_| Ok(Some(0)));
     m.removed(blue());
     let (engine, _seen) = m.engine();
@@ -753,7 +842,7 @@ async fn a_stale_lock_is_taken_over_with_a_warning() {
     m.running(green());
     m.healthy(green(), 1);
     m.route_ok(green().endpoint, 1);
-    m.router.expect_verify().returning(|_| Ok(()));
+    m.router.expect_verify().returning(|_, _| Ok(()));
     m.router.expect_in_flight().returning(|_| Ok(Some(0)));
     m.rt.expect_stop().returning(|_, _| Ok(()));
     let (engine, seen) = m.engine();
@@ -887,8 +976,8 @@ fn finish_rollback(m: &mut Mocks) {
     m.route_ok(blue().endpoint, 1);
     m.router
         .expect_verify()
-        .with(eq(blue()))
-        .returning(|_| Ok(()));
+        .withf(|i, _| *i == blue())
+        .returning(|_, _| Ok(()));
     m.router.expect_in_flight().returning(|_| Ok(Some(0)));
     m.rt.expect_stop()
         .with(eq(green()), mockall::predicate::always())

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use blue_green_core::router::nginx::OLD_WORKER_OVERLAP;
 use blue_green_core::{
-    Color, ComponentErrorKind, Endpoint, NginxConfig, NginxRouter, NginxVerify, Router,
+    Color, ComponentErrorKind, Endpoint, NginxConfig, NginxRouter, NginxVerify, RouteReceipt,
+    Router,
 };
 use blue_green_testkit::color_server::ColorServer;
 use blue_green_testkit::load::{Load, LoadConfig};
@@ -109,13 +110,13 @@ async fn fifty_switches_under_load_fail_no_request_and_verify_the_new_color() {
             };
             let old_workers = accepting_workers(nginx.pid());
             let asked = Instant::now();
-            router
+            let receipt = router
                 .route_to(&to.endpoint())
                 .await
                 .unwrap_or_else(|e| panic!("{mode}: switch {switch} to {}: {e}", to.color()));
             let reloaded = asked.elapsed();
             router
-                .verify(&to.instance())
+                .verify(&to.instance(), &receipt)
                 .await
                 .unwrap_or_else(|e| panic!("{mode}: switch {switch} to {}: {e}", to.color()));
             reload_to_verified.push(asked.elapsed());
@@ -189,8 +190,8 @@ async fn a_pid_file_that_names_no_nginx_master_falls_back_to_the_fixed_overlap()
 
     for to in [&green, &blue, &green] {
         let asked = Instant::now();
-        router.route_to(&to.endpoint()).await.unwrap();
-        router.verify(&to.instance()).await.unwrap();
+        let receipt = router.route_to(&to.endpoint()).await.unwrap();
+        router.verify(&to.instance(), &receipt).await.unwrap();
         let took = asked.elapsed();
         // Not a timing measurement: the fallback cannot verify before its overlap has passed.
         assert!(
@@ -241,8 +242,8 @@ async fn a_config_nginx_rejects_is_undone_byte_for_byte_and_traffic_stays_on_the
 
     // A good router can still switch afterwards: nothing was left half done.
     let good = NginxRouter::new(router_config(&nginx)).unwrap();
-    good.route_to(&green.endpoint()).await.unwrap();
-    good.verify(&green.instance()).await.unwrap();
+    let receipt = good.route_to(&green.endpoint()).await.unwrap();
+    good.verify(&green.instance(), &receipt).await.unwrap();
     assert_eq!(colors_through(&nginx, 3).await, ["green"; 3]);
 }
 
@@ -364,7 +365,12 @@ async fn a_verification_that_never_sees_the_new_color_says_what_it_saw() {
         pid_file: None,
     })
     .unwrap();
-    let error = router.verify(&green.instance()).await.unwrap_err();
+    // No switch happened: verification goes by the URL alone.
+    let receipt = RouteReceipt::new();
+    let error = router
+        .verify(&green.instance(), &receipt)
+        .await
+        .unwrap_err();
     assert_eq!(error.kind, ComponentErrorKind::Timeout, "{error}");
     let message = &error.message;
     assert!(message.contains("did not answer with `green`"), "{message}");
@@ -374,5 +380,5 @@ async fn a_verification_that_never_sees_the_new_color_says_what_it_saw() {
     );
     assert!(message.contains(&blue.url("/health")), "{message}");
     // And it passes once the URL answers for the instance.
-    router.verify(&blue.instance()).await.unwrap();
+    router.verify(&blue.instance(), &receipt).await.unwrap();
 }

@@ -9,7 +9,7 @@ use crate::error::{ComponentError, Error};
 use crate::events::{Event, Step};
 use crate::model::{Color, Endpoint, Instance, InstanceState, Release};
 use crate::probe::HealthProbe;
-use crate::router::Router;
+use crate::router::{RouteReceipt, Router};
 use crate::runtime::Runtime;
 use crate::state::{AppState, DeployRecord, StateStore};
 
@@ -176,7 +176,10 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
         .await
     }
 
-    pub(super) async fn router_route_to(&self, endpoint: &Endpoint) -> Result<(), ComponentError> {
+    pub(super) async fn router_route_to(
+        &self,
+        endpoint: &Endpoint,
+    ) -> Result<RouteReceipt, ComponentError> {
         within(
             self.timeouts().router,
             format!("the router switching to {endpoint}"),
@@ -185,14 +188,18 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
         .await
     }
 
-    pub(super) async fn router_verify(&self, instance: &Instance) -> Result<(), ComponentError> {
+    pub(super) async fn router_verify(
+        &self,
+        instance: &Instance,
+        receipt: &RouteReceipt,
+    ) -> Result<(), ComponentError> {
         within(
             self.timeouts().router,
             format!(
                 "the router verifying that traffic reaches {}",
                 describe(instance)
             ),
-            self.router.verify(instance),
+            self.router.verify(instance, receipt),
         )
         .await
     }
@@ -205,6 +212,18 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
             self.timeouts().router,
             format!("the router counting requests in flight to {endpoint}"),
             self.router.in_flight(endpoint),
+        )
+        .await
+    }
+
+    pub(super) async fn router_cut(
+        &self,
+        endpoint: &Endpoint,
+    ) -> Result<Option<u64>, ComponentError> {
+        within(
+            self.timeouts().router,
+            format!("the router closing what is left in flight to {endpoint}"),
+            self.router.cut(endpoint),
         )
         .await
     }

@@ -308,9 +308,10 @@ async fn bring_up<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
                 .map_err(|e| eng.step_error(Step::Switch, color, e))
         })
         .await;
-    if let Err(e) = switched {
-        return Err(restore(run, &plan, Some(&inst), true, e).await);
-    }
+    let receipt = match switched {
+        Ok(receipt) => receipt,
+        Err(e) => return Err(restore(run, &plan, Some(&inst), true, e).await),
+    };
     run.target = Some(inst.endpoint.clone());
     run.emit(Event::Routed {
         color,
@@ -319,7 +320,7 @@ async fn bring_up<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
 
     let verified = run
         .step(Step::Verify, here, true, async {
-            eng.router_verify(&inst)
+            eng.router_verify(&inst, &receipt)
                 .await
                 .map_err(|e| eng.step_error(Step::Verify, color, e))
         })

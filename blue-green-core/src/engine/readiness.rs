@@ -111,39 +111,64 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
     }
 
     /// Waits until the router has no requests in flight to `endpoint`, or the drain time has
-    /// passed; a router that cannot count makes it wait the whole drain time. Returns warnings
-    /// (requests still in flight, a router that failed to answer); it never fails.
+    /// passed; a router that cannot count makes it wait the whole drain time. At the deadline,
+    /// what is left is cut by the router where it can ([`Router::cut`]). Emits
+    /// [`Event::Drained`] with how long it waited, what was left and what was cut, and returns
+    /// warnings (requests cut or still in flight, a router that failed to answer); it never fails.
     pub(super) async fn drain(&self, endpoint: &Endpoint) -> Result<Vec<String>, Error> {
         let limit = self.config.switch.drain;
-        let deadline = Instant::now() + limit;
-        loop {
+        let began = Instant::now();
+        let deadline = began + limit;
+        let (left, mut warnings) = loop {
             let counted = tokio::time::timeout_at(deadline, self.router_in_flight(endpoint)).await;
             match counted {
-                Ok(Ok(Some(0))) => return Ok(Vec::new()),
+                Ok(Ok(Some(0))) => break (Some(0), Vec::new()),
                 Ok(Ok(Some(n))) => {
                     if Instant::now() >= deadline {
-                        return Ok(vec![format!(
-                            "{n} requests were still in flight to {endpoint} after the drain time of {limit:?}; stopping it anyway"
-                        )]);
+                        break (Some(n), Vec::new());
                     }
                     tokio::time::sleep_until((Instant::now() + DRAIN_POLL).min(deadline)).await;
                 }
                 Ok(Ok(None)) => {
                     tokio::time::sleep_until(deadline).await;
-                    return Ok(Vec::new());
+                    break (None, Vec::new());
                 }
                 Ok(Err(e)) => {
                     tokio::time::sleep_until(deadline).await;
-                    return Ok(vec![format!(
+                    break (None, vec![format!(
                         "could not count the requests in flight to {endpoint}: {e}; waited the drain time of {limit:?} instead"
                     )]);
                 }
                 Err(_) => {
-                    return Ok(vec![format!(
+                    break (None, vec![format!(
                         "the router did not say within the drain time of {limit:?} whether requests are in flight to {endpoint}; stopping it anyway"
                     )]);
                 }
             }
+        };
+        let mut cut = None;
+        if let Some(n) = left.filter(|&n| n > 0) {
+            match self.router_cut(endpoint).await {
+                Ok(Some(closed)) => {
+                    cut = Some(closed);
+                    warnings.push(format!(
+                        "{n} requests were still in flight to {endpoint} after the drain time of {limit:?}; the router closed {closed} of them"
+                    ));
+                }
+                Ok(None) => warnings.push(format!(
+                    "{n} requests were still in flight to {endpoint} after the drain time of {limit:?}; stopping it anyway"
+                )),
+                Err(e) => warnings.push(format!(
+                    "{n} requests were still in flight to {endpoint} after the drain time of {limit:?}, and the router could not close them: {e}; stopping it anyway"
+                )),
+            }
         }
+        self.observer.on_event(&Event::Drained {
+            endpoint: endpoint.clone(),
+            elapsed_ms: millis(began.elapsed()),
+            left,
+            cut,
+        });
+        Ok(warnings)
     }
 }

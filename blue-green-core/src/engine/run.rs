@@ -267,6 +267,8 @@ impl<'e, R: Runtime, P: HealthProbe, T: Router, S: StateStore> Run<'e, R, P, T, 
         color: Color,
         endpoint: &Endpoint,
     ) -> Result<(), crate::error::ComponentError> {
+        // Routing back is not verified (the old target served until the switch), so the
+        // receipt is not needed.
         self.engine.router_route_to(endpoint).await?;
         self.target = Some(endpoint.clone());
         self.emit(Event::Routed {

@@ -3,6 +3,8 @@
 pub mod nginx;
 pub mod none;
 
+use std::any::Any;
+use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -13,6 +15,55 @@ use crate::model::{Endpoint, Instance};
 pub use nginx::{NginxConfig, NginxRouter, NginxVerify};
 pub use none::NoneRouter;
 
+/// What a router hands back from [`Router::route_to`]: its own record of that switch, given back
+/// to its [`Router::verify`] of the same switch.
+///
+/// The engine owns the receipt between the two calls, so a router needs no shared slot for what
+/// passes from the switch to its verification (nginx's router keeps the worker processes it saw
+/// before the reload in it). The content is the router's own: other code only passes it on.
+///
+/// ```
+/// use blue_green_core::RouteReceipt;
+///
+/// #[derive(Debug, PartialEq)]
+/// struct Reloaded { generation: u64 }
+///
+/// let receipt = RouteReceipt::with(Reloaded { generation: 7 });
+/// assert_eq!(receipt.detail::<Reloaded>(), Some(&Reloaded { generation: 7 }));
+/// assert_eq!(RouteReceipt::new().detail::<Reloaded>(), None);
+/// ```
+#[derive(Clone, Default)]
+pub struct RouteReceipt {
+    detail: Option<Arc<dyn Any + Send + Sync>>,
+}
+
+impl RouteReceipt {
+    /// A receipt that carries nothing (a router whose verification needs no record).
+    pub fn new() -> Self {
+        RouteReceipt::default()
+    }
+
+    /// A receipt carrying `detail`, for the router's own `verify`.
+    pub fn with<D: Any + Send + Sync>(detail: D) -> Self {
+        RouteReceipt {
+            detail: Some(Arc::new(detail)),
+        }
+    }
+
+    /// The detail, if this receipt carries one of type `D`.
+    pub fn detail<D: Any>(&self) -> Option<&D> {
+        self.detail.as_deref().and_then(|d| d.downcast_ref::<D>())
+    }
+}
+
+impl fmt::Debug for RouteReceipt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouteReceipt")
+            .field("detail", &self.detail.is_some())
+            .finish()
+    }
+}
+
 /// Sends the app's live traffic to one endpoint.
 #[async_trait]
 pub trait Router: Send + Sync {
@@ -20,20 +71,35 @@ pub trait Router: Send + Sync {
     /// "live"). `None` when it routes nowhere yet.
     async fn target(&self) -> Result<Option<Endpoint>, ComponentError>;
 
-    /// Sends new requests to `endpoint`. Returns once the router has taken the change; on error
-    /// the previous target must still be in place.
-    async fn route_to(&self, endpoint: &Endpoint) -> Result<(), ComponentError>;
+    /// Sends new requests to `endpoint`. Returns once the router has taken the change, with a
+    /// receipt that the engine hands back to [`Router::verify`]; on error the previous target
+    /// must still be in place.
+    async fn route_to(&self, endpoint: &Endpoint) -> Result<RouteReceipt, ComponentError>;
 
     /// Checks that requests through the router now reach `instance` (for example: the router's
-    /// public URL answers with the instance's color). The default trusts `route_to`.
-    async fn verify(&self, instance: &Instance) -> Result<(), ComponentError> {
-        let _ = instance;
+    /// public URL answers with the instance's color), after the switch that gave `receipt`.
+    /// The default trusts `route_to`.
+    async fn verify(
+        &self,
+        instance: &Instance,
+        receipt: &RouteReceipt,
+    ) -> Result<(), ComponentError> {
+        let _ = (instance, receipt);
         Ok(())
     }
 
     /// How many requests are still in flight to `endpoint`, if the router can tell. `None`
     /// means it cannot, and the engine waits the configured drain time instead.
     async fn in_flight(&self, endpoint: &Endpoint) -> Result<Option<u64>, ComponentError> {
+        let _ = endpoint;
+        Ok(None)
+    }
+
+    /// Called when the engine's drain of `endpoint` ran out of time with requests still in
+    /// flight: the router closes what it still has open to `endpoint` (requests, upgraded
+    /// connections) and says how many it closed, so the drain's report counts every cut. `None`
+    /// (the default) means it cannot; what is left then ends when the old color stops.
+    async fn cut(&self, endpoint: &Endpoint) -> Result<Option<u64>, ComponentError> {
         let _ = endpoint;
         Ok(None)
     }
@@ -46,14 +112,21 @@ macro_rules! forward_router {
             async fn target(&self) -> Result<Option<Endpoint>, ComponentError> {
                 (**self).target().await
             }
-            async fn route_to(&self, endpoint: &Endpoint) -> Result<(), ComponentError> {
+            async fn route_to(&self, endpoint: &Endpoint) -> Result<RouteReceipt, ComponentError> {
                 (**self).route_to(endpoint).await
             }
-            async fn verify(&self, instance: &Instance) -> Result<(), ComponentError> {
-                (**self).verify(instance).await
+            async fn verify(
+                &self,
+                instance: &Instance,
+                receipt: &RouteReceipt,
+            ) -> Result<(), ComponentError> {
+                (**self).verify(instance, receipt).await
             }
             async fn in_flight(&self, endpoint: &Endpoint) -> Result<Option<u64>, ComponentError> {
                 (**self).in_flight(endpoint).await
+            }
+            async fn cut(&self, endpoint: &Endpoint) -> Result<Option<u64>, ComponentError> {
+                (**self).cut(endpoint).await
             }
         }
     };

@@ -50,7 +50,7 @@ use async_trait::async_trait;
 
 use crate::error::{ComponentError, ComponentErrorKind};
 use crate::model::{Endpoint, Instance};
-use crate::router::Router;
+use crate::router::{RouteReceipt, Router};
 use crate::state::atomic::write_atomic;
 
 mod workers;
@@ -168,14 +168,17 @@ pub struct NginxRouter {
     config: NginxConfig,
     /// One switch at a time: a second `route_to` waits, so restores never interleave.
     switching: Arc<tokio::sync::Mutex<()>>,
-    /// The workers noted before the last reload, for the next `verify`; or why there are none.
-    reload: Arc<std::sync::Mutex<Option<Result<WorkerWatch, String>>>>,
     /// Where the kernel shows processes (a fake tree in tests).
     proc_root: PathBuf,
     /// For verification: no connection reuse, so each request is a new client of nginx.
     #[cfg(feature = "http-probe")]
     verify_client: reqwest::Client,
 }
+
+/// What a switch hands to its verification: nginx's workers noted before the reload (or why
+/// they could not be), so `verify` can wait for exactly those to stop accepting.
+#[derive(Debug)]
+struct Reloaded(Result<WorkerWatch, String>);
 
 impl NginxRouter {
     /// A router with `config`. The upstream name, server options, directives, commands and
@@ -225,7 +228,6 @@ impl NginxRouter {
         Ok(NginxRouter {
             config,
             switching: Arc::new(tokio::sync::Mutex::new(())),
-            reload: Arc::new(std::sync::Mutex::new(None)),
             proc_root: PathBuf::from(PROC_ROOT),
             #[cfg(feature = "http-probe")]
             verify_client,
@@ -297,27 +299,16 @@ impl NginxRouter {
         Some(watch)
     }
 
-    /// Replaces the workers noted for the next `verify`.
-    fn set_reload(&self, reload: Option<Result<WorkerWatch, String>>) {
-        match self.reload.lock() {
-            Ok(mut slot) => *slot = reload,
-            Err(poisoned) => *poisoned.into_inner() = reload,
-        }
-    }
-
     /// How long a run of good answers must last: nothing once nginx's old workers are seen to
     /// stop accepting, else [`OLD_WORKER_OVERLAP`]. Fails when the workers are not replaced
     /// by `deadline`.
     async fn wait_for_workers(
         &self,
+        reload: Option<&Reloaded>,
         started: tokio::time::Instant,
         deadline: tokio::time::Instant,
     ) -> Result<Duration, ComponentError> {
-        let reload = match self.reload.lock() {
-            Ok(mut slot) => slot.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
-        };
-        let watch = match reload {
+        let watch = match reload.map(|r| &r.0) {
             Some(Ok(watch)) => watch,
             Some(Err(why)) => {
                 tracing::debug!(reason = %why, overlap = ?OLD_WORKER_OVERLAP, "cannot watch nginx's workers; verifying with the fixed overlap");
@@ -453,11 +444,10 @@ impl Router for NginxRouter {
         })
     }
 
-    async fn route_to(&self, endpoint: &Endpoint) -> Result<(), ComponentError> {
+    async fn route_to(&self, endpoint: &Endpoint) -> Result<RouteReceipt, ComponentError> {
         // Everything is checked before the file is touched.
         let content = self.render(endpoint)?;
         let _switching = self.switching.lock().await;
-        self.set_reload(None);
         let file = self.file().display().to_string();
 
         let previous = match tokio::fs::read(self.file()).await {
@@ -520,26 +510,26 @@ impl Router for NginxRouter {
                 true,
             ));
         }
-        self.set_reload(watch);
-        Ok(())
+        Ok(watch.map_or_else(RouteReceipt::new, |w| RouteReceipt::with(Reloaded(w))))
     }
 
-    async fn verify(&self, instance: &Instance) -> Result<(), ComponentError> {
+    async fn verify(
+        &self,
+        instance: &Instance,
+        receipt: &RouteReceipt,
+    ) -> Result<(), ComponentError> {
         let started = tokio::time::Instant::now();
+        let reload = receipt.detail::<Reloaded>();
         let Some(verify) = &self.config.verify else {
             // Without a URL, still wait for the old workers when they can be watched.
-            let noted = match self.reload.lock() {
-                Ok(slot) => matches!(*slot, Some(Ok(_))),
-                Err(poisoned) => matches!(*poisoned.into_inner(), Some(Ok(_))),
-            };
-            if noted {
+            if matches!(reload, Some(Reloaded(Ok(_)))) {
                 let deadline = started + self.config.command_timeout;
-                self.wait_for_workers(started, deadline).await?;
+                self.wait_for_workers(reload, started, deadline).await?;
             }
             return Ok(());
         };
         let overlap = self
-            .wait_for_workers(started, started + verify.deadline)
+            .wait_for_workers(reload, started, started + verify.deadline)
             .await?;
         #[cfg(feature = "http-probe")]
         {

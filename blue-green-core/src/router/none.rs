@@ -7,7 +7,7 @@ use async_trait::async_trait;
 
 use crate::error::ComponentError;
 use crate::model::Endpoint;
-use crate::router::Router;
+use crate::router::{RouteReceipt, Router};
 use crate::state::atomic::write_atomic;
 
 /// Records the target in a file (so that `target()` survives restarts) and routes nothing.
@@ -87,14 +87,15 @@ impl Router for NoneRouter {
             })?
     }
 
-    async fn route_to(&self, endpoint: &Endpoint) -> Result<(), ComponentError> {
+    async fn route_to(&self, endpoint: &Endpoint) -> Result<RouteReceipt, ComponentError> {
         let path = self.path.clone();
         let endpoint = endpoint.clone();
         tokio::task::spawn_blocking(move || write_target(&path, &endpoint))
             .await
             .map_err(|e| {
                 ComponentError::failed(format!("recording the router target did not finish: {e}"))
-            })?
+            })??;
+        Ok(RouteReceipt::new())
     }
 }
 

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use crate::error::{ComponentError, LockHolder};
 use crate::model::{Color, Endpoint, Health, Instance, InstanceState, Release};
 use crate::probe::HealthProbe;
-use crate::router::Router;
+use crate::router::{RouteReceipt, Router};
 use crate::runtime::Runtime;
 use crate::state::{AppState, DeployRecord, Lock, LockError, StateStore};
 
@@ -192,8 +192,9 @@ impl HealthProbe for FakeProbe {
     }
 }
 
-/// A fake [`Router`]: remembers one target; `verify` passes when it points at the instance and
-/// the instance runs; `in_flight` counts down from [`FakeWorld::set_in_flight`].
+/// A fake [`Router`]: remembers one target; `route_to` returns a receipt holding the endpoint,
+/// and `verify` records a violation when handed another; `verify` passes when it points at the
+/// instance and the instance runs; `in_flight` counts down from [`FakeWorld::set_in_flight`].
 #[derive(Debug, Clone)]
 pub struct FakeRouter {
     pub(super) world: FakeWorld,
@@ -206,7 +207,7 @@ impl Router for FakeRouter {
         Ok(self.world.lock().target.clone())
     }
 
-    async fn route_to(&self, endpoint: &Endpoint) -> Result<(), ComponentError> {
+    async fn route_to(&self, endpoint: &Endpoint) -> Result<RouteReceipt, ComponentError> {
         self.world
             .enter(FakeCall::RouteTo, endpoint.to_string())
             .await?;
@@ -220,14 +221,24 @@ impl Router for FakeRouter {
             ));
         }
         w.target = Some(endpoint.clone());
-        Ok(())
+        Ok(RouteReceipt::with(endpoint.clone()))
     }
 
-    async fn verify(&self, instance: &Instance) -> Result<(), ComponentError> {
+    async fn verify(
+        &self,
+        instance: &Instance,
+        receipt: &RouteReceipt,
+    ) -> Result<(), ComponentError> {
         self.world
             .enter(FakeCall::Verify, instance.id.clone())
             .await?;
-        let w = self.world.lock();
+        let mut w = self.world.lock();
+        if receipt.detail::<Endpoint>() != Some(&instance.endpoint) {
+            w.violations.push(format!(
+                "verify of {} was handed the receipt of another switch ({receipt:?})",
+                instance.id
+            ));
+        }
         let serves = w.target.as_ref() == Some(&instance.endpoint)
             && w.at(&instance.endpoint)
                 .is_some_and(|i| i.state.is_running());
