@@ -36,19 +36,22 @@
 //! ```
 
 use std::borrow::Cow;
-use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
 use std::future::Future;
 use std::io;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{Child, ChildStderr, ChildStdout};
 
 use crate::error::ComponentError;
+
+mod group;
+
+pub use group::kill_all_running;
+use group::{Group, Signal};
 
 /// How long a timed-out command's group has between SIGTERM and SIGKILL, unless set otherwise.
 pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(2);
@@ -445,100 +448,6 @@ impl From<RunError> for ComponentError {
             RunError::Wait { .. } => ComponentError::failed(message),
         }
     }
-}
-
-/// Kills the process group of every [`Command`] of this process that is still running.
-///
-/// Dropping a run's future does this for that run; this is for a program about to end without
-/// dropping its futures (`std::process::exit` after a second Ctrl-C), whose commands would
-/// otherwise outlive it: in their own process groups, they do not get the terminal's Ctrl-C.
-pub fn kill_all_running() {
-    #[cfg(unix)]
-    {
-        let groups = match RUNNING.lock() {
-            Ok(groups) => groups.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        };
-        for leader in groups {
-            signal_group(leader, Signal::Kill);
-        }
-    }
-}
-
-/// The leaders (= process group ids) of the commands running now, for [`kill_all_running`].
-static RUNNING: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
-
-#[derive(Debug, Clone, Copy)]
-enum Signal {
-    Term,
-    Kill,
-}
-
-/// The process group a command leads. Until the leader is reaped, dropping this kills the
-/// group (a run that was cancelled half-way).
-struct Group {
-    leader: Option<i32>,
-}
-
-impl Group {
-    fn of(child: &Child) -> Self {
-        let leader = child.id().and_then(|pid| i32::try_from(pid).ok());
-        if let Some(leader) = leader {
-            registry(|running| running.insert(leader));
-        }
-        Group { leader }
-    }
-
-    fn signal(&self, signal: Signal) {
-        if let Some(leader) = self.leader {
-            signal_group(leader, signal);
-        }
-    }
-
-    /// Kills what the reaped leader left in its group, and stops guarding it.
-    fn kill_leftovers(&mut self) {
-        if let Some(leader) = self.leader.take() {
-            // The group id stays reserved while any member lives, and Linux hands out pids in
-            // a cycle: a group that is gone is not someone else's a moment later.
-            signal_group(leader, Signal::Kill);
-            registry(|running| running.remove(&leader));
-        }
-    }
-}
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        if let Some(leader) = self.leader.take() {
-            signal_group(leader, Signal::Kill);
-            registry(|running| running.remove(&leader));
-        }
-    }
-}
-
-fn registry<T>(change: impl FnOnce(&mut BTreeSet<i32>) -> T) -> T {
-    match RUNNING.lock() {
-        Ok(mut running) => change(&mut running),
-        Err(poisoned) => change(&mut poisoned.into_inner()),
-    }
-}
-
-#[cfg(unix)]
-fn signal_group(leader: i32, signal: Signal) {
-    use rustix::process::{kill_process_group, Pid, Signal as S};
-    let Some(pid) = Pid::from_raw(leader) else {
-        return;
-    };
-    let signal = match signal {
-        Signal::Term => S::TERM,
-        Signal::Kill => S::KILL,
-    };
-    // ESRCH (the group is gone already) is the common, expected case.
-    let _ = kill_process_group(pid, signal);
-}
-
-#[cfg(not(unix))]
-fn signal_group(_leader: i32, _signal: Signal) {
-    // No process groups: the leader is killed through tokio's `kill_on_drop` and `start_kill`.
 }
 
 /// One output pipe, read as the command runs, keeping what the limit allows.
