@@ -31,6 +31,7 @@ pub mod error;
 pub mod events;
 pub mod model;
 pub mod probe;
+pub mod process;
 pub mod router;
 pub mod runtime;
 pub mod state;

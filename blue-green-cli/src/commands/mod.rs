@@ -147,6 +147,8 @@ async fn watch_signals(cancel: CancellationToken) {
     cancel.cancel();
     if interrupted().await.is_ok() {
         eprintln!("interrupted twice: exiting now; the next blue-green command repairs leftovers");
+        // Child commands run in their own process groups, out of reach of the terminal's Ctrl-C.
+        blue_green_core::process::kill_all_running();
         std::process::exit(130);
     }
 }
