@@ -21,6 +21,7 @@ use crate::docker::DEFAULT_API_TIMEOUT;
 use crate::error::Error;
 
 mod program;
+mod stderr;
 
 pub use program::{detect, ComposeProgram};
 
@@ -253,15 +254,14 @@ impl ComposeRuntime {
             return Ok(output.stdout.text().into_owned());
         }
         let stderr = output.stderr.text();
-        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-        let tail = lines[lines.len().saturating_sub(STDERR_LINES)..].join("\n");
+        let cause = stderr::what_failed(&stderr, STDERR_LINES);
         Err(Error::ComposeFailed {
             command: shown,
             status: output.status.to_string(),
-            stderr: if tail.is_empty() {
+            stderr: if cause.is_empty() {
                 "(compose printed nothing on stderr)".into()
             } else {
-                tail
+                cause
             },
         })
     }
@@ -375,7 +375,8 @@ impl ComposeRuntime {
         let project = self.projects.get(color);
         let up = async {
             self.run(color, &["up", "-d"], &env, self.command_timeout)
-                .await?;
+                .await
+                .map_err(|e| naming_the_image(e, release))?;
             if self.service_containers(project).await?.is_empty() {
                 return Err(Error::Invalid(format!(
                     "compose project {project} started, but it has no container for service `{}`: check `service` in [runtime] against the services in {}",
@@ -568,6 +569,26 @@ fn parse_port_output(out: &str) -> Option<Endpoint> {
         };
         Some(Endpoint::new(host, endpoint.port))
     })
+}
+
+/// A failed `up` names the release's image when compose's own lines do not (compose v2 reports a
+/// failed pull by the registry's URL only), so the user sees which image could not be had.
+fn naming_the_image(error: Error, release: &Release) -> Error {
+    match (error, release.artifact.as_ref().map(|a| a.to_string())) {
+        (
+            Error::ComposeFailed {
+                command,
+                status,
+                stderr,
+            },
+            Some(image),
+        ) if !stderr.contains(&image) => Error::ComposeFailed {
+            command,
+            status,
+            stderr: format!("{stderr}\n(the release's image is {image})"),
+        },
+        (error, _) => error,
+    }
 }
 
 #[cfg(test)]
