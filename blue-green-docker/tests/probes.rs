@@ -23,7 +23,7 @@ async fn start(
     .await
     .unwrap();
     let instance = runtime
-        .start(Color::Blue, &Release::new("v1"))
+        .start(Color::Blue, &Release::new("v1").unwrap())
         .await
         .unwrap();
     (runtime, instance)

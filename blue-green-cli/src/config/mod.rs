@@ -139,11 +139,6 @@ impl ConfigError {
     }
 }
 
-/// True when `image` looks like an image reference (`name:tag`, `registry/name@digest`).
-pub fn is_valid_image(image: &str) -> bool {
-    check::IMAGE.is_match(image)
-}
-
 /// Reads and checks the config file at `path`: syntax, unknown keys, types, values, and that
 /// the files it names exist. Touches nothing: the environment (Docker, nginx) is checked by
 /// `validate`, not here.

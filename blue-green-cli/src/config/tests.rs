@@ -124,15 +124,6 @@ start = "10m"
 }
 
 #[test]
-fn images_are_checked() {
-    assert!(is_valid_image("web:1.2"));
-    assert!(is_valid_image("registry.local:5000/team/web@sha256:abc"));
-    assert!(!is_valid_image("web 1"));
-    assert!(!is_valid_image("-web"));
-    assert!(!is_valid_image(""));
-}
-
-#[test]
 fn config_dir_is_filled_in_commands() {
     let dir = tempfile::tempdir().unwrap();
     let text = r#"

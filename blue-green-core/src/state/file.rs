@@ -514,7 +514,7 @@ mod tests {
 
         let deployment = Deployment {
             color: Color::Green,
-            release: Release::new("v2").with_artifact("app:2"),
+            release: Release::new("v2").unwrap().with_artifact("app:2").unwrap(),
             endpoint: Endpoint::new("127.0.0.1", 8082),
             since: "2026-11-25T10:00:00Z".into(),
         };
@@ -528,7 +528,7 @@ mod tests {
                 command: Command::Deploy,
                 step: Step::Switch,
                 color: Color::Green,
-                release: Some(Release::new("v2")),
+                release: Some(Release::new("v2").unwrap()),
                 from: Some(Color::Blue),
                 started_at: "2026-11-25T10:00:00Z".into(),
                 pid: 42,
