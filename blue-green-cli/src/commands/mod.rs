@@ -15,7 +15,7 @@ use crate::cli::{Cli, Command, DeployArgs};
 use crate::components::{CliEngine, Components};
 use crate::config::{self, Config, RuntimeConfig};
 use crate::failure::Failure;
-use crate::output::{secs, PauseHook, Printer};
+use crate::output::{one_line, secs, PauseHook, Printer};
 
 use show::{history, status_text};
 use validate::validate;
@@ -37,7 +37,14 @@ pub async fn run(cli: &Cli, config: Result<Config, config::ConfigError>) -> i32 
         Ok(()) => 0,
         Err(f) => {
             let code = f.class().code();
-            printer.failure(name, code, &f.message(), f.json(), &f.detail());
+            printer.failure(
+                name,
+                code,
+                &f.message(),
+                &f.human_message(),
+                f.json(),
+                &f.detail(),
+            );
             code
         }
     }
@@ -91,7 +98,12 @@ async fn dispatch(cli: &Cli, config: Config, printer: Printer) -> Result<(), Fai
             }
             for (i, inst) in report.removed.iter().enumerate() {
                 let sep = if i == 0 { "removed " } else { ", " };
-                let _ = write!(human, "{sep}{} (release {})", inst.color, inst.release);
+                let _ = write!(
+                    human,
+                    "{sep}{} (release {})",
+                    inst.color,
+                    one_line(&inst.release)
+                );
             }
             printer.success("down", json!({ "report": report }), &human, false);
             Ok(())

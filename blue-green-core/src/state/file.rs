@@ -98,6 +98,13 @@ impl FileStore {
         self.dir.join(LOCK_FILE)
     }
 
+    /// Checks, without creating or changing anything, that the directory (when it exists) and
+    /// the directories above it are private enough to be trusted: the check every command of
+    /// the store makes first. Returns whether the directory exists.
+    pub fn check_dir(&self) -> Result<bool, ComponentError> {
+        private::check_dir(&self.dir, false)
+    }
+
     /// What is too open about an existing state directory and its files (a directory others
     /// can read, a `lock` others can open and hold), one sentence each with the `chmod` that
     /// fixes it; empty when all is private. For `validate`: nothing is changed.
