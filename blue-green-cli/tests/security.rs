@@ -143,7 +143,10 @@ reload_command = ["true"]
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("owned by uid 65534"), "{stderr}");
     assert!(stderr.contains("blue-green.toml"), "{stderr}");
-    assert!(!pwned.exists(), "validate ran another user's command as root");
+    assert!(
+        !pwned.exists(),
+        "validate ran another user's command as root"
+    );
 
     // The same file, once root has checked and taken it, is used: validate does run the
     // router's test command (as docs/security.md says), so the refusal above is what stops it.
@@ -154,7 +157,10 @@ reload_command = ["true"]
         .env("DOCKER_HOST", "unix:///nonexistent.sock")
         .output()
         .unwrap();
-    assert!(pwned.exists(), "validate should have run the test command of {mine:?}");
+    assert!(
+        pwned.exists(),
+        "validate should have run the test command of {mine:?}"
+    );
 
     // Group- or world-writable is refused too, whoever owns it.
     fs::set_permissions(&mine, fs::Permissions::from_mode(0o664)).unwrap();
@@ -243,7 +249,10 @@ fn history_from_a_file_reaches_the_terminal_without_escapes_and_json_exactly() {
         project.path(),
         &docker_config("web", "web:1", &state, "kind = \"tcp\""),
     );
-    let out = blue_green(project.path()).args(["history"]).output().unwrap();
+    let out = blue_green(project.path())
+        .args(["history"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert_eq!(controls(&stdout), Vec::<char>::new(), "{stdout:?}");
@@ -283,8 +292,16 @@ fn thousands_of_bad_keys_are_reported_quickly_and_capped() {
         .unwrap();
     let took = started.elapsed();
     let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{}", &stderr[..stderr.len().min(2000)]);
-    println!("40,000 bad keys: {took:?}, {} lines of errors", stderr.lines().count());
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        &stderr[..stderr.len().min(2000)]
+    );
+    println!(
+        "40,000 bad keys: {took:?}, {} lines of errors",
+        stderr.lines().count()
+    );
     assert!(
         stderr.lines().count() < 60,
         "{} lines of errors",
@@ -296,7 +313,12 @@ fn thousands_of_bad_keys_are_reported_quickly_and_capped() {
 
 /// Runs a deploy of the demo app that fails readiness, with `args`, and returns its output and
 /// the history file's text.
-fn failed_deploy(cleanup: &DockerCleanup, image: &str, health: &str, args: &[&str]) -> (Output, String) {
+fn failed_deploy(
+    cleanup: &DockerCleanup,
+    image: &str,
+    health: &str,
+    args: &[&str],
+) -> (Output, String) {
     let project = tempfile::tempdir().unwrap();
     let state = project.path().join("state");
     write_config(
@@ -331,7 +353,11 @@ headers = { Authorization = "Bearer s3cret-header-value" }"#;
             history.contains("never became ready") || history.contains("failed"),
             "{history}"
         );
-        for (what, output) in [("stdout", &stdout), ("stderr", &stderr), ("history", &history)] {
+        for (what, output) in [
+            ("stdout", &stdout),
+            ("stderr", &stderr),
+            ("history", &history),
+        ] {
             assert!(
                 !output.contains("s3cret"),
                 "{args:?}: a secret leaked to {what}:\n{output}"
@@ -347,10 +373,14 @@ async fn probe_output_from_a_container_reaches_the_terminal_escaped() {
     // A probe whose output is the attacker's: a title, a clear-screen and a forged line.
     let health = r#"kind = "command"
 command = ["sh", "-c", "printf '\\033]0;owned\\007\\033[2J\\r  ok   deploy done\\nok   switch'; exit 1"]"#;
-    let (out, history) = tokio::task::block_in_place(|| failed_deploy(&cleanup, &image, health, &[]));
+    let (out, history) =
+        tokio::task::block_in_place(|| failed_deploy(&cleanup, &image, health, &[]));
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("deploy done"), "the probe output should be shown: {stderr}");
+    assert!(
+        stderr.contains("deploy done"),
+        "the probe output should be shown: {stderr}"
+    );
     assert_eq!(controls(&stderr), Vec::<char>::new(), "{stderr:?}");
     assert!(
         !stderr.lines().any(|l| l.trim_start().starts_with("ok   deploy done")
