@@ -19,7 +19,7 @@
 //! let app = AppName::new("web")?;
 //! let store = FileStore::new(".blue-green");
 //! let engine = Engine::new(EngineConfig::new(app), runtime, probe, router, store);
-//! let report = engine.deploy(Release::new("v2"), &CancellationToken::new()).await?;
+//! let report = engine.deploy(Release::new("v2")?, &CancellationToken::new()).await?;
 //! println!("{} is live", report.live.color);
 //! # Ok(()) }
 //! ```
@@ -44,7 +44,9 @@ pub use engine::{
 };
 pub use error::{ComponentError, ComponentErrorKind, Error, ExitClass, LockHolder};
 pub use events::{Command, Event, NoopObserver, Observer, Step};
-pub use model::{AppName, Color, Endpoint, Health, Instance, InstanceState, Release};
+pub use model::{
+    AppName, Artifact, Color, Endpoint, Health, Instance, InstanceState, Release, ReleaseId,
+};
 pub use probe::{CommandProbe, HealthProbe, TcpProbe};
 #[cfg(feature = "http-probe")]
 pub use probe::{HttpProbe, HttpProbeConfig, StatusMatch};

@@ -87,7 +87,7 @@ fn green() -> Instance {
 fn deployment(inst: &Instance) -> Deployment {
     Deployment {
         color: inst.color,
-        release: Release::new(inst.release.clone()),
+        release: Release::new(inst.release.clone()).unwrap(),
         endpoint: inst.endpoint.clone(),
         since: "2026-01-01T00:00:00Z".into(),
     }
@@ -340,7 +340,10 @@ async fn first_deploy_with_nothing_live_starts_blue_and_routes_to_it() {
     m.router.expect_in_flight().never();
     let (engine, seen) = m.engine();
 
-    let report = engine.deploy(Release::new("v1"), &go()).await.unwrap();
+    let report = engine
+        .deploy(Release::new("v1").unwrap(), &go())
+        .await
+        .unwrap();
 
     assert_eq!(report.live.color, Color::Blue);
     assert_eq!(report.previous, None);
@@ -376,7 +379,10 @@ async fn normal_switch_drains_then_stops_the_old_color_and_records_it_as_previou
     m.rt.expect_remove().never();
     let (engine, seen) = m.engine();
 
-    let report = engine.deploy(Release::new("v2"), &go()).await.unwrap();
+    let report = engine
+        .deploy(Release::new("v2").unwrap(), &go())
+        .await
+        .unwrap();
 
     assert_eq!(report.live.color, Color::Green);
     assert_eq!(report.previous, Some(Color::Blue));
@@ -417,7 +423,7 @@ async fn drain_ends_the_moment_nothing_is_left_in_flight_and_reports_it() {
     m.rt.expect_stop().times(1).returning(|_, _| Ok(()));
     let (engine, seen) = m.engine();
 
-    engine.deploy(Release::new("v2"), &go()).await.unwrap();
+    engine.deploy(Release::new("v2").unwrap(), &go()).await.unwrap();
 
     let drained = seen.drained();
     assert_eq!(drained.len(), 1, "{drained:?}");
@@ -449,7 +455,7 @@ async fn drain_out_of_time_asks_the_router_to_cut_what_is_left_and_counts_it() {
     m.rt.expect_stop().times(1).returning(|_, _| Ok(()));
     let (engine, seen) = m.engine();
 
-    engine.deploy(Release::new("v2"), &go()).await.unwrap();
+    engine.deploy(Release::new("v2").unwrap(), &go()).await.unwrap();
 
     let drained = seen.drained();
     assert_eq!(drained.len(), 1, "{drained:?}");
@@ -481,7 +487,10 @@ async fn probe_never_healthy_fails_at_the_deadline_and_removes_the_new_instance(
     let (engine, seen) = m.engine();
     let began = tokio::time::Instant::now();
 
-    let err = engine.deploy(Release::new("v2"), &go()).await.unwrap_err();
+    let err = engine
+        .deploy(Release::new("v2").unwrap(), &go())
+        .await
+        .unwrap_err();
 
     // Attempts at 0s, 1s, …, 9s; the deadline is 10s.
     assert_eq!(seen.probe_attempts(), 10);
@@ -525,7 +534,10 @@ async fn instance_exiting_during_readiness_fails_at_once_not_at_the_deadline() {
     let (engine, seen) = m.engine();
     let began = tokio::time::Instant::now();
 
-    let err = engine.deploy(Release::new("v2"), &go()).await.unwrap_err();
+    let err = engine
+        .deploy(Release::new("v2").unwrap(), &go())
+        .await
+        .unwrap_err();
 
     // Two probes (0s, 1s), then the runtime says it exited: stop at 2s, not at the 10s deadline.
     assert_eq!(began.elapsed(), Duration::from_secs(2));
@@ -565,7 +577,10 @@ async fn healthy_threshold_needs_successes_in_a_row() {
     let mut cfg = config();
     cfg.readiness.healthy_threshold = 3;
     let engine = engine.with_config(cfg);
-    let report = engine.deploy(Release::new("v2"), &go()).await.unwrap();
+    let report = engine
+        .deploy(Release::new("v2").unwrap(), &go())
+        .await
+        .unwrap();
     assert_eq!(report.live.color, Color::Green);
 }
 
@@ -586,7 +601,10 @@ async fn router_switch_failure_keeps_the_old_color_and_removes_the_new_one() {
     m.removed(green());
     let (engine, seen) = m.engine();
 
-    let err = engine.deploy(Release::new("v2"), &go()).await.unwrap_err();
+    let err = engine
+        .deploy(Release::new("v2").unwrap(), &go())
+        .await
+        .unwrap_err();
 
     assert!(
         matches!(
@@ -626,7 +644,10 @@ async fn verification_failure_routes_back_and_removes_the_new_instance() {
     m.removed(green());
     let (engine, seen) = m.engine();
 
-    let err = engine.deploy(Release::new("v2"), &go()).await.unwrap_err();
+    let err = engine
+        .deploy(Release::new("v2").unwrap(), &go())
+        .await
+        .unwrap_err();
 
     assert!(
         matches!(
@@ -658,7 +679,10 @@ async fn verification_failure_with_nothing_to_go_back_to_is_inconsistent_and_kee
     m.rt.expect_remove().never();
     let (engine, seen) = m.engine();
 
-    let err = engine.deploy(Release::new("v1"), &go()).await.unwrap_err();
+    let err = engine
+        .deploy(Release::new("v1").unwrap(), &go())
+        .await
+        .unwrap_err();
 
     assert_eq!(err.exit_class().code(), 5);
     match &err {
@@ -690,7 +714,10 @@ async fn restore_that_fails_names_what_is_left() {
     m.rt.expect_stop().never();
     let (engine, seen) = m.engine();
 
-    let err = engine.deploy(Release::new("v2"), &go()).await.unwrap_err();
+    let err = engine
+        .deploy(Release::new("v2").unwrap(), &go())
+        .await
+        .unwrap_err();
 
     match &err {
         Error::Inconsistent { left, cause, .. } => {
@@ -728,7 +755,10 @@ async fn failed_stop_of_the_old_color_still_succeeds_with_a_warning() {
     let (engine, seen) = m.engine();
     let began = tokio::time::Instant::now();
 
-    let report = engine.deploy(Release::new("v2"), &go()).await.unwrap();
+    let report = engine
+        .deploy(Release::new("v2").unwrap(), &go())
+        .await
+        .unwrap();
 
     assert_eq!(report.live.color, Color::Green);
     // A router that cannot count in-flight requests: the whole drain time is waited.
@@ -753,7 +783,10 @@ async fn keep_previous_removed_removes_the_old_color_after_stopping_it() {
     let mut cfg = config();
     cfg.switch.keep_previous = KeepPrevious::Removed;
     let engine = engine.with_config(cfg);
-    engine.deploy(Release::new("v2"), &go()).await.unwrap();
+    engine
+        .deploy(Release::new("v2").unwrap(), &go())
+        .await
+        .unwrap();
 }
 
 #[tokio::test(start_paused = true)]
@@ -772,7 +805,10 @@ async fn a_leftover_in_the_idle_slot_is_cleared_before_the_start() {
     m.rt.expect_start()
         .returning(|_, _| Err(failed("image not found")));
     let (engine, seen) = m.engine();
-    let err = engine.deploy(Release::new("v2"), &go()).await.unwrap_err();
+    let err = engine
+        .deploy(Release::new("v2").unwrap(), &go())
+        .await
+        .unwrap_err();
     assert!(
         matches!(
             err,
@@ -795,7 +831,10 @@ async fn a_call_that_never_answers_times_out() {
     world.fault_nth(FakeCall::RouteTo, 1, blue_green_core::testing::Fault::Hang);
     let engine = fake_engine(&world, config());
     let began = tokio::time::Instant::now();
-    let err = engine.deploy(Release::new("v2"), &go()).await.unwrap_err();
+    let err = engine
+        .deploy(Release::new("v2").unwrap(), &go())
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("did not answer within"), "{err}");
     assert!(began.elapsed() >= config().timeouts.router);
     world.check_invariants().unwrap();
@@ -819,7 +858,10 @@ async fn a_held_lock_fails_at_once_naming_the_holder() {
         MockRtr::new(),
         store,
     );
-    let err = engine.deploy(Release::new("v2"), &go()).await.unwrap_err();
+    let err = engine
+        .deploy(Release::new("v2").unwrap(), &go())
+        .await
+        .unwrap_err();
     assert_eq!(err.exit_class().code(), 3);
     assert!(err.to_string().contains("pid 4242"), "{err}");
 }
@@ -847,7 +889,10 @@ async fn a_stale_lock_is_taken_over_with_a_warning() {
     m.rt.expect_stop().returning(|_, _| Ok(()));
     let (engine, seen) = m.engine();
 
-    let report = engine.deploy(Release::new("v2"), &go()).await.unwrap();
+    let report = engine
+        .deploy(Release::new("v2").unwrap(), &go())
+        .await
+        .unwrap();
 
     assert!(
         report.warnings[0].contains("pid 777"),
@@ -864,8 +909,8 @@ async fn two_deploys_at_once_one_fails_with_locked() {
     let engine = fake_engine(&world, config());
     let cancel = go();
     let (a, b) = tokio::join!(
-        engine.deploy(Release::new("v2"), &cancel),
-        engine.deploy(Release::new("v3"), &cancel)
+        engine.deploy(Release::new("v2").unwrap(), &cancel),
+        engine.deploy(Release::new("v3").unwrap(), &cancel)
     );
     let locked = [&a, &b]
         .iter()
@@ -908,7 +953,7 @@ async fn cancellation_at_each_step_before_the_stop_rolls_back() {
         }));
 
         let err = engine
-            .deploy(Release::new("v2"), &cancel)
+            .deploy(Release::new("v2").unwrap(), &cancel)
             .await
             .unwrap_err();
 
@@ -951,7 +996,10 @@ async fn cancellation_once_the_old_color_stops_lets_the_deploy_finish() {
                 trigger.cancel();
             }
         }));
-        let report = engine.deploy(Release::new("v2"), &cancel).await.unwrap();
+        let report = engine
+            .deploy(Release::new("v2").unwrap(), &cancel)
+            .await
+            .unwrap();
         assert_eq!(report.live.color, Color::Green, "at {step}");
         assert!(world.instances_of(Color::Blue).is_empty(), "at {step}");
         world.check_invariants().unwrap();
@@ -964,7 +1012,7 @@ fn green_live_blue_previous(listed: Vec<Instance>) -> Mocks {
     let state = AppState {
         live: Some(deployment(&green())),
         previous: Some(Deployment {
-            release: Release::new("v1").with_artifact("web:1"),
+            release: Release::new("v1").unwrap().with_artifact("web:1").unwrap(),
             ..deployment(&blue())
         }),
         journal: None,
@@ -1051,7 +1099,10 @@ async fn rollback_whose_restart_never_gets_ready_stops_it_again() {
     let world = FakeWorld::new();
     world.seed_live(Color::Blue, "v1");
     let engine = fake_engine(&world, config());
-    engine.deploy(Release::new("v2"), &go()).await.unwrap();
+    engine
+        .deploy(Release::new("v2").unwrap(), &go())
+        .await
+        .unwrap();
     assert!(!world.instances_of(Color::Blue)[0].state.is_running());
 
     world.never_healthy("v1");
@@ -1088,7 +1139,10 @@ async fn switch_goes_to_a_running_color_and_leaves_the_old_one_running() {
     let mut cfg = config();
     cfg.switch.keep_previous = KeepPrevious::Running;
     let engine = fake_engine(&world, cfg);
-    engine.deploy(Release::new("v2"), &go()).await.unwrap();
+    engine
+        .deploy(Release::new("v2").unwrap(), &go())
+        .await
+        .unwrap();
 
     let report = engine.switch(Color::Blue, &go()).await.unwrap();
 
@@ -1105,7 +1159,10 @@ async fn switch_to_a_stopped_color_is_refused_saying_what_to_do() {
     let world = FakeWorld::new();
     world.seed_live(Color::Blue, "v1");
     let engine = fake_engine(&world, config());
-    engine.deploy(Release::new("v2"), &go()).await.unwrap();
+    engine
+        .deploy(Release::new("v2").unwrap(), &go())
+        .await
+        .unwrap();
     let err = engine.switch(Color::Blue, &go()).await.unwrap_err();
     assert_eq!(err.exit_class().code(), 2);
     assert!(err.to_string().contains("rollback"), "{err}");
@@ -1120,7 +1177,10 @@ async fn down_removes_the_idle_color_and_refuses_the_live_one_without_force() {
     let world = FakeWorld::new();
     world.seed_live(Color::Blue, "v1");
     let engine = fake_engine(&world, config());
-    engine.deploy(Release::new("v2"), &go()).await.unwrap();
+    engine
+        .deploy(Release::new("v2").unwrap(), &go())
+        .await
+        .unwrap();
 
     let err = engine.down(Some(Color::Green), false).await.unwrap_err();
     assert_eq!(err.exit_class().code(), 2);
@@ -1145,7 +1205,10 @@ async fn status_reports_live_color_instances_and_target_and_fixes_a_stale_state(
     let world = FakeWorld::new();
     world.seed_live(Color::Blue, "v1");
     let engine = fake_engine(&world, config());
-    engine.deploy(Release::new("v2"), &go()).await.unwrap();
+    engine
+        .deploy(Release::new("v2").unwrap(), &go())
+        .await
+        .unwrap();
     // Someone routed back to blue by hand and restarted it; the state file still says green.
     let blue = world.instances_of(Color::Blue)[0].instance.clone();
     world.set_instance_state(&blue.id, InstanceState::Running);
@@ -1201,7 +1264,10 @@ async fn events_come_in_order_with_step_started_before_each_action() {
         }
         seen.lock().unwrap().push(e.clone());
     }));
-    engine.deploy(Release::new("v2"), &go()).await.unwrap();
+    engine
+        .deploy(Release::new("v2").unwrap(), &go())
+        .await
+        .unwrap();
     let events = log.lock().unwrap();
     assert!(matches!(events.first(), Some(Event::CommandStarted { .. })));
     assert!(matches!(
@@ -1255,7 +1321,7 @@ fn command_futures_are_send_so_a_caller_can_spawn_them() {
     let world = FakeWorld::new();
     let engine = fake_engine(&world, config());
     let cancel = go();
-    send(&engine.deploy(Release::new("v1"), &cancel));
+    send(&engine.deploy(Release::new("v1").unwrap(), &cancel));
     send(&engine.rollback(&cancel));
     send(&engine.switch(Color::Blue, &cancel));
     send(&engine.down(None, false));

@@ -182,7 +182,7 @@ async fn run(
     let command = async {
         match op {
             Op::Deploy => engine
-                .deploy(Release::new(format!("v{n}")), &cancel)
+                .deploy(Release::new(format!("v{n}")).unwrap(), &cancel)
                 .await
                 .map(|r| Some(r.live.color)),
             Op::Rollback => engine.rollback(&cancel).await.map(|r| Some(r.live.color)),
@@ -403,7 +403,7 @@ async fn crash_deploy_at(
     }));
     let go = CancellationToken::new();
     tokio::select! {
-        result = engine.deploy(Release::new("v2"), &go) => {
+        result = engine.deploy(Release::new("v2").unwrap(), &go) => {
             panic!("the deploy ended before the crash at {step}: {result:?}")
         }
         () = died.notified() => {}
@@ -453,7 +453,7 @@ async fn check_recovery(world: &FakeWorld, step: Step, expect_live: Color) {
 
     // And the next deploy works.
     let report = engine
-        .deploy(Release::new("v3"), &CancellationToken::new())
+        .deploy(Release::new("v3").unwrap(), &CancellationToken::new())
         .await
         .unwrap_or_else(|e| panic!("deploy after a crash at {step}: {e}"));
     assert_eq!(report.live.color, expect_live.other());
@@ -513,7 +513,7 @@ async fn a_crash_during_down_is_finished_by_the_next_command() {
     world.seed_live(Color::Blue, "v1");
     let engine1 = engine(&world, KeepPrevious::Stopped);
     engine1
-        .deploy(Release::new("v2"), &CancellationToken::new())
+        .deploy(Release::new("v2").unwrap(), &CancellationToken::new())
         .await
         .unwrap();
     for step in [Step::Stop, Step::Remove] {
@@ -555,7 +555,7 @@ async fn a_crash_between_switch_and_drain_drains_the_old_color_before_anything_s
         let engine = engine(&world, KeepPrevious::Stopped);
         engine.status().await.unwrap();
         engine
-            .deploy(Release::new("v3"), &CancellationToken::new())
+            .deploy(Release::new("v3").unwrap(), &CancellationToken::new())
             .await
             .unwrap();
         let after: Vec<FakeCall> = world.calls()[before..].iter().map(|c| c.call).collect();

@@ -136,7 +136,7 @@ async fn a_timed_out_up_leaves_no_process_of_compose_running() {
     let fake = Fake::new();
     let runtime = fake.runtime(Duration::from_millis(1500)).await;
     let error = runtime
-        .start(Color::Blue, &Release::new("v1"))
+        .start(Color::Blue, &Release::new("v1").unwrap())
         .await
         .expect_err("the fake `up` never finishes");
     wait_for_file(&fake.pids, Duration::from_secs(1));
@@ -152,7 +152,7 @@ async fn a_timed_out_up_leaves_no_process_of_compose_running() {
 async fn a_cancelled_up_leaves_no_process_of_compose_running() {
     let fake = Fake::new();
     let runtime = fake.runtime(Duration::from_secs(120)).await;
-    let release = Release::new("v1");
+    let release = Release::new("v1").unwrap();
     let mut start = Box::pin(runtime.start(Color::Blue, &release));
     // Run `up` until the fake has started its child, then drop it, as Ctrl-C does.
     let end = Instant::now() + Duration::from_secs(20);

@@ -39,8 +39,8 @@ async fn deploy_both_and_take_down(
     artifact: Option<&str>,
 ) {
     let release = |id: &str| match artifact {
-        Some(image) => Release::new(id).with_artifact(image),
-        None => Release::new(id),
+        Some(image) => Release::new(id).unwrap().with_artifact(image).unwrap(),
+        None => Release::new(id).unwrap(),
     };
     let blue = runtime
         .start(Color::Blue, &release("v1"))
@@ -226,7 +226,10 @@ async fn a_failing_up_reports_what_failed(tool: ComposeTool) {
     let error = runtime
         .start(
             Color::Blue,
-            &Release::new("v1").with_artifact(missing.clone()),
+            &Release::new("v1")
+                .unwrap()
+                .with_artifact(missing.clone())
+                .unwrap(),
         )
         .await
         .expect_err("the image does not exist and cannot be pulled");

@@ -126,7 +126,7 @@ async fn deploys_through_nginx(tool: ComposeTool, layout: Layout) {
     let cancel = CancellationToken::new();
 
     let first = engine
-        .deploy(Release::new("r0"), &cancel)
+        .deploy(Release::new("r0").unwrap(), &cancel)
         .await
         .unwrap_or_else(|e| panic!("first deploy: {e}\nnginx: {}", nginx.error_log()));
     let load = Load::start(setup::load_config(nginx.url("")));
@@ -141,7 +141,7 @@ async fn deploys_through_nginx(tool: ComposeTool, layout: Layout) {
     for i in 1..=4 {
         let release = format!("r{i}");
         let report = engine
-            .deploy(Release::new(&release), &cancel)
+            .deploy(Release::new(&release).unwrap(), &cancel)
             .await
             .unwrap_or_else(|e| panic!("deploy {release}: {e}\nload: {}", load.snapshot()));
         assert_eq!(

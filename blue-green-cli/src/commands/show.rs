@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::failure::Failure;
-use crate::output::{secs, Printer};
+use crate::output::{one_line, secs, Printer};
 
 pub(super) fn status_text(s: &Status) -> String {
     let mut out = String::new();
@@ -18,7 +18,7 @@ pub(super) fn status_text(s: &Status) -> String {
                 out,
                 "live     {color}, release {} since {}",
                 d.release.id,
-                short_time(&d.since)
+                one_line(&short_time(&d.since))
             );
         }
         (Some(color), _) => {
@@ -46,15 +46,15 @@ pub(super) fn status_text(s: &Status) -> String {
                 out,
                 "  {:<6} release {:<16} {:<22} {:<20} {}{live}",
                 i.instance.color,
-                i.instance.release,
+                one_line(&i.instance.release),
                 i.instance.endpoint.to_string(),
-                i.state.to_string(),
-                short_id(&i.instance.id),
+                one_line(&i.state.to_string()),
+                one_line(short_id(&i.instance.id)),
             );
         }
     }
     for w in &s.warnings {
-        let _ = writeln!(out, "warning: {w}");
+        let _ = writeln!(out, "warning: {}", one_line(w));
     }
     out
 }
@@ -86,11 +86,12 @@ pub(super) async fn history(
 ) -> Result<(), Failure> {
     // History needs only the state directory: it works while Docker or nginx are down.
     let store = FileStore::new(config.state_dir.clone());
-    let mut records = store.history().await.map_err(Failure::Component)?;
-    if let Some(n) = limit {
-        let skip = records.len().saturating_sub(n);
-        records.drain(..skip);
+    // With `-n`, only the end of the file is read.
+    let records = match limit {
+        Some(n) => store.recent_history(n).await,
+        None => store.history().await,
     }
+    .map_err(Failure::Component)?;
     let mut out = String::new();
     if records.is_empty() {
         out.push_str("no deploys recorded yet\n");
@@ -112,16 +113,16 @@ pub(super) async fn history(
         let _ = writeln!(
             out,
             "{:<20}  {:<8} {:<16} {:<14} {:<12} {:>7}  {}",
-            short_time(&r.started_at),
+            one_line(&short_time(&r.started_at)),
             r.command,
-            r.release.as_deref().unwrap_or("-"),
+            one_line(r.release.as_deref().unwrap_or("-")),
             format!("{} -> {}", color(r.from), color(r.to)),
             format!("{:?}", r.outcome).to_lowercase(),
             secs(total),
             steps.join(", "),
         );
         if let Some(e) = &r.error {
-            let _ = writeln!(out, "{:<22}error: {e}", "");
+            let _ = writeln!(out, "{:<22}error: {}", "", one_line(e));
         }
     }
     printer.success("history", json!({ "history": records }), &out, true);

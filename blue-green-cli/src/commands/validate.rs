@@ -3,12 +3,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use blue_green_core::FileStore;
 use serde_json::json;
 
 use crate::components::Components;
 use crate::config::{Config, HealthConfig, RouterConfig};
 use crate::failure::Failure;
-use crate::output::Printer;
+use crate::output::{one_line, Printer};
 
 /// One environment check of `validate`.
 struct Check {
@@ -38,8 +39,8 @@ pub(super) async fn validate(
     if !printer.json && !printer.quiet {
         for c in &checks {
             match &c.result {
-                Ok(m) => eprintln!("  ok   {:<10} {m}", c.what),
-                Err(m) => eprintln!("  FAIL {:<10} {m}", c.what),
+                Ok(m) => eprintln!("  ok   {:<10} {}", c.what, one_line(m)),
+                Err(m) => eprintln!("  FAIL {:<10} {}", c.what, one_line(m)),
             }
         }
     }
@@ -58,7 +59,10 @@ pub(super) async fn validate(
     } else {
         let lines: Vec<String> = failed
             .iter()
-            .map(|c| format!("{}: {}", c.what, c.result.as_ref().err().map_or("", |s| s)))
+            .map(|c| {
+                let m = c.result.as_ref().err().map_or("", |s| s);
+                format!("{}: {}", c.what, one_line(m))
+            })
             .collect();
         Err(Failure::Unreachable(format!(
             "the environment is not ready:\n  {}",
@@ -184,7 +188,28 @@ fn file_checks(config: &Config) -> Vec<Check> {
         what: "state".into(),
         result: state_dir_check(&config.state_dir),
     });
+    checks.extend(loose_modes(&config.state_dir));
     checks
+}
+
+/// The state directory and its files are private (checked as every command checks them), and
+/// a warning for each that others can still read (as earlier versions made them).
+fn loose_modes(dir: &Path) -> Vec<Check> {
+    let store = FileStore::new(dir);
+    if let Err(e) = store.check_dir() {
+        return vec![Check {
+            what: "state".into(),
+            result: Err(e.message),
+        }];
+    }
+    store
+        .loose_modes()
+        .into_iter()
+        .map(|m| Check {
+            what: "modes".into(),
+            result: Ok(format!("warning: {m}")),
+        })
+        .collect()
 }
 
 fn state_dir_check(dir: &Path) -> Result<String, String> {

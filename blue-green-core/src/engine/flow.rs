@@ -135,7 +135,7 @@ pub(super) async fn rollback<R: Runtime, P: HealthProbe, T: Router, S: StateStor
             format!("the previous color {color} is the live one; there is nothing to roll back to"),
         ));
     }
-    run.release = Some(previous.release.id.clone());
+    run.release = Some(previous.release.id.to_string());
     run.from = from;
     run.to = Some(color);
     run.journal = Some(journal_for(
@@ -219,8 +219,8 @@ pub(super) async fn switch<R: Runtime, P: HealthProbe, T: Router, S: StateStore>
         .flatten()
         .find(|d| d.color == color && d.release.id == inst.release)
         .map(|d| d.release.clone())
-        .unwrap_or_else(|| Release::new(inst.release.clone()));
-    run.release = Some(release.id.clone());
+        .unwrap_or_else(|| Release::reported(&inst.release));
+    run.release = Some(release.id.to_string());
     run.from = from;
     run.to = Some(color);
     run.journal = Some(journal_for(run, color, Some(release.clone()), from));

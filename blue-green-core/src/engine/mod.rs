@@ -177,7 +177,7 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
         cancel: &CancellationToken,
     ) -> Result<DeployReport, Error> {
         let mut run = self
-            .begin(Command::Deploy, Some(release.id.clone()), cancel)
+            .begin(Command::Deploy, Some(release.id.to_string()), cancel)
             .await?;
         let result = flow::deploy(&mut run, release).await;
         run.finish_switch(result).await

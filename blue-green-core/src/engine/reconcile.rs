@@ -90,7 +90,7 @@ pub(super) fn align_live(state: &mut AppState, world: &World, app: &str) -> Opti
                 .flatten()
                 .find(|d| d.color == inst.color && d.release.id == inst.release)
                 .map(|d| d.release.clone())
-                .unwrap_or_else(|| Release::new(inst.release.clone()));
+                .unwrap_or_else(|| Release::reported(&inst.release));
             let said = match &state.live {
                 Some(d) => format!("{} (release {})", d.color, d.release.id),
                 None => "nothing".to_string(),
@@ -213,7 +213,7 @@ impl<'e, R: Runtime, P: HealthProbe, T: Router, S: StateStore> Run<'e, R, P, T, 
                             .filter(|d| d.color == color && d.release.id == inst.release)
                             .map(|d| d.release.clone())
                     })
-                    .unwrap_or_else(|| Release::new(inst.release.clone()));
+                    .unwrap_or_else(|| Release::reported(&inst.release));
                 if let Some(old) = state.live.take() {
                     if old.color != color {
                         state.previous = Some(old);
@@ -302,7 +302,7 @@ impl<'e, R: Runtime, P: HealthProbe, T: Router, S: StateStore> Run<'e, R, P, T, 
 
         let record = DeployRecord {
             command: journal.command,
-            release: journal.release.as_ref().map(|r| r.id.clone()),
+            release: journal.release.as_ref().map(|r| r.id.to_string()),
             from: journal.from,
             to: (journal.command != Command::Down).then_some(color),
             outcome: Outcome::Interrupted,
@@ -335,7 +335,9 @@ mod tests {
     fn deployed(i: &Instance) -> Deployment {
         Deployment {
             color: i.color,
-            release: Release::new(i.release.clone()).with_artifact(format!("app:{}", i.release)),
+            release: Release::new(i.release.clone())
+                .and_then(|r| r.with_artifact(format!("app:{}", i.release)))
+                .unwrap(),
             endpoint: i.endpoint.clone(),
             since: "t".into(),
         }

@@ -3,6 +3,9 @@
 
 pub(crate) mod atomic;
 pub mod file;
+pub mod history;
+mod lock;
+mod private;
 
 use std::any::Any;
 use std::sync::Arc;
@@ -177,6 +180,16 @@ pub trait StateStore: Send + Sync {
 
     /// The history, oldest first.
     async fn history(&self) -> Result<Vec<DeployRecord>, ComponentError>;
+
+    /// The newest `n` records of the history, oldest first. The default reads the whole
+    /// history; a store that can read from the end (as [`file::FileStore`] does) should, so
+    /// that `history -n 1` costs the same whatever the size of the history.
+    async fn recent_history(&self, n: usize) -> Result<Vec<DeployRecord>, ComponentError> {
+        let mut records = self.history().await?;
+        let skip = records.len().saturating_sub(n);
+        records.drain(..skip);
+        Ok(records)
+    }
 }
 
 macro_rules! forward_store {
@@ -197,6 +210,9 @@ macro_rules! forward_store {
             }
             async fn history(&self) -> Result<Vec<DeployRecord>, ComponentError> {
                 (**self).history().await
+            }
+            async fn recent_history(&self, n: usize) -> Result<Vec<DeployRecord>, ComponentError> {
+                (**self).recent_history(n).await
             }
         }
     };

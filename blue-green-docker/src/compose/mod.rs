@@ -368,9 +368,9 @@ impl ComposeRuntime {
     }
 
     async fn start_inner(&self, color: Color, release: &Release) -> Result<Instance, Error> {
-        let mut env = vec![("BLUE_GREEN_RELEASE", release.id.clone())];
+        let mut env = vec![("BLUE_GREEN_RELEASE", release.id.to_string())];
         if let Some(image) = &release.artifact {
-            env.push(("BLUE_GREEN_IMAGE", image.clone()));
+            env.push(("BLUE_GREEN_IMAGE", image.to_string()));
         }
         let project = self.projects.get(color);
         let up = async {
@@ -384,7 +384,7 @@ impl ComposeRuntime {
                     self.files.get(color).display()
                 )));
             }
-            self.instance_of(color, release.id.clone(), &env).await
+            self.instance_of(color, release.id.to_string(), &env).await
         };
         match up.await {
             Ok(instance) => Ok(instance),
