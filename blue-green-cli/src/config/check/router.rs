@@ -4,7 +4,8 @@ use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
 
-use blue_green_core::{AppName, NginxConfig, NginxRouter, NginxVerify};
+use blue_green_core::AppName;
+use blue_green_router::{NginxConfig, NginxRouter, NginxVerify};
 use toml::Spanned;
 
 use super::super::raw::RawRouter;
@@ -235,7 +236,7 @@ impl Checker<'_> {
         // directive); building it here touches nothing and turns its refusal into a config error.
         if self.problems.is_empty() {
             if let Err(e) = NginxRouter::new(config.clone()) {
-                self.bad(raw.span(), "router", e.message);
+                self.bad(raw.span(), "router", e.to_string());
                 return None;
             }
         }
