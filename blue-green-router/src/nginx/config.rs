@@ -334,12 +334,14 @@ fn check_expect_body(body: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// 1 to [`MAX_VERIFY_SUCCESSES`].
 fn check_successes(successes: u32) -> Result<(), String> {
     if (1..=MAX_VERIFY_SUCCESSES).contains(&successes) {
         Ok(())
     } else {
+        // Not quoted: a caller may have clamped a number of its own into a u32.
         Err(format!(
-            "{successes} answers in a row is out of range: the nginx verification needs 1 to {MAX_VERIFY_SUCCESSES}"
+            "out of range: the nginx verification needs 1 to {MAX_VERIFY_SUCCESSES} answers in a row"
         ))
     }
 }

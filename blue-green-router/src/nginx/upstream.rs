@@ -106,6 +106,12 @@ pub(crate) fn check_directive(directive: &str) -> Result<(), String> {
     } else {
         ""
     };
+    if known {
+        return Err(format!(
+            "`{}` is not an allowed nginx upstream directive{hint}: the arguments of `{keyword}` may only hold A-Z, a-z, 0-9, `.` and `_`, separated by single spaces, such as `keepalive 16`",
+            directive.escape_debug()
+        ));
+    }
     Err(format!(
         "`{}` is not an allowed nginx upstream directive{hint}: use one of {} followed by arguments of A-Z, a-z, 0-9, `.` and `_`, separated by single spaces, such as `keepalive 16`",
         directive.escape_debug(),
@@ -333,6 +339,12 @@ mod tests {
         assert!(check_directive("keepalive 16;")
             .unwrap_err()
             .contains("leave out the `;`"));
+        assert!(check_directive("zone a=b")
+            .unwrap_err()
+            .contains("the arguments of `zone` may only hold"));
+        assert!(check_directive("hash x")
+            .unwrap_err()
+            .contains("use one of"));
     }
 
     #[test]
