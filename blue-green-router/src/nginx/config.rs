@@ -301,7 +301,7 @@ fn check_verify_url(url: &str) -> Result<(), String> {
 
 /// `url` with anything between `://` and an `@` in its authority replaced by `***`, so that a
 /// message never quotes a user name or password, even of a text that is not a URL at all.
-pub(crate) fn without_userinfo(url: &str) -> String {
+fn without_userinfo(url: &str) -> String {
     let start = url.find("://").map_or(0, |i| i + 3);
     let rest = &url[start..];
     let authority = rest.find(['/', '?', '#']).unwrap_or(rest.len());
