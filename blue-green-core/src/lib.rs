@@ -8,7 +8,8 @@
 //!
 //! - [`Runtime`] runs instances (Docker, compose, processes, your own);
 //! - [`HealthProbe`] checks one instance once (HTTP, TCP, a command, your own);
-//! - [`Router`] sends live traffic to one endpoint (nginx, none, your own);
+//! - [`Router`] sends live traffic to one endpoint ([`NoneRouter`] here; nginx in the
+//!   `blue-green-router` crate; your own);
 //! - [`StateStore`] keeps state, history and the lock ([`FileStore`] in a directory).
 //!
 //! ```no_run
@@ -50,7 +51,7 @@ pub use model::{
 pub use probe::{CommandProbe, HealthProbe, TcpProbe};
 #[cfg(feature = "http-probe")]
 pub use probe::{HttpProbe, HttpProbeConfig, StatusMatch};
-pub use router::{NginxConfig, NginxRouter, NginxVerify, NoneRouter, RouteReceipt, Router};
+pub use router::{NoneRouter, RouteReceipt, Router};
 pub use runtime::Runtime;
 pub use state::file::FileStore;
 pub use state::{

@@ -11,8 +11,9 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use blue_green_core::{AppName, EngineConfig, HttpProbeConfig, NginxConfig};
+use blue_green_core::{AppName, EngineConfig, HttpProbeConfig};
 use blue_green_docker::{ComposeConfig, DockerConfig};
+use blue_green_router::NginxConfig;
 
 /// A checked config file.
 #[derive(Debug, Clone)]

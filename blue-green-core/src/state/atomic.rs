@@ -1,4 +1,5 @@
-//! Atomic file replacement, shared by the state store and the file-writing routers.
+//! Atomic file replacement, shared by the state store and the file-writing routers (the none
+//! router here, the proxy routers of `blue-green-router`).
 //!
 //! A crash at any point leaves either the old content or the new one at `path`, never a mix:
 //! the bytes go to a temporary file in the same directory, which is flushed to disk, renamed
@@ -15,7 +16,7 @@ use std::path::Path;
 /// `0644` (less the umask) rather than the `0600` of a temporary file, since readers such as
 /// nginx may run as another user. Blocking: call it from `spawn_blocking` in async code.
 /// The error is the bare I/O error; callers add which file and what to do.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),

@@ -1,7 +1,7 @@
 //! What the engine remembers between commands: the [`StateStore`] trait, the saved
 //! [`AppState`] with its journal, the deploy [`DeployRecord`] history, and the lock.
 
-pub(crate) mod atomic;
+pub mod atomic;
 pub mod file;
 pub mod history;
 mod lock;
