@@ -386,6 +386,7 @@ impl Stage {
         let status = self.status().await;
         let text = self.run(&["status"]).await;
         let text = String::from_utf8_lossy(&text.stdout).into_owned();
+        eprintln!("{text}");
         assert_eq!(
             self.snapshot().await,
             before,
