@@ -1,6 +1,7 @@
 //! The commands that change what serves — `deploy`, `rollback`, `switch` — as one flow: bring an
-//! instance up in a color, wait until it is ready, switch, verify, retire the old color, record;
-//! and the restore that puts things back when a step before the end of the switch fails.
+//! instance up in a color, wait until it is ready, switch, verify, retire the old color, record.
+//! When a step before the end of the switch fails, the restore (`recover`, planned by `plan`)
+//! puts things back.
 
 use tokio::time::Instant;
 
