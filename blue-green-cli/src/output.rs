@@ -3,7 +3,6 @@
 
 use std::borrow::Cow;
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,44 +10,7 @@ use blue_green_core::{Event, Observer, Step};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
-/// Environment variable of the test-only pause hook (see [`PauseHook`]).
-pub const PAUSE_ENV: &str = "BLUE_GREEN_TEST_PAUSE_AT";
-
-/// TEST ONLY. When `BLUE_GREEN_TEST_PAUSE_AT=<step>` is set, the observer creates
-/// `<state_dir>/paused-at-<step>` when that step starts and then blocks forever, so that a
-/// fault-injection test can kill the process at exactly that point. Never set it in production.
-#[derive(Debug, Clone)]
-pub struct PauseHook {
-    step: String,
-    state_dir: PathBuf,
-}
-
-impl PauseHook {
-    /// The hook from the environment, if the variable is set.
-    pub fn from_env(state_dir: PathBuf) -> Option<Self> {
-        let step = std::env::var(PAUSE_ENV).ok()?.trim().to_string();
-        (!step.is_empty()).then_some(PauseHook { step, state_dir })
-    }
-
-    fn check(&self, event: &Event) {
-        let Event::StepStarted { step, .. } = event else {
-            return;
-        };
-        if step.as_str() != self.step {
-            return;
-        }
-        let marker = self.state_dir.join(format!("paused-at-{}", self.step));
-        if let Err(e) = std::fs::create_dir_all(&self.state_dir)
-            .and_then(|()| std::fs::write(&marker, std::process::id().to_string()))
-        {
-            eprintln!("{PAUSE_ENV}: cannot write {}: {e}", marker.display());
-        }
-        // Deliberately blocks this worker thread: the test kills the process here.
-        loop {
-            std::thread::sleep(Duration::from_secs(3600));
-        }
-    }
-}
+use blue_green_cli::test_hooks::PauseHook;
 
 /// Text from outside (a container's log line, a probe's reason, the output of a command, a
 /// release id or lock holder read from a file) made safe for a terminal, on one line: every

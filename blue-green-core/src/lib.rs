@@ -40,8 +40,8 @@ pub mod state;
 pub mod testing;
 
 pub use engine::{
-    DeployReport, DownReport, Engine, EngineConfig, InstanceStatus, KeepPrevious, ReadinessPolicy,
-    Status, SwitchPolicy, Timeouts,
+    DeployReport, DownReport, Engine, EngineConfig, InstanceStatus, KeepPrevious, Leftover,
+    ReadinessPolicy, RepairReport, Status, SwitchPolicy, Timeouts,
 };
 pub use error::{ComponentError, ComponentErrorKind, Error, ExitClass, LockHolder};
 pub use events::{Command, Event, NoopObserver, Observer, Step};

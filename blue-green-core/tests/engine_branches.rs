@@ -423,7 +423,10 @@ async fn drain_ends_the_moment_nothing_is_left_in_flight_and_reports_it() {
     m.rt.expect_stop().times(1).returning(|_, _| Ok(()));
     let (engine, seen) = m.engine();
 
-    engine.deploy(Release::new("v2").unwrap(), &go()).await.unwrap();
+    engine
+        .deploy(Release::new("v2").unwrap(), &go())
+        .await
+        .unwrap();
 
     let drained = seen.drained();
     assert_eq!(drained.len(), 1, "{drained:?}");
@@ -455,7 +458,10 @@ async fn drain_out_of_time_asks_the_router_to_cut_what_is_left_and_counts_it() {
     m.rt.expect_stop().times(1).returning(|_, _| Ok(()));
     let (engine, seen) = m.engine();
 
-    engine.deploy(Release::new("v2").unwrap(), &go()).await.unwrap();
+    engine
+        .deploy(Release::new("v2").unwrap(), &go())
+        .await
+        .unwrap();
 
     let drained = seen.drained();
     assert_eq!(drained.len(), 1, "{drained:?}");
@@ -1201,7 +1207,7 @@ async fn down_removes_the_idle_color_and_refuses_the_live_one_without_force() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn status_reports_live_color_instances_and_target_and_fixes_a_stale_state() {
+async fn status_reports_a_stale_state_without_fixing_it_and_repair_fixes_it() {
     let world = FakeWorld::new();
     world.seed_live(Color::Blue, "v1");
     let engine = fake_engine(&world, config());
@@ -1214,6 +1220,8 @@ async fn status_reports_live_color_instances_and_target_and_fixes_a_stale_state(
     world.set_instance_state(&blue.id, InstanceState::Running);
     world.probe().check(&blue).await;
     world.router().route_to(&blue.endpoint).await.unwrap();
+    let saved_before = world.saved_state();
+    let calls_before = world.calls().len();
 
     let status = engine.status().await.unwrap();
 
@@ -1225,24 +1233,188 @@ async fn status_reports_live_color_instances_and_target_and_fixes_a_stale_state(
         .iter()
         .any(|i| i.live && i.instance.color == Color::Blue));
     assert!(
-        status.warnings[0].contains("router points at"),
+        status.leftovers[0].found.contains("router points at"),
+        "{:?}",
+        status.leftovers
+    );
+    assert_eq!(
+        status.leftovers[0].repair,
+        ["record blue (release v1) as live"]
+    );
+    // Status only reads: the state file still says green, and nothing was saved or touched.
+    assert_eq!(world.saved_state(), saved_before);
+    assert!(
+        world.calls()[calls_before..].iter().all(|c| !matches!(
+            c.call,
+            FakeCall::Save | FakeCall::Stop | FakeCall::Remove | FakeCall::RouteTo
+        )),
+        "{:?}",
+        world.calls()
+    );
+
+    let report = engine.repair().await.unwrap();
+    assert!(
+        report.repaired[0].contains("router points at"),
+        "{:?}",
+        report.repaired
+    );
+    assert_eq!(report.live, Some(Color::Blue));
+    assert_eq!(world.saved_state().live.unwrap().color, Color::Blue);
+    assert_eq!(world.saved_state().previous.unwrap().color, Color::Green);
+    assert!(engine.status().await.unwrap().leftovers.is_empty());
+
+    // With the lock held by a command at work (its journal saved), status only reads, and
+    // says its journal is work in progress, not a leftover.
+    let mut at_work = world.saved_state();
+    at_work.journal = Some(blue_green_core::JournalEntry {
+        command: Command::Deploy,
+        step: Step::Ready,
+        color: Color::Green,
+        release: Some(Release::new("v3").unwrap()),
+        from: Some(Color::Blue),
+        started_at: "2026-01-01T00:00:00Z".into(),
+        pid: 99,
+    });
+    world.set_saved_state(at_work.clone());
+    world.hold_lock(holder(99));
+    let status = engine.status().await.unwrap();
+    assert!(
+        status.warnings[0].contains("only reads"),
         "{:?}",
         status.warnings
     );
-    assert_eq!(world.saved_state().live.unwrap().color, Color::Blue);
-    assert_eq!(world.saved_state().previous.unwrap().color, Color::Green);
-
-    // With the lock held by another command, status only reads.
-    world.hold_lock(holder(99));
-    let status = engine.status().await.unwrap();
-    assert!(status.warnings[0].contains("only reads"));
+    assert_eq!(status.in_progress, Some(holder(99)));
+    assert!(status.leftovers.is_empty(), "{:?}", status.leftovers);
+    assert_eq!(world.saved_state(), at_work);
+    assert_eq!(world.lock_holder(), Some(holder(99)));
     world.release_lock();
+
+    // Once no command holds the lock, the same journal is a leftover that repair undoes.
+    let status = engine.status().await.unwrap();
+    assert_eq!(status.in_progress, None);
+    assert!(
+        status.leftovers[0]
+            .found
+            .contains("interrupted `deploy` (pid 99"),
+        "{:?}",
+        status.leftovers
+    );
 
     let history = engine.history().await.unwrap();
     assert_eq!(history.len(), 1);
     assert_eq!(history[0].command, Command::Deploy);
     assert_eq!(history[0].to, Some(Color::Green));
     assert!(history[0].steps.iter().any(|s| s.step == Step::Ready));
+}
+
+/// Blue v1 live; the saved journal of a deploy of v2 into green that died at `step`, with its
+/// green instance left running.
+fn interrupted_deploy(step: Step) -> (FakeWorld, Instance) {
+    let world = FakeWorld::new();
+    world.seed_live(Color::Blue, "v1");
+    let green = world.seed_instance(Color::Green, "v2", InstanceState::Running);
+    let mut state = world.saved_state();
+    state.journal = Some(blue_green_core::JournalEntry {
+        command: Command::Deploy,
+        step,
+        color: Color::Green,
+        release: Some(Release::new("v2").unwrap()),
+        from: Some(Color::Blue),
+        started_at: "2026-01-01T00:00:00Z".into(),
+        pid: 4242,
+    });
+    world.set_saved_state(state);
+    (world, green)
+}
+
+#[tokio::test(start_paused = true)]
+async fn status_lists_what_an_interrupted_deploy_left_and_repair_removes_it() {
+    let (world, green) = interrupted_deploy(Step::Ready);
+    let engine = fake_engine(&world, config());
+
+    let status = engine.status().await.unwrap();
+    assert_eq!(status.live, Some(Color::Blue));
+    assert_eq!(status.leftovers.len(), 1, "{:?}", status.leftovers);
+    let left = &status.leftovers[0];
+    assert!(
+        left.found
+            .contains("interrupted `deploy` (pid 4242, started 2026-01-01T00:00:00Z) stopped at its ready step"),
+        "{left:?}"
+    );
+    assert!(left.repair[0].starts_with(&format!("remove green instance {}", green.id)));
+    assert!(left.repair[1].contains("in the history"), "{left:?}");
+    assert_eq!(
+        world.instances_of(Color::Green).len(),
+        1,
+        "status removed nothing"
+    );
+    assert!(world.saved_state().journal.is_some());
+
+    let report = engine.repair().await.unwrap();
+    assert!(
+        report.repaired[0].contains("removed green instance"),
+        "{:?}",
+        report.repaired
+    );
+    assert!(world.instances_of(Color::Green).is_empty());
+    assert_eq!(world.saved_state().journal, None);
+    let history = world.history();
+    assert_eq!(
+        history.len(),
+        1,
+        "repair leaves only the interrupted command's line"
+    );
+    assert_eq!(history[0].outcome, Outcome::Interrupted);
+    world.check_invariants().unwrap();
+
+    // Nothing left: a second repair changes nothing.
+    let report = engine.repair().await.unwrap();
+    assert!(report.repaired.is_empty(), "{:?}", report.repaired);
+    assert_eq!(world.history().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_repair_that_fails_is_inconsistent_names_what_is_left_and_keeps_the_journal() {
+    let (world, _) = interrupted_deploy(Step::Start);
+    let engine = fake_engine(&world, config());
+    world.fail_nth(FakeCall::Remove, 1);
+
+    let err = engine.repair().await.unwrap_err();
+
+    assert_eq!(err.exit_class().code(), 5, "{err}");
+    match &err {
+        Error::Inconsistent { left, .. } => {
+            assert!(left.to_string().contains("run `down green`"), "{left}")
+        }
+        other => panic!("expected Inconsistent, got {other}"),
+    }
+    // The journal stays, so that status still lists it and the next repair tries again; the
+    // interrupted command is not written to the history as repaired.
+    assert!(world.saved_state().journal.is_some());
+    assert!(world.history().is_empty());
+    assert_eq!(engine.status().await.unwrap().leftovers.len(), 1);
+
+    engine.repair().await.unwrap();
+    assert!(world.instances_of(Color::Green).is_empty());
+    assert_eq!(world.saved_state().journal, None);
+    assert_eq!(world.history().len(), 1);
+    world.check_invariants().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn status_with_no_journal_does_not_touch_the_lock_and_a_held_lock_does_not_stop_it() {
+    let world = FakeWorld::new();
+    world.seed_live(Color::Blue, "v1");
+    let engine = fake_engine(&world, config());
+    engine.status().await.unwrap();
+    assert_eq!(world.count(FakeCall::Lock), 0);
+
+    // A deploy starting meanwhile is never refused because of a status.
+    world.hold_lock(holder(7));
+    let status = engine.status().await.unwrap();
+    assert_eq!(status.live, Some(Color::Blue));
+    assert_eq!(world.count(FakeCall::Lock), 0);
+    assert_eq!(world.lock_holder(), Some(holder(7)));
 }
 
 #[tokio::test(start_paused = true)]
@@ -1326,5 +1498,6 @@ fn command_futures_are_send_so_a_caller_can_spawn_them() {
     send(&engine.switch(Color::Blue, &cancel));
     send(&engine.down(None, false));
     send(&engine.status());
+    send(&engine.repair());
     send(&engine.history());
 }

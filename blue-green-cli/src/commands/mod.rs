@@ -15,9 +15,10 @@ use crate::cli::{Cli, Command, DeployArgs};
 use crate::components::{CliEngine, Components};
 use crate::config::{self, Config, RuntimeConfig};
 use crate::failure::Failure;
-use crate::output::{one_line, secs, PauseHook, Printer};
+use crate::output::{one_line, secs, Printer};
+use blue_green_cli::test_hooks::PauseHook;
 
-use show::{history, status_text};
+use show::{history, repair_text, status_text};
 use validate::validate;
 
 /// Runs the command with its config (read before the async runtime starts, so that no file
@@ -54,6 +55,7 @@ fn command_name(c: &Command) -> &'static str {
     match c {
         Command::Deploy(_) => "deploy",
         Command::Status => "status",
+        Command::Repair => "repair",
         Command::Rollback => "rollback",
         Command::Switch { .. } => "switch",
         Command::Down { .. } => "down",
@@ -106,6 +108,17 @@ async fn dispatch(cli: &Cli, config: Config, printer: Printer) -> Result<(), Fai
                 );
             }
             printer.success("down", json!({ "report": report }), &human, false);
+            Ok(())
+        }
+        Command::Repair => {
+            let engine = engine(&config, printer, false).await?;
+            let report = engine.repair().await?;
+            printer.success(
+                "repair",
+                json!({ "report": report }),
+                &repair_text(&report),
+                false,
+            );
             Ok(())
         }
         Command::Status => {

@@ -1,8 +1,8 @@
-//! `status` and `history` for people.
+//! `status`, `repair` and `history` for people.
 
 use std::fmt::Write as _;
 
-use blue_green_core::{Color, FileStore, StateStore, Status};
+use blue_green_core::{Color, FileStore, RepairReport, StateStore, Status};
 use serde_json::json;
 
 use crate::config::Config;
@@ -53,10 +53,38 @@ pub(super) fn status_text(s: &Status) -> String {
             );
         }
     }
+    if let Some(holder) = &s.in_progress {
+        let _ = writeln!(out, "at work  {holder}");
+    }
+    if !s.leftovers.is_empty() {
+        let _ = writeln!(out, "left over:");
+        for left in &s.leftovers {
+            let _ = writeln!(out, "  {}", left.found);
+            for action in &left.repair {
+                let _ = writeln!(out, "    - {action}");
+            }
+        }
+        let _ = writeln!(
+            out,
+            "run `blue-green repair` to repair it (the next deploy, rollback, switch or down also does)"
+        );
+    }
     for w in &s.warnings {
         let _ = writeln!(out, "warning: {}", one_line(w));
     }
     out
+}
+
+/// The summary line of `repair` (what it repaired was shown as it happened).
+pub(super) fn repair_text(r: &RepairReport) -> String {
+    let live = r
+        .live
+        .map_or("nothing is live".to_string(), |c| format!("{c} is live"));
+    match r.repaired.len() {
+        0 => format!("nothing to repair; {live}"),
+        1 => format!("repaired 1 leftover; {live}"),
+        n => format!("repaired {n} leftovers; {live}"),
+    }
 }
 
 /// An RFC 3339 time without its fraction of a second: `2026-11-25T11:18:09Z`.
