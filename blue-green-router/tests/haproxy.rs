@@ -543,10 +543,22 @@ async fn a_missing_backend_or_server_or_a_read_only_socket_is_named() {
         "lists what there is: {error}"
     );
 
+    let check = HaproxyRouter::new(haproxy.router_config())
+        .unwrap()
+        .check()
+        .await
+        .unwrap();
+    assert!(
+        check.contains("level admin") && check.contains("`blue`"),
+        "{check}"
+    );
+
     let mut config = haproxy.router_config();
     config.socket = haproxy.dir.path().join("user.sock");
     let router = HaproxyRouter::new(config).unwrap();
     assert_eq!(router.target().await.unwrap(), Some(blue.endpoint()));
+    let error = router.check().await.unwrap_err();
+    assert!(error.message.contains("level `user`"), "{error}");
     let error = router.route_to(&green.endpoint()).await.unwrap_err();
     assert!(error.message.contains("level admin"), "{error}");
     assert_eq!(colors_through(&haproxy.url("/"), 3).await, ["blue"; 3]);
@@ -601,4 +613,69 @@ async fn injection_attempts_in_every_field_change_nothing_in_haproxy() {
         "HAProxy's servers are untouched"
     );
     assert_eq!(colors_through(&haproxy.url("/"), 3).await, ["blue"; 3]);
+}
+
+type WebSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Sends `text` and returns the answer, or `None` when the WebSocket no longer answers.
+async fn echo(socket: &mut WebSocket, text: &str) -> Option<String> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    socket.send(Message::text(text)).await.ok()?;
+    match tokio::time::timeout(Duration::from_secs(2), socket.next()).await {
+        Ok(Some(Ok(Message::Text(answer)))) => Some(answer.to_string()),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn a_websocket_stays_on_the_old_color_through_the_drain_until_it_is_cut() {
+    let (ws_blue, blue_task) = support::websocket_server(Color::Blue).await;
+    let (ws_green, green_task) = support::websocket_server(Color::Green).await;
+    let haproxy = Haproxy::start(&ws_blue).await.unwrap();
+    let mut config = haproxy.router_config();
+    config.verify = None;
+    let router = HaproxyRouter::new(config).unwrap();
+    let url = format!("ws://127.0.0.1:{}/ws", haproxy.port);
+    let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap();
+    assert_eq!(
+        echo(&mut socket, "before").await.as_deref(),
+        Some("blue: before")
+    );
+    wait_in_flight(&router, &ws_blue, 1).await;
+
+    router.route_to(&ws_green).await.unwrap();
+    // The open WebSocket is a session of the draining slot: it goes on, and is counted.
+    for _ in 0..5 {
+        assert_eq!(
+            echo(&mut socket, "during").await.as_deref(),
+            Some("blue: during")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(router.in_flight(&ws_blue).await.unwrap(), Some(1));
+    let (mut fresh, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap();
+    assert_eq!(echo(&mut fresh, "new").await.as_deref(), Some("green: new"));
+
+    // At the drain deadline the engine cuts it.
+    let asked = Instant::now();
+    assert_eq!(router.cut(&ws_blue).await.unwrap(), Some(1));
+    assert_eq!(
+        echo(&mut socket, "after").await,
+        None,
+        "the cut WebSocket is closed"
+    );
+    eprintln!("a WebSocket open across an HAProxy switch kept answering on blue through the drain; cut() closed it within {:?}", asked.elapsed());
+    assert_eq!(
+        echo(&mut fresh, "still").await.as_deref(),
+        Some("green: still")
+    );
+    blue_task.abort();
+    green_task.abort();
 }

@@ -309,6 +309,41 @@ impl HaproxyRouter {
             })
     }
 
+    /// Checks, changing nothing, that the admin socket answers at `level admin`, that the
+    /// backend has both servers, and that the state file's directory exists; says where the
+    /// backend routes. For a `validate` command.
+    pub async fn check(&self) -> Result<String, ComponentError> {
+        let socket = self.api.socket().display();
+        let level = self.api.send("show cli level").await?;
+        if level.trim() != "admin" {
+            return Err(ComponentError::failed(format!(
+                "HAProxy's socket {socket} has level `{}`, but switching needs `level admin` (for example `stats socket {socket} mode 600 level admin`)",
+                level.trim()
+            )));
+        }
+        let servers = self.servers().await?;
+        if let Some(file) = &self.config.state_file {
+            let dir = match file.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            if !dir.is_dir() {
+                return Err(ComponentError::failed(format!(
+                    "the directory {} of the HAProxy server state file does not exist",
+                    dir.display()
+                )));
+            }
+        }
+        let describe_slot =
+            |s: &Server| format!("`{}` {} ({:?})", s.name, describe(s), s.admin_state());
+        Ok(format!(
+            "HAProxy answers on {socket} (level admin); backend `{}`: {}, {}",
+            self.backend(),
+            describe_slot(&servers[0]),
+            describe_slot(&servers[1])
+        ))
+    }
+
     /// Sets the weights of blue's and green's slots (0 to [`MAX_WEIGHT`]) and makes a slot
     /// with a weight above zero ready, so that HAProxy splits new requests between them. For
     /// a gradual shift; a switch ([`Router::route_to`]) gives the new slot its configured

@@ -11,7 +11,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use blue_green_core::{Color, Endpoint};
+use futures_util::{SinkExt, StreamExt};
 use rustix::process::{Pid, Signal};
+use tokio_tungstenite::tungstenite::Message;
 
 /// How long a server gets to stop after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -197,4 +200,33 @@ pub async fn colors_through(url: &str, n: usize) -> Vec<String> {
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let index = ((sorted.len() - 1) as f64 * p).round() as usize;
     sorted[index]
+}
+
+/// A WebSocket echo server on a free loopback port that answers every text message with
+/// `COLOR: message`.
+pub async fn websocket_server(color: Color) -> (Endpoint, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        let mut sessions = tokio::task::JoinSet::new();
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            sessions.spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(message)) = ws.next().await {
+                    if let Message::Text(text) = message {
+                        let answer = format!("{color}: {text}");
+                        if ws.send(Message::text(answer)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (Endpoint::new("127.0.0.1", port), task)
 }
