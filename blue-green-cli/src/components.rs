@@ -6,6 +6,8 @@ use blue_green_core::{
     Runtime, TcpProbe,
 };
 use blue_green_docker::{ComposeRuntime, ContainerHealthProbe, DockerRuntime, ExecProbe};
+use blue_green_router::caddy::CaddyRouter;
+use blue_green_router::haproxy::HaproxyRouter;
 
 use crate::config::{Config, HealthConfig, RouterConfig, RuntimeConfig};
 use crate::failure::Failure;
@@ -83,6 +85,12 @@ impl Components {
         let router: Box<dyn Router> = match &config.router {
             RouterConfig::Nginx(c) => {
                 Box::new(NginxRouter::new(c.as_ref().clone()).map_err(Failure::Component)?)
+            }
+            RouterConfig::Haproxy(c) => {
+                Box::new(HaproxyRouter::new(c.as_ref().clone()).map_err(Failure::Component)?)
+            }
+            RouterConfig::Caddy(c) => {
+                Box::new(CaddyRouter::new(c.as_ref().clone()).map_err(Failure::Component)?)
             }
             RouterConfig::None { target_file } => Box::new(NoneRouter::new(target_file.clone())),
         };

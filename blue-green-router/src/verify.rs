@@ -46,6 +46,13 @@ impl ProxyVerify {
         }
     }
 
+    /// Checks the settings (a plain `http://` URL without a user or password, at least one
+    /// success, a deadline), as the routers do when they are built; `proxy` names the proxy
+    /// in the error, for example "HAProxy".
+    pub fn validate(&self, proxy: &str) -> Result<(), ComponentError> {
+        self.check(proxy).map(|_| ())
+    }
+
     /// Checks the settings; `proxy` names the proxy in the error ("HAProxy").
     pub(crate) fn check(&self, proxy: &str) -> Result<Target, ComponentError> {
         let bad = |why: &str| {

@@ -335,7 +335,7 @@ impl HaproxyRouter {
             }
         }
         let describe_slot =
-            |s: &Server| format!("`{}` {} ({:?})", s.name, describe(s), s.admin_state());
+            |s: &Server| format!("`{}` {} ({})", s.name, describe(s), s.admin_state().word());
         Ok(format!(
             "HAProxy answers on {socket} (level admin); backend `{}`: {}, {}",
             self.backend(),

@@ -1,4 +1,4 @@
-//! `[router]`: nginx or none.
+//! `[router]`: nginx or none (haproxy and caddy: in their own files).
 
 use std::ops::Range;
 use std::path::Path;
@@ -53,7 +53,14 @@ impl Checker<'_> {
                 r.verify_interval.as_ref().map(Spanned::span),
             ),
         ];
+        self.refuse_api_router_keys(r);
         match r.kind.get_ref().as_str() {
+            "haproxy" => self
+                .haproxy(raw, app)
+                .map(|h| RouterConfig::Haproxy(Box::new(h))),
+            "caddy" => self
+                .caddy(raw, app)
+                .map(|c| RouterConfig::Caddy(Box::new(c))),
             "nginx" => {
                 self.refuse_keys(
                     "router",
@@ -86,7 +93,7 @@ impl Checker<'_> {
                 self.bad(
                     r.kind.span(),
                     "router.kind",
-                    format!("unknown router kind `{other}`: expected \"nginx\" or \"none\""),
+                    format!("unknown router kind `{other}`: expected \"nginx\", \"haproxy\", \"caddy\" or \"none\""),
                 );
                 None
             }
