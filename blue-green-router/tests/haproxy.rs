@@ -133,7 +133,9 @@ impl Haproxy {
         line.split_whitespace().nth(6).unwrap().parse().unwrap()
     }
 
-    /// Reloads HAProxy (SIGUSR2 to the master) and waits until a new worker answers.
+    /// Reloads HAProxy (SIGUSR2 to the master) and waits until a new worker answers. A
+    /// master that has only just started may not handle the signal yet: it is sent again
+    /// every 2 s until a new worker answers.
     async fn reload(&mut self) {
         let pid = |info: String| {
             info.lines()
@@ -141,16 +143,24 @@ impl Haproxy {
                 .map(str::to_string)
         };
         let before = pid(self.command("show info").await).expect("show info has a Pid");
-        self.process.signal(Signal::USR2);
-        let socket = self.socket();
         let log = self.dir.path().join("haproxy.log");
-        wait_until(&mut self.process, Duration::from_secs(15), &log, || {
-            let socket = socket.clone();
-            let before = before.clone();
-            async move { pid(raw(&socket, "show info").await).is_some_and(|now| now != before) }
-        })
-        .await
-        .unwrap_or_else(|e| panic!("HAProxy did not reload: {e}"));
+        let socket = self.socket();
+        let mut last = String::new();
+        for _ in 0..8 {
+            self.process.signal(Signal::USR2);
+            let reloaded = wait_until(&mut self.process, Duration::from_secs(2), &log, || {
+                let socket = socket.clone();
+                let before = before.clone();
+                async move { pid(raw(&socket, "show info").await).is_some_and(|now| now != before) }
+            })
+            .await;
+            match reloaded {
+                Ok(()) => return,
+                Err(e) if e.contains("exited") => panic!("HAProxy died on reload: {e}"),
+                Err(e) => last = e,
+            }
+        }
+        panic!("HAProxy did not reload: {last}");
     }
 }
 

@@ -40,9 +40,12 @@
 //! and a reload (`SIGUSR2` to the master), every request went to green, and an address set at
 //! runtime came back.
 //!
-//! Measured here, 50 switches under load with POSTs and 300 ms requests: no failed request;
-//! a switch (route_to to verified through HAProxy) takes a few milliseconds (the test prints
-//! the median).
+//! Measured here (tests/haproxy.rs, two runs), 50 switches under load with POSTs and 300 ms
+//! requests, about 970 requests each: no failed request, none retried. `route_to` (the
+//! runtime commands and the state file written and fsynced) took 7 to 14 ms in the median,
+//! verified through HAProxy (3 answers in a row, 5 ms apart) 30 to 34 ms, and the old color's
+//! in-flight count reached zero 60 to 180 ms after the switch (median). A WebSocket open at a
+//! switch keeps talking to the old color through the drain, and `cut` closes it.
 
 mod api;
 mod servers;
