@@ -39,6 +39,10 @@
 //!   count only an upstream the handler still has; for a replaced one it answers `None`, and
 //!   the engine waits `[switch] drain` in full.
 //!
+//! There is no [`Router::cut`]: the admin API cannot close one upstream's requests (and the
+//! upgraded connections are closed at the switch already); what is left at the drain deadline
+//! ends when the old color stops.
+//!
 //! Caddy writes every change made through the API to its autosave file; run it with
 //! `caddy run --resume` so that a restart keeps the switch (`caddy reload --config FILE` or a
 //! start from the config file alone puts the file's upstream back).
