@@ -322,7 +322,7 @@ fn healthy_threshold_zero() {
 
 #[test]
 fn unknown_router_kind() {
-    refused(&replace(19, r#"kind = "haproxy""#), "router.kind", 19);
+    refused(&replace(19, r#"kind = "traefik""#), "router.kind", 19);
 }
 
 #[test]

@@ -7,14 +7,17 @@
 //! | module | feature | what it does |
 //! | --- | --- | --- |
 //! | [`nginx`] | `nginx` (default) | rewrites the `upstream` file nginx includes, tests and reloads nginx, restores the file on failure, verifies through nginx |
+//! | [`haproxy`] | `haproxy` (default) | switches a backend between two server slots through HAProxy's runtime API (the admin socket), with no reload; counts the old slot's sessions for the drain, cuts what is left at the deadline, and keeps a server-state file current so that a reload of HAProxy keeps the new color |
+//! | [`caddy`] | `caddy` (default) | replaces the upstreams of a `reverse_proxy` handler (found by its `@id`) through Caddy's admin API |
 //!
-//! haproxy and caddy come later as modules `haproxy` and `caddy`, behind features of those
-//! names. The engine's own [`NoneRouter`](blue_green_core::NoneRouter) (it only records the
-//! target) stays in the core.
+//! The engine's own [`NoneRouter`](blue_green_core::NoneRouter) (it only records the target)
+//! stays in the core, and our own proxy is the crate `blue-green-proxy`.
 //!
-//! Every value that reaches a proxy's config is checked once, by the config type of that
-//! proxy's module (for nginx [`NginxConfig::validate`]), and every refusal names the field it is
-//! about, so that a caller (the CLI) can point at the line of its own file that set it.
+//! Every value that reaches a proxy's config or API is checked once, by that proxy's module,
+//! against a strict pattern before anything is written or sent (for nginx
+//! [`NginxConfig::validate`], whose refusals name the field they are about, so that a caller
+//! such as the CLI can point at the line of its own file that set it): nothing a user types can
+//! add a directive or a command.
 //!
 //! ```no_run
 //! # #[cfg(feature = "nginx")]
@@ -31,10 +34,20 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "caddy")]
+pub mod caddy;
 pub mod error;
+#[cfg(feature = "haproxy")]
+pub mod haproxy;
 #[cfg(feature = "nginx")]
 pub mod nginx;
+#[cfg(any(feature = "haproxy", feature = "caddy"))]
+mod validate;
+#[cfg(any(feature = "haproxy", feature = "caddy"))]
+mod verify;
 
 pub use error::Error;
 #[cfg(feature = "nginx")]
 pub use nginx::{NginxConfig, NginxConfigError, NginxField, NginxRouter, NginxVerify};
+#[cfg(any(feature = "haproxy", feature = "caddy"))]
+pub use verify::ProxyVerify;

@@ -124,6 +124,14 @@ async fn environment_checks(config: &Config, checks: &mut Vec<Check>) -> Result<
                 });
             }
         }
+        RouterConfig::Haproxy(h) => checks.push(Check {
+            what: "haproxy".into(),
+            result: crate::config::check_haproxy(h).await,
+        }),
+        RouterConfig::Caddy(c) => checks.push(Check {
+            what: "caddy".into(),
+            result: crate::config::check_caddy(c).await,
+        }),
         RouterConfig::None { target_file } => {
             let dir = target_file
                 .parent()

@@ -7,12 +7,16 @@
 mod check;
 mod raw;
 
+pub(crate) use check::{check_caddy, check_haproxy};
+
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use blue_green_core::{AppName, EngineConfig, HttpProbeConfig};
 use blue_green_docker::{ComposeConfig, DockerConfig};
+use blue_green_router::caddy::CaddyConfig;
+use blue_green_router::haproxy::HaproxyConfig;
 use blue_green_router::NginxConfig;
 
 /// A checked config file.
@@ -73,6 +77,10 @@ pub enum HealthConfig {
 pub enum RouterConfig {
     /// An nginx upstream file.
     Nginx(Box<NginxConfig>),
+    /// HAProxy's runtime API: two server slots of a backend.
+    Haproxy(Box<HaproxyConfig>),
+    /// Caddy's admin API: the upstreams of a reverse_proxy handler.
+    Caddy(Box<CaddyConfig>),
     /// Something else routes; the target is only recorded in this file.
     None {
         /// Where the target is recorded.

@@ -2,9 +2,14 @@
 //! every problem is collected with its line, and keys that do not belong to the chosen kind are
 //! refused. One submodule per table.
 
+mod caddy;
+mod haproxy;
 mod health;
 mod router;
 mod runtime;
+
+pub(crate) use caddy::check_caddy;
+pub(crate) use haproxy::check_haproxy;
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};

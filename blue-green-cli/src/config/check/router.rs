@@ -1,6 +1,6 @@
-//! `[router]`: nginx or none. The nginx values are checked by the router crate's
-//! [`NginxConfig::validate`], once; this module reads them and maps each refusal to its key and
-//! line.
+//! `[router]`: nginx or none (haproxy and caddy: in their own files). The nginx values are
+//! checked by the router crate's [`NginxConfig::validate`], once; this module reads them and maps
+//! each refusal to its key and line.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -56,7 +56,14 @@ impl Checker<'_> {
                 r.verify_interval.as_ref().map(Spanned::span),
             ),
         ];
+        self.refuse_api_router_keys(r);
         match r.kind.get_ref().as_str() {
+            "haproxy" => self
+                .haproxy(raw, app)
+                .map(|h| RouterConfig::Haproxy(Box::new(h))),
+            "caddy" => self
+                .caddy(raw, app)
+                .map(|c| RouterConfig::Caddy(Box::new(c))),
             "nginx" => {
                 self.refuse_keys(
                     "router",
@@ -89,7 +96,7 @@ impl Checker<'_> {
                 self.bad(
                     r.kind.span(),
                     "router.kind",
-                    format!("unknown router kind `{other}`: expected \"nginx\" or \"none\""),
+                    format!("unknown router kind `{other}`: expected \"nginx\", \"haproxy\", \"caddy\" or \"none\""),
                 );
                 None
             }
