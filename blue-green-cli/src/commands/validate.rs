@@ -261,22 +261,19 @@ fn program_exists(program: &str) -> Result<String, String> {
 async fn run_check_command(argv: &[String], limit: Duration) -> Result<String, String> {
     let shown = argv.join(" ");
     tracing::debug!(command = %shown, "running the router's test command");
-    let mut cmd = tokio::process::Command::new(&argv[0]);
-    cmd.args(&argv[1..]).kill_on_drop(true);
-    match tokio::time::timeout(limit, cmd.output()).await {
-        Err(_) => Err(format!(
-            "`{shown}` did not finish within {}s",
-            limit.as_secs()
-        )),
-        Ok(Err(e)) => Err(format!("cannot run `{shown}`: {e}")),
-        Ok(Ok(out)) if out.status.success() => Ok(format!("`{shown}` passed")),
-        Ok(Ok(out)) => {
-            let stderr = String::from_utf8_lossy(&out.stderr);
+    let Some(command) = blue_green_core::process::Command::from_argv(argv) else {
+        return Err("the test command is empty".into());
+    };
+    match command.run(limit).await {
+        Err(e) => Err(e.to_string()),
+        Ok(out) if out.status.success() => Ok(format!("`{shown}` passed")),
+        Ok(out) => {
+            let stderr = out.stderr.text();
             let last: Vec<&str> = stderr.lines().rev().take(3).collect();
             let last: Vec<&str> = last.into_iter().rev().collect();
             Err(format!(
                 "`{shown}` failed ({}): {}",
-                out.status,
+                out.status_text(),
                 last.join(" / ")
             ))
         }

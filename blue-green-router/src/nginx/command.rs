@@ -1,12 +1,10 @@
 //! Running nginx's test and reload commands: argv only (never a shell), within a timeout, with
 //! what the command said quoted (capped) in the error.
 //!
-//! Kept apart so that it can give way to the core's one process runner unchanged for callers.
 
-use std::io;
-use std::process::Stdio;
 use std::time::Duration;
 
+use blue_green_core::process::{Command, Keep, RunError};
 use blue_green_core::{ComponentError, ComponentErrorKind};
 
 /// How much of a command's output an error quotes.
@@ -55,77 +53,60 @@ impl CommandFailure {
     }
 }
 
-/// Runs `argv` (never through a shell) within `timeout`; the child is killed if it overruns.
+/// Runs `argv` (never through a shell) within `timeout`, through the core's one process
+/// runner: in its own process group, which is terminated (then killed) if it overruns or if
+/// this future is dropped, so no `nginx -s reload` is left running behind a cancelled switch.
 pub(crate) async fn run(argv: &[String], timeout: Duration) -> Result<(), CommandFailure> {
     let command = format!("`{}`", argv.join(" "));
-    let fail = |kind, detail: String| CommandFailure {
+    let fail = |kind, detail: String, started| CommandFailure {
         command: command.clone(),
         kind,
         detail,
-        started: true,
+        started,
     };
-    let child = tokio::process::Command::new(&argv[0])
-        .args(&argv[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn();
-    let child = match child {
-        Ok(child) => child,
-        Err(e) => {
-            let detail = if e.kind() == io::ErrorKind::NotFound {
+    let Some(process) = Command::from_argv(argv) else {
+        return Err(fail(
+            ComponentErrorKind::Invalid,
+            "is empty; give the program and its arguments".into(),
+            false,
+        ));
+    };
+    let output = match process
+        .output_limit(OUTPUT_LIMIT, Keep::Start)
+        .run(timeout)
+        .await
+    {
+        Ok(output) => output,
+        Err(RunError::NotFound { .. }) => {
+            return Err(fail(
+                ComponentErrorKind::Unreachable,
                 format!(
                     "`{}` was not found; install nginx or give the command's full path",
                     argv[0]
-                )
-            } else {
-                format!("could not be started: {e}")
-            };
-            return Err(CommandFailure {
-                started: false,
-                ..fail(ComponentErrorKind::Unreachable, detail)
-            });
-        }
-    };
-    let output = match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Err(_) => {
-            return Err(fail(
-                ComponentErrorKind::Timeout,
-                format!("did not finish within {timeout:?} and was killed"),
+                ),
+                false,
             ))
         }
-        Ok(Err(e)) => {
-            return Err(fail(
-                ComponentErrorKind::Unreachable,
-                format!("could not be waited for: {e}"),
-            ))
+        Err(e) => {
+            let (started, detail) = (e.started(), e.to_string());
+            return Err(fail(ComponentError::from(e).kind, detail, started));
         }
-        Ok(Ok(output)) => output,
     };
     if output.status.success() {
         return Ok(());
     }
-    let mut said = String::from_utf8_lossy(&output.stderr).trim().to_string();
+    let mut said = output.stderr.text().trim().to_string();
     if said.is_empty() {
-        said = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        said = output.stdout.text().trim().to_string();
     }
-    if said.len() > OUTPUT_LIMIT {
-        let mut cut = OUTPUT_LIMIT;
-        while !said.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        said.truncate(cut);
+    if output.stderr.is_truncated() || output.stdout.is_truncated() {
         said.push('…');
     }
-    let status = match output.status.code() {
-        Some(code) => format!("exited with code {code}"),
-        None => "was killed by a signal".to_string(),
-    };
+    let status = output.status_text();
     let detail = if said.is_empty() {
         status
     } else {
         format!("{status}: {}", said.replace('\n', " | "))
     };
-    Err(fail(ComponentErrorKind::Failed, detail))
+    Err(fail(ComponentErrorKind::Failed, detail, true))
 }
