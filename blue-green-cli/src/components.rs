@@ -34,6 +34,18 @@ pub struct Components {
     pub store: FileStore,
     /// What was connected to, for `validate`.
     pub connected: String,
+    /// The runtime as built, before it was boxed: `validate` asks it more than the trait does
+    /// (the compose files' services and ports, whether the image is on the machine).
+    pub concrete: ConcreteRuntime,
+}
+
+/// The runtime as built, for checks the [`Runtime`] trait does not offer.
+#[derive(Clone)]
+pub enum ConcreteRuntime {
+    /// `kind = "docker"`.
+    Docker(DockerRuntime),
+    /// `kind = "compose"`.
+    Compose(ComposeRuntime),
 }
 
 impl Components {
@@ -72,16 +84,22 @@ impl Components {
                 Box::new(ExecProbe::for_compose(r, argv.clone(), timeout).map_err(Failure::docker)?)
             }
         };
-        let (runtime, connected): (Box<dyn Runtime>, String) = match runtime {
-            Docker(r) => (Box::new(r), "Docker answers".to_string()),
-            Compose(r) => {
-                let program = r.program().display();
-                (
-                    Box::new(r),
-                    format!("Docker answers; compose program: `{program}`"),
-                )
-            }
-        };
+        let (runtime, connected, concrete): (Box<dyn Runtime>, String, ConcreteRuntime) =
+            match runtime {
+                Docker(r) => (
+                    Box::new(r.clone()),
+                    "Docker answers".to_string(),
+                    ConcreteRuntime::Docker(r),
+                ),
+                Compose(r) => {
+                    let program = r.program().display();
+                    (
+                        Box::new(r.clone()),
+                        format!("Docker answers; compose program: `{program}`"),
+                        ConcreteRuntime::Compose(r),
+                    )
+                }
+            };
         let router: Box<dyn Router> = match &config.router {
             RouterConfig::Nginx(c) => Box::new(
                 NginxRouter::new(c.as_ref().clone()).map_err(|e| Failure::Component(e.into()))?,
@@ -100,6 +118,7 @@ impl Components {
             router,
             store: FileStore::new(config.state_dir.clone()),
             connected,
+            concrete,
         })
     }
 

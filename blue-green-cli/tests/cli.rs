@@ -300,8 +300,11 @@ fn docker_unreachable_exits_4_with_a_clear_message() {
         .output()
         .expect("run");
     let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(4), "{stderr}");
-    assert!(stderr.contains("FAIL"), "{stderr}");
+    // The report is validate's answer (stdout); the error that ends it is on stderr.
+    assert!(stdout.contains("FAIL"), "{stdout}");
+    assert!(stderr.contains("/nonexistent.sock"), "{stderr}");
     assert!(!dir.path().join(".blue-green").exists());
 }
 

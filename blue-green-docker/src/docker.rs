@@ -121,6 +121,22 @@ impl DockerRuntime {
         release.artifact.as_deref().unwrap_or(&self.config.image)
     }
 
+    /// Whether `image` is on this machine, without pulling it: `validate` says so before a
+    /// deploy would have to reach a registry.
+    pub async fn image_present(&self, image: &str) -> Result<bool, Error> {
+        match call(
+            || format!("to inspect image {image}"),
+            self.api_timeout,
+            self.docker.inspect_image(image),
+        )
+        .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if is_status(&e, 404) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Makes sure `image` is on this machine, pulling it if it is not.
     async fn ensure_image(&self, image: &str) -> Result<(), Error> {
         match call(

@@ -1,5 +1,6 @@
 //! Each command: read the config, build the components, call the engine, print the result.
 
+mod setup;
 mod show;
 mod validate;
 

@@ -1,13 +1,15 @@
 //! `validate`: the config, then the environment, one check at a time; changes nothing.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use blue_green_core::FileStore;
 use serde_json::json;
 
-use crate::components::Components;
-use crate::config::{Config, HealthConfig, RouterConfig};
+use blue_green_docker::ComposeFiles;
+
+use super::setup;
+use crate::components::{Components, ConcreteRuntime};
+use crate::config::{Config, HealthConfig, RouterConfig, RuntimeConfig};
 use crate::failure::Failure;
 use crate::output::{one_line, Printer};
 
@@ -39,8 +41,8 @@ pub(super) async fn validate(
     if !printer.json && !printer.quiet {
         for c in &checks {
             match &c.result {
-                Ok(m) => eprintln!("  ok   {:<10} {}", c.what, one_line(m)),
-                Err(m) => eprintln!("  FAIL {:<10} {}", c.what, one_line(m)),
+                Ok(m) => println!("  ok   {:<10} {}", c.what, one_line(m)),
+                Err(m) => println!("  FAIL {:<10} {}", c.what, one_line(m)),
             }
         }
     }
@@ -54,7 +56,16 @@ pub(super) async fn validate(
         } else {
             "config and environment are ready: nothing was changed"
         };
-        printer.success("validate", json!({ "checks": json_checks }), human, false);
+        // The report is validate's answer: on stdout, as other commands print theirs.
+        if printer.quiet && !printer.json {
+            return Ok(());
+        }
+        printer.success(
+            "validate",
+            json!({ "checks": json_checks }),
+            &format!("{human}\n"),
+            true,
+        );
         Ok(())
     } else {
         let lines: Vec<String> = failed
@@ -109,6 +120,21 @@ async fn environment_checks(config: &Config, checks: &mut Vec<Check>) -> Result<
             what: "instances".into(),
             result,
         });
+        let found = match (&c.concrete, &config.runtime) {
+            (ConcreteRuntime::Compose(r), RuntimeConfig::Compose(rc)) => {
+                let shared = matches!(rc.files, ComposeFiles::Shared(_));
+                setup::compose(r, rc.endpoints.as_ref(), shared).await
+            }
+            (ConcreteRuntime::Docker(r), RuntimeConfig::Docker(dc)) => {
+                vec![setup::image(r, &dc.image).await]
+            }
+            _ => Vec::new(),
+        };
+        checks.extend(
+            found
+                .into_iter()
+                .map(|(what, result)| Check { what, result }),
+        );
     }
     let owned = config.clone();
     let file_checks = tokio::task::spawn_blocking(move || file_checks(&owned))
@@ -116,14 +142,12 @@ async fn environment_checks(config: &Config, checks: &mut Vec<Check>) -> Result<
         .map_err(|e| Failure::Unreachable(format!("the file checks did not finish: {e}")))?;
     checks.extend(file_checks);
     match &config.router {
-        RouterConfig::Nginx(n) => {
-            if !n.test_command.is_empty() {
-                checks.push(Check {
-                    what: "nginx test".into(),
-                    result: run_check_command(&n.test_command, n.command_timeout).await,
-                });
-            }
-        }
+        RouterConfig::Nginx(n) => checks.extend(
+            setup::nginx(n)
+                .await
+                .into_iter()
+                .map(|(what, result)| Check { what, result }),
+        ),
         RouterConfig::Haproxy(h) => checks.push(Check {
             what: "haproxy".into(),
             result: crate::config::check_haproxy(h).await,
@@ -256,26 +280,4 @@ fn program_exists(program: &str) -> Result<String, String> {
         .ok_or_else(|| {
             format!("program `{program}` was not found on PATH; install it or give its full path")
         })
-}
-
-async fn run_check_command(argv: &[String], limit: Duration) -> Result<String, String> {
-    let shown = argv.join(" ");
-    tracing::debug!(command = %shown, "running the router's test command");
-    let Some(command) = blue_green_core::process::Command::from_argv(argv) else {
-        return Err("the test command is empty".into());
-    };
-    match command.run(limit).await {
-        Err(e) => Err(e.to_string()),
-        Ok(out) if out.status.success() => Ok(format!("`{shown}` passed")),
-        Ok(out) => {
-            let stderr = out.stderr.text();
-            let last: Vec<&str> = stderr.lines().rev().take(3).collect();
-            let last: Vec<&str> = last.into_iter().rev().collect();
-            Err(format!(
-                "`{shown}` failed ({}): {}",
-                out.status_text(),
-                last.join(" / ")
-            ))
-        }
-    }
 }

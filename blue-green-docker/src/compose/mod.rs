@@ -172,6 +172,30 @@ impl ComposeRuntime {
         &self.app
     }
 
+    /// Runs `compose config ARGS` (`--services`, or nothing for the whole resolved file) for
+    /// `color` the way `start` runs compose: the same file, project, working directory and
+    /// environment, with stand-in values for the release and image variables. Lets `validate`
+    /// check the service and the published ports before anything is started.
+    pub async fn config_output(&self, color: Color, args: &[&str]) -> Result<String, Error> {
+        let mut all = vec!["config"];
+        all.extend_from_slice(args);
+        let mut env = Vec::new();
+        for (key, value) in [
+            ("BLUE_GREEN_RELEASE", "validate"),
+            ("BLUE_GREEN_IMAGE", "blue-green-validate:latest"),
+        ] {
+            if !self.config.env.contains_key(key) {
+                env.push((key, value.to_string()));
+            }
+        }
+        self.run(color, &all, &env, self.command_timeout).await
+    }
+
+    /// The compose file `color` runs from (absolute).
+    pub fn file(&self, color: Color) -> &Path {
+        self.files.get(color)
+    }
+
     fn color_of_project(&self, project: &str) -> Option<Color> {
         Color::ALL
             .into_iter()
