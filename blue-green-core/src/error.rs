@@ -150,6 +150,16 @@ pub struct NotReady {
     pub logs: Vec<String>,
 }
 
+/// `cause`'s message without the `{app}: ` it starts with: an error that wraps another names
+/// the app once.
+fn without_app(cause: &Error, app: &AppName) -> String {
+    let text = cause.to_string();
+    match text.strip_prefix(&format!("{app}: ")) {
+        Some(rest) => rest.to_string(),
+        None => text,
+    }
+}
+
 /// An error of the engine. Each variant names the app, and where it applies the color and step,
 /// and maps to an [`ExitClass`] with [`Error::exit_class`].
 #[derive(Debug, thiserror::Error)]
@@ -209,7 +219,7 @@ pub enum Error {
     },
 
     /// The command failed and restoring the previous state failed too.
-    #[error("{app}: {cause}; restoring the previous state failed, left: {left}")]
+    #[error("{app}: {}; restoring the previous state failed, left: {left}", without_app(.cause, .app))]
     Inconsistent {
         /// The app.
         app: AppName,
@@ -281,5 +291,12 @@ mod tests {
             left: Leftovers(vec!["router points at nothing".into()]),
         };
         assert_eq!(inc.exit_class().code(), 5);
+        // The app is named once, not once for each error that wraps another.
+        let text = inc.to_string();
+        assert!(
+            text.starts_with(&format!("{app}: start of blue failed")),
+            "{text}"
+        );
+        assert_eq!(text.matches(&format!("{app}:")).count(), 1, "{text}");
     }
 }

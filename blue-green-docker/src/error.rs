@@ -98,6 +98,18 @@ pub enum Error {
         /// The last lines compose printed on stderr.
         stderr: String,
     },
+
+    /// `compose up` started a project that has no container of the configured service; the
+    /// project was taken down again. A failure, not a usage error: something was started.
+    #[error("compose project {project} started, but it has no container for service `{service}`; it was taken down again. Check `service` in [runtime] against the services in {file} (`blue-green validate` checks this before anything starts)")]
+    ServiceMissing {
+        /// The compose project.
+        project: String,
+        /// The configured service.
+        service: String,
+        /// The compose file.
+        file: String,
+    },
 }
 
 impl Error {
@@ -149,7 +161,8 @@ impl From<Error> for ComponentError {
             | Error::NameTaken { .. }
             | Error::Api { .. }
             | Error::Unexpected { .. }
-            | Error::ComposeFailed { .. } => ComponentErrorKind::Failed,
+            | Error::ComposeFailed { .. }
+            | Error::ServiceMissing { .. } => ComponentErrorKind::Failed,
         };
         // The message already carries the cause; attaching it as a source too would print it
         // twice in an error chain.

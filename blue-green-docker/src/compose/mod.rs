@@ -402,11 +402,11 @@ impl ComposeRuntime {
                 .await
                 .map_err(|e| naming_the_image(e, release))?;
             if self.service_containers(project).await?.is_empty() {
-                return Err(Error::Invalid(format!(
-                    "compose project {project} started, but it has no container for service `{}`: check `service` in [runtime] against the services in {}",
-                    self.config.service,
-                    self.files.get(color).display()
-                )));
+                return Err(Error::ServiceMissing {
+                    project: project.clone(),
+                    service: self.config.service.clone(),
+                    file: self.files.get(color).display().to_string(),
+                });
             }
             self.instance_of(color, release.id.to_string(), &env).await
         };
