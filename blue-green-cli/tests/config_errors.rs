@@ -148,6 +148,16 @@ fn bad_duration() {
 }
 
 #[test]
+fn sub_second_stop_timeout() {
+    // Docker's stop grace period is whole seconds: "500ms" would quietly become another time.
+    refused(
+        &insert_after(27, r#"stop_timeout = "1500ms""#),
+        "switch.stop_timeout",
+        28,
+    );
+}
+
+#[test]
 fn zero_interval() {
     refused(&replace(15, r#"interval = "0s""#), "health.interval", 15);
 }

@@ -137,12 +137,24 @@ impl<'a> Checker<'a> {
         let Some(s) = raw else { return d };
         SwitchPolicy {
             drain: self.duration(s.drain.as_ref(), "switch.drain", d.drain, true),
-            stop_timeout: self.duration(
-                s.stop_timeout.as_ref(),
-                "switch.stop_timeout",
-                d.stop_timeout,
-                true,
-            ),
+            stop_timeout: {
+                let t = self.duration(
+                    s.stop_timeout.as_ref(),
+                    "switch.stop_timeout",
+                    d.stop_timeout,
+                    true,
+                );
+                // Docker and compose take the stop grace period in whole seconds: "500ms"
+                // would silently become a different time.
+                if let (Some(v), true) = (&s.stop_timeout, t.subsec_nanos() != 0) {
+                    self.bad(
+                        v.span(),
+                        "switch.stop_timeout",
+                        format!("`{}` is not a whole number of seconds: Docker stops containers in whole seconds (it would wait {}s); write for example \"{}s\"", v.get_ref(), t.as_secs(), t.as_secs().max(1)),
+                    );
+                }
+                t
+            },
             keep_previous: match &s.keep_previous {
                 None => d.keep_previous,
                 Some(k) => match k.get_ref().as_str() {
