@@ -70,3 +70,58 @@ async fn a_compose_file_without_the_service_fails_as_something_started_not_as_a_
     let left = containers_with_prefix(cleanup.docker(), &app).await;
     assert!(left.is_empty(), "containers left: {left:?}");
 }
+
+/// An old color that ignores SIGTERM is killed after the grace period: the deploy says so, and
+/// so does the history; a first deploy (nothing stopped) says nothing of it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_old_color_killed_after_the_grace_period_is_a_warning_in_output_and_history() {
+    let cleanup = DockerCleanup::new("nc-kill").await;
+    let image = blue_green_testkit::docker::demo_app_image_with_env(
+        &cleanup,
+        "deaf",
+        &[("IGNORE_SIGTERM", "1")],
+    )
+    .await;
+    let app = cleanup.prefix().to_string();
+    let dir = tempfile::Builder::new()
+        .prefix("bg-newcomer-")
+        .tempdir()
+        .expect("temp dir");
+    let (blue, green) = (free_port(), free_port());
+    std::fs::write(
+        dir.path().join("blue-green.toml"),
+        format!(
+            "app = \"{app}\"\n\n[runtime]\nkind = \"docker\"\nimage = \"{image}\"\ncontainer_port = 8080\n\n[endpoints]\nblue = \"127.0.0.1:{blue}\"\ngreen = \"127.0.0.1:{green}\"\n\n[health]\nkind = \"tcp\"\ndeadline = \"20s\"\n\n[router]\nkind = \"none\"\n\n[switch]\nstop_timeout = \"1s\"\nkeep_previous = \"stopped\"\n"
+        ),
+    )
+    .expect("write");
+    let first = blue_green(dir.path(), &["deploy", "--release", "v1"]).await;
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(first.status.success(), "{stderr}");
+    assert!(!stderr.contains("whole grace period"), "{stderr}");
+    let second = blue_green(dir.path(), &["deploy", "--release", "v2"]).await;
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(second.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning:") && stderr.contains("took the whole grace period (1s)"),
+        "the deploy should say the old color was killed:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("init: true"),
+        "the warning should say what to do:\n{stderr}"
+    );
+    let history = blue_green(dir.path(), &["history"]).await;
+    let stdout = String::from_utf8_lossy(&history.stdout);
+    assert!(history.status.success(), "{stdout}");
+    assert_eq!(
+        stdout.matches("took the whole grace period").count(),
+        1,
+        "history should keep the warning of the second deploy only:\n{stdout}"
+    );
+    let down = blue_green(dir.path(), &["down", "--force"]).await;
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+}

@@ -105,6 +105,7 @@ fn record(release: &str) -> DeployRecord {
             ms: 1234,
             ok: true,
         }],
+        warnings: Vec::new(),
     }
 }
 

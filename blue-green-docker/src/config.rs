@@ -47,6 +47,10 @@ pub struct DockerConfig {
     pub stop_signal: Option<String>,
     /// Extra labels.
     pub labels: BTreeMap<String, String>,
+    /// Run Docker's init (tini) as PID 1: it passes the stop signal on and reaps children, so
+    /// an app that ignores SIGTERM as PID 1 (a shell, busybox) still stops without waiting out
+    /// the grace period (`docker run --init`).
+    pub init: bool,
 }
 
 /// Which compose program to drive.

@@ -66,6 +66,7 @@ const PULL_TIMEOUT: Duration = Duration::from_secs(300);
 ///     restart_policy: None,
 ///     stop_signal: None,
 ///     labels: Default::default(),
+///     init: false,
 /// };
 /// let runtime = DockerRuntime::connect(AppName::new("web")?, config).await?;
 /// let instance = runtime.start(Color::Blue, &Release::new("v1")?).await?;
@@ -242,6 +243,7 @@ impl DockerRuntime {
                 port_bindings: Some(HashMap::from([(port_key, Some(vec![binding]))])),
                 restart_policy,
                 network_mode: config.networks.first().cloned(),
+                init: config.init.then_some(true),
                 ..Default::default()
             }),
             networking_config,
@@ -646,6 +648,7 @@ mod tests {
                 restart_policy: None,
                 stop_signal: None,
                 labels: Default::default(),
+                init: false,
             },
             api_timeout: DEFAULT_API_TIMEOUT,
         };

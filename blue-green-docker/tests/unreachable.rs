@@ -19,6 +19,7 @@ async fn an_unreachable_daemon_is_reported_with_what_to_do() {
         restart_policy: None,
         stop_signal: None,
         labels: Default::default(),
+        init: false,
     };
     let error = DockerRuntime::connect(AppName::new("web").unwrap(), config)
         .await

@@ -152,6 +152,9 @@ pub(super) async fn history(
         if let Some(e) = &r.error {
             let _ = writeln!(out, "{:<22}error: {}", "", one_line(e));
         }
+        for w in &r.warnings {
+            let _ = writeln!(out, "{:<22}warning: {}", "", one_line(w));
+        }
     }
     printer.success("history", json!({ "history": records }), &out, true);
     Ok(())

@@ -55,6 +55,7 @@ pub struct RawRuntime {
     pub restart_policy: Option<Str>,
     pub stop_signal: Option<Str>,
     pub labels: Option<Spanned<BTreeMap<String, Str>>>,
+    pub init: Option<Spanned<bool>>,
     // both
     pub container_port: Option<Spanned<i64>>,
     pub env: Option<Spanned<BTreeMap<String, Str>>>,

@@ -13,7 +13,7 @@ use crate::router::Router;
 use crate::runtime::Runtime;
 use crate::state::{Deployment, JournalEntry, StateStore};
 
-use super::calls::now_rfc3339;
+use super::calls::{describe, now_rfc3339};
 use super::plan::{Undo, World};
 use super::recover::Undoing;
 use super::run::{Run, Switched};
@@ -373,6 +373,8 @@ async fn retire<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
         return;
     }
     let routed = Some(&new.endpoint);
+    let grace = eng.config().switch.stop_timeout;
+    let stop_began = Instant::now();
     let stopped = run
         .step(Step::Stop, Some(old.color), false, async {
             eng.stop_unless_routed(old, routed)
@@ -386,6 +388,15 @@ async fn retire<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
             old.color
         ));
         return;
+    }
+    if !grace.is_zero() && stop_began.elapsed() >= grace {
+        // The runtime waited out the whole grace period: the app did not exit on its stop
+        // signal and was killed, every time it is stopped.
+        run.warn(format!(
+            "stopping {} took the whole grace period ({}s): it did not exit on its stop signal and was killed. An app that ignores SIGTERM (a shell or busybox as PID 1) does this at every stop: run it under an init (compose `init: true`, docker runtime `init = true`) or set a stop signal it handles; see docs/guide.md, \"Stopping fast\"",
+            describe(old),
+            grace.as_secs()
+        ));
     }
     if keep == KeepPrevious::Removed {
         let removed = run

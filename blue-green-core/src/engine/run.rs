@@ -334,6 +334,7 @@ impl<'e, R: Runtime, P: HealthProbe, T: Router, S: StateStore> Run<'e, R, P, T, 
                 started_at: self.started_at.clone(),
                 finished_at: now_rfc3339(),
                 steps: self.steps.clone(),
+                warnings: self.warnings.clone(),
             };
             if let Err(e) = self.engine.store_append(&record).await {
                 self.warn(format!("could not append to the history: {e}"));

@@ -266,6 +266,7 @@ mod tests {
                 ms: 1234,
                 ok: true,
             }],
+            warnings: Vec::new(),
         }
     }
 

@@ -156,6 +156,10 @@ pub struct DeployRecord {
     /// Each step and its time.
     #[serde(default)]
     pub steps: Vec<StepTiming>,
+    /// What the command warned about (an old color that had to be killed, a drain cut
+    /// short): kept, so that a slow deploy can be explained later.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// A held lock; dropping it releases the lock.

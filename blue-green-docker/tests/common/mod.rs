@@ -25,6 +25,7 @@ pub fn demo_config(image: &str, env: &[(&str, &str)]) -> DockerConfig {
         restart_policy: None,
         stop_signal: None,
         labels: BTreeMap::new(),
+        init: false,
     }
 }
 

@@ -26,7 +26,7 @@ impl Checker<'_> {
         let r = raw.get_ref();
         match r.kind.get_ref().as_str() {
             "compose" => {
-                let docker_only: [(&str, Option<Range<usize>>); 7] = [
+                let docker_only: [(&str, Option<Range<usize>>); 8] = [
                     ("image", r.image.as_ref().map(Spanned::span)),
                     ("publish_host", r.publish_host.as_ref().map(Spanned::span)),
                     ("network", r.network.as_ref().map(Spanned::span)),
@@ -37,8 +37,9 @@ impl Checker<'_> {
                     ),
                     ("stop_signal", r.stop_signal.as_ref().map(Spanned::span)),
                     ("labels", r.labels.as_ref().map(Spanned::span)),
+                    ("init", r.init.as_ref().map(Spanned::span)),
                 ];
-                self.refuse_keys("runtime", &docker_only, "kind = \"docker\"");
+                self.refuse_keys("runtime", &docker_only, "kind = \"docker\" (with compose, put `init: true` under the service in the compose file)");
                 self.compose(raw, app, endpoints)
                     .map(RuntimeConfig::Compose)
             }
@@ -314,6 +315,7 @@ impl Checker<'_> {
             restart_policy,
             stop_signal,
             labels,
+            init: r.init.as_ref().is_some_and(|i| *i.get_ref()),
         })
     }
 
