@@ -95,7 +95,14 @@ pub(crate) fn label(inspect: &ContainerInspectResponse, name: &str) -> Option<St
     inspect.config.as_ref()?.labels.as_ref()?.get(name).cloned()
 }
 
-/// The last `lines` lines of stdout and stderr, interleaved as Docker stored them.
+/// How many of the newest log lines are read to make a report of at most `lines` lines: enough
+/// to hold the whole output of an instance that has just failed to get ready.
+const LOG_READ: usize = 5000;
+
+/// At most `lines` lines of stdout and stderr, interleaved as Docker stored them, for a failure
+/// report: the first lines after the start (where an app says what it listens on, or why it
+/// cannot) as well as the last, with runs of alike lines (the app logging each probe) folded
+/// into one.
 pub(crate) async fn log_tail(
     docker: &Docker,
     id: &str,
@@ -105,7 +112,7 @@ pub(crate) async fn log_tail(
     let options = LogsOptionsBuilder::new()
         .stdout(true)
         .stderr(true)
-        .tail(&lines.to_string())
+        .tail(&LOG_READ.max(lines).to_string())
         .build();
     let chunks = call(
         || format!("to read the logs of container {id}"),
@@ -119,14 +126,79 @@ pub(crate) async fn log_tail(
         Err(e) => return Err(e),
     };
     let text: String = chunks.iter().map(|chunk| chunk.to_string()).collect();
-    let mut all: Vec<String> = text.lines().map(str::to_string).collect();
-    let skip = all.len().saturating_sub(lines);
-    Ok(all.split_off(skip))
+    Ok(head_and_tail(text.lines(), lines))
+}
+
+/// Folds runs of lines that differ only in their digits (times, counters, addresses) into the
+/// first of them and a count, then keeps the first quarter of `lines` and the rest from the
+/// end, with a line saying how many were left out between.
+fn head_and_tail<'a>(all: impl Iterator<Item = &'a str>, lines: usize) -> Vec<String> {
+    if lines == 0 {
+        return Vec::new();
+    }
+    let shape = |l: &str| -> String {
+        l.chars()
+            .map(|c| if c.is_ascii_digit() { '0' } else { c })
+            .collect()
+    };
+    let mut folded: Vec<(String, String, usize)> = Vec::new();
+    for line in all {
+        let s = shape(line);
+        match folded.last_mut() {
+            Some((_, last, n)) if *last == s => *n += 1,
+            _ => folded.push((line.to_string(), s, 1)),
+        }
+    }
+    let shown: Vec<String> = folded
+        .into_iter()
+        .map(|(line, _, n)| match n {
+            1 => line,
+            2 => format!("{line}  [and 1 more line like it]"),
+            n => format!("{line}  [and {} more lines like it]", n - 1),
+        })
+        .collect();
+    if shown.len() <= lines {
+        return shown;
+    }
+    let head = (lines / 4).max(1);
+    let tail = lines.saturating_sub(head + 1);
+    let left_out = shown.len() - head - tail;
+    let mut out: Vec<String> = shown[..head].to_vec();
+    out.push(format!("[... {left_out} lines left out ...]"));
+    out.extend_from_slice(&shown[shown.len() - tail..]);
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_reports_keep_the_start_and_fold_alike_lines() {
+        let mut log = vec!["listening on 0.0.0.0:8080".to_string()];
+        for i in 0..300 {
+            log.push(format!("12:00:{:02} GET /health 200", i % 60));
+        }
+        for i in 0..40 {
+            log.push(format!(
+                "line {} of {}",
+                char::from(b'a' + (i % 26) as u8),
+                "x"
+            ));
+        }
+        let out = head_and_tail(log.iter().map(String::as_str), 20);
+        assert_eq!(out.len(), 20, "{out:#?}");
+        assert_eq!(out[0], "listening on 0.0.0.0:8080");
+        assert_eq!(
+            out[1],
+            "12:00:00 GET /health 200  [and 299 more lines like it]"
+        );
+        assert!(out[5].starts_with("[... "), "{out:#?}");
+        assert_eq!(out[19], "line n of x");
+        // Short logs are shown whole.
+        let short = head_and_tail(["a", "b", "b", "c"].into_iter(), 20);
+        assert_eq!(short, vec!["a", "b  [and 1 more line like it]", "c"]);
+    }
     use bollard::models::ContainerState;
 
     fn with_state(state: ContainerState) -> ContainerInspectResponse {
