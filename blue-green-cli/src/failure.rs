@@ -80,7 +80,7 @@ impl Failure {
                     out.push_str(&format!("  the {color} instance left no log lines\n"));
                 } else {
                     out.push_str(&format!(
-                        "  {} log lines of {color} (from its start and its end; runs of alike lines folded):\n",
+                        "  log lines of {color} ({}, from its start and its end; runs of alike lines folded):\n",
                         detail.logs.len()
                     ));
                     for line in &detail.logs {

@@ -1,5 +1,6 @@
 //! Each command: read the config, build the components, call the engine, print the result.
 
+mod explain;
 mod setup;
 mod show;
 mod validate;
@@ -31,21 +32,41 @@ pub async fn run(cli: &Cli, config: Result<Config, config::ConfigError>) -> i32 
         verbose: cli.verbose,
     };
     let name = command_name(&cli.command);
+    let mut hints = Vec::new();
     let result = match config {
-        Ok(config) => dispatch(cli, config, printer).await,
+        Ok(config) => {
+            let result = dispatch(cli, config.clone(), printer).await;
+            if let Err(f) = &result {
+                if matches!(name, "deploy" | "switch" | "rollback") {
+                    hints = explain::explain(&config, f).await;
+                }
+            }
+            result
+        }
         Err(e) => Err(Failure::Config(e)),
     };
     match result {
         Ok(()) => 0,
         Err(f) => {
             let code = f.class().code();
+            let mut detail = f.detail();
+            if name == "validate" {
+                // Its own report already went through Docker, compose and nginx one by one.
+                detail = detail.replace(
+                    "; `blue-green validate` checks Docker, compose and nginx one by one",
+                    "",
+                );
+            }
+            for hint in &hints {
+                detail.push_str(&format!("  {}\n", one_line(hint)));
+            }
             printer.failure(
                 name,
                 code,
                 &f.message(),
                 &f.human_message(),
                 f.json(),
-                &f.detail(),
+                &detail,
             );
             code
         }

@@ -139,7 +139,7 @@ impl NginxRouter {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 return Err(ComponentError::timeout(format!(
-                    "requests through nginx to {} did not answer with `{expected}` {} times in a row{over} within {:?} ({requests} requests); last seen: {last_seen}. Check that nginx proxies that URL to upstream `{}` and that {} answers `{expected}`",
+                    "requests through nginx to {} did not answer with `{expected}` {} times in a row{over} within {:?} ({requests} requests); last seen: {last_seen}. Check that nginx proxies that URL to upstream `{}` and that {} answers `{expected}`, and that nginx includes the upstream file and has no other block of that upstream (docs/guide.md, \"Moving from a both-colors upstream\"; `blue-green validate` checks both)",
                     verify.url, verify.successes, verify.deadline, self.config.upstream, instance.endpoint
                 )));
             }
