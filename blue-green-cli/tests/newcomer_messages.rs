@@ -220,5 +220,19 @@ async fn a_failed_first_verify_says_nginx_does_not_serve_the_upstream_file() {
         1,
         "the app is named once: {first}"
     );
+    // The next status neither calls it interrupted nor marks as LIVE a color that nginx
+    // never serves.
+    let status = blue_green(dir.path(), &["status"]).await;
+    let stdout = String::from_utf8_lossy(&status.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&status.stderr));
+    assert!(status.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("a failed `deploy`") && !stdout.contains("interrupted"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("LIVE") && stdout.contains("live     none that nginx serves"),
+        "{stdout}"
+    );
     let _ = blue_green(dir.path(), &["down", "--force"]).await;
 }

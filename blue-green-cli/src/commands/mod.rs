@@ -146,10 +146,26 @@ async fn dispatch(cli: &Cli, config: Config, printer: Printer) -> Result<(), Fai
         Command::Status => {
             let engine = engine(&config, printer, false).await?;
             let status = engine.status().await?;
+            // After a failed first deploy (nothing recorded, or something left over), the
+            // upstream file may name a color that nginx never serves: ask nginx (`-T`).
+            let mut unserved = None;
+            if let config::RouterConfig::Nginx(n) = &config.router {
+                if status.live.is_some()
+                    && (status.deployment.is_none() || !status.leftovers.is_empty())
+                {
+                    unserved = setup::nginx(n)
+                        .await
+                        .into_iter()
+                        .find_map(|(what, r)| match r {
+                            Err(m) if what == "include" || what == "upstream" => Some(m),
+                            _ => None,
+                        });
+                }
+            }
             printer.success(
                 "status",
-                json!({ "status": status }),
-                &status_text(&status),
+                json!({ "status": status, "nginx_serves_upstream_file": unserved.is_none() }),
+                &status_text(&status, unserved.as_deref()),
                 true,
             );
             Ok(())

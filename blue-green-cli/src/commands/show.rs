@@ -9,10 +9,20 @@ use crate::config::Config;
 use crate::failure::Failure;
 use crate::output::{one_line, secs, Printer};
 
-pub(super) fn status_text(s: &Status) -> String {
+/// `unserved`: why nginx does not serve the upstream file the live color was read from, when
+/// it does not (then no color is marked LIVE: no request reaches it through nginx).
+pub(super) fn status_text(s: &Status, unserved: Option<&str>) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "app      {}", s.app);
+    if let (Some(color), Some(why)) = (&s.live, unserved) {
+        let _ = writeln!(
+            out,
+            "live     none that nginx serves: the upstream file routes to {color}, but {}",
+            one_line(why)
+        );
+    }
     match (&s.live, &s.deployment) {
+        _ if unserved.is_some() && s.live.is_some() => {}
         (Some(color), Some(d)) if d.color == *color => {
             let _ = writeln!(
                 out,
@@ -41,7 +51,11 @@ pub(super) fn status_text(s: &Status) -> String {
     } else {
         let _ = writeln!(out, "instances:");
         for i in &s.instances {
-            let live = if i.live { "  LIVE" } else { "" };
+            let live = match (i.live, unserved) {
+                (true, None) => "  LIVE",
+                (true, Some(_)) => "  ROUTED IN THE FILE ONLY",
+                _ => "",
+            };
             let _ = writeln!(
                 out,
                 "  {:<6} release {:<16} {:<22} {:<20} {}{live}",

@@ -148,10 +148,13 @@ async fn look<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
 
     let mut warnings = Vec::new();
     let mut in_progress = None;
+    // A journal under a lock released in order was left by a command that failed and said so
+    // (exit 5), not by one that was interrupted.
+    let mut ended_on_its_own = false;
     if let Some(journal) = &state.journal {
         // A journal is a leftover only when no command is at work: look at the lock.
         match engine.look_at_lock().await {
-            Ok(LockSeen::Free { left_by: None }) => {}
+            Ok(LockSeen::Free { left_by: None }) => ended_on_its_own = true,
             Ok(LockSeen::Free {
                 left_by: Some(gone),
             }) => warnings.push(format!(
@@ -172,12 +175,23 @@ async fn look<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
     let mut leftovers = Vec::new();
     if in_progress.is_none() {
         if let Some(plan) = plan(&world, &state, &Intent::Repair) {
+            let said = |text: String| {
+                if ended_on_its_own {
+                    text.replacen("an interrupted `", "a failed `", 1).replacen(
+                        "the interrupted `",
+                        "the failed `",
+                        1,
+                    )
+                } else {
+                    text
+                }
+            };
             leftovers.push(Leftover {
-                found: plan.found,
+                found: said(plan.found),
                 repair: plan
                     .actions
                     .iter()
-                    .map(|a| a.phrase(false))
+                    .map(|a| said(a.phrase(false)))
                     .chain(plan.notes)
                     .collect(),
             });
