@@ -110,6 +110,14 @@ async fn an_old_color_killed_after_the_grace_period_is_a_warning_in_output_and_h
         stderr.contains("init: true"),
         "the warning should say what to do:\n{stderr}"
     );
+    // Said once, on stderr only.
+    assert_eq!(
+        stderr.matches("took the whole grace period").count(),
+        1,
+        "{stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&second.stdout);
+    assert!(!stdout.contains("grace period"), "{stdout}");
     let history = blue_green(dir.path(), &["history"]).await;
     let stdout = String::from_utf8_lossy(&history.stdout);
     assert!(history.status.success(), "{stdout}");

@@ -6,7 +6,7 @@ use crate::model::{Color, Instance};
 use crate::probe::HealthProbe;
 use crate::router::Router;
 use crate::runtime::Runtime;
-use crate::state::{LockError, StateStore};
+use crate::state::{LockError, Outcome, StateStore};
 
 use super::calls::within;
 use super::plan::{plan, Intent};
@@ -148,13 +148,19 @@ async fn look<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
 
     let mut warnings = Vec::new();
     let mut in_progress = None;
-    // A journal under a lock released in order was left by a command that failed and said so
-    // (exit 5), not by one that was interrupted.
+    // A journal whose command recorded its own end in the history was left by a command that
+    // failed and said so (exit 5), not by one that was interrupted.
     let mut ended_on_its_own = false;
     if let Some(journal) = &state.journal {
         // A journal is a leftover only when no command is at work: look at the lock.
         match engine.look_at_lock().await {
-            Ok(LockSeen::Free { left_by: None }) => ended_on_its_own = true,
+            Ok(LockSeen::Free { left_by: None }) => {
+                ended_on_its_own = matches!(
+                    engine.store.recent_history(1).await.as_deref(),
+                    Ok([last]) if last.started_at == journal.started_at
+                        && last.outcome == Outcome::Inconsistent
+                );
+            }
             Ok(LockSeen::Free {
                 left_by: Some(gone),
             }) => warnings.push(format!(
