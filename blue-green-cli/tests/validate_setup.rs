@@ -143,7 +143,7 @@ fn a_good_setup_passes_and_reports_on_stdout() {
     assert_eq!(code, 0, "validate failed:\n{stdout}\n{stderr}");
     for word in [
         "ok   include",
-        "ok   upstream",
+        "ok   duplicate",
         "ok   service",
         "ok   ports",
         "nothing was changed",

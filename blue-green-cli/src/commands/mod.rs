@@ -157,7 +157,7 @@ async fn dispatch(cli: &Cli, config: Config, printer: Printer) -> Result<(), Fai
                         .await
                         .into_iter()
                         .find_map(|(what, r)| match r {
-                            Err(m) if what == "include" || what == "upstream" => Some(m),
+                            Err(m) if what == "include" || what == "duplicate" => Some(m),
                             _ => None,
                         });
                 }

@@ -194,7 +194,7 @@ fn read_dump(dump: &str, n: &NginxConfig) -> Vec<Found> {
     }
     if others.is_empty() {
         found.push((
-            "upstream".into(),
+            "duplicate".into(),
             Ok(format!(
                 "upstream `{}` is defined only by blue-green's file",
                 n.upstream
@@ -202,7 +202,7 @@ fn read_dump(dump: &str, n: &NginxConfig) -> Vec<Found> {
         ));
     } else {
         found.push((
-            "upstream".into(),
+            "duplicate".into(),
             Err(format!(
                 "upstream `{}` is also defined at {}: blue-green's {} must be its only definition, or nginx routes by the old block (a both-colors block even hides a failed color behind passive failover). Remove that block and include the file instead (see {MIGRATION_DOC})",
                 n.upstream,
