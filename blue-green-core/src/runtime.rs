@@ -37,7 +37,8 @@ pub trait Runtime: Send + Sync {
     /// Every instance this app owns, running or not: the engine reconciles against it.
     async fn list(&self) -> Result<Vec<Instance>, ComponentError>;
 
-    /// The last `lines` lines of the instance's output, for failure reports.
+    /// At most `lines` lines of the instance's output, for failure reports: the last ones, or
+    /// (as the Docker runtimes do) the first after the start and the last, alike lines folded.
     async fn logs(&self, instance: &Instance, lines: usize) -> Result<Vec<String>, ComponentError>;
 }
 
