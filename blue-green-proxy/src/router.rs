@@ -196,21 +196,6 @@ impl ProxyRouter {
     pub fn control(&self) -> &ControlClient {
         &self.control
     }
-
-    /// Waits up to `within` until nothing is in flight to `endpoint`; returns what is left.
-    /// The proxy answers the moment the count reaches zero.
-    pub async fn wait_idle(
-        &self,
-        endpoint: &Endpoint,
-        within: Duration,
-    ) -> Result<Option<u64>, ComponentError> {
-        let drain = self
-            .control
-            .wait_drained(&endpoint.to_string(), within)
-            .await
-            .map_err(component)?;
-        Ok(Some(drain.left))
-    }
 }
 
 #[async_trait]
@@ -289,6 +274,21 @@ impl Router for ProxyRouter {
         ))
     }
 
+    /// Answers the moment nothing is left in flight to `endpoint` (the proxy is woken, it does
+    /// not poll), or at `within` with what is left.
+    async fn wait_idle(
+        &self,
+        endpoint: &Endpoint,
+        within: Duration,
+    ) -> Result<Option<u64>, ComponentError> {
+        let drain = self
+            .control
+            .wait_drained(&endpoint.to_string(), within)
+            .await
+            .map_err(component)?;
+        Ok(Some(drain.left))
+    }
+
     async fn cut(&self, endpoint: &Endpoint) -> Result<Option<u64>, ComponentError> {
         let answer = self
             .control
@@ -331,16 +331,6 @@ impl EmbeddedRouter {
     pub fn with_verify(mut self, verify: VerifyRequest) -> EmbeddedRouter {
         self.verify = Some(verify);
         self
-    }
-
-    /// Waits up to `within` until nothing is in flight to `endpoint`; returns what is left,
-    /// the moment the count reaches zero.
-    pub async fn wait_idle(
-        &self,
-        endpoint: &Endpoint,
-        within: Duration,
-    ) -> Result<Option<u64>, ComponentError> {
-        Ok(Some(self.handle.wait_drained(endpoint, within).await.left))
     }
 }
 
@@ -396,6 +386,15 @@ impl Router for EmbeddedRouter {
 
     async fn in_flight(&self, endpoint: &Endpoint) -> Result<Option<u64>, ComponentError> {
         Ok(Some(self.handle.in_flight(endpoint)))
+    }
+
+    /// Answers the moment nothing is left in flight to `endpoint`, or at `within`.
+    async fn wait_idle(
+        &self,
+        endpoint: &Endpoint,
+        within: Duration,
+    ) -> Result<Option<u64>, ComponentError> {
+        Ok(Some(self.handle.wait_drained(endpoint, within).await.left))
     }
 
     async fn cut(&self, endpoint: &Endpoint) -> Result<Option<u64>, ComponentError> {
