@@ -23,7 +23,8 @@ use crate::proxy::{Expect, ProxyHandle, TargetChange};
 pub struct VerifyRequest {
     /// The URL on the proxy's listener, `http://127.0.0.1:8080/health`.
     pub url: Uri,
-    /// The `Host` header to send (for an app picked by host); `None` uses the URL's.
+    /// The `Host` header to send; `None` sends the app's first host name, or the URL's host
+    /// for the default app.
     pub host: Option<String>,
     /// Text the answer's body must contain; `{color}` and `{release}` are filled in.
     /// `None` only asks for a `2xx` answer.
@@ -53,7 +54,7 @@ impl VerifyRequest {
     }
 
     /// One attempt: `Ok(())` when the answer is `2xx` and carries the expected text.
-    async fn once(&self, instance: &Instance) -> Result<(), String> {
+    async fn once(&self, instance: &Instance, app_host: Option<&str>) -> Result<(), String> {
         let authority = self.url.authority().map(|a| a.as_str()).unwrap_or_default();
         let port = self.url.port_u16().unwrap_or(80);
         let host = self.url.host().unwrap_or_default().trim_matches(['[', ']']);
@@ -65,7 +66,7 @@ impl VerifyRequest {
             .map_err(|e| e.to_string())?;
         let driver = tokio::spawn(conn);
         let path = self.url.path_and_query().map_or("/", |p| p.as_str());
-        let host_header = self.host.as_deref().unwrap_or(authority);
+        let host_header = self.host.as_deref().or(app_host).unwrap_or(authority);
         let req = Request::get(path)
             .header(
                 HOST,
@@ -96,10 +97,17 @@ impl VerifyRequest {
         Ok(())
     }
 
-    async fn check(&self, instance: &Instance) -> Result<(), ComponentError> {
+    /// Tries until the answer is right or the timeout passes. `app_host` is the `Host` sent
+    /// when [`VerifyRequest::host`] is not set: the app's first host name, so the request
+    /// picks the app being switched.
+    async fn check(
+        &self,
+        instance: &Instance,
+        app_host: Option<&str>,
+    ) -> Result<(), ComponentError> {
         let began = Instant::now();
         loop {
-            match self.once(instance).await {
+            match self.once(instance, app_host).await {
                 Ok(()) => return Ok(()),
                 Err(why) if began.elapsed() >= self.timeout => {
                     return Err(ComponentError::failed(format!(
@@ -257,7 +265,14 @@ impl Router for ProxyRouter {
             )));
         }
         match &self.verify {
-            Some(v) => v.check(instance).await,
+            Some(v) => {
+                let host = self
+                    .hosts
+                    .as_ref()
+                    .and_then(|h| h.first())
+                    .map(String::as_str);
+                v.check(instance, host).await
+            }
             None => Ok(()),
         }
     }
@@ -379,7 +394,14 @@ impl Router for EmbeddedRouter {
             )));
         }
         match &self.verify {
-            Some(v) => v.check(instance).await,
+            Some(v) => {
+                let host = self
+                    .hosts
+                    .as_ref()
+                    .and_then(|h| h.first())
+                    .map(String::as_str);
+                v.check(instance, host).await
+            }
             None => Ok(()),
         }
     }
