@@ -125,6 +125,9 @@ Examples:
         #[arg(long)]
         config_only: bool,
     },
+
+    /// Run blue-green's own proxy, or drive a running one (status, pause, resume, maintenance).
+    Proxy(crate::commands::proxy::ProxyArgs),
 }
 
 /// `deploy` flags.

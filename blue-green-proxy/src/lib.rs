@@ -47,3 +47,15 @@ pub use proxy::{Drain, Expect, Proxy, ProxyHandle, Status, Switched, TargetChang
 pub use router::{EmbeddedRouter, ProxyRouter, VerifyRequest};
 pub use routes::AppInfo;
 pub use target::TargetStats;
+
+/// Checks a host name as the proxy keys its apps by (an exact name: letters, digits, `-` and
+/// `.`), and returns it lowercased; config readers call it so a name is refused where it is
+/// written, not at the first switch.
+///
+/// ```
+/// assert_eq!(blue_green_proxy::host_name("App.Example.com").unwrap(), "app.example.com");
+/// assert!(blue_green_proxy::host_name("*.example.com").is_err());
+/// ```
+pub fn host_name(host: &str) -> Result<String, Error> {
+    routes::check_host(host)
+}

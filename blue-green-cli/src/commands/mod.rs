@@ -1,5 +1,6 @@
 //! Each command: read the config, build the components, call the engine, print the result.
 
+pub mod proxy;
 mod show;
 mod validate;
 
@@ -29,6 +30,17 @@ pub async fn run(cli: &Cli, config: Result<Config, config::ConfigError>) -> i32 
         verbose: cli.verbose,
     };
     let name = command_name(&cli.command);
+    // The proxy's commands read no config file.
+    if let Command::Proxy(args) = &cli.command {
+        let name = proxy::command_name(args);
+        return match proxy::run(args, printer).await {
+            Ok(()) => 0,
+            Err(f) => {
+                printer.failure(name, f.class().code(), &f.message(), f.json(), &f.detail());
+                f.class().code()
+            }
+        };
+    }
     let result = match config {
         Ok(config) => dispatch(cli, config, printer).await,
         Err(e) => Err(Failure::Config(e)),
@@ -52,12 +64,14 @@ fn command_name(c: &Command) -> &'static str {
         Command::Down { .. } => "down",
         Command::History { .. } => "history",
         Command::Validate { .. } => "validate",
+        Command::Proxy(args) => proxy::command_name(args),
     }
 }
 
 async fn dispatch(cli: &Cli, config: Config, printer: Printer) -> Result<(), Failure> {
     match &cli.command {
         Command::Validate { config_only } => validate(&config, *config_only, printer).await,
+        Command::Proxy(args) => proxy::run(args, printer).await,
         Command::History { limit } => history(&config, *limit, printer).await,
         Command::Deploy(args) => {
             let release = release_for(args, &config).await?;

@@ -5,6 +5,8 @@
 //! changes nothing: no directory is created and nothing is started.
 
 mod check;
+
+pub use check::proxy::DEFAULT_CONTROL as DEFAULT_PROXY_CONTROL;
 mod raw;
 
 use std::fmt;
@@ -72,6 +74,8 @@ pub enum HealthConfig {
 pub enum RouterConfig {
     /// An nginx upstream file.
     Nginx(Box<NginxConfig>),
+    /// blue-green's own proxy, over its control socket.
+    Proxy(check::proxy::ProxyRouterConfig),
     /// Something else routes; the target is only recorded in this file.
     None {
         /// Where the target is recorded.

@@ -103,6 +103,9 @@ pub struct RawRouter {
     pub pid_file: Option<Str>,
     // none
     pub target_file: Option<Str>,
+    // proxy
+    pub control: Option<Str>,
+    pub hosts: Option<Spanned<Vec<Str>>>,
 }
 
 /// `[switch]`.

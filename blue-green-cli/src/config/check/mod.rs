@@ -3,6 +3,7 @@
 //! refused. One submodule per table.
 
 mod health;
+pub(crate) mod proxy;
 mod router;
 mod runtime;
 

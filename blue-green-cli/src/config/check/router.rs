@@ -53,7 +53,9 @@ impl Checker<'_> {
                 r.verify_interval.as_ref().map(Spanned::span),
             ),
         ];
+        self.refuse_proxy_keys(raw);
         match r.kind.get_ref().as_str() {
+            "proxy" => self.proxy(raw, app),
             "nginx" => {
                 self.refuse_keys(
                     "router",
@@ -86,7 +88,9 @@ impl Checker<'_> {
                 self.bad(
                     r.kind.span(),
                     "router.kind",
-                    format!("unknown router kind `{other}`: expected \"nginx\" or \"none\""),
+                    format!(
+                        "unknown router kind `{other}`: expected \"proxy\", \"nginx\" or \"none\""
+                    ),
                 );
                 None
             }
