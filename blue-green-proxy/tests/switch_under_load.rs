@@ -246,20 +246,21 @@ async fn switches_under_load_lose_nothing_and_cut_only_at_the_drain_deadline() {
     let mut switch_times = Vec::new();
     let mut drain_times = Vec::new();
     for i in 0..switches {
-        // Every held session is open (on the current target) before the switch.
+        // Every session closed by the last cut has noticed it, and all 21 are open again (on
+        // the current target) before the switch.
+        let settled = || {
+            load.closed_by_cut.load(Ordering::SeqCst) == cut_total
+                && load.held_open.load(Ordering::SeqCst) == 21
+        };
         assert!(
-            wait_for(Duration::from_secs(10), || load
-                .held_open
-                .load(Ordering::SeqCst)
-                == 21)
-            .await,
-            "the 21 held sessions reconnected ({} open)",
-            load.held_open.load(Ordering::SeqCst)
+            wait_for(Duration::from_secs(10), settled).await,
+            "the 21 held sessions reconnected ({} open, {} of {cut_total} cuts noticed)",
+            load.held_open.load(Ordering::SeqCst),
+            load.closed_by_cut.load(Ordering::SeqCst),
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let (old_color, old) = colors[i % 2];
+        let (_, old) = colors[i % 2];
         let (new_color, new) = colors[(i + 1) % 2];
-        let _ = old_color;
         let began = Instant::now();
         let receipt: RouteReceipt = router.route_to(&new.endpoint()).await.unwrap();
         router
@@ -293,15 +294,12 @@ async fn switches_under_load_lose_nothing_and_cut_only_at_the_drain_deadline() {
         assert!(cut >= 21, "the cut closed the held sessions ({cut})");
         cut_total += cut;
     }
-    // The sessions closed by the last cut have noticed and reconnected.
-    assert!(
-        wait_for(Duration::from_secs(10), || load
-            .held_open
-            .load(Ordering::SeqCst)
-            == 21)
-        .await,
-        "the held sessions reconnected after the last cut"
-    );
+    // The sessions closed by the last cut notice it at their next echo (up to 50 ms later);
+    // one that never does fails the count below.
+    wait_for(Duration::from_secs(10), || {
+        load.closed_by_cut.load(Ordering::SeqCst) >= cut_total
+    })
+    .await;
     load.stop.store(true, Ordering::SeqCst);
     for t in tasks {
         t.await.unwrap();
