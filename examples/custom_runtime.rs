@@ -87,7 +87,7 @@ impl Runtime for LocalRuntime {
         let (task, port) = Self::serve(color, &release.id, 0).await?;
         let instance = Instance {
             color,
-            release: release.id.clone(),
+            release: release.id.to_string(),
             id: format!("local-{color}-{port}"),
             endpoint: Endpoint::new("127.0.0.1", port),
         };
@@ -375,10 +375,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
 
     let go = CancellationToken::new();
-    engine.deploy(Release::new("v1"), &go).await?;
+    engine.deploy(Release::new("v1")?, &go).await?;
     serving.store(true, Ordering::Relaxed);
-    engine.deploy(Release::new("v2"), &go).await?;
-    match engine.deploy(Release::new("v3-broken"), &go).await {
+    engine.deploy(Release::new("v2")?, &go).await?;
+    match engine.deploy(Release::new("v3-broken")?, &go).await {
         Ok(_) => return Err("the broken release should not have gone live".into()),
         Err(e) => println!("   (as expected: {e}; exit code {})", e.exit_class().code()),
     }

@@ -76,7 +76,7 @@ impl Runtime for TaskRuntime {
             .port();
         let instance = Instance {
             color,
-            release: release.id.clone(),
+            release: release.id.to_string(),
             id: format!("{color}-{}", release.id),
             endpoint: Endpoint::new("127.0.0.1", port),
         };
@@ -106,7 +106,7 @@ impl Runtime for TaskRuntime {
 
     async fn restart(&self, instance: &Instance) -> Result<Instance, ComponentError> {
         self.remove(instance).await?;
-        self.start(instance.color, &Release::new(instance.release.clone()))
+        self.start(instance.color, &Release::new(instance.release.clone())?)
             .await
     }
 
@@ -207,7 +207,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .with_observer(Arc::new(print_event));
 
     let go = CancellationToken::new();
-    engine.deploy(Release::new("v1"), &go).await?;
+    engine.deploy(Release::new("v1")?, &go).await?;
 
     // Clients that never pause: quick requests and 250 ms ones, all counted.
     let stop = Arc::new(AtomicBool::new(false));
@@ -228,8 +228,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .collect();
 
-    engine.deploy(Release::new("v2"), &go).await?;
-    engine.deploy(Release::new("v3"), &go).await?;
+    engine.deploy(Release::new("v2")?, &go).await?;
+    engine.deploy(Release::new("v3")?, &go).await?;
 
     stop.store(true, Ordering::Relaxed);
     for c in clients {

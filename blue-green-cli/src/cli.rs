@@ -19,7 +19,8 @@ Examples:
   blue-green validate                       check blue-green.toml, Docker and nginx; change nothing
   blue-green deploy --release v1.4.2        start v1.4.2 in the idle color and switch to it
   blue-green deploy --image web:1.4.2       run that image (release id: its tag)
-  blue-green status                         which color is live, and every instance
+  blue-green status                         which color is live, every instance, what is left over
+  blue-green repair                         repair what an interrupted command left
   blue-green rollback                       route back to the previous color
   blue-green -c deploy/prod.toml history --json
 
@@ -81,9 +82,20 @@ Examples:
 
     /// Show the live color, its release, every instance and its state, and the router target.
     ///
-    /// The router is the truth for which color is live; leftovers of an interrupted command are
-    /// repaired and reported.
+    /// The router is the truth for which color is live. Status only reads: it changes nothing
+    /// (a dashboard may poll it), and lists what an interrupted command left over; `blue-green
+    /// repair` repairs that.
     Status,
+
+    /// Repair what an interrupted command left (`status` lists it).
+    ///
+    /// Finishes an interrupted deploy, rollback or switch whose switch happened (records its
+    /// color as live), undoes one whose switch did not (removes what a deploy started, stops
+    /// what a rollback started), finishes an interrupted down, and records the live color the
+    /// router points at. Takes the deploy lock (exit 3 while another command holds it); exits 5
+    /// naming what is left when a repair fails. The next deploy, rollback, switch or down
+    /// repairs first too.
+    Repair,
 
     /// Route back to the previous color, starting it again if it was stopped or removed.
     Rollback,

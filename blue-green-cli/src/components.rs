@@ -2,10 +2,12 @@
 //! state store, as trait objects. No deploy logic lives here.
 
 use blue_green_core::{
-    CommandProbe, Engine, FileStore, HealthProbe, HttpProbe, NginxRouter, NoneRouter, Router,
-    Runtime, TcpProbe,
+    CommandProbe, Engine, FileStore, HealthProbe, HttpProbe, NoneRouter, Router, Runtime, TcpProbe,
 };
 use blue_green_docker::{ComposeRuntime, ContainerHealthProbe, DockerRuntime, ExecProbe};
+use blue_green_router::caddy::CaddyRouter;
+use blue_green_router::haproxy::HaproxyRouter;
+use blue_green_router::NginxRouter;
 
 use crate::config::{Config, HealthConfig, RouterConfig, RuntimeConfig};
 use crate::failure::Failure;
@@ -81,8 +83,14 @@ impl Components {
             }
         };
         let router: Box<dyn Router> = match &config.router {
-            RouterConfig::Nginx(c) => {
-                Box::new(NginxRouter::new(c.as_ref().clone()).map_err(Failure::Component)?)
+            RouterConfig::Nginx(c) => Box::new(
+                NginxRouter::new(c.as_ref().clone()).map_err(|e| Failure::Component(e.into()))?,
+            ),
+            RouterConfig::Haproxy(c) => {
+                Box::new(HaproxyRouter::new(c.as_ref().clone()).map_err(Failure::Component)?)
+            }
+            RouterConfig::Caddy(c) => {
+                Box::new(CaddyRouter::new(c.as_ref().clone()).map_err(Failure::Component)?)
             }
             RouterConfig::None { target_file } => Box::new(NoneRouter::new(target_file.clone())),
             RouterConfig::Proxy(p) => Box::new(p.router(&config.app)),

@@ -5,6 +5,7 @@ use blue_green_core::{ComponentError, ComponentErrorKind, ExitClass};
 use serde_json::{json, Value};
 
 use crate::config::ConfigError;
+use crate::output::{one_line, terminal_text};
 
 /// A failed command.
 #[derive(Debug)]
@@ -46,11 +47,25 @@ impl Failure {
         match self {
             Failure::Config(e) => match e.problems.len() {
                 1 => e.to_string(),
+                n if n > crate::config::MAX_PROBLEMS => format!(
+                    "the config file has more than {} problems:\n{e}",
+                    crate::config::MAX_PROBLEMS
+                ),
                 n => format!("the config file has {n} problems:\n{e}"),
             },
             Failure::Usage(m) | Failure::Unreachable(m) => m.clone(),
             Failure::Component(e) => e.message.clone(),
             Failure::Engine(e) => e.to_string(),
+        }
+    }
+
+    /// The message for people: text from outside in it (a probe's reason, a lock holder's
+    /// name) cannot add lines or send escapes. Errors of the engine and its components are one
+    /// line; config and environment problems are one a line.
+    pub fn human_message(&self) -> String {
+        match self {
+            Failure::Component(_) | Failure::Engine(_) => one_line(&self.message()).into_owned(),
+            _ => terminal_text(&self.message()).into_owned(),
         }
     }
 
@@ -69,7 +84,7 @@ impl Failure {
                         detail.logs.len()
                     ));
                     for line in &detail.logs {
-                        out.push_str(&format!("    | {line}\n"));
+                        out.push_str(&format!("    | {}\n", one_line(line)));
                     }
                 }
             }

@@ -1,8 +1,8 @@
 //! What a person or a program sees: progress on stderr ([`HumanObserver`]), NDJSON events on
 //! stdout ([`JsonObserver`]), and the final result of each command.
 
+use std::borrow::Cow;
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -10,43 +10,40 @@ use blue_green_core::{Event, Observer, Step};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
-/// Environment variable of the test-only pause hook (see [`PauseHook`]).
-pub const PAUSE_ENV: &str = "BLUE_GREEN_TEST_PAUSE_AT";
+use blue_green_cli::test_hooks::PauseHook;
 
-/// TEST ONLY. When `BLUE_GREEN_TEST_PAUSE_AT=<step>` is set, the observer creates
-/// `<state_dir>/paused-at-<step>` when that step starts and then blocks forever, so that a
-/// fault-injection test can kill the process at exactly that point. Never set it in production.
-#[derive(Debug, Clone)]
-pub struct PauseHook {
-    step: String,
-    state_dir: PathBuf,
+/// Text from outside (a container's log line, a probe's reason, the output of a command, a
+/// release id or lock holder read from a file) made safe for a terminal, on one line: every
+/// control character but tab is shown escaped (`\n`, `\r`, `\u{1b}`, `\u{9b}`), and so are the
+/// Unicode controls that reorder text. It can then neither move the cursor, set the window
+/// title or clear the screen, nor start a line that looks like one of ours. This is the one
+/// sanitizer of the human output; `--json` output is left to serde, which escapes the same.
+pub fn one_line(text: &str) -> Cow<'_, str> {
+    sanitize(text, false)
 }
 
-impl PauseHook {
-    /// The hook from the environment, if the variable is set.
-    pub fn from_env(state_dir: PathBuf) -> Option<Self> {
-        let step = std::env::var(PAUSE_ENV).ok()?.trim().to_string();
-        (!step.is_empty()).then_some(PauseHook { step, state_dir })
-    }
+/// [`one_line`] for text of several lines that we laid out: newlines are kept.
+pub fn terminal_text(text: &str) -> Cow<'_, str> {
+    sanitize(text, true)
+}
 
-    fn check(&self, event: &Event) {
-        let Event::StepStarted { step, .. } = event else {
-            return;
-        };
-        if step.as_str() != self.step {
-            return;
-        }
-        let marker = self.state_dir.join(format!("paused-at-{}", self.step));
-        if let Err(e) = std::fs::create_dir_all(&self.state_dir)
-            .and_then(|()| std::fs::write(&marker, std::process::id().to_string()))
-        {
-            eprintln!("{PAUSE_ENV}: cannot write {}: {e}", marker.display());
-        }
-        // Deliberately blocks this worker thread: the test kills the process here.
-        loop {
-            std::thread::sleep(Duration::from_secs(3600));
+fn sanitize(text: &str, keep_newlines: bool) -> Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        (c.is_control() && c != '\t' && !(keep_newlines && c == '\n'))
+            || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(unsafe_char) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
         }
     }
+    Cow::Owned(out)
 }
 
 /// Progress for people, on stderr: each step with its time, probe attempts, warnings, and a
@@ -127,7 +124,10 @@ impl HumanObserver {
         }
     }
 
+    /// Prints one line; what it shows from outside cannot break out of it.
     fn line(&self, text: &str) {
+        let text = one_line(text);
+        let text = text.as_ref();
         let spinner = self.spinner.lock().unwrap_or_else(|p| p.into_inner());
         match spinner.as_ref() {
             Some(pb) if !pb.is_hidden() => pb.println(text),
@@ -364,19 +364,21 @@ impl Printer {
             merge(&mut result, fields);
             print_json_line(&result.to_string());
         } else if to_stdout {
-            print!("{human}");
+            print!("{}", terminal_text(human));
             let _ = std::io::stdout().flush();
         } else if !self.quiet {
-            eprintln!("{human}");
+            eprintln!("{}", terminal_text(human));
         }
     }
 
-    /// The final output of a failed command. Errors are shown even with `--quiet`.
+    /// The final output of a failed command: `message` in the JSON result, `human` and
+    /// `human_detail` for people. Errors are shown even with `--quiet`.
     pub fn failure(
         &self,
         command: &str,
         code: i32,
         message: &str,
+        human: &str,
         fields: Value,
         human_detail: &str,
     ) {
@@ -388,9 +390,9 @@ impl Printer {
             merge(&mut result, fields);
             print_json_line(&result.to_string());
         }
-        eprintln!("error: {message}");
+        eprintln!("error: {}", terminal_text(human));
         if !human_detail.is_empty() {
-            eprint!("{human_detail}");
+            eprint!("{}", terminal_text(human_detail));
         }
     }
 }
@@ -504,6 +506,30 @@ mod tests {
             "warning: repaired a leftover\n"
         );
         assert!(render(&events, false, true).contains("ok   lock"));
+    }
+
+    #[test]
+    fn text_from_outside_cannot_escape_its_line() {
+        let forged =
+            "status 500\r\n  ok   deploy done\u{1b}]0;owned\u{7}\u{1b}[2J\u{9b}31m\u{202e}";
+        let shown = one_line(forged);
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert!(!shown.contains('\u{202e}'), "{shown:?}");
+        assert_eq!(
+            shown,
+            "status 500\\r\\n  ok   deploy done\\u{1b}]0;owned\\u{7}\\u{1b}[2J\\u{9b}31m\\u{202e}"
+        );
+        assert_eq!(one_line("tab\tkept"), "tab\tkept");
+        assert!(matches!(one_line("plain"), Cow::Borrowed(_)));
+        assert_eq!(terminal_text("a\nb\u{1b}[2J"), "a\nb\\u{1b}[2J");
+    }
+
+    #[test]
+    fn a_probe_reason_from_a_container_is_shown_escaped() {
+        let events = [probe(1, Some("exit 1: \u{1b}[2J\r  ok   deploy done\nok"))];
+        let text = render(&events, false, true);
+        assert_eq!(text.lines().count(), 1, "{text:?}");
+        assert!(!text.trim_end().chars().any(char::is_control), "{text:?}");
     }
 
     #[test]

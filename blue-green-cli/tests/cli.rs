@@ -56,7 +56,7 @@ fn blue_green(dir: &Path) -> Command {
     let mut cmd = Command::cargo_bin("blue-green").expect("binary");
     cmd.current_dir(dir)
         .env_remove("BLUE_GREEN_CONFIG")
-        .env_remove("BLUE_GREEN_TEST_PAUSE_AT")
+        .env_remove(blue_green_cli::test_hooks::PAUSE_ENV)
         .env_remove("RUST_LOG");
     cmd
 }
@@ -75,6 +75,7 @@ fn help_lists_every_command_and_the_exit_codes() {
         "down",
         "history",
         "validate",
+        "repair",
         "--config",
         "--json",
         "--verbose",
@@ -93,6 +94,8 @@ fn every_command_has_help() {
         ("deploy", "--release"),
         ("deploy", "--image"),
         ("status", "live color"),
+        ("status", "blue-green repair"),
+        ("repair", "interrupted"),
         ("rollback", "previous color"),
         ("switch", "<COLOR>"),
         ("down", "--force"),

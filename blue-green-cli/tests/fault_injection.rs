@@ -2,8 +2,10 @@
 //! nginx, with GET, POST and slow requests flowing through nginx the whole time.
 //!
 //! - the CLI killed with SIGKILL at the start of each step of a deploy (the test-only hook
-//!   `BLUE_GREEN_TEST_PAUSE_AT` parks it there) — also while it clears the idle slot, removes
-//!   the old color, or undoes a failed release — then `status` and the next `deploy` repair;
+//!   `BLUE_GREEN_TEST_PAUSE_AT` of the `test-hooks` feature parks it there) — also while it
+//!   clears the idle slot, removes the old color, or undoes a failed release — then `status`
+//!   lists what is left and changes nothing (same containers, router target, state and
+//!   history), and `repair` or the next `deploy` repairs it;
 //! - a release that crash-loops under a restart policy; one that never gets healthy;
 //! - nginx's config test failing; an old container that ignores SIGTERM;
 //! - ten deploys started at once.
@@ -16,10 +18,12 @@ use std::path::PathBuf;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+use blue_green_cli::test_hooks::{pause_marker, PAUSE_ENV};
 use blue_green_core::Endpoint;
 use blue_green_testkit::docker::{demo_app_image, demo_app_image_with_env, DockerCleanup};
 use blue_green_testkit::load::{Load, LoadConfig, LoadReport};
 use blue_green_testkit::nginx::NginxHarness;
+use bollard::query_parameters::ListContainersOptionsBuilder;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_blue-green");
@@ -150,7 +154,7 @@ keep_previous = "{keep}"
             .arg(config)
             .args(args)
             .env_remove("BLUE_GREEN_CONFIG")
-            .env_remove("BLUE_GREEN_TEST_PAUSE_AT")
+            .env_remove(PAUSE_ENV)
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
         cmd
@@ -259,6 +263,58 @@ keep_previous = "{keep}"
     }
 }
 
+/// Everything a command can change, as the world shows it: the app's containers (name, id and
+/// state), nginx's upstream file, and the state and history files.
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    containers: Vec<(String, String, String)>,
+    upstream: Vec<u8>,
+    state: Option<Vec<u8>>,
+    history: Option<Vec<u8>>,
+}
+
+/// How a test repairs what a kill left.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum RepairBy {
+    /// `blue-green repair`, then the next deploy.
+    Repair,
+    /// The next deploy, which reconciles first.
+    Deploy,
+}
+
+impl Stage {
+    async fn snapshot(&self) -> Snapshot {
+        let options = ListContainersOptionsBuilder::new().all(true).build();
+        let mut containers: Vec<(String, String, String)> = self
+            .cleanup
+            .docker()
+            .list_containers(Some(options))
+            .await
+            .expect("list containers")
+            .into_iter()
+            .filter_map(|c| {
+                let name = c.names?.first()?.trim_start_matches('/').to_string();
+                name.starts_with(self.app())
+                    .then(|| (name, c.id.unwrap_or_default(), format!("{:?}", c.state)))
+            })
+            .collect();
+        containers.sort();
+        Snapshot {
+            containers,
+            upstream: std::fs::read(self.nginx.upstream_file()).expect("upstream file"),
+            state: std::fs::read(self.state_dir().join("state.json")).ok(),
+            history: std::fs::read(self.state_dir().join("history.jsonl")).ok(),
+        }
+    }
+
+    /// The journal in the state file, if a command left one.
+    fn journal(&self) -> Option<Value> {
+        let text = std::fs::read_to_string(self.state_dir().join("state.json")).ok()?;
+        let state: Value = serde_json::from_str(&text).expect("state.json is JSON");
+        state.get("journal").cloned()
+    }
+}
+
 /// The instance of `color` in a status object, if there is one.
 fn instance<'a>(status: &'a Value, color: &str) -> Option<&'a Value> {
     status["instances"]
@@ -281,12 +337,12 @@ impl Stage {
     /// Starts `deploy --release RELEASE EXTRA…` with the pause hook at `step`, waits (at most
     /// 60 s) until it is parked there, and kills it with SIGKILL.
     async fn deploy_killed_at(&self, config: &PathBuf, step: &str, release: &str, extra: &[&str]) {
-        let marker = self.state_dir().join(format!("paused-at-{step}"));
+        let marker = pause_marker(&self.state_dir(), step);
         let mut args = vec!["--json", "deploy", "--release", release];
         args.extend_from_slice(extra);
         let mut child = self
             .command(config, &args)
-            .env("BLUE_GREEN_TEST_PAUSE_AT", step)
+            .env(PAUSE_ENV, step)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -312,20 +368,84 @@ impl Stage {
         std::fs::remove_file(&marker).expect("remove the pause marker");
     }
 
-    /// After a kill: `status` must find a consistent state (the live color is the router's,
-    /// it runs, and nginx serves it as one of `whole`, the releases that were ever complete);
-    /// then `deploy --release NEXT` must succeed, switch to the other color and stop this one.
-    /// Returns the color live after the kill.
-    async fn assert_repaired(&self, whole: &[(&str, &str)], next_release: &str) -> String {
+    /// After a kill: `status` (JSON and text) must change nothing — same containers, router
+    /// target, state and history files — and list what the kill left (when it left a journal),
+    /// pointing at `blue-green repair`; the live color it names is the router's, it runs, and
+    /// nginx serves it as one of `whole`, the releases that were ever complete. Then `by`
+    /// repairs: `repair` (after which status lists nothing and the same color is live) or the
+    /// next deploy directly. Either way `deploy --release NEXT` must succeed, switch to the
+    /// other color and stop this one. Returns the color live after the kill.
+    async fn assert_repaired(
+        &self,
+        whole: &[(&str, &str)],
+        next_release: &str,
+        by: RepairBy,
+    ) -> String {
+        let journal = self.journal();
+        let before = self.snapshot().await;
         let status = self.status().await;
+        let text = self.run(&["status"]).await;
+        let text = String::from_utf8_lossy(&text.stdout).into_owned();
+        eprintln!("{text}");
+        assert_eq!(
+            self.snapshot().await,
+            before,
+            "status changed the world: {status}"
+        );
         let live = status["live"].as_str().unwrap_or_default().to_string();
         let Some((_, release)) = whole.iter().find(|(color, _)| *color == live) else {
             panic!("after the kill the live color is `{live}`, expected one of {whole:?}: {status}")
         };
         assert!(running(&status, &live), "the live color runs: {status}");
+        let leftovers = status["leftovers"].as_array().expect("leftovers");
+        match &journal {
+            Some(journal) => {
+                let found = leftovers
+                    .first()
+                    .and_then(|l| l["found"].as_str())
+                    .unwrap_or_default();
+                assert!(
+                    found.contains("interrupted `deploy`")
+                        && found.contains(&format!(
+                            "its {} step",
+                            journal["step"].as_str().unwrap_or("?")
+                        )),
+                    "status lists the killed deploy's leftovers: {status}"
+                );
+                assert!(
+                    text.contains("left over:") && text.contains("run `blue-green repair`"),
+                    "status says how to repair: {text}"
+                );
+            }
+            None => assert!(leftovers.is_empty(), "no journal, no leftovers: {status}"),
+        }
         // nginx may answer from its old workers for a moment after a reload that the killed
         // deploy started.
         self.wait_until_served(&format!("{live} {release}")).await;
+
+        if by == RepairBy::Repair {
+            let out = self.run(&["--json", "repair"]).await;
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "`repair` failed ({}): {stdout}",
+                out.status
+            );
+            let result: Value = serde_json::from_str(stdout.lines().last().expect("a result"))
+                .expect("the result line is JSON");
+            assert_eq!(result["report"]["live"], live.as_str(), "{result}");
+            assert_eq!(
+                result["report"]["repaired"].as_array().map(Vec::len),
+                Some(usize::from(journal.is_some())),
+                "{result}"
+            );
+            assert_eq!(self.journal(), None, "the repair cleared the journal");
+            let status = self.status().await;
+            assert_eq!(status["live"], live.as_str(), "{status}");
+            assert_eq!(status["leftovers"], serde_json::json!([]), "{status}");
+            assert!(running(&status, &live), "{status}");
+            self.wait_until_served(&format!("{live} {release}")).await;
+        }
 
         self.deploy(next_release, &[]).await;
         let next = if live == "blue" { "green" } else { "blue" };
@@ -341,8 +461,9 @@ impl Stage {
     }
 }
 
-/// Kills a deploy with SIGKILL at the start of `step`, then checks that `status` finds a
-/// consistent state and that the next deploy succeeds, with no request lost.
+/// Kills a deploy with SIGKILL at the start of `step`, then checks that `status` lists what is
+/// left and changes nothing, that `repair` repairs it, and that the next deploy succeeds, with
+/// no request lost.
 async fn killed_at(step: &str) {
     let stage = Stage::new(&format!("fi-kill-{step}")).await;
     stage.deploy("v1", &[]).await;
@@ -353,7 +474,7 @@ async fn killed_at(step: &str) {
         .deploy_killed_at(&stage.config(), step, "v2", &[])
         .await;
     stage
-        .assert_repaired(&[("blue", "v1"), ("green", "v2")], "v3")
+        .assert_repaired(&[("blue", "v1"), ("green", "v2")], "v3", RepairBy::Repair)
         .await;
     assert_no_failed_requests(&load.stop().await);
 }
@@ -414,7 +535,9 @@ async fn killed_while_clearing_the_previous_color_leaves_green_serving_and_next_
     stage
         .deploy_killed_at(&stage.config(), "clear", "v3", &[])
         .await;
-    let live = stage.assert_repaired(&[("green", "v2")], "v4").await;
+    let live = stage
+        .assert_repaired(&[("green", "v2")], "v4", RepairBy::Deploy)
+        .await;
     assert_eq!(live, "green");
     assert_no_failed_requests(&load.stop().await);
 }
@@ -435,7 +558,9 @@ async fn killed_while_removing_the_old_color_leaves_green_serving_and_next_deplo
     assert!(out.status.success(), "the first deploy failed");
     let load = stage.load().await;
     stage.deploy_killed_at(&config, "remove", "v2", &[]).await;
-    let live = stage.assert_repaired(&[("green", "v2")], "v3").await;
+    let live = stage
+        .assert_repaired(&[("green", "v2")], "v3", RepairBy::Deploy)
+        .await;
     assert_eq!(live, "green");
     assert_no_failed_requests(&load.stop().await);
 }
@@ -450,7 +575,9 @@ async fn killed_while_restoring_after_a_failed_release_leaves_blue_serving() {
     stage
         .deploy_killed_at(&stage.config(), "restore", "v2", &["--image", &sick])
         .await;
-    let live = stage.assert_repaired(&[("blue", "v1")], "v3").await;
+    let live = stage
+        .assert_repaired(&[("blue", "v1")], "v3", RepairBy::Deploy)
+        .await;
     assert_eq!(live, "blue");
     assert_no_failed_requests(&load.stop().await);
 }

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+use blue_green_cli::test_hooks::{pause_marker, PAUSE_ENV};
 use blue_green_core::Endpoint;
 use blue_green_testkit::docker::{
     containers_with_prefix, demo_app_image, demo_app_image_with_env, DockerCleanup,
@@ -26,7 +27,7 @@ async fn blue_green(dir: &Path, args: &[&str]) -> Output {
         .args(args)
         .current_dir(dir)
         .env_remove("BLUE_GREEN_CONFIG")
-        .env_remove("BLUE_GREEN_TEST_PAUSE_AT")
+        .env_remove(PAUSE_ENV)
         .kill_on_drop(true)
         .output()
         .await
@@ -192,7 +193,7 @@ keep_previous = "stopped"
     let mut child = tokio::process::Command::new(assert_cmd::cargo::cargo_bin("blue-green"))
         .args(["--json", "deploy", "--release", "v4", "--image", &slow])
         .current_dir(d)
-        .env_remove("BLUE_GREEN_TEST_PAUSE_AT")
+        .env_remove(PAUSE_ENV)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -432,7 +433,7 @@ async fn the_compose_nginx_example_deploys_switches_and_rolls_back() {
         async move {
             let out = tokio::process::Command::new(assert_cmd::cargo::cargo_bin("blue-green"))
                 .args(&args)
-                .env_remove("BLUE_GREEN_TEST_PAUSE_AT")
+                .env_remove(PAUSE_ENV)
                 .kill_on_drop(true)
                 .output()
                 .await
@@ -537,13 +538,13 @@ stop_timeout = "5s"
     let mut paused = tokio::process::Command::new(assert_cmd::cargo::cargo_bin("blue-green"))
         .args(["deploy", "--release", "v2"])
         .current_dir(d)
-        .env("BLUE_GREEN_TEST_PAUSE_AT", "ready")
+        .env(PAUSE_ENV, "ready")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .expect("spawn deploy");
-    let marker = d.join(".blue-green/paused-at-ready");
+    let marker = pause_marker(&d.join(".blue-green"), "ready");
     let until = Instant::now() + Duration::from_secs(60);
     while !marker.exists() {
         assert!(
@@ -570,11 +571,28 @@ stop_timeout = "5s"
         "{stderr}"
     );
     assert_eq!(through_nginx(&nginx).await, "demo-app blue v1");
+    // Status is not refused: it reads, names the command at work, and lists no leftovers.
+    let status = result_line(&ok(d, &["--json", "status"]).await);
+    assert_eq!(status["status"]["live"], "blue", "{status}");
+    assert_eq!(status["status"]["in_progress"]["pid"], pid, "{status}");
+    assert_eq!(
+        status["status"]["leftovers"],
+        serde_json::json!([]),
+        "{status}"
+    );
 
-    // Killed at that exact point: the next commands find blue live and repair the leftover.
+    // Killed at that exact point: status lists what it left, and the next deploy repairs it.
     paused.kill().await.expect("kill the paused deploy");
     let status = result_line(&ok(d, &["--json", "status"]).await);
     assert_eq!(status["status"]["live"], "blue", "{status}");
+    assert_eq!(status["status"]["in_progress"], Value::Null, "{status}");
+    let found = status["status"]["leftovers"][0]["found"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        found.contains(&format!("interrupted `deploy` (pid {pid}")),
+        "{status}"
+    );
     ok(d, &["deploy", "--release", "v2"]).await;
     assert_eq!(through_nginx(&nginx).await, "demo-app green v2");
     let history = result_line(&ok(d, &["--json", "history"]).await);

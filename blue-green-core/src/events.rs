@@ -79,6 +79,8 @@ pub enum Command {
     Down,
     /// `status`
     Status,
+    /// `repair`
+    Repair,
 }
 
 impl Command {
@@ -90,6 +92,7 @@ impl Command {
             Command::Switch => "switch",
             Command::Down => "down",
             Command::Status => "status",
+            Command::Repair => "repair",
         }
     }
 }

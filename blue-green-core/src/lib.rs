@@ -8,7 +8,8 @@
 //!
 //! - [`Runtime`] runs instances (Docker, compose, processes, your own);
 //! - [`HealthProbe`] checks one instance once (HTTP, TCP, a command, your own);
-//! - [`Router`] sends live traffic to one endpoint (nginx, none, your own);
+//! - [`Router`] sends live traffic to one endpoint ([`NoneRouter`] here; nginx in the
+//!   `blue-green-router` crate; your own);
 //! - [`StateStore`] keeps state, history and the lock ([`FileStore`] in a directory).
 //!
 //! ```no_run
@@ -19,7 +20,7 @@
 //! let app = AppName::new("web")?;
 //! let store = FileStore::new(".blue-green");
 //! let engine = Engine::new(EngineConfig::new(app), runtime, probe, router, store);
-//! let report = engine.deploy(Release::new("v2"), &CancellationToken::new()).await?;
+//! let report = engine.deploy(Release::new("v2")?, &CancellationToken::new()).await?;
 //! println!("{} is live", report.live.color);
 //! # Ok(()) }
 //! ```
@@ -31,6 +32,7 @@ pub mod error;
 pub mod events;
 pub mod model;
 pub mod probe;
+pub mod process;
 pub mod router;
 pub mod runtime;
 pub mod state;
@@ -38,16 +40,18 @@ pub mod state;
 pub mod testing;
 
 pub use engine::{
-    DeployReport, DownReport, Engine, EngineConfig, InstanceStatus, KeepPrevious, ReadinessPolicy,
-    Status, SwitchPolicy, Timeouts,
+    DeployReport, DownReport, Engine, EngineConfig, InstanceStatus, KeepPrevious, Leftover,
+    ReadinessPolicy, RepairReport, Status, SwitchPolicy, Timeouts,
 };
 pub use error::{ComponentError, ComponentErrorKind, Error, ExitClass, LockHolder};
 pub use events::{Command, Event, NoopObserver, Observer, Step};
-pub use model::{AppName, Color, Endpoint, Health, Instance, InstanceState, Release};
+pub use model::{
+    AppName, Artifact, Color, Endpoint, Health, Instance, InstanceState, Release, ReleaseId,
+};
 pub use probe::{CommandProbe, HealthProbe, TcpProbe};
 #[cfg(feature = "http-probe")]
 pub use probe::{HttpProbe, HttpProbeConfig, StatusMatch};
-pub use router::{NginxConfig, NginxRouter, NginxVerify, NoneRouter, RouteReceipt, Router};
+pub use router::{NoneRouter, RouteReceipt, Router};
 pub use runtime::Runtime;
 pub use state::file::FileStore;
 pub use state::{

@@ -59,30 +59,239 @@ impl FromStr for Color {
 }
 
 /// What to deploy: a release id (a version, a commit) and, optionally, the artifact that carries
-/// it (an image reference, a path). The runtime decides what the artifact means.
+/// it (an image reference). The runtime decides what the artifact means.
+///
+/// Both parts are validated types: a release comes from the command line, from the runtime's
+/// labels or from `state.json`, and goes into environment variables, labels and commands, so
+/// it is checked wherever it is built, deserialization included (a `state.json` with a bad
+/// release id or image is refused, not deployed).
+///
+/// ```
+/// use blue_green_core::Release;
+/// let release = Release::new("v1.4.2")?.with_artifact("registry.local/web:1.4.2")?;
+/// assert_eq!(release.id, "v1.4.2");
+/// assert!(Release::new("-rf").is_err());
+/// # Ok::<(), blue_green_core::ComponentError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Release {
     /// The release id shown in status and history, and passed as `BLUE_GREEN_RELEASE`.
-    pub id: String,
+    pub id: ReleaseId,
     /// The runtime-specific artifact, for example a Docker image; `None` means the runtime's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub artifact: Option<String>,
+    pub artifact: Option<Artifact>,
 }
 
 impl Release {
-    /// A release with the runtime's default artifact.
-    pub fn new(id: impl Into<String>) -> Self {
+    /// A release with the runtime's default artifact; refuses an id that is not a valid
+    /// [`ReleaseId`].
+    pub fn new(id: impl Into<String>) -> Result<Self, ComponentError> {
+        Ok(Release {
+            id: ReleaseId::new(id)?,
+            artifact: None,
+        })
+    }
+
+    /// The same release with an explicit artifact (for example `--image app:1.2`); refuses one
+    /// that is not a valid [`Artifact`].
+    pub fn with_artifact(mut self, artifact: impl Into<String>) -> Result<Self, ComponentError> {
+        self.artifact = Some(Artifact::new(artifact)?);
+        Ok(self)
+    }
+
+    /// The release of an instance the runtime reports, by the id in its label. The engine
+    /// wrote that label from a valid id; one that is not (a container labelled by hand) is
+    /// cleaned by [`ReleaseId::lossy`] rather than refused, so that the instance can still be
+    /// reconciled.
+    pub(crate) fn reported(id: &str) -> Self {
         Release {
-            id: id.into(),
+            id: ReleaseId::lossy(id),
             artifact: None,
         }
     }
+}
 
-    /// The same release with an explicit artifact (for example `--image app:1.2`).
-    pub fn with_artifact(mut self, artifact: impl Into<String>) -> Self {
-        self.artifact = Some(artifact.into());
-        self
+/// Generates the string newtype plumbing shared by [`ReleaseId`] and [`Artifact`].
+macro_rules! checked_string {
+    ($ty:ident) => {
+        impl $ty {
+            /// The value as a string.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::ops::Deref for $ty {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl AsRef<str> for $ty {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl FromStr for $ty {
+            type Err = ComponentError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                $ty::new(s)
+            }
+        }
+
+        impl TryFrom<String> for $ty {
+            type Error = ComponentError;
+            fn try_from(value: String) -> Result<Self, Self::Error> {
+                $ty::new(value)
+            }
+        }
+
+        impl From<$ty> for String {
+            fn from(value: $ty) -> Self {
+                value.0
+            }
+        }
+
+        impl PartialEq<str> for $ty {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $ty {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+
+        impl PartialEq<String> for $ty {
+            fn eq(&self, other: &String) -> bool {
+                &self.0 == other
+            }
+        }
+
+        impl PartialEq<$ty> for String {
+            fn eq(&self, other: &$ty) -> bool {
+                *self == other.0
+            }
+        }
+
+        impl PartialEq<$ty> for str {
+            fn eq(&self, other: &$ty) -> bool {
+                self == other.0
+            }
+        }
+    };
+}
+
+/// Most characters in a release id: a Docker tag's limit, since ids are used as image tags.
+const MAX_RELEASE_ID: usize = 128;
+
+/// A validated release id: 1 to 128 ASCII letters, digits, `_`, `.` and `-`, starting with a
+/// letter or digit. It becomes `BLUE_GREEN_RELEASE`, a container label and often an image tag,
+/// and is shown in the terminal, so nothing else (no `/`, space, `;` or control character, no
+/// leading `-` that a program would read as an option) is allowed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ReleaseId(String);
+
+impl ReleaseId {
+    /// Checks `id` against the pattern.
+    pub fn new(id: impl Into<String>) -> Result<Self, ComponentError> {
+        let id = id.into();
+        let mut chars = id.chars();
+        let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+        let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if !first_ok || !rest_ok || id.len() > MAX_RELEASE_ID {
+            return Err(ComponentError::invalid(format!(
+                "`{}` is not a valid release id: use 1 to 128 letters, digits, `_`, `.` and `-`, starting with a letter or digit (it becomes BLUE_GREEN_RELEASE and may be used in image tags)",
+                shown(&id)
+            )));
+        }
+        Ok(ReleaseId(id))
     }
+
+    /// `id` if it is valid; otherwise the nearest valid id: every other character becomes `_`,
+    /// a first character that is not a letter or digit gets an `x` before it, and the result
+    /// is cut to 128 characters (`unknown` for an empty id).
+    pub fn lossy(id: &str) -> Self {
+        if let Ok(valid) = ReleaseId::new(id) {
+            return valid;
+        }
+        let mut cleaned: String = id
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(MAX_RELEASE_ID)
+            .collect();
+        if cleaned.is_empty() {
+            cleaned.push_str("unknown");
+        } else if !cleaned.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+            cleaned.insert(0, 'x');
+            cleaned.truncate(MAX_RELEASE_ID);
+        }
+        ReleaseId(cleaned)
+    }
+}
+
+checked_string!(ReleaseId);
+
+/// Most characters in an artifact: Docker's limit for an image reference.
+const MAX_ARTIFACT: usize = 255;
+
+/// A validated artifact reference, such as a Docker image (`web:1.4.2`,
+/// `registry.local:5000/team/web@sha256:...`): 1 to 255 ASCII letters, digits, `.`, `_`, `/`,
+/// `:`, `@` and `-`, starting with a letter or digit, without `..`. It is passed to the runtime
+/// and shown in the terminal, so it can neither be read as an option nor climb out of a path.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Artifact(String);
+
+impl Artifact {
+    /// Checks `artifact` against the pattern.
+    pub fn new(artifact: impl Into<String>) -> Result<Self, ComponentError> {
+        let artifact = artifact.into();
+        let mut chars = artifact.chars();
+        let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+        let rest_ok = chars
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '/' | ':' | '@' | '-'));
+        if !first_ok || !rest_ok || artifact.len() > MAX_ARTIFACT || artifact.contains("..") {
+            return Err(ComponentError::invalid(format!(
+                "`{}` is not an image reference: expected for example web:1.4.2 or registry.local/web@sha256:... (up to 255 letters, digits, `.`, `_`, `/`, `:`, `@` and `-`, starting with a letter or digit)",
+                shown(&artifact)
+            )));
+        }
+        Ok(Artifact(artifact))
+    }
+}
+
+checked_string!(Artifact);
+
+/// A refused value as it may be shown in a message: control characters escaped, cut to a
+/// length that fits a line.
+fn shown(value: &str) -> String {
+    let mut out: String = value
+        .chars()
+        .take(200)
+        .flat_map(char::escape_debug)
+        .collect();
+    if value.chars().count() > 200 {
+        out.push_str("...");
+    }
+    out
 }
 
 /// Where an instance answers: a host (name or IP) and a port.
@@ -287,6 +496,74 @@ mod tests {
         assert_eq!(v6.to_string(), "[::1]:80");
         for bad in ["", "host", ":80", "h:0", "h:99999", "h:x"] {
             assert!(bad.parse::<Endpoint>().is_err(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn release_ids_and_artifacts_are_checked() {
+        assert!(Release::new("v1.4.2").is_ok());
+        assert!(Release::new("20261125T101500Z").is_ok());
+        for bad in [
+            "",
+            "-x",
+            ".x",
+            "../x",
+            "a b",
+            "a/b",
+            "a;b",
+            "a\nb",
+            "a\u{1b}[2J",
+            &"x".repeat(129),
+        ] {
+            assert!(Release::new(bad).is_err(), "{bad:?} should be refused");
+        }
+        let release = Release::new("v1").unwrap();
+        assert!(release
+            .clone()
+            .with_artifact("registry.local:5000/web@sha256:ab12")
+            .is_ok());
+        for bad in [
+            "",
+            "-web",
+            "web:1 2",
+            "web;rm",
+            "a/../b",
+            "web\n",
+            &"x".repeat(256),
+        ] {
+            assert!(
+                release.clone().with_artifact(bad).is_err(),
+                "{bad:?} should be refused"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bad_release_id_or_artifact_is_refused_when_deserialized() {
+        let ok: Release = serde_json::from_str(r#"{"id":"v1","artifact":"web:1"}"#).unwrap();
+        assert_eq!(ok.id, "v1");
+        assert_eq!(ok.artifact.as_deref(), Some("web:1"));
+        for bad in [
+            r#"{"id":"-v1"}"#,
+            r#"{"id":"v1","artifact":"--privileged"}"#,
+        ] {
+            let err = serde_json::from_str::<Release>(bad).unwrap_err();
+            assert!(err.to_string().contains("is not"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_reported_release_id_is_cleaned_not_refused() {
+        assert_eq!(ReleaseId::lossy("v1"), "v1");
+        assert_eq!(ReleaseId::lossy("a b/c"), "a_b_c");
+        assert_eq!(ReleaseId::lossy("-x"), "x-x");
+        assert_eq!(ReleaseId::lossy(""), "unknown");
+        assert_eq!(ReleaseId::lossy(&"é".repeat(300)).len(), 128);
+        for odd in ["-x", "\u{1b}]0;t\u{7}", &"y".repeat(300)] {
+            assert!(
+                ReleaseId::new(ReleaseId::lossy(odd).as_str()).is_ok(),
+                "{odd:?}"
+            );
         }
     }
 

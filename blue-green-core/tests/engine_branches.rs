@@ -87,7 +87,7 @@ fn green() -> Instance {
 fn deployment(inst: &Instance) -> Deployment {
     Deployment {
         color: inst.color,
-        release: Release::new(inst.release.clone()),
+        release: Release::new(inst.release.clone()).unwrap(),
         endpoint: inst.endpoint.clone(),
         since: "2026-01-01T00:00:00Z".into(),
     }
@@ -340,7 +340,10 @@ async fn first_deploy_with_nothing_live_starts_blue_and_routes_to_it() {
     m.router.expect_in_flight().never();
     let (engine, seen) = m.engine();
 
-    let report = engine.deploy(Release::new("v1"), &go()).await.unwrap();
+    let report = engine
+        .deploy(Release::new("v1").unwrap(), &go())
+        .await
+        .unwrap();
 
     assert_eq!(report.live.color, Color::Blue);
     assert_eq!(report.previous, None);
@@ -376,7 +379,10 @@ async fn normal_switch_drains_then_stops_the_old_color_and_records_it_as_previou
     m.rt.expect_remove().never();
     let (engine, seen) = m.engine();
 
-    let report = engine.deploy(Release::new("v2"), &go()).await.unwrap();
+    let report = engine
+        .deploy(Release::new("v2").unwrap(), &go())
+        .await
+        .unwrap();
 
     assert_eq!(report.live.color, Color::Green);
     assert_eq!(report.previous, Some(Color::Blue));
@@ -417,7 +423,10 @@ async fn drain_ends_the_moment_nothing_is_left_in_flight_and_reports_it() {
     m.rt.expect_stop().times(1).returning(|_, _| Ok(()));
     let (engine, seen) = m.engine();
 
-    engine.deploy(Release::new("v2"), &go()).await.unwrap();
+    engine
+        .deploy(Release::new("v2").unwrap(), &go())
+        .await
+        .unwrap();
 
     let drained = seen.drained();
     assert_eq!(drained.len(), 1, "{drained:?}");
@@ -449,7 +458,10 @@ async fn drain_out_of_time_asks_the_router_to_cut_what_is_left_and_counts_it() {
     m.rt.expect_stop().times(1).returning(|_, _| Ok(()));
     let (engine, seen) = m.engine();
 
-    engine.deploy(Release::new("v2"), &go()).await.unwrap();
+    engine
+        .deploy(Release::new("v2").unwrap(), &go())
+        .await
+        .unwrap();
 
     let drained = seen.drained();
     assert_eq!(drained.len(), 1, "{drained:?}");
@@ -481,7 +493,10 @@ async fn probe_never_healthy_fails_at_the_deadline_and_removes_the_new_instance(
     let (engine, seen) = m.engine();
     let began = tokio::time::Instant::now();
 
-    let err = engine.deploy(Release::new("v2"), &go()).await.unwrap_err();
+    let err = engine
+        .deploy(Release::new("v2").unwrap(), &go())
+        .await
+        .unwrap_err();
 
     // Attempts at 0s, 1s, …, 9s; the deadline is 10s.
     assert_eq!(seen.probe_attempts(), 10);
@@ -525,7 +540,10 @@ async fn instance_exiting_during_readiness_fails_at_once_not_at_the_deadline() {
     let (engine, seen) = m.engine();
     let began = tokio::time::Instant::now();
 
-    let err = engine.deploy(Release::new("v2"), &go()).await.unwrap_err();
+    let err = engine
+        .deploy(Release::new("v2").unwrap(), &go())
+        .await
+        .unwrap_err();
 
     // Two probes (0s, 1s), then the runtime says it exited: stop at 2s, not at the 10s deadline.
     assert_eq!(began.elapsed(), Duration::from_secs(2));
@@ -565,7 +583,10 @@ async fn healthy_threshold_needs_successes_in_a_row() {
     let mut cfg = config();
     cfg.readiness.healthy_threshold = 3;
     let engine = engine.with_config(cfg);
-    let report = engine.deploy(Release::new("v2"), &go()).await.unwrap();
+    let report = engine
+        .deploy(Release::new("v2").unwrap(), &go())
+        .await
+        .unwrap();
     assert_eq!(report.live.color, Color::Green);
 }
 
@@ -586,7 +607,10 @@ async fn router_switch_failure_keeps_the_old_color_and_removes_the_new_one() {
     m.removed(green());
     let (engine, seen) = m.engine();
 
-    let err = engine.deploy(Release::new("v2"), &go()).await.unwrap_err();
+    let err = engine
+        .deploy(Release::new("v2").unwrap(), &go())
+        .await
+        .unwrap_err();
 
     assert!(
         matches!(
@@ -626,7 +650,10 @@ async fn verification_failure_routes_back_and_removes_the_new_instance() {
     m.removed(green());
     let (engine, seen) = m.engine();
 
-    let err = engine.deploy(Release::new("v2"), &go()).await.unwrap_err();
+    let err = engine
+        .deploy(Release::new("v2").unwrap(), &go())
+        .await
+        .unwrap_err();
 
     assert!(
         matches!(
@@ -658,7 +685,10 @@ async fn verification_failure_with_nothing_to_go_back_to_is_inconsistent_and_kee
     m.rt.expect_remove().never();
     let (engine, seen) = m.engine();
 
-    let err = engine.deploy(Release::new("v1"), &go()).await.unwrap_err();
+    let err = engine
+        .deploy(Release::new("v1").unwrap(), &go())
+        .await
+        .unwrap_err();
 
     assert_eq!(err.exit_class().code(), 5);
     match &err {
@@ -690,7 +720,10 @@ async fn restore_that_fails_names_what_is_left() {
     m.rt.expect_stop().never();
     let (engine, seen) = m.engine();
 
-    let err = engine.deploy(Release::new("v2"), &go()).await.unwrap_err();
+    let err = engine
+        .deploy(Release::new("v2").unwrap(), &go())
+        .await
+        .unwrap_err();
 
     match &err {
         Error::Inconsistent { left, cause, .. } => {
@@ -728,7 +761,10 @@ async fn failed_stop_of_the_old_color_still_succeeds_with_a_warning() {
     let (engine, seen) = m.engine();
     let began = tokio::time::Instant::now();
 
-    let report = engine.deploy(Release::new("v2"), &go()).await.unwrap();
+    let report = engine
+        .deploy(Release::new("v2").unwrap(), &go())
+        .await
+        .unwrap();
 
     assert_eq!(report.live.color, Color::Green);
     // A router that cannot count in-flight requests: the whole drain time is waited.
@@ -753,7 +789,10 @@ async fn keep_previous_removed_removes_the_old_color_after_stopping_it() {
     let mut cfg = config();
     cfg.switch.keep_previous = KeepPrevious::Removed;
     let engine = engine.with_config(cfg);
-    engine.deploy(Release::new("v2"), &go()).await.unwrap();
+    engine
+        .deploy(Release::new("v2").unwrap(), &go())
+        .await
+        .unwrap();
 }
 
 #[tokio::test(start_paused = true)]
@@ -772,7 +811,10 @@ async fn a_leftover_in_the_idle_slot_is_cleared_before_the_start() {
     m.rt.expect_start()
         .returning(|_, _| Err(failed("image not found")));
     let (engine, seen) = m.engine();
-    let err = engine.deploy(Release::new("v2"), &go()).await.unwrap_err();
+    let err = engine
+        .deploy(Release::new("v2").unwrap(), &go())
+        .await
+        .unwrap_err();
     assert!(
         matches!(
             err,
@@ -795,7 +837,10 @@ async fn a_call_that_never_answers_times_out() {
     world.fault_nth(FakeCall::RouteTo, 1, blue_green_core::testing::Fault::Hang);
     let engine = fake_engine(&world, config());
     let began = tokio::time::Instant::now();
-    let err = engine.deploy(Release::new("v2"), &go()).await.unwrap_err();
+    let err = engine
+        .deploy(Release::new("v2").unwrap(), &go())
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("did not answer within"), "{err}");
     assert!(began.elapsed() >= config().timeouts.router);
     world.check_invariants().unwrap();
@@ -819,7 +864,10 @@ async fn a_held_lock_fails_at_once_naming_the_holder() {
         MockRtr::new(),
         store,
     );
-    let err = engine.deploy(Release::new("v2"), &go()).await.unwrap_err();
+    let err = engine
+        .deploy(Release::new("v2").unwrap(), &go())
+        .await
+        .unwrap_err();
     assert_eq!(err.exit_class().code(), 3);
     assert!(err.to_string().contains("pid 4242"), "{err}");
 }
@@ -847,7 +895,10 @@ async fn a_stale_lock_is_taken_over_with_a_warning() {
     m.rt.expect_stop().returning(|_, _| Ok(()));
     let (engine, seen) = m.engine();
 
-    let report = engine.deploy(Release::new("v2"), &go()).await.unwrap();
+    let report = engine
+        .deploy(Release::new("v2").unwrap(), &go())
+        .await
+        .unwrap();
 
     assert!(
         report.warnings[0].contains("pid 777"),
@@ -864,8 +915,8 @@ async fn two_deploys_at_once_one_fails_with_locked() {
     let engine = fake_engine(&world, config());
     let cancel = go();
     let (a, b) = tokio::join!(
-        engine.deploy(Release::new("v2"), &cancel),
-        engine.deploy(Release::new("v3"), &cancel)
+        engine.deploy(Release::new("v2").unwrap(), &cancel),
+        engine.deploy(Release::new("v3").unwrap(), &cancel)
     );
     let locked = [&a, &b]
         .iter()
@@ -908,7 +959,7 @@ async fn cancellation_at_each_step_before_the_stop_rolls_back() {
         }));
 
         let err = engine
-            .deploy(Release::new("v2"), &cancel)
+            .deploy(Release::new("v2").unwrap(), &cancel)
             .await
             .unwrap_err();
 
@@ -951,7 +1002,10 @@ async fn cancellation_once_the_old_color_stops_lets_the_deploy_finish() {
                 trigger.cancel();
             }
         }));
-        let report = engine.deploy(Release::new("v2"), &cancel).await.unwrap();
+        let report = engine
+            .deploy(Release::new("v2").unwrap(), &cancel)
+            .await
+            .unwrap();
         assert_eq!(report.live.color, Color::Green, "at {step}");
         assert!(world.instances_of(Color::Blue).is_empty(), "at {step}");
         world.check_invariants().unwrap();
@@ -964,7 +1018,7 @@ fn green_live_blue_previous(listed: Vec<Instance>) -> Mocks {
     let state = AppState {
         live: Some(deployment(&green())),
         previous: Some(Deployment {
-            release: Release::new("v1").with_artifact("web:1"),
+            release: Release::new("v1").unwrap().with_artifact("web:1").unwrap(),
             ..deployment(&blue())
         }),
         journal: None,
@@ -1051,7 +1105,10 @@ async fn rollback_whose_restart_never_gets_ready_stops_it_again() {
     let world = FakeWorld::new();
     world.seed_live(Color::Blue, "v1");
     let engine = fake_engine(&world, config());
-    engine.deploy(Release::new("v2"), &go()).await.unwrap();
+    engine
+        .deploy(Release::new("v2").unwrap(), &go())
+        .await
+        .unwrap();
     assert!(!world.instances_of(Color::Blue)[0].state.is_running());
 
     world.never_healthy("v1");
@@ -1088,7 +1145,10 @@ async fn switch_goes_to_a_running_color_and_leaves_the_old_one_running() {
     let mut cfg = config();
     cfg.switch.keep_previous = KeepPrevious::Running;
     let engine = fake_engine(&world, cfg);
-    engine.deploy(Release::new("v2"), &go()).await.unwrap();
+    engine
+        .deploy(Release::new("v2").unwrap(), &go())
+        .await
+        .unwrap();
 
     let report = engine.switch(Color::Blue, &go()).await.unwrap();
 
@@ -1105,7 +1165,10 @@ async fn switch_to_a_stopped_color_is_refused_saying_what_to_do() {
     let world = FakeWorld::new();
     world.seed_live(Color::Blue, "v1");
     let engine = fake_engine(&world, config());
-    engine.deploy(Release::new("v2"), &go()).await.unwrap();
+    engine
+        .deploy(Release::new("v2").unwrap(), &go())
+        .await
+        .unwrap();
     let err = engine.switch(Color::Blue, &go()).await.unwrap_err();
     assert_eq!(err.exit_class().code(), 2);
     assert!(err.to_string().contains("rollback"), "{err}");
@@ -1120,7 +1183,10 @@ async fn down_removes_the_idle_color_and_refuses_the_live_one_without_force() {
     let world = FakeWorld::new();
     world.seed_live(Color::Blue, "v1");
     let engine = fake_engine(&world, config());
-    engine.deploy(Release::new("v2"), &go()).await.unwrap();
+    engine
+        .deploy(Release::new("v2").unwrap(), &go())
+        .await
+        .unwrap();
 
     let err = engine.down(Some(Color::Green), false).await.unwrap_err();
     assert_eq!(err.exit_class().code(), 2);
@@ -1141,16 +1207,21 @@ async fn down_removes_the_idle_color_and_refuses_the_live_one_without_force() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn status_reports_live_color_instances_and_target_and_fixes_a_stale_state() {
+async fn status_reports_a_stale_state_without_fixing_it_and_repair_fixes_it() {
     let world = FakeWorld::new();
     world.seed_live(Color::Blue, "v1");
     let engine = fake_engine(&world, config());
-    engine.deploy(Release::new("v2"), &go()).await.unwrap();
+    engine
+        .deploy(Release::new("v2").unwrap(), &go())
+        .await
+        .unwrap();
     // Someone routed back to blue by hand and restarted it; the state file still says green.
     let blue = world.instances_of(Color::Blue)[0].instance.clone();
     world.set_instance_state(&blue.id, InstanceState::Running);
     world.probe().check(&blue).await;
     world.router().route_to(&blue.endpoint).await.unwrap();
+    let saved_before = world.saved_state();
+    let calls_before = world.calls().len();
 
     let status = engine.status().await.unwrap();
 
@@ -1162,24 +1233,188 @@ async fn status_reports_live_color_instances_and_target_and_fixes_a_stale_state(
         .iter()
         .any(|i| i.live && i.instance.color == Color::Blue));
     assert!(
-        status.warnings[0].contains("router points at"),
+        status.leftovers[0].found.contains("router points at"),
+        "{:?}",
+        status.leftovers
+    );
+    assert_eq!(
+        status.leftovers[0].repair,
+        ["record blue (release v1) as live"]
+    );
+    // Status only reads: the state file still says green, and nothing was saved or touched.
+    assert_eq!(world.saved_state(), saved_before);
+    assert!(
+        world.calls()[calls_before..].iter().all(|c| !matches!(
+            c.call,
+            FakeCall::Save | FakeCall::Stop | FakeCall::Remove | FakeCall::RouteTo
+        )),
+        "{:?}",
+        world.calls()
+    );
+
+    let report = engine.repair().await.unwrap();
+    assert!(
+        report.repaired[0].contains("router points at"),
+        "{:?}",
+        report.repaired
+    );
+    assert_eq!(report.live, Some(Color::Blue));
+    assert_eq!(world.saved_state().live.unwrap().color, Color::Blue);
+    assert_eq!(world.saved_state().previous.unwrap().color, Color::Green);
+    assert!(engine.status().await.unwrap().leftovers.is_empty());
+
+    // With the lock held by a command at work (its journal saved), status only reads, and
+    // says its journal is work in progress, not a leftover.
+    let mut at_work = world.saved_state();
+    at_work.journal = Some(blue_green_core::JournalEntry {
+        command: Command::Deploy,
+        step: Step::Ready,
+        color: Color::Green,
+        release: Some(Release::new("v3").unwrap()),
+        from: Some(Color::Blue),
+        started_at: "2026-01-01T00:00:00Z".into(),
+        pid: 99,
+    });
+    world.set_saved_state(at_work.clone());
+    world.hold_lock(holder(99));
+    let status = engine.status().await.unwrap();
+    assert!(
+        status.warnings[0].contains("only reads"),
         "{:?}",
         status.warnings
     );
-    assert_eq!(world.saved_state().live.unwrap().color, Color::Blue);
-    assert_eq!(world.saved_state().previous.unwrap().color, Color::Green);
-
-    // With the lock held by another command, status only reads.
-    world.hold_lock(holder(99));
-    let status = engine.status().await.unwrap();
-    assert!(status.warnings[0].contains("only reads"));
+    assert_eq!(status.in_progress, Some(holder(99)));
+    assert!(status.leftovers.is_empty(), "{:?}", status.leftovers);
+    assert_eq!(world.saved_state(), at_work);
+    assert_eq!(world.lock_holder(), Some(holder(99)));
     world.release_lock();
+
+    // Once no command holds the lock, the same journal is a leftover that repair undoes.
+    let status = engine.status().await.unwrap();
+    assert_eq!(status.in_progress, None);
+    assert!(
+        status.leftovers[0]
+            .found
+            .contains("interrupted `deploy` (pid 99"),
+        "{:?}",
+        status.leftovers
+    );
 
     let history = engine.history().await.unwrap();
     assert_eq!(history.len(), 1);
     assert_eq!(history[0].command, Command::Deploy);
     assert_eq!(history[0].to, Some(Color::Green));
     assert!(history[0].steps.iter().any(|s| s.step == Step::Ready));
+}
+
+/// Blue v1 live; the saved journal of a deploy of v2 into green that died at `step`, with its
+/// green instance left running.
+fn interrupted_deploy(step: Step) -> (FakeWorld, Instance) {
+    let world = FakeWorld::new();
+    world.seed_live(Color::Blue, "v1");
+    let green = world.seed_instance(Color::Green, "v2", InstanceState::Running);
+    let mut state = world.saved_state();
+    state.journal = Some(blue_green_core::JournalEntry {
+        command: Command::Deploy,
+        step,
+        color: Color::Green,
+        release: Some(Release::new("v2").unwrap()),
+        from: Some(Color::Blue),
+        started_at: "2026-01-01T00:00:00Z".into(),
+        pid: 4242,
+    });
+    world.set_saved_state(state);
+    (world, green)
+}
+
+#[tokio::test(start_paused = true)]
+async fn status_lists_what_an_interrupted_deploy_left_and_repair_removes_it() {
+    let (world, green) = interrupted_deploy(Step::Ready);
+    let engine = fake_engine(&world, config());
+
+    let status = engine.status().await.unwrap();
+    assert_eq!(status.live, Some(Color::Blue));
+    assert_eq!(status.leftovers.len(), 1, "{:?}", status.leftovers);
+    let left = &status.leftovers[0];
+    assert!(
+        left.found
+            .contains("interrupted `deploy` (pid 4242, started 2026-01-01T00:00:00Z) stopped at its ready step"),
+        "{left:?}"
+    );
+    assert!(left.repair[0].starts_with(&format!("remove green instance {}", green.id)));
+    assert!(left.repair[1].contains("in the history"), "{left:?}");
+    assert_eq!(
+        world.instances_of(Color::Green).len(),
+        1,
+        "status removed nothing"
+    );
+    assert!(world.saved_state().journal.is_some());
+
+    let report = engine.repair().await.unwrap();
+    assert!(
+        report.repaired[0].contains("removed green instance"),
+        "{:?}",
+        report.repaired
+    );
+    assert!(world.instances_of(Color::Green).is_empty());
+    assert_eq!(world.saved_state().journal, None);
+    let history = world.history();
+    assert_eq!(
+        history.len(),
+        1,
+        "repair leaves only the interrupted command's line"
+    );
+    assert_eq!(history[0].outcome, Outcome::Interrupted);
+    world.check_invariants().unwrap();
+
+    // Nothing left: a second repair changes nothing.
+    let report = engine.repair().await.unwrap();
+    assert!(report.repaired.is_empty(), "{:?}", report.repaired);
+    assert_eq!(world.history().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_repair_that_fails_is_inconsistent_names_what_is_left_and_keeps_the_journal() {
+    let (world, _) = interrupted_deploy(Step::Start);
+    let engine = fake_engine(&world, config());
+    world.fail_nth(FakeCall::Remove, 1);
+
+    let err = engine.repair().await.unwrap_err();
+
+    assert_eq!(err.exit_class().code(), 5, "{err}");
+    match &err {
+        Error::Inconsistent { left, .. } => {
+            assert!(left.to_string().contains("run `down green`"), "{left}")
+        }
+        other => panic!("expected Inconsistent, got {other}"),
+    }
+    // The journal stays, so that status still lists it and the next repair tries again; the
+    // interrupted command is not written to the history as repaired.
+    assert!(world.saved_state().journal.is_some());
+    assert!(world.history().is_empty());
+    assert_eq!(engine.status().await.unwrap().leftovers.len(), 1);
+
+    engine.repair().await.unwrap();
+    assert!(world.instances_of(Color::Green).is_empty());
+    assert_eq!(world.saved_state().journal, None);
+    assert_eq!(world.history().len(), 1);
+    world.check_invariants().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn status_with_no_journal_does_not_touch_the_lock_and_a_held_lock_does_not_stop_it() {
+    let world = FakeWorld::new();
+    world.seed_live(Color::Blue, "v1");
+    let engine = fake_engine(&world, config());
+    engine.status().await.unwrap();
+    assert_eq!(world.count(FakeCall::Lock), 0);
+
+    // A deploy starting meanwhile is never refused because of a status.
+    world.hold_lock(holder(7));
+    let status = engine.status().await.unwrap();
+    assert_eq!(status.live, Some(Color::Blue));
+    assert_eq!(world.count(FakeCall::Lock), 0);
+    assert_eq!(world.lock_holder(), Some(holder(7)));
 }
 
 #[tokio::test(start_paused = true)]
@@ -1201,7 +1436,10 @@ async fn events_come_in_order_with_step_started_before_each_action() {
         }
         seen.lock().unwrap().push(e.clone());
     }));
-    engine.deploy(Release::new("v2"), &go()).await.unwrap();
+    engine
+        .deploy(Release::new("v2").unwrap(), &go())
+        .await
+        .unwrap();
     let events = log.lock().unwrap();
     assert!(matches!(events.first(), Some(Event::CommandStarted { .. })));
     assert!(matches!(
@@ -1255,10 +1493,11 @@ fn command_futures_are_send_so_a_caller_can_spawn_them() {
     let world = FakeWorld::new();
     let engine = fake_engine(&world, config());
     let cancel = go();
-    send(&engine.deploy(Release::new("v1"), &cancel));
+    send(&engine.deploy(Release::new("v1").unwrap(), &cancel));
     send(&engine.rollback(&cancel));
     send(&engine.switch(Color::Blue, &cancel));
     send(&engine.down(None, false));
     send(&engine.status());
+    send(&engine.repair());
     send(&engine.history());
 }

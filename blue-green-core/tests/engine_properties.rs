@@ -1,12 +1,14 @@
 //! The engine's invariants (DESIGN.md) under injected failures and crashes, with the in-memory
 //! fakes of the `testing` feature on tokio's paused clock:
 //!
-//! - a property test runs random sequences of deploy / rollback / switch / down / status, with
-//!   a failure or a hang injected at a random call of the runtime, probe, router or store, and
-//!   checks the invariants after every command;
+//! - a property test runs random sequences of deploy / rollback / switch / down / status /
+//!   repair, with a failure or a hang injected at a random call of the runtime, probe, router or
+//!   store, and checks the invariants after every command; and that `status` never changes
+//!   anything, whatever it hits;
 //! - crash-recovery tests "kill the process" right after each journaled step (every call hangs
-//!   from then on and the command's future is dropped), then check that the next command finds
-//!   a consistent state and repairs what was left.
+//!   from then on and the command's future is dropped), then check that `status` reports what
+//!   was left without touching it, and that `repair` (or the next command) finds a consistent
+//!   state and repairs it.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -16,8 +18,8 @@ use blue_green_core::testing::{
     FakeCall, FakeProbe, FakeRouter, FakeRuntime, FakeStore, FakeWorld, Fault,
 };
 use blue_green_core::{
-    AppName, CancellationToken, Color, ComponentErrorKind, Engine, EngineConfig, Error, Event,
-    InstanceState, KeepPrevious, Outcome, Release, Step,
+    AppName, AppState, CancellationToken, Color, ComponentErrorKind, Endpoint, Engine,
+    EngineConfig, Error, Event, InstanceState, KeepPrevious, Outcome, Release, Status, Step,
 };
 use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
@@ -69,6 +71,70 @@ fn routed_id(world: &FakeWorld) -> Option<String> {
     world.routed_instance().map(|i| i.instance.id)
 }
 
+/// Everything a command can change: the instances (with their state and readiness), the
+/// router's target, the saved state, the history and the lock.
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    instances: Vec<(String, InstanceState, bool)>,
+    target: Option<Endpoint>,
+    state: AppState,
+    history: usize,
+    lock_held: bool,
+}
+
+fn snapshot(world: &FakeWorld) -> Snapshot {
+    Snapshot {
+        instances: world
+            .instances()
+            .into_iter()
+            .map(|i| (i.instance.id, i.state, i.ready))
+            .collect(),
+        target: world.router_target(),
+        state: world.saved_state(),
+        history: world.history().len(),
+        lock_held: world.lock_holder().is_some(),
+    }
+}
+
+/// The calls that change something; `status` must make none of them.
+const WRITES: [FakeCall; 7] = [
+    FakeCall::Start,
+    FakeCall::Stop,
+    FakeCall::Restart,
+    FakeCall::Remove,
+    FakeCall::RouteTo,
+    FakeCall::Save,
+    FakeCall::AppendHistory,
+];
+
+/// The calls made since the `from`th that change something.
+fn writes_since(world: &FakeWorld, from: usize) -> Vec<String> {
+    world.calls()[from..]
+        .iter()
+        .filter(|c| WRITES.contains(&c.call))
+        .map(|c| c.to_string())
+        .collect()
+}
+
+/// Runs `status` and checks that it changed nothing: no write call, the same instances, router
+/// target, saved state and history. Returns its answer.
+async fn status_only_reads(engine: &FakeEngine, world: &FakeWorld) -> Result<Status, String> {
+    let before = snapshot(world);
+    let calls = world.calls().len();
+    let status = engine.status().await;
+    let writes = writes_since(world, calls);
+    if !writes.is_empty() {
+        return Err(format!("status made calls that change things: {writes:?}"));
+    }
+    let after = snapshot(world);
+    if after != before {
+        return Err(format!(
+            "status changed the world:\nbefore {before:?}\nafter  {after:?}"
+        ));
+    }
+    status.map_err(|e| format!("status failed: {e}"))
+}
+
 // --- property test ------------------------------------------------------------------------
 
 #[derive(Debug, Clone)]
@@ -78,6 +144,7 @@ enum Op {
     Switch(Color),
     Down,
     Status,
+    Repair,
 }
 
 #[derive(Debug, Clone)]
@@ -123,6 +190,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => prop_oneof![Just(Color::Blue), Just(Color::Green)].prop_map(Op::Switch),
         1 => Just(Op::Down),
         1 => Just(Op::Status),
+        1 => Just(Op::Repair),
     ]
 }
 
@@ -182,7 +250,7 @@ async fn run(
     let command = async {
         match op {
             Op::Deploy => engine
-                .deploy(Release::new(format!("v{n}")), &cancel)
+                .deploy(Release::new(format!("v{n}")).unwrap(), &cancel)
                 .await
                 .map(|r| Some(r.live.color)),
             Op::Rollback => engine.rollback(&cancel).await.map(|r| Some(r.live.color)),
@@ -192,6 +260,7 @@ async fn run(
                 .map(|r| Some(r.live.color)),
             Op::Down => engine.down(None, false).await.map(|_| None),
             Op::Status => engine.status().await.map(|_| None),
+            Op::Repair => engine.repair().await.map(|r| r.live),
         }
     };
     tokio::select! {
@@ -215,12 +284,24 @@ async fn check_sequence(
         let target_before = world.router_target();
         let routed_before = routed_id(&world);
         let running_before = running(&world);
+        let snapshot_before = snapshot(&world);
+        let calls_before = world.calls().len();
         if let Some(f) = fault {
             world.fault_nth(f.call, f.nth, f.fault);
         }
 
         let ended = run(&world, keep, op, n + 1, *interrupt).await;
         world.revive();
+        if let Op::Status = op {
+            // Reads do not write, whatever fault it hit.
+            let writes = writes_since(&world, calls_before);
+            prop_assert!(writes.is_empty(), "status wrote: {:?}", writes);
+            prop_assert_eq!(
+                &snapshot(&world),
+                &snapshot_before,
+                "status changed the world"
+            );
+        }
         {
             let mut seen = seen.lock().unwrap();
             seen.commands += 1;
@@ -253,11 +334,25 @@ async fn check_sequence(
             "lock still held after {context}"
         );
         let Some(result) = ended else {
-            // Killed mid-command: the status below must find and repair what it left.
-            let status = engine.status().await;
-            if let Err(e) = status {
+            // Killed mid-command: status must report what it left, and change nothing; repair
+            // must repair it.
+            let status = status_only_reads(&engine, &world)
+                .await
+                .map_err(|e| TestCaseError::fail(format!("after a kill: {e}\n{context}")))?;
+            if world.saved_state().journal.is_some() {
+                prop_assert!(
+                    status
+                        .leftovers
+                        .iter()
+                        .any(|l| l.found.contains("interrupted")),
+                    "status did not report the leftovers of the killed command: {:?}\n{}",
+                    status,
+                    context
+                );
+            }
+            if let Err(e) = engine.repair().await {
                 return Err(TestCaseError::fail(format!(
-                    "status after a kill failed: {e}\n{context}"
+                    "repair after a kill failed: {e}\n{context}"
                 )));
             }
             if let Err(broken) = world.check_invariants() {
@@ -284,8 +379,12 @@ async fn check_sequence(
                 // that had no target before (it cannot be pointed back at nothing), and a
                 // cancel followed by the fault hitting the restore.
                 prop_assert!(!left.0.is_empty(), "{}", context);
+                // A repair is inconsistent when the fault hit one of its own actions: what it
+                // could not repair is what it names.
                 prop_assert!(
-                    target_before.is_none() || matches!(interrupt, Interrupt::Cancel(_)),
+                    target_before.is_none()
+                        || matches!(interrupt, Interrupt::Cancel(_))
+                        || matches!(op, Op::Repair),
                     "inconsistent after one fault: {}",
                     context
                 );
@@ -305,17 +404,46 @@ async fn check_sequence(
                 );
             }
         }
-        // The next command, without faults, finds a consistent state: the saved live color is
-        // the routed one and no journal is left.
-        let status = engine.status().await;
-        let status = match status {
-            Ok(s) => s,
+        // Without faults, status reports the live color as the router says and changes
+        // nothing; when it lists no leftovers, a repair has nothing to do; after the repair the
+        // saved live color is the routed one, no journal is left, and status lists nothing.
+        let status = status_only_reads(&engine, &world)
+            .await
+            .map_err(|e| TestCaseError::fail(format!("{e}\n{context}")))?;
+        prop_assert_eq!(
+            status.live,
+            world.routed_instance().map(|i| i.instance.color),
+            "{}",
+            context
+        );
+        let before_repair = snapshot(&world);
+        let repaired = match engine.repair().await {
+            Ok(r) => r,
             Err(e) => {
                 return Err(TestCaseError::fail(format!(
-                    "status failed: {e}\n{context}"
+                    "repair failed: {e}\n{context}"
                 )))
             }
         };
+        if status.leftovers.is_empty() {
+            prop_assert_eq!(
+                &snapshot(&world),
+                &before_repair,
+                "status listed no leftovers, but repair changed something: {:?}\n{}",
+                repaired,
+                context
+            );
+            prop_assert!(repaired.repaired.is_empty(), "{:?}\n{}", repaired, context);
+        }
+        let status = status_only_reads(&engine, &world)
+            .await
+            .map_err(|e| TestCaseError::fail(format!("after repair: {e}\n{context}")))?;
+        prop_assert!(
+            status.leftovers.is_empty(),
+            "leftovers after a repair: {:?}\n{}",
+            status.leftovers,
+            context
+        );
         let saved = world.saved_state();
         prop_assert_eq!(saved.journal.clone(), None, "{}", context);
         prop_assert_eq!(
@@ -328,9 +456,10 @@ async fn check_sequence(
             status.live,
             world.routed_instance().map(|i| i.instance.color)
         );
+        prop_assert_eq!(repaired.live, status.live, "{}", context);
         if let Err(broken) = world.check_invariants() {
             return Err(TestCaseError::fail(format!(
-                "after status: {broken}\n{context}"
+                "after status and repair: {broken}\n{context}"
             )));
         }
     }
@@ -352,9 +481,14 @@ struct Seen {
 
 #[test]
 fn invariants_hold_under_injected_failures() {
+    // 256 sequences; `PROPTEST_CASES=2048` runs more (proptest's default config reads it).
+    let cases = match std::env::var_os("PROPTEST_CASES") {
+        Some(_) => ProptestConfig::default().cases,
+        None => 256,
+    };
     let mut runner = TestRunner::new(ProptestConfig {
         failure_persistence: None,
-        ..ProptestConfig::with_cases(256)
+        ..ProptestConfig::with_cases(cases)
     });
     let seen = Mutex::new(Seen::default());
     let strategy = (
@@ -403,7 +537,7 @@ async fn crash_deploy_at(
     }));
     let go = CancellationToken::new();
     tokio::select! {
-        result = engine.deploy(Release::new("v2"), &go) => {
+        result = engine.deploy(Release::new("v2").unwrap(), &go) => {
             panic!("the deploy ended before the crash at {step}: {result:?}")
         }
         () = died.notified() => {}
@@ -420,22 +554,49 @@ async fn crash_deploy_at(
     world
 }
 
-/// After a crash, the next command (status, then a deploy) reconciles to a consistent state.
+/// After a crash, `status` reports what is left and changes nothing; `repair` reconciles to a
+/// consistent state; the next deploy works.
 async fn check_recovery(world: &FakeWorld, step: Step, expect_live: Color) {
     let engine = engine(world, KeepPrevious::Stopped);
-    let status = engine.status().await.unwrap();
+    let status = status_only_reads(&engine, world)
+        .await
+        .unwrap_or_else(|e| panic!("after a crash at {step}: {e}"));
+    assert_eq!(
+        status.live,
+        world.routed_instance().map(|i| i.instance.color),
+        "status says what the router says, after a crash at {step}"
+    );
+    assert_eq!(status.in_progress, None);
+    assert!(
+        status.leftovers.len() == 1
+            && status.leftovers[0].found.contains("interrupted `deploy`")
+            && status.leftovers[0]
+                .found
+                .contains(&format!("its {step} step"))
+            && !status.leftovers[0].repair.is_empty(),
+        "status lists what the crash at {step} left: {:?}",
+        status.leftovers
+    );
+    assert!(world.saved_state().journal.is_some());
 
+    let report = engine
+        .repair()
+        .await
+        .unwrap_or_else(|e| panic!("repair after a crash at {step}: {e}"));
     world
         .check_invariants()
         .unwrap_or_else(|e| panic!("after a crash at {step}: {e}"));
+    assert_eq!(report.live, Some(expect_live), "after a crash at {step}");
+    let status = status_only_reads(&engine, world).await.unwrap();
     assert_eq!(status.live, Some(expect_live), "after a crash at {step}");
+    assert!(status.leftovers.is_empty(), "{:?}", status.leftovers);
     let saved = world.saved_state();
     assert_eq!(saved.journal, None, "after a crash at {step}");
     assert_eq!(saved.live.as_ref().map(|d| d.color), Some(expect_live));
     assert!(
-        status.warnings.iter().any(|w| w.contains("interrupted")),
+        report.repaired.iter().any(|w| w.contains("interrupted")),
         "the repair is reported: {:?}",
-        status.warnings
+        report.repaired
     );
     let history = world.history();
     assert_eq!(
@@ -453,7 +614,7 @@ async fn check_recovery(world: &FakeWorld, step: Step, expect_live: Color) {
 
     // And the next deploy works.
     let report = engine
-        .deploy(Release::new("v3"), &CancellationToken::new())
+        .deploy(Release::new("v3").unwrap(), &CancellationToken::new())
         .await
         .unwrap_or_else(|e| panic!("deploy after a crash at {step}: {e}"));
     assert_eq!(report.live.color, expect_live.other());
@@ -513,7 +674,7 @@ async fn a_crash_during_down_is_finished_by_the_next_command() {
     world.seed_live(Color::Blue, "v1");
     let engine1 = engine(&world, KeepPrevious::Stopped);
     engine1
-        .deploy(Release::new("v2"), &CancellationToken::new())
+        .deploy(Release::new("v2").unwrap(), &CancellationToken::new())
         .await
         .unwrap();
     for step in [Step::Stop, Step::Remove] {
@@ -535,7 +696,19 @@ async fn a_crash_during_down_is_finished_by_the_next_command() {
         }
         drop(engine2);
         world.revive();
-        let status = engine1.status().await.unwrap();
+        let status = status_only_reads(&engine1, &world).await.unwrap();
+        assert!(
+            status.leftovers[0].found.contains("interrupted `down`"),
+            "{:?}",
+            status.leftovers
+        );
+        assert!(
+            !world.instances_of(Color::Blue).is_empty(),
+            "status removed nothing"
+        );
+        let report = engine1.repair().await.unwrap();
+        assert_eq!(report.live, Some(Color::Green));
+        let status = status_only_reads(&engine1, &world).await.unwrap();
         assert_eq!(status.live, Some(Color::Green));
         assert!(
             world.instances_of(Color::Blue).is_empty(),
@@ -555,7 +728,7 @@ async fn a_crash_between_switch_and_drain_drains_the_old_color_before_anything_s
         let engine = engine(&world, KeepPrevious::Stopped);
         engine.status().await.unwrap();
         engine
-            .deploy(Release::new("v3"), &CancellationToken::new())
+            .deploy(Release::new("v3").unwrap(), &CancellationToken::new())
             .await
             .unwrap();
         let after: Vec<FakeCall> = world.calls()[before..].iter().map(|c| c.call).collect();

@@ -68,7 +68,7 @@ const PULL_TIMEOUT: Duration = Duration::from_secs(300);
 ///     labels: Default::default(),
 /// };
 /// let runtime = DockerRuntime::connect(AppName::new("web")?, config).await?;
-/// let instance = runtime.start(Color::Blue, &Release::new("v1")).await?;
+/// let instance = runtime.start(Color::Blue, &Release::new("v1")?).await?;
 /// println!("web-blue answers on {}", instance.endpoint);
 /// # Ok(()) }
 /// ```
@@ -184,7 +184,7 @@ impl DockerRuntime {
             .collect();
         labels.insert(LABEL_APP.into(), self.app.to_string());
         labels.insert(LABEL_COLOR.into(), color.to_string());
-        labels.insert(LABEL_RELEASE.into(), release.id.clone());
+        labels.insert(LABEL_RELEASE.into(), release.id.to_string());
         labels.insert(LABEL_MANAGED_BY.into(), "blue-green".into());
 
         let binding = match &config.endpoints {

@@ -168,6 +168,10 @@ impl HealthProbe for ContainerHealthProbe {
 /// Runs a command inside the container through the exec API (argv, never a shell); exit code
 /// 0 is healthy, anything else unhealthy with the code and the command's output.
 ///
+/// Reasons name only the program (`argv[0]`), as [`blue_green_core::CommandProbe`] does: its
+/// arguments may hold a token, and reasons go to the terminal, the `-v` log, the NDJSON events
+/// and the history.
+///
 /// The image must contain the program (a `FROM scratch` image has no shell or curl: use the
 /// app's own binary, as the demo app's `--check` does). Docker has no call to kill an exec, so
 /// a command that outlives the timeout is reported unhealthy and left to finish on its own:
@@ -243,6 +247,11 @@ impl ExecProbe {
         &self.argv
     }
 
+    /// The program, the only part of the command that reasons show.
+    fn program(&self) -> &str {
+        self.argv.first().map_or("", String::as_str)
+    }
+
     async fn run(&self, id: &str) -> Result<(i64, String), String> {
         let docker = &self.locator.docker;
         let exec = docker
@@ -261,12 +270,8 @@ impl ExecProbe {
         match docker
             .start_exec(&exec.id, None::<StartExecOptions>)
             .await
-            .map_err(|e| {
-                format!(
-                    "cannot start `{}` in container {id}: {e}",
-                    self.argv.join(" ")
-                )
-            })? {
+            .map_err(|e| format!("cannot start `{}` in container {id}: {e}", self.program()))?
+        {
             StartExecResults::Attached {
                 output: mut stream, ..
             } => {
@@ -294,7 +299,7 @@ impl ExecProbe {
 #[async_trait]
 impl HealthProbe for ExecProbe {
     async fn check(&self, instance: &Instance) -> Health {
-        let command = self.argv.join(" ");
+        let command = self.program();
         let attempt = async {
             let id = self.locator.container(instance, self.timeout).await?;
             self.run(&id).await

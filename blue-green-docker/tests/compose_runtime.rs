@@ -6,11 +6,15 @@ mod common;
 use std::time::{Duration, Instant};
 
 use blue_green_core::{AppName, Color, Health, HealthProbe, InstanceState, Release, Runtime};
-use blue_green_docker::{ComposeFiles, ComposeRuntime, ContainerHealthProbe, ExecProbe, PerColor};
+use blue_green_docker::{
+    ComposeFiles, ComposeRuntime, ComposeTool, ContainerHealthProbe, ExecProbe, PerColor,
+};
 use blue_green_testkit::docker::{
     containers_with_prefix, demo_app_image, networks_with_prefix, DockerCleanup,
 };
-use common::compose::{compose_config, per_color_file, write, ComposeDown};
+use common::compose::{
+    compose_config, compose_config_for, per_color_file, require, tag, write, ComposeDown,
+};
 use common::{free_endpoints, wait_healthy, wait_state};
 
 /// One file for both colors: image, color and release interpolated, a free host port.
@@ -35,8 +39,8 @@ async fn deploy_both_and_take_down(
     artifact: Option<&str>,
 ) {
     let release = |id: &str| match artifact {
-        Some(image) => Release::new(id).with_artifact(image),
-        None => Release::new(id),
+        Some(image) => Release::new(id).unwrap().with_artifact(image).unwrap(),
+        None => Release::new(id).unwrap(),
     };
     let blue = runtime
         .start(Color::Blue, &release("v1"))
@@ -122,8 +126,18 @@ async fn deploy_both_and_take_down(
 }
 
 #[tokio::test]
-async fn the_blog_layout_with_a_file_per_color_deploys_and_takes_down() {
-    let cleanup = DockerCleanup::new("compose-blog").await;
+async fn the_blog_layout_with_a_file_per_color_deploys_and_takes_down_v1() {
+    blog_layout(ComposeTool::V1).await;
+}
+
+#[tokio::test]
+async fn the_blog_layout_with_a_file_per_color_deploys_and_takes_down_v2() {
+    blog_layout(ComposeTool::V2).await;
+}
+
+async fn blog_layout(tool: ComposeTool) {
+    require(tool).await;
+    let cleanup = DockerCleanup::new(&format!("compose-blog-{}", tag(tool))).await;
     let image = demo_app_image(&cleanup).await;
     let dir = tempfile::tempdir().unwrap();
     let endpoints = free_endpoints();
@@ -143,7 +157,7 @@ async fn the_blog_layout_with_a_file_per_color_deploys_and_takes_down() {
         (format!("{}-blue", cleanup.prefix()), files.blue.clone()),
         (format!("{}-green", cleanup.prefix()), files.green.clone()),
     ]);
-    let mut config = compose_config(ComposeFiles::PerColor(files));
+    let mut config = compose_config_for(tool, ComposeFiles::PerColor(files));
     config.endpoints = Some(endpoints.clone());
     let runtime = ComposeRuntime::new(AppName::new(cleanup.prefix()).unwrap(), config)
         .await
@@ -154,8 +168,18 @@ async fn the_blog_layout_with_a_file_per_color_deploys_and_takes_down() {
 }
 
 #[tokio::test]
-async fn one_interpolated_file_serves_both_colors() {
-    let cleanup = DockerCleanup::new("compose-shared").await;
+async fn one_interpolated_file_serves_both_colors_v1() {
+    one_interpolated_file(ComposeTool::V1).await;
+}
+
+#[tokio::test]
+async fn one_interpolated_file_serves_both_colors_v2() {
+    one_interpolated_file(ComposeTool::V2).await;
+}
+
+async fn one_interpolated_file(tool: ComposeTool) {
+    require(tool).await;
+    let cleanup = DockerCleanup::new(&format!("compose-shared-{}", tag(tool))).await;
     let image = demo_app_image(&cleanup).await;
     let dir = tempfile::tempdir().unwrap();
     let file = write(dir.path(), "docker-compose.yml", SHARED_FILE);
@@ -165,31 +189,47 @@ async fn one_interpolated_file_serves_both_colors() {
     ]);
     let runtime = ComposeRuntime::new(
         AppName::new(cleanup.prefix()).unwrap(),
-        compose_config(ComposeFiles::Shared(file)),
+        compose_config_for(tool, ComposeFiles::Shared(file)),
     )
     .await
     .expect("compose runtime");
+    assert_eq!(runtime.program().display(), program_of(tool));
 
     deploy_both_and_take_down(&cleanup, &runtime, Some(&image)).await;
 }
 
 #[tokio::test]
-async fn a_failing_up_reports_compose_stderr() {
-    let cleanup = DockerCleanup::new("compose-fail").await;
+async fn a_failing_up_reports_what_failed_v1() {
+    a_failing_up_reports_what_failed(ComposeTool::V1).await;
+}
+
+#[tokio::test]
+async fn a_failing_up_reports_what_failed_v2() {
+    a_failing_up_reports_what_failed(ComposeTool::V2).await;
+}
+
+async fn a_failing_up_reports_what_failed(tool: ComposeTool) {
+    require(tool).await;
+    let cleanup = DockerCleanup::new(&format!("compose-fail-{}", tag(tool))).await;
     let dir = tempfile::tempdir().unwrap();
     let file = write(dir.path(), "docker-compose.yml", SHARED_FILE);
     let _down = ComposeDown(vec![(format!("{}-blue", cleanup.prefix()), file.clone())]);
     let runtime = ComposeRuntime::new(
         AppName::new(cleanup.prefix()).unwrap(),
-        compose_config(ComposeFiles::Shared(file)),
+        compose_config_for(tool, ComposeFiles::Shared(file)),
     )
     .await
     .unwrap();
-    let missing = format!("{}-missing:v1", cleanup.prefix());
+    assert_eq!(runtime.program().display(), program_of(tool));
+    // A registry on a closed loopback port: the daemon's pull goes nowhere else.
+    let missing = format!("127.0.0.1:9/{}-missing:v1", cleanup.prefix());
     let error = runtime
         .start(
             Color::Blue,
-            &Release::new("v1").with_artifact(missing.clone()),
+            &Release::new("v1")
+                .unwrap()
+                .with_artifact(missing.clone())
+                .unwrap(),
         )
         .await
         .expect_err("the image does not exist and cannot be pulled");
@@ -197,8 +237,11 @@ async fn a_failing_up_reports_compose_stderr() {
     assert!(error.message.contains("up -d` failed"), "{error}");
     assert!(
         error.message.contains(&missing),
-        "compose's stderr names the image: {error}"
+        "the error names the image: {error}"
     );
+    // The cause, not compose v2's warnings or progress lines.
+    assert!(error.message.contains("connection refused"), "{error}");
+    assert!(!error.message.contains("obsolete"), "{error}");
     assert!(
         containers_with_prefix(cleanup.docker(), cleanup.prefix())
             .await
@@ -208,6 +251,25 @@ async fn a_failing_up_reports_compose_stderr() {
                 .is_empty(),
         "the failed project was taken down"
     );
+}
+
+fn program_of(tool: ComposeTool) -> &'static str {
+    match tool {
+        ComposeTool::V2 => "docker compose",
+        _ => "docker-compose",
+    }
+}
+
+/// With both versions installed (as `scripts/test` leaves the machine), `auto` picks v2, the
+/// one most people run.
+#[tokio::test]
+async fn auto_picks_compose_v2_when_both_are_installed() {
+    require(ComposeTool::V1).await;
+    require(ComposeTool::V2).await;
+    let program = blue_green_docker::compose::detect(ComposeTool::Auto, None)
+        .await
+        .unwrap();
+    assert_eq!(program.display(), "docker compose");
 }
 
 #[tokio::test]

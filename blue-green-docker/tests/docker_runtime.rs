@@ -27,7 +27,7 @@ async fn starts_a_release_that_answers_then_stops_and_removes_it() {
     let runtime = runtime(&cleanup, demo_config(&image, &[("GREETING", "hi")])).await;
 
     let instance = runtime
-        .start(Color::Blue, &Release::new("v1"))
+        .start(Color::Blue, &Release::new("v1").unwrap())
         .await
         .expect("start blue");
     assert_eq!(instance.color, Color::Blue);
@@ -102,7 +102,10 @@ async fn publishes_on_the_configured_endpoint_and_restarts_a_stopped_instance() 
     let green = runtime
         .start(
             Color::Green,
-            &Release::new("v2").with_artifact(image.clone()),
+            &Release::new("v2")
+                .unwrap()
+                .with_artifact(image.clone())
+                .unwrap(),
         )
         .await
         .unwrap();
@@ -131,7 +134,7 @@ async fn a_release_that_crashes_on_start_is_reported_as_exited() {
 
     let started = Instant::now();
     let instance = runtime
-        .start(Color::Green, &Release::new("bad"))
+        .start(Color::Green, &Release::new("bad").unwrap())
         .await
         .unwrap();
     let (state, _) = wait_state(&runtime, &instance, Duration::from_secs(15), |s| {
@@ -169,7 +172,7 @@ async fn a_host_port_in_use_is_a_clear_error_and_leaves_nothing() {
     let runtime = runtime(&cleanup, config).await;
 
     let error = runtime
-        .start(Color::Blue, &Release::new("v1"))
+        .start(Color::Blue, &Release::new("v1").unwrap())
         .await
         .expect_err("the port is taken");
     println!("{error}");
@@ -196,7 +199,10 @@ async fn a_missing_image_is_a_clear_error() {
     let error = runtime
         .start(
             Color::Blue,
-            &Release::new("v9").with_artifact(missing.clone()),
+            &Release::new("v9")
+                .unwrap()
+                .with_artifact(missing.clone())
+                .unwrap(),
         )
         .await
         .expect_err("the image does not exist");
@@ -217,7 +223,7 @@ async fn list_finds_a_container_left_by_an_earlier_run() {
     let image = demo_app_image(&cleanup).await;
     let earlier = runtime(&cleanup, demo_config(&image, &[])).await;
     let left = earlier
-        .start(Color::Green, &Release::new("v7"))
+        .start(Color::Green, &Release::new("v7").unwrap())
         .await
         .unwrap();
     drop(earlier);
@@ -246,7 +252,7 @@ async fn stop_kills_a_release_that_ignores_sigterm_after_the_grace_period() {
     let image = demo_app_image(&cleanup).await;
     let runtime = runtime(&cleanup, demo_config(&image, &[("IGNORE_SIGTERM", "1")])).await;
     let instance = runtime
-        .start(Color::Blue, &Release::new("stubborn"))
+        .start(Color::Blue, &Release::new("stubborn").unwrap())
         .await
         .unwrap();
     wait_healthy(&instance, Duration::from_secs(20)).await;
@@ -279,7 +285,7 @@ async fn stop_during_a_slow_request(
 ) -> (Result<(u16, String), String>, InstanceState) {
     let runtime = runtime(cleanup, demo_config(image, env)).await;
     let instance = runtime
-        .start(Color::Blue, &Release::new("v1"))
+        .start(Color::Blue, &Release::new("v1").unwrap())
         .await
         .unwrap();
     wait_healthy(&instance, Duration::from_secs(20)).await;
@@ -367,7 +373,7 @@ async fn networks_restart_policy_stop_signal_env_and_labels_reach_the_container(
     config.labels.insert("team".into(), "web".into());
     let runtime = runtime(&cleanup, config).await;
     let instance = runtime
-        .start(Color::Green, &Release::new("v3"))
+        .start(Color::Green, &Release::new("v3").unwrap())
         .await
         .unwrap();
     assert_eq!(

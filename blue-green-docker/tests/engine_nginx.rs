@@ -46,7 +46,13 @@ async fn ten_deploys_and_two_failed_ones_through_nginx_under_load_lose_no_reques
     let cancel = CancellationToken::new();
 
     let first = engine
-        .deploy(Release::new("r0").with_artifact(good.clone()), &cancel)
+        .deploy(
+            Release::new("r0")
+                .unwrap()
+                .with_artifact(good.clone())
+                .unwrap(),
+            &cancel,
+        )
         .await
         .unwrap_or_else(|e| panic!("first deploy: {e}\nnginx: {}", nginx.error_log()));
 
@@ -62,7 +68,13 @@ async fn ten_deploys_and_two_failed_ones_through_nginx_under_load_lose_no_reques
     for i in 1..=10 {
         let release = format!("r{i}");
         let report = engine
-            .deploy(Release::new(&release).with_artifact(good.clone()), &cancel)
+            .deploy(
+                Release::new(&release)
+                    .unwrap()
+                    .with_artifact(good.clone())
+                    .unwrap(),
+                &cancel,
+            )
             .await
             .unwrap_or_else(|e| panic!("deploy {release}: {e}\nload: {}", load.snapshot()));
         assert_eq!(
@@ -78,7 +90,13 @@ async fn ten_deploys_and_two_failed_ones_through_nginx_under_load_lose_no_reques
 
     // A release that crashes on start: the engine sees it exit and gives up at once.
     let error = engine
-        .deploy(Release::new("crash").with_artifact(crashing), &cancel)
+        .deploy(
+            Release::new("crash")
+                .unwrap()
+                .with_artifact(crashing)
+                .unwrap(),
+            &cancel,
+        )
         .await
         .expect_err("a crashing release must not go live");
     println!("crash-on-start deploy: {error}");
@@ -89,7 +107,10 @@ async fn ten_deploys_and_two_failed_ones_through_nginx_under_load_lose_no_reques
     short.readiness.deadline = Duration::from_secs(5);
     let engine = engine.with_config(short);
     let error = engine
-        .deploy(Release::new("sick").with_artifact(sick), &cancel)
+        .deploy(
+            Release::new("sick").unwrap().with_artifact(sick).unwrap(),
+            &cancel,
+        )
         .await
         .expect_err("a never-healthy release must not go live");
     println!("never-healthy deploy: {error}");

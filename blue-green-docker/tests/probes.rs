@@ -23,7 +23,7 @@ async fn start(
     .await
     .unwrap();
     let instance = runtime
-        .start(Color::Blue, &Release::new("v1"))
+        .start(Color::Blue, &Release::new("v1").unwrap())
         .await
         .unwrap();
     (runtime, instance)
@@ -163,6 +163,24 @@ async fn exec_probe_runs_a_command_in_the_container() {
             assert!(reason.contains("did not answer 200"), "{reason}");
         }
         Health::Healthy => panic!("NEVER_HEALTHY answers 503"),
+    }
+
+    // Reasons reach the terminal, the log, the NDJSON events and the history: they name the
+    // program only, never its arguments (which may hold a token).
+    let secret = "--api-token=s3cret-exec-token";
+    for argv in [
+        argv(&["/demo-app", "--check", secret]),
+        argv(&["/no-such-program", secret]),
+    ] {
+        let probe = ExecProbe::for_docker(&runtime, argv.clone(), timeout).unwrap();
+        match probe.check(&sick).await {
+            Health::Unhealthy(reason) => {
+                println!("{reason}");
+                assert!(reason.contains(&argv[0]), "{reason}");
+                assert!(!reason.contains("s3cret"), "the token leaked: {reason}");
+            }
+            Health::Healthy => panic!("{argv:?} is not healthy"),
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! [`NginxHarness`]: the real nginx (Debian's `/usr/sbin/nginx`) as a plain process, with its
 //! own config, pid file, logs and temp paths in a temporary directory, listening on a free
 //! loopback port and proxying everything to one upstream whose block lives in its own file —
-//! the file an [`NginxRouter`](blue_green_core::NginxRouter) rewrites.
+//! the file an [`NginxRouter`](blue_green_router::NginxRouter) rewrites.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), String> {
@@ -29,7 +29,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use blue_green_core::{Endpoint, NginxConfig, NginxVerify};
+use blue_green_core::Endpoint;
+use blue_green_router::{NginxConfig, NginxVerify};
 use rustix::process::{Pid, Signal};
 use tempfile::TempDir;
 

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Instant, SystemTime};
 
-use blue_green_core::{CancellationToken, Color, DeployReport, Release};
+use blue_green_core::{Artifact, CancellationToken, Color, DeployReport, Release};
 use blue_green_docker::{ComposeConfig, ComposeFiles};
 use serde_json::json;
 
@@ -16,9 +16,10 @@ use crate::cli::{Cli, Command, DeployArgs};
 use crate::components::{CliEngine, Components};
 use crate::config::{self, Config, RuntimeConfig};
 use crate::failure::Failure;
-use crate::output::{secs, PauseHook, Printer};
+use crate::output::{one_line, secs, Printer};
+use blue_green_cli::test_hooks::PauseHook;
 
-use show::{history, status_text};
+use show::{history, repair_text, status_text};
 use validate::validate;
 
 /// Runs the command with its config (read before the async runtime starts, so that no file
@@ -30,26 +31,24 @@ pub async fn run(cli: &Cli, config: Result<Config, config::ConfigError>) -> i32 
         verbose: cli.verbose,
     };
     let name = command_name(&cli.command);
-    // The proxy's commands read no config file.
-    if let Command::Proxy(args) = &cli.command {
-        let name = proxy::command_name(args);
-        return match proxy::run(args, printer).await {
-            Ok(()) => 0,
-            Err(f) => {
-                printer.failure(name, f.class().code(), &f.message(), f.json(), &f.detail());
-                f.class().code()
-            }
-        };
-    }
-    let result = match config {
-        Ok(config) => dispatch(cli, config, printer).await,
-        Err(e) => Err(Failure::Config(e)),
+    let result = match (&cli.command, config) {
+        // The proxy's commands read no config file.
+        (Command::Proxy(args), _) => proxy::run(args, printer).await,
+        (_, Ok(config)) => dispatch(cli, config, printer).await,
+        (_, Err(e)) => Err(Failure::Config(e)),
     };
     match result {
         Ok(()) => 0,
         Err(f) => {
             let code = f.class().code();
-            printer.failure(name, code, &f.message(), f.json(), &f.detail());
+            printer.failure(
+                name,
+                code,
+                &f.message(),
+                &f.human_message(),
+                f.json(),
+                &f.detail(),
+            );
             code
         }
     }
@@ -59,6 +58,7 @@ fn command_name(c: &Command) -> &'static str {
     match c {
         Command::Deploy(_) => "deploy",
         Command::Status => "status",
+        Command::Repair => "repair",
         Command::Rollback => "rollback",
         Command::Switch { .. } => "switch",
         Command::Down { .. } => "down",
@@ -105,9 +105,25 @@ async fn dispatch(cli: &Cli, config: Config, printer: Printer) -> Result<(), Fai
             }
             for (i, inst) in report.removed.iter().enumerate() {
                 let sep = if i == 0 { "removed " } else { ", " };
-                let _ = write!(human, "{sep}{} (release {})", inst.color, inst.release);
+                let _ = write!(
+                    human,
+                    "{sep}{} (release {})",
+                    inst.color,
+                    one_line(&inst.release)
+                );
             }
             printer.success("down", json!({ "report": report }), &human, false);
+            Ok(())
+        }
+        Command::Repair => {
+            let engine = engine(&config, printer, false).await?;
+            let report = engine.repair().await?;
+            printer.success(
+                "repair",
+                json!({ "report": report }),
+                &repair_text(&report),
+                false,
+            );
             Ok(())
         }
         Command::Status => {
@@ -161,6 +177,8 @@ async fn watch_signals(cancel: CancellationToken) {
     cancel.cancel();
     if interrupted().await.is_ok() {
         eprintln!("interrupted twice: exiting now; the next blue-green command repairs leftovers");
+        // Child commands run in their own process groups, out of reach of the terminal's Ctrl-C.
+        blue_green_core::process::kill_all_running();
         std::process::exit(130);
     }
 }
@@ -200,16 +218,18 @@ fn changed(printer: Printer, command: &str, report: &DeployReport, started: Inst
 // ---- deploy arguments -----------------------------------------------------------------------
 
 async fn release_for(args: &DeployArgs, config: &Config) -> Result<Release, Failure> {
-    if let Some(image) = &args.image {
-        if !config::is_valid_image(image) {
-            return Err(Failure::Usage(format!(
-                "--image `{image}` is not an image reference: expected for example web:1.4.2 or registry.local/web@sha256:..."
-            )));
+    // The core's types are the only validators; here their errors get the flag's name.
+    let artifact = match &args.image {
+        Some(image) => {
+            let artifact = Artifact::new(image.clone())
+                .map_err(|e| Failure::Usage(format!("--image {}", e.message)))?;
+            if let RuntimeConfig::Compose(compose) = &config.runtime {
+                compose_uses_image_variable(compose).await?;
+            }
+            Some(artifact)
         }
-        if let RuntimeConfig::Compose(compose) = &config.runtime {
-            compose_uses_image_variable(compose).await?;
-        }
-    }
+        None => None,
+    };
     let id = match &args.release {
         Some(r) => r.clone(),
         None => args
@@ -218,16 +238,10 @@ async fn release_for(args: &DeployArgs, config: &Config) -> Result<Release, Fail
             .and_then(image_tag)
             .unwrap_or_else(timestamp_release),
     };
-    if !is_valid_release(&id) {
-        return Err(Failure::Usage(format!(
-            "--release `{id}` is not a valid release id: use 1 to 128 letters, digits, `_`, `.` and `-`, starting with a letter or digit (it becomes BLUE_GREEN_RELEASE and may be used in image tags)"
-        )));
-    }
-    let release = Release::new(id);
-    Ok(match &args.image {
-        Some(image) => release.with_artifact(image.clone()),
-        None => release,
-    })
+    let mut release =
+        Release::new(id).map_err(|e| Failure::Usage(format!("--release {}", e.message)))?;
+    release.artifact = artifact;
+    Ok(release)
 }
 
 /// With compose, `--image` reaches the project only as `${BLUE_GREEN_IMAGE}`: refuse it when no
@@ -249,13 +263,6 @@ async fn compose_uses_image_variable(compose: &ComposeConfig) -> Result<(), Fail
         }
     }
     Ok(())
-}
-
-fn is_valid_release(id: &str) -> bool {
-    let mut chars = id.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-        && id.len() <= 128
 }
 
 /// The tag of `repo/name:tag`, if it has one (not a digest).
@@ -289,10 +296,6 @@ mod tests {
 
     #[test]
     fn release_ids() {
-        assert!(is_valid_release("v1.4.2"));
-        assert!(is_valid_release(&timestamp_release()));
-        for bad in ["", "-x", "a b", "a/b", "a;b", &"x".repeat(129)] {
-            assert!(!is_valid_release(bad), "{bad}");
-        }
+        assert!(Release::new(timestamp_release()).is_ok());
     }
 }

@@ -1,13 +1,13 @@
-//! `status` and `history` for people.
+//! `status`, `repair` and `history` for people.
 
 use std::fmt::Write as _;
 
-use blue_green_core::{Color, FileStore, StateStore, Status};
+use blue_green_core::{Color, FileStore, RepairReport, StateStore, Status};
 use serde_json::json;
 
 use crate::config::Config;
 use crate::failure::Failure;
-use crate::output::{secs, Printer};
+use crate::output::{one_line, secs, Printer};
 
 pub(super) fn status_text(s: &Status) -> String {
     let mut out = String::new();
@@ -18,7 +18,7 @@ pub(super) fn status_text(s: &Status) -> String {
                 out,
                 "live     {color}, release {} since {}",
                 d.release.id,
-                short_time(&d.since)
+                one_line(&short_time(&d.since))
             );
         }
         (Some(color), _) => {
@@ -46,17 +46,45 @@ pub(super) fn status_text(s: &Status) -> String {
                 out,
                 "  {:<6} release {:<16} {:<22} {:<20} {}{live}",
                 i.instance.color,
-                i.instance.release,
+                one_line(&i.instance.release),
                 i.instance.endpoint.to_string(),
-                i.state.to_string(),
-                short_id(&i.instance.id),
+                one_line(&i.state.to_string()),
+                one_line(short_id(&i.instance.id)),
             );
         }
     }
+    if let Some(holder) = &s.in_progress {
+        let _ = writeln!(out, "at work  {holder}");
+    }
+    if !s.leftovers.is_empty() {
+        let _ = writeln!(out, "left over:");
+        for left in &s.leftovers {
+            let _ = writeln!(out, "  {}", left.found);
+            for action in &left.repair {
+                let _ = writeln!(out, "    - {action}");
+            }
+        }
+        let _ = writeln!(
+            out,
+            "run `blue-green repair` to repair it (the next deploy, rollback, switch or down also does)"
+        );
+    }
     for w in &s.warnings {
-        let _ = writeln!(out, "warning: {w}");
+        let _ = writeln!(out, "warning: {}", one_line(w));
     }
     out
+}
+
+/// The summary line of `repair` (what it repaired was shown as it happened).
+pub(super) fn repair_text(r: &RepairReport) -> String {
+    let live = r
+        .live
+        .map_or("nothing is live".to_string(), |c| format!("{c} is live"));
+    match r.repaired.len() {
+        0 => format!("nothing to repair; {live}"),
+        1 => format!("repaired 1 leftover; {live}"),
+        n => format!("repaired {n} leftovers; {live}"),
+    }
 }
 
 /// An RFC 3339 time without its fraction of a second: `2026-11-25T11:18:09Z`.
@@ -86,11 +114,12 @@ pub(super) async fn history(
 ) -> Result<(), Failure> {
     // History needs only the state directory: it works while Docker or nginx are down.
     let store = FileStore::new(config.state_dir.clone());
-    let mut records = store.history().await.map_err(Failure::Component)?;
-    if let Some(n) = limit {
-        let skip = records.len().saturating_sub(n);
-        records.drain(..skip);
+    // With `-n`, only the end of the file is read.
+    let records = match limit {
+        Some(n) => store.recent_history(n).await,
+        None => store.history().await,
     }
+    .map_err(Failure::Component)?;
     let mut out = String::new();
     if records.is_empty() {
         out.push_str("no deploys recorded yet\n");
@@ -112,16 +141,16 @@ pub(super) async fn history(
         let _ = writeln!(
             out,
             "{:<20}  {:<8} {:<16} {:<14} {:<12} {:>7}  {}",
-            short_time(&r.started_at),
+            one_line(&short_time(&r.started_at)),
             r.command,
-            r.release.as_deref().unwrap_or("-"),
+            one_line(r.release.as_deref().unwrap_or("-")),
             format!("{} -> {}", color(r.from), color(r.to)),
             format!("{:?}", r.outcome).to_lowercase(),
             secs(total),
             steps.join(", "),
         );
         if let Some(e) = &r.error {
-            let _ = writeln!(out, "{:<22}error: {e}", "");
+            let _ = writeln!(out, "{:<22}error: {}", "", one_line(e));
         }
     }
     printer.success("history", json!({ "history": records }), &out, true);

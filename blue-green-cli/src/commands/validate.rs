@@ -3,12 +3,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use blue_green_core::FileStore;
 use serde_json::json;
 
 use crate::components::Components;
 use crate::config::{Config, HealthConfig, RouterConfig};
 use crate::failure::Failure;
-use crate::output::Printer;
+use crate::output::{one_line, Printer};
 
 /// One environment check of `validate`.
 struct Check {
@@ -38,8 +39,8 @@ pub(super) async fn validate(
     if !printer.json && !printer.quiet {
         for c in &checks {
             match &c.result {
-                Ok(m) => eprintln!("  ok   {:<10} {m}", c.what),
-                Err(m) => eprintln!("  FAIL {:<10} {m}", c.what),
+                Ok(m) => eprintln!("  ok   {:<10} {}", c.what, one_line(m)),
+                Err(m) => eprintln!("  FAIL {:<10} {}", c.what, one_line(m)),
             }
         }
     }
@@ -58,7 +59,10 @@ pub(super) async fn validate(
     } else {
         let lines: Vec<String> = failed
             .iter()
-            .map(|c| format!("{}: {}", c.what, c.result.as_ref().err().map_or("", |s| s)))
+            .map(|c| {
+                let m = c.result.as_ref().err().map_or("", |s| s);
+                format!("{}: {}", c.what, one_line(m))
+            })
             .collect();
         Err(Failure::Unreachable(format!(
             "the environment is not ready:\n  {}",
@@ -120,6 +124,14 @@ async fn environment_checks(config: &Config, checks: &mut Vec<Check>) -> Result<
                 });
             }
         }
+        RouterConfig::Haproxy(h) => checks.push(Check {
+            what: "haproxy".into(),
+            result: crate::config::check_haproxy(h).await,
+        }),
+        RouterConfig::Caddy(c) => checks.push(Check {
+            what: "caddy".into(),
+            result: crate::config::check_caddy(c).await,
+        }),
         RouterConfig::Proxy(p) => checks.push(Check {
             what: "proxy".into(),
             result: p.answers(&config.app).await,
@@ -188,7 +200,28 @@ fn file_checks(config: &Config) -> Vec<Check> {
         what: "state".into(),
         result: state_dir_check(&config.state_dir),
     });
+    checks.extend(loose_modes(&config.state_dir));
     checks
+}
+
+/// The state directory and its files are private (checked as every command checks them), and
+/// a warning for each that others can still read (as earlier versions made them).
+fn loose_modes(dir: &Path) -> Vec<Check> {
+    let store = FileStore::new(dir);
+    if let Err(e) = store.check_dir() {
+        return vec![Check {
+            what: "state".into(),
+            result: Err(e.message),
+        }];
+    }
+    store
+        .loose_modes()
+        .into_iter()
+        .map(|m| Check {
+            what: "modes".into(),
+            result: Ok(format!("warning: {m}")),
+        })
+        .collect()
 }
 
 fn state_dir_check(dir: &Path) -> Result<String, String> {
@@ -232,22 +265,19 @@ fn program_exists(program: &str) -> Result<String, String> {
 async fn run_check_command(argv: &[String], limit: Duration) -> Result<String, String> {
     let shown = argv.join(" ");
     tracing::debug!(command = %shown, "running the router's test command");
-    let mut cmd = tokio::process::Command::new(&argv[0]);
-    cmd.args(&argv[1..]).kill_on_drop(true);
-    match tokio::time::timeout(limit, cmd.output()).await {
-        Err(_) => Err(format!(
-            "`{shown}` did not finish within {}s",
-            limit.as_secs()
-        )),
-        Ok(Err(e)) => Err(format!("cannot run `{shown}`: {e}")),
-        Ok(Ok(out)) if out.status.success() => Ok(format!("`{shown}` passed")),
-        Ok(Ok(out)) => {
-            let stderr = String::from_utf8_lossy(&out.stderr);
+    let Some(command) = blue_green_core::process::Command::from_argv(argv) else {
+        return Err("the test command is empty".into());
+    };
+    match command.run(limit).await {
+        Err(e) => Err(e.to_string()),
+        Ok(out) if out.status.success() => Ok(format!("`{shown}` passed")),
+        Ok(out) => {
+            let stderr = out.stderr.text();
             let last: Vec<&str> = stderr.lines().rev().take(3).collect();
             let last: Vec<&str> = last.into_iter().rev().collect();
             Err(format!(
                 "`{shown}` failed ({}): {}",
-                out.status,
+                out.status_text(),
                 last.join(" / ")
             ))
         }

@@ -9,12 +9,17 @@ mod check;
 pub use check::proxy::DEFAULT_CONTROL as DEFAULT_PROXY_CONTROL;
 mod raw;
 
+pub(crate) use check::{check_caddy, check_haproxy};
+
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use blue_green_core::{AppName, EngineConfig, HttpProbeConfig, NginxConfig};
+use blue_green_core::{AppName, EngineConfig, HttpProbeConfig};
 use blue_green_docker::{ComposeConfig, DockerConfig};
+use blue_green_router::caddy::CaddyConfig;
+use blue_green_router::haproxy::HaproxyConfig;
+use blue_green_router::NginxConfig;
 
 /// A checked config file.
 #[derive(Debug, Clone)]
@@ -74,6 +79,10 @@ pub enum HealthConfig {
 pub enum RouterConfig {
     /// An nginx upstream file.
     Nginx(Box<NginxConfig>),
+    /// HAProxy's runtime API: two server slots of a backend.
+    Haproxy(Box<HaproxyConfig>),
+    /// Caddy's admin API: the upstreams of a reverse_proxy handler.
+    Caddy(Box<CaddyConfig>),
     /// blue-green's own proxy, over its control socket.
     Proxy(check::proxy::ProxyRouterConfig),
     /// Something else routes; the target is only recorded in this file.
@@ -143,23 +152,15 @@ impl ConfigError {
     }
 }
 
-/// True when `image` looks like an image reference (`name:tag`, `registry/name@digest`).
-pub fn is_valid_image(image: &str) -> bool {
-    check::IMAGE.is_match(image)
-}
+/// Most problems reported for one file: a file with thousands of bad keys gets the first
+/// ones and a count, not thousands of lines.
+pub const MAX_PROBLEMS: usize = 50;
 
-/// Reads and checks the config file at `path`: syntax, unknown keys, types, values, and that
-/// the files it names exist. Touches nothing: the environment (Docker, nginx) is checked by
-/// `validate`, not here.
+/// Reads and checks the config file at `path`: who may have written it, syntax, unknown keys,
+/// types, values, and that the files it names exist. Touches nothing: the environment (Docker,
+/// nginx) is checked by `validate`, not here.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        let hint = if e.kind() == std::io::ErrorKind::NotFound {
-            "; pass -c PATH, or create blue-green.toml (see docs/configuration.md)"
-        } else {
-            ""
-        };
-        ConfigError::one(path, format!("cannot read the config file: {e}{hint}"))
-    })?;
+    let text = read_trusted(path)?;
     let dir = path
         .parent()
         .map(Path::to_path_buf)
@@ -174,9 +175,58 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     parse(&text, path, &dir)
 }
 
+/// Reads the config file, refusing one that another user (other than root) owns or that group
+/// or others can write: the config names the commands blue-green runs (`validate` runs the
+/// router's test command) and the images it starts, usually as root, so whoever can write it
+/// can run anything as root. The check is made on the open file, so the file cannot be
+/// swapped between the check and the read.
+fn read_trusted(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+
+    let cannot_read = |e: std::io::Error| {
+        let hint = if e.kind() == std::io::ErrorKind::NotFound {
+            "; pass -c PATH, or create blue-green.toml (see docs/configuration.md)"
+        } else {
+            ""
+        };
+        ConfigError::one(path, format!("cannot read the config file: {e}{hint}"))
+    };
+    let mut file = std::fs::File::open(path).map_err(cannot_read)?;
+    let meta = file.metadata().map_err(cannot_read)?;
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(ConfigError::one(
+            path,
+            format!(
+                "the config file is owned by uid {}, not by this user (uid {me}) or root: whoever can write it decides which commands and images blue-green runs. Check its content, then `chown` it to this user, or use a config file of your own",
+                meta.uid()
+            ),
+        ));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(ConfigError::one(
+            path,
+            format!(
+                "the config file is writable by group or others (mode {mode:04o}): whoever can write it decides which commands and images blue-green runs. Check its content, then run `chmod go-w {}`",
+                path.display()
+            ),
+        ));
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(cannot_read)?;
+    Ok(text)
+}
+
 /// Checks config `text` as if read from `file`, resolving relative paths against `dir`.
 pub fn parse(text: &str, file: &Path, dir: &Path) -> Result<Config, ConfigError> {
-    let source = Source { text, file };
+    let newlines = newline_offsets(text);
+    let source = Source {
+        text,
+        file,
+        newlines: &newlines,
+    };
     let raw: raw::RawConfig = match toml::from_str(text) {
         Ok(raw) => raw,
         Err(e) => {
@@ -185,7 +235,38 @@ pub fn parse(text: &str, file: &Path, dir: &Path) -> Result<Config, ConfigError>
             })
         }
     };
-    check::Checker::new(source, dir).config(raw)
+    check::Checker::new(source, dir)
+        .config(raw)
+        .map_err(|e| e.capped(file))
+}
+
+/// The byte offsets of the newlines of `text`, so that a line is found by a binary search
+/// rather than a scan from the start for every problem.
+fn newline_offsets(text: &str) -> Vec<usize> {
+    text.bytes()
+        .enumerate()
+        .filter(|(_, b)| *b == b'\n')
+        .map(|(i, _)| i)
+        .collect()
+}
+
+impl ConfigError {
+    /// At most [`MAX_PROBLEMS`] problems, then one that says how many more there are.
+    fn capped(mut self, file: &Path) -> Self {
+        if self.problems.len() > MAX_PROBLEMS {
+            let more = self.problems.len() - MAX_PROBLEMS;
+            self.problems.truncate(MAX_PROBLEMS);
+            self.problems.push(Problem {
+                file: file.to_path_buf(),
+                line: None,
+                key: None,
+                message: format!(
+                    "and {more} more problems not shown: fix the ones above and run `blue-green validate` again"
+                ),
+            });
+        }
+        self
+    }
 }
 
 /// The text of the file, to turn byte spans into lines and keys.
@@ -193,17 +274,16 @@ pub fn parse(text: &str, file: &Path, dir: &Path) -> Result<Config, ConfigError>
 pub(crate) struct Source<'a> {
     pub text: &'a str,
     pub file: &'a Path,
+    /// The byte offsets of the newlines in `text`.
+    pub newlines: &'a [usize],
 }
 
 impl Source<'_> {
     /// The 1-based line of byte offset `at`.
     pub fn line(&self, at: usize) -> usize {
         let at = at.min(self.text.len());
-        self.text.as_bytes()[..at]
-            .iter()
-            .filter(|b| **b == b'\n')
-            .count()
-            + 1
+        // The number of newlines before `at`.
+        self.newlines.partition_point(|&nl| nl < at) + 1
     }
 
     /// A problem at `span`, about `key`.

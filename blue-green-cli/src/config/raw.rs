@@ -103,6 +103,14 @@ pub struct RawRouter {
     pub pid_file: Option<Str>,
     // none
     pub target_file: Option<Str>,
+    // haproxy
+    pub socket: Option<Str>,
+    pub backend: Option<Str>,
+    pub servers: Option<Spanned<RawPerColor>>,
+    pub state_file: Option<Str>,
+    // caddy
+    pub admin: Option<Str>,
+    pub upstream_id: Option<Str>,
     // proxy
     pub control: Option<Str>,
     pub hosts: Option<Spanned<Vec<Str>>>,

@@ -1,10 +1,11 @@
 //! The commands that change what serves — `deploy`, `rollback`, `switch` — as one flow: bring an
-//! instance up in a color, wait until it is ready, switch, verify, retire the old color, record;
-//! and the restore that puts things back when a step before the end of the switch fails.
+//! instance up in a color, wait until it is ready, switch, verify, retire the old color, record.
+//! When a step before the end of the switch fails, the restore (`recover`, planned by `plan`)
+//! puts things back.
 
 use tokio::time::Instant;
 
-use crate::error::{ComponentError, Error, Leftovers};
+use crate::error::Error;
 use crate::events::{Event, Step};
 use crate::model::{Color, Endpoint, Instance, InstanceState, Release};
 use crate::probe::HealthProbe;
@@ -13,7 +14,8 @@ use crate::runtime::Runtime;
 use crate::state::{Deployment, JournalEntry, StateStore};
 
 use super::calls::now_rfc3339;
-use super::reconcile::World;
+use super::plan::{Undo, World};
+use super::recover::Undoing;
 use super::run::{Run, Switched};
 use super::KeepPrevious;
 
@@ -27,17 +29,11 @@ enum Bring {
     Existing(Instance),
 }
 
-/// What a failure does with the instance that was brought up: the opposite of [`Bring`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Undo {
-    Remove,
-    Stop,
-    Leave,
-}
-
-struct Plan {
+/// What a command that changes what serves is about to do.
+struct Switchover {
     color: Color,
     bring: Bring,
+    /// What a failure does with the instance that was brought up: the opposite of `bring`.
     undo: Undo,
     /// The release recorded as live on success.
     release: Release,
@@ -105,7 +101,7 @@ pub(super) async fn deploy<R: Runtime, P: HealthProbe, T: Router, S: StateStore>
     if !leftovers.is_empty() {
         clear(run, color, leftovers).await?;
     }
-    let plan = Plan {
+    let change = Switchover {
         color,
         bring: Bring::Start(release.clone()),
         undo: Undo::Remove,
@@ -114,7 +110,7 @@ pub(super) async fn deploy<R: Runtime, P: HealthProbe, T: Router, S: StateStore>
         old_target: world.target.clone(),
         retire_old: true,
     };
-    bring_up(run, plan).await
+    bring_up(run, change).await
 }
 
 pub(super) async fn rollback<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
@@ -135,7 +131,7 @@ pub(super) async fn rollback<R: Runtime, P: HealthProbe, T: Router, S: StateStor
             format!("the previous color {color} is the live one; there is nothing to roll back to"),
         ));
     }
-    run.release = Some(previous.release.id.clone());
+    run.release = Some(previous.release.id.to_string());
     run.from = from;
     run.to = Some(color);
     run.journal = Some(journal_for(
@@ -173,7 +169,7 @@ pub(super) async fn rollback<R: Runtime, P: HealthProbe, T: Router, S: StateStor
     if !slot.is_empty() {
         clear(run, color, slot).await?;
     }
-    let plan = Plan {
+    let change = Switchover {
         color,
         bring,
         undo,
@@ -182,7 +178,7 @@ pub(super) async fn rollback<R: Runtime, P: HealthProbe, T: Router, S: StateStor
         old_target: world.target.clone(),
         retire_old: true,
     };
-    bring_up(run, plan).await
+    bring_up(run, change).await
 }
 
 pub(super) async fn switch<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
@@ -214,17 +210,12 @@ pub(super) async fn switch<R: Runtime, P: HealthProbe, T: Router, S: StateStore>
             ),
         ));
     };
-    let release = [run.state.previous.as_ref(), run.state.live.as_ref()]
-        .into_iter()
-        .flatten()
-        .find(|d| d.color == color && d.release.id == inst.release)
-        .map(|d| d.release.clone())
-        .unwrap_or_else(|| Release::new(inst.release.clone()));
-    run.release = Some(release.id.clone());
+    let release = run.state.release_of(color, &inst.release);
+    run.release = Some(release.id.to_string());
     run.from = from;
     run.to = Some(color);
     run.journal = Some(journal_for(run, color, Some(release.clone()), from));
-    let plan = Plan {
+    let change = Switchover {
         color,
         bring: Bring::Existing(inst),
         undo: Undo::Leave,
@@ -233,7 +224,7 @@ pub(super) async fn switch<R: Runtime, P: HealthProbe, T: Router, S: StateStore>
         old_target: world.target.clone(),
         retire_old: false,
     };
-    bring_up(run, plan).await
+    bring_up(run, change).await
 }
 
 /// Removes leftovers from `color`'s slot (never what the router points at).
@@ -264,13 +255,13 @@ async fn clear<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
 /// Start (or restart), ready, switch, verify; then drain, stop and keep the old color; record.
 async fn bring_up<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
     run: &mut Run<'_, R, P, T, S>,
-    plan: Plan,
+    change: Switchover,
 ) -> Result<Switched, Error> {
     let eng = run.engine;
-    let color = plan.color;
+    let color = change.color;
     let here = Some(color);
 
-    let started = match &plan.bring {
+    let started = match &change.bring {
         Bring::Start(release) => {
             run.step(Step::Start, here, true, async {
                 eng.rt_start(color, release)
@@ -291,14 +282,14 @@ async fn bring_up<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
     };
     let inst = match started {
         Ok(inst) => inst,
-        Err(e) => return Err(restore(run, &plan, None, false, e).await),
+        Err(e) => return Err(restore(run, &change, None, false, e).await),
     };
 
     if let Err(e) = run
         .step(Step::Ready, here, true, eng.wait_ready(&inst))
         .await
     {
-        return Err(restore(run, &plan, Some(&inst), false, e).await);
+        return Err(restore(run, &change, Some(&inst), false, e).await);
     }
 
     let switched = run
@@ -310,7 +301,7 @@ async fn bring_up<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
         .await;
     let receipt = match switched {
         Ok(receipt) => receipt,
-        Err(e) => return Err(restore(run, &plan, Some(&inst), true, e).await),
+        Err(e) => return Err(restore(run, &change, Some(&inst), true, e).await),
     };
     run.target = Some(inst.endpoint.clone());
     run.emit(Event::Routed {
@@ -326,11 +317,11 @@ async fn bring_up<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
         })
         .await;
     if let Err(e) = verified {
-        return Err(restore(run, &plan, Some(&inst), true, e).await);
+        return Err(restore(run, &change, Some(&inst), true, e).await);
     }
     run.switched = true;
 
-    if let (true, Some(old)) = (plan.retire_old, plan.old.as_ref()) {
+    if let (true, Some(old)) = (change.retire_old, change.old.as_ref()) {
         let old_color = old.color;
         match run
             .step(Step::Drain, Some(old_color), true, eng.drain(&old.endpoint))
@@ -344,7 +335,7 @@ async fn bring_up<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
             Err(e) => {
                 // Cancelled while draining: the old color still runs, so go back to it.
                 run.switched = false;
-                return Err(restore(run, &plan, Some(&inst), true, e).await);
+                return Err(restore(run, &change, Some(&inst), true, e).await);
             }
         }
         retire(run, old, &inst).await;
@@ -359,19 +350,14 @@ async fn bring_up<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
     });
     let live = Deployment {
         color,
-        release: plan.release.clone(),
+        release: change.release.clone(),
         endpoint: inst.endpoint.clone(),
         since: now_rfc3339(),
     };
-    if let Some(old) = run.state.live.take() {
-        if old.color != color {
-            run.state.previous = Some(old);
-        }
-    }
-    run.state.live = Some(live.clone());
+    run.state.go_live(live.clone());
     run.save_final().await;
     run.end_step(Step::Record, here, began, Ok(()));
-    Ok((live, plan.old.as_ref().map(|o| o.color)))
+    Ok((live, change.old.as_ref().map(|o| o.color)))
 }
 
 /// Stops the old color (unless kept running) and removes it (when so configured). Failures
@@ -418,128 +404,26 @@ async fn retire<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
     }
 }
 
-/// Puts back what was serving after `cause`: the router to its old target (when the switch may
-/// have happened), the brought-up instance undone. Returns `cause`, or
-/// [`Error::Inconsistent`] naming what is left when putting back failed.
+/// Undoes `change` after `cause` through the one recovery path (`recover`): `new` is the
+/// instance brought up, if it came up.
 async fn restore<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
     run: &mut Run<'_, R, P, T, S>,
-    plan: &Plan,
+    change: &Switchover,
     new: Option<&Instance>,
     maybe_routed: bool,
     cause: Error,
 ) -> Error {
-    let eng = run.engine;
-    let color = plan.color;
-    let began = Instant::now();
-    if let Err(e) = run.write_journal(Step::Restore).await {
-        run.warn(format!("could not write the journal before restoring: {e}"));
-    }
-    run.emit(Event::StepStarted {
-        step: Step::Restore,
-        color: Some(color),
-    });
-    let mut left = Vec::new();
-    // Whether the router may point at the new instance, which then must not be taken away.
-    let mut router_on_new = false;
-    // Whether the router had to be sent back, i.e. the new instance took live traffic.
-    let mut routed_back = false;
-
-    if maybe_routed {
-        let now = eng.router_target().await;
-        if matches!(&now, Ok(t) if *t == plan.old_target) {
-            run.target = plan.old_target.clone();
-        } else if let Some(old) = &plan.old_target {
-            let old_color = plan.old.as_ref().map_or(color.other(), |o| o.color);
-            routed_back = true;
-            if let Err(e) = run.route(old_color, old).await {
-                router_on_new = true;
-                left.push(format!(
-                    "the router may still point at {color}: routing back to {old} failed: {e}; run `switch {old_color}`, or fix the router by hand"
-                ));
-            }
-        } else {
-            match now {
-                Ok(None) => run.target = None,
-                Ok(Some(at)) => {
-                    router_on_new = new.is_some_and(|n| n.endpoint == at);
-                    run.target = Some(at.clone());
-                    left.push(format!(
-                        "the router points at {at} and had no earlier target to go back to; the {color} instance there was kept so that the router does not point at nothing"
-                    ));
-                }
-                Err(e) => {
-                    router_on_new = true;
-                    left.push(format!(
-                        "could not tell where the router points ({e}); the new {color} instance was kept in case it is there"
-                    ));
-                }
-            }
-        }
-    }
-
-    if !router_on_new {
-        let routed = run.target.clone();
-        // The new instance served live traffic between the switch and the route back: let
-        // those requests finish (and nginx's old workers let go of it) before it goes away.
-        if let (true, Some(inst)) = (routed_back, new) {
-            if routed.as_ref() != Some(&inst.endpoint) && plan.undo != Undo::Leave {
-                match eng.drain(&inst.endpoint).await {
-                    Ok(warnings) => warnings.into_iter().for_each(|w| run.warn(w)),
-                    Err(e) => run.warn(format!("draining {color} before undoing it failed: {e}")),
-                }
-            }
-        }
-        let undone: Result<(), ComponentError> = match (new, plan.undo, &plan.bring) {
-            (Some(inst), Undo::Remove, _) => eng.remove_unless_routed(inst, routed.as_ref()).await,
-            (Some(inst), Undo::Stop, _) | (None, Undo::Stop, Bring::Restart(inst)) => {
-                eng.stop_unless_routed(inst, routed.as_ref()).await
-            }
-            (None, Undo::Remove, _) => {
-                // The start failed or was cut short: remove whatever it left in the slot.
-                match eng.rt_list().await {
-                    Ok(all) => {
-                        let mut result = Ok(());
-                        for inst in all.iter().filter(|i| {
-                            i.color == color && Some(&i.endpoint) != routed.as_ref()
-                        }) {
-                            if let Err(e) = eng.remove_unless_routed(inst, routed.as_ref()).await
-                            {
-                                result = Err(e);
-                            }
-                        }
-                        result
-                    }
-                    Err(e) => Err(ComponentError::new(
-                        e.kind,
-                        format!(
-                            "could not list the instances to remove what the failed start left in {color}: {}",
-                            e.message
-                        ),
-                    )),
-                }
-            }
-            _ => Ok(()),
-        };
-        if let Err(e) = undone {
-            left.push(format!("{e}; run `down {color}` to remove it"));
-        }
-    }
-
-    let error = if left.is_empty() {
-        cause
-    } else {
-        Error::Inconsistent {
-            app: eng.config().app.clone(),
-            cause: Box::new(cause),
-            left: Leftovers(left),
-        }
+    let restarting = match &change.bring {
+        Bring::Restart(inst) => Some(inst),
+        Bring::Start(_) | Bring::Existing(_) => None,
     };
-    if matches!(error, Error::Inconsistent { .. }) {
-        // Keep the journal (at its restore step) so that the next command tries again.
-        run.end_step(Step::Restore, Some(color), began, Err(&error));
-    } else {
-        run.save_final().await;
-        run.end_step(Step::Restore, Some(color), began, Ok(()));
-    }
-    error
+    let undoing = Undoing {
+        color: change.color,
+        undo: change.undo,
+        old: change.old.as_ref(),
+        old_target: change.old_target.as_ref(),
+        brought: new.or(restarting),
+        maybe_routed,
+    };
+    run.restore(undoing, cause).await
 }

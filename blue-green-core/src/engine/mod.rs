@@ -9,19 +9,24 @@
 //!
 //! A failure or cancellation before the switch is verified runs `restore` (route back, remove
 //! what was started). A command that finds a journal left by a killed one repairs from it
-//! before anything else. `docs/architecture.md` has the whole story: each step, the repair
-//! rules, the invariants and the exit classes.
+//! before anything else. Both go through one recovery planner: a pure function from the world,
+//! the saved state and the intent to a list of actions, and one executor that carries them
+//! out. `status` only reads: it shows the repair's plan as leftovers. `docs/architecture.md`
+//! has the whole story: each step, the repair rules, the invariants and the exit classes.
 //!
-//! Files: `flow` (deploy, rollback, switch, restore), `reconcile`, `readiness` (and the drain),
-//! `ops` (down, status), `run` (one command: lock, journal, events, history), `calls` (every
+//! Files: `flow` (deploy, rollback, switch), `plan` (the recovery planner), `recover` (its
+//! executor: restore and repair), `reconcile`, `readiness` (and the drain), `ops` (down,
+//! repair, status), `run` (one command: lock, journal, events, history), `calls` (every
 //! external call with its timeout).
 
 mod calls;
 mod flow;
 mod ops;
+mod plan;
 mod policy;
 mod readiness;
 mod reconcile;
+mod recover;
 mod run;
 
 use std::sync::Arc;
@@ -31,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use policy::{KeepPrevious, ReadinessPolicy, SwitchPolicy, Timeouts};
 
-use crate::error::Error;
+use crate::error::{Error, LockHolder};
 use crate::events::{Command, NoopObserver, Observer};
 use crate::model::{AppName, Color, Endpoint, Instance, InstanceState, Release};
 use crate::probe::HealthProbe;
@@ -100,6 +105,29 @@ pub struct InstanceStatus {
     pub live: bool,
 }
 
+/// The result of `repair`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RepairReport {
+    /// The live color after the repair, as the router says.
+    pub live: Option<Color>,
+    /// What was repaired, one sentence each: an interrupted command finished or undone, the
+    /// saved state made to agree with the router. Empty when nothing was left to repair.
+    pub repaired: Vec<String>,
+    /// Other warnings (a lock taken over from a process that is gone, a drain cut short).
+    pub warnings: Vec<String>,
+}
+
+/// Something left to repair, as `status` found it: an interrupted command's leftovers, or a
+/// saved state that disagrees with the router.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Leftover {
+    /// What was found ("an interrupted `deploy` (pid 4242, started …) stopped at its ready
+    /// step").
+    pub found: String,
+    /// What a repair does about it, in order ("remove green instance … (release v2) at …").
+    pub repair: Vec<String>,
+}
+
 /// The answer of `status`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
@@ -113,7 +141,13 @@ pub struct Status {
     pub router_target: Option<Endpoint>,
     /// Every instance the runtime has for this app.
     pub instances: Vec<InstanceStatus>,
-    /// Repairs and oddities found while reconciling.
+    /// What is left to repair. `status` changes nothing: [`Engine::repair`] repairs these, and
+    /// so does the next `deploy`, `rollback`, `switch` or `down` (each reconciles first).
+    pub leftovers: Vec<Leftover>,
+    /// The command at work, when one holds the lock: its journal is work in progress, not a
+    /// leftover.
+    pub in_progress: Option<LockHolder>,
+    /// Oddities a person should know.
     pub warnings: Vec<String>,
 }
 
@@ -177,7 +211,7 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
         cancel: &CancellationToken,
     ) -> Result<DeployReport, Error> {
         let mut run = self
-            .begin(Command::Deploy, Some(release.id.clone()), cancel)
+            .begin(Command::Deploy, Some(release.id.to_string()), cancel)
             .await?;
         let result = flow::deploy(&mut run, release).await;
         run.finish_switch(result).await
@@ -216,11 +250,26 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
         run.finish_down(result).await
     }
 
-    /// Reconciles and reports the live color, instances and router target. When it can take
-    /// the lock, it also repairs what an interrupted command left (and says so in
-    /// [`Status::warnings`]); when another command holds the lock, it only reads.
+    /// Reports the live color (as the router says), the recorded deployment, the router's
+    /// target and every instance with its state, and what is left to repair
+    /// ([`Status::leftovers`]). It only reads: it never stops, removes, routes or saves
+    /// anything, so a dashboard may poll it. It does not wait for the lock; when it finds a
+    /// journal it takes the lock for an instant, only to tell an interrupted command (whose
+    /// leftovers it lists) from one at work ([`Status::in_progress`]).
     pub async fn status(&self) -> Result<Status, Error> {
         ops::status(self).await
+    }
+
+    /// Repairs what an interrupted command left, by its journal (finishes it when its switch
+    /// happened, undoes it otherwise), and makes the saved state agree with the router: what
+    /// [`Engine::status`] lists as leftovers. Takes the lock like every command that changes
+    /// something. The other commands that change something repair first, too; this one does
+    /// only that. A repair that fails is [`Error::Inconsistent`], naming what is left.
+    pub async fn repair(&self) -> Result<RepairReport, Error> {
+        let never = CancellationToken::new();
+        let mut run = self.begin(Command::Repair, None, &never).await?;
+        let result = ops::repair(&mut run).await;
+        run.finish_repair(result).await
     }
 
     /// The deploy history, oldest first.

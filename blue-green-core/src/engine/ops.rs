@@ -1,16 +1,18 @@
-//! `down` and `status`: the commands that do not switch.
+//! `down`, `repair` and `status`: the commands that do not switch.
 
-use crate::error::Error;
+use crate::error::{Error, LockHolder};
 use crate::events::{millis, Command, Event, Step};
 use crate::model::{Color, Instance};
 use crate::probe::HealthProbe;
 use crate::router::Router;
 use crate::runtime::Runtime;
-use crate::state::StateStore;
+use crate::state::{LockError, StateStore};
 
+use super::calls::within;
+use super::plan::{plan, Intent};
 use super::reconcile::align_live;
-use super::run::Run;
-use super::{Engine, InstanceStatus, Status};
+use super::run::{this_process, Run};
+use super::{Engine, InstanceStatus, Leftover, Status};
 
 pub(super) async fn down<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
     run: &mut Run<'_, R, P, T, S>,
@@ -78,9 +80,7 @@ pub(super) async fn down<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
         })
         .await?;
         if Some(color) == live {
-            if let Some(old) = run.state.live.take() {
-                run.state.previous = Some(old);
-            }
+            run.state.retire_live();
             run.warn(format!(
                 "took down the live color {color}: the router still points at it, so the app does not serve until the next `deploy` or `rollback`"
             ));
@@ -91,10 +91,37 @@ pub(super) async fn down<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
     Ok(removed)
 }
 
+/// `repair`: reconcile under the lock (which repairs what an interrupted command left and makes
+/// the saved state agree with the router); a repair that failed makes it inconsistent.
+pub(super) async fn repair<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
+    run: &mut Run<'_, R, P, T, S>,
+) -> Result<Option<Color>, Error> {
+    let world = run.reconcile().await?;
+    let mut failed = std::mem::take(&mut run.unrepaired).into_iter();
+    let Some(first) = failed.next() else {
+        return Ok(world.live_color());
+    };
+    let mut left = vec![first.message];
+    left.extend(failed.map(|f| f.message));
+    Err(Error::Inconsistent {
+        app: run.engine.config().app.clone(),
+        cause: Box::new(
+            run.engine
+                .step_error(Step::Reconcile, first.color, first.source),
+        ),
+        left: crate::error::Leftovers(left),
+    })
+}
+
 pub(super) async fn status<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
     engine: &Engine<R, P, T, S>,
 ) -> Result<Status, Error> {
     let began = tokio::time::Instant::now();
+    engine.emit(Event::CommandStarted {
+        app: engine.config().app.to_string(),
+        command: Command::Status,
+        release: None,
+    });
     let result = look(engine).await;
     engine.emit(Event::CommandFinished {
         command: Command::Status,
@@ -105,49 +132,114 @@ pub(super) async fn status<R: Runtime, P: HealthProbe, T: Router, S: StateStore>
     result
 }
 
+/// Reads the saved state, the runtime and the router, and works out what a repair would do;
+/// changes nothing.
 async fn look<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
     engine: &Engine<R, P, T, S>,
 ) -> Result<Status, Error> {
-    let never = tokio_util::sync::CancellationToken::new();
-    let (state, world, warnings) = match engine.begin(Command::Status, None, &never).await {
-        Ok(mut run) => {
-            let world = run.reconcile().await?;
-            let warnings = run.take_warnings();
-            (run.state.clone(), world, warnings)
+    let app = engine.config().app.clone();
+    let state = engine
+        .store_load()
+        .await
+        .map_err(|e| engine.state_error(e))?;
+    let mut world = engine.observe(state.live.as_ref().map(|d| d.color)).await?;
+    // Every instance is shown with its state (and the plan may depend on them).
+    engine.look_at(&mut world, |_| true).await?;
+
+    let mut warnings = Vec::new();
+    let mut in_progress = None;
+    if let Some(journal) = &state.journal {
+        // A journal is a leftover only when no command is at work: look at the lock.
+        match engine.look_at_lock().await {
+            Ok(LockSeen::Free { left_by: None }) => {}
+            Ok(LockSeen::Free {
+                left_by: Some(gone),
+            }) => warnings.push(format!(
+                "the deploy lock names {gone}, whose process is gone: it was interrupted"
+            )),
+            Ok(LockSeen::Held(holder)) => {
+                warnings.push(format!(
+                    "{holder} holds the deploy lock and is at its {} step; this status only reads",
+                    journal.step
+                ));
+                in_progress = Some(holder);
+            }
+            Err(e) => warnings.push(format!(
+                "could not tell whether a command is at work ({e}); if none is, what is listed as left over is"
+            )),
         }
-        Err(Error::Locked { holder, .. }) => {
-            // Someone else is at work: look, but touch nothing.
-            let mut state = engine
-                .store_load()
-                .await
-                .map_err(|e| engine.state_error(e))?;
-            let world = engine.observe(state.live.as_ref().map(|d| d.color)).await?;
-            let mut warnings = vec![format!(
-                "{holder} holds the deploy lock; this status only reads, and repairs nothing"
-            )];
-            warnings.extend(align_live(&mut state, &world, engine.config().app.as_str()));
-            (state, world, warnings)
+    }
+    let mut leftovers = Vec::new();
+    if in_progress.is_none() {
+        if let Some(plan) = plan(&world, &state, &Intent::Repair) {
+            leftovers.push(Leftover {
+                found: plan.found,
+                repair: plan
+                    .actions
+                    .iter()
+                    .map(|a| a.phrase(false))
+                    .chain(plan.notes)
+                    .collect(),
+            });
+        } else if let Some(drift) = align_live(&mut state.clone(), &world, app.as_str()) {
+            leftovers.push(Leftover {
+                found: drift.found,
+                repair: vec![format!("record {}", drift.record)],
+            });
         }
-        Err(e) => return Err(e),
-    };
+    }
+
     let mut instances = Vec::new();
     for inst in &world.instances {
-        let state = engine
-            .rt_state(inst, None)
-            .await
-            .map_err(|e| engine.step_error(Step::Reconcile, inst.color, e))?;
+        let Some(state) = world.states.get(&inst.id) else {
+            continue;
+        };
         instances.push(InstanceStatus {
             live: world.target.as_ref() == Some(&inst.endpoint),
             instance: inst.clone(),
-            state,
+            state: state.clone(),
         });
     }
     Ok(Status {
-        app: engine.config().app.clone(),
+        app,
         live: world.live_color(),
         deployment: state.live.clone(),
         router_target: world.target.clone(),
         instances,
+        leftovers,
+        in_progress,
         warnings,
     })
+}
+
+/// What a look at the deploy lock found.
+enum LockSeen {
+    /// Nobody holds it; `left_by` names a holder whose process is gone.
+    Free { left_by: Option<LockHolder> },
+    /// A command holds it.
+    Held(LockHolder),
+}
+
+impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
+    /// Whether anyone holds the deploy lock: it takes the lock for an instant and gives it back
+    /// at once (a store can only tell by trying). `status` asks only when it found a journal,
+    /// to tell a command at work from an interrupted one.
+    async fn look_at_lock(&self) -> Result<LockSeen, crate::error::ComponentError> {
+        let me = this_process(Command::Status);
+        let peek = async {
+            match self.store.lock(&me).await {
+                Ok(lock) => Ok(LockSeen::Free {
+                    left_by: lock.taken_over_from.clone(),
+                }),
+                Err(LockError::Held(holder)) => Ok(LockSeen::Held(holder)),
+                Err(LockError::Store(e)) => Err(e),
+            }
+        };
+        within(
+            self.config.timeouts.store,
+            "the state store telling who holds the deploy lock",
+            peek,
+        )
+        .await
+    }
 }

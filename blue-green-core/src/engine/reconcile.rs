@@ -1,46 +1,22 @@
 //! Reconcile: read the saved state, the runtime's instances and the router's target; work out
 //! which color is live (the router is the truth); repair what an interrupted command left, as
-//! its journal says; make the saved state agree with the router.
+//! its journal says (through the recovery planner, `plan`); make the saved state agree with the
+//! router.
 
 use tokio::time::Instant;
 
 use crate::error::Error;
-use crate::events::{Command, Event, Step};
-use crate::model::{Color, Endpoint, Instance, InstanceState, Release};
+use crate::events::{Event, Step};
+use crate::model::{Color, Instance};
 use crate::probe::HealthProbe;
 use crate::router::Router;
 use crate::runtime::Runtime;
-use crate::state::{AppState, DeployRecord, Deployment, JournalEntry, Outcome, StateStore};
+use crate::state::{AppState, Deployment, StateStore};
 
 use super::calls::{describe, now_rfc3339};
+use super::plan::World;
 use super::run::Run;
 use super::Engine;
-
-/// What the world looks like after reconciling.
-#[derive(Debug, Clone)]
-pub(super) struct World {
-    /// Every instance the runtime has for the app.
-    pub(super) instances: Vec<Instance>,
-    /// Where the router points.
-    pub(super) target: Option<Endpoint>,
-    /// The instance that answers at the router's target: the live one.
-    pub(super) live: Option<Instance>,
-}
-
-impl World {
-    pub(super) fn live_color(&self) -> Option<Color> {
-        self.live.as_ref().map(|i| i.color)
-    }
-
-    /// The instances of `color` the router does not point at.
-    pub(super) fn idle_of(&self, color: Color) -> Vec<Instance> {
-        self.instances
-            .iter()
-            .filter(|i| i.color == color && Some(&i.endpoint) != self.target.as_ref())
-            .cloned()
-            .collect()
-    }
-}
 
 impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
     /// Lists instances and asks the router where it points; `hint` picks among several
@@ -70,12 +46,49 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
             instances,
             target,
             live,
+            ..World::default()
         })
+    }
+
+    /// Asks the runtime for the state of the instances `which` picks, into `world.states`.
+    /// Returns the first failure (the states that could be read are kept).
+    pub(super) async fn look_at(
+        &self,
+        world: &mut World,
+        which: impl Fn(&Instance) -> bool,
+    ) -> Result<(), Error> {
+        let mut first_error = None;
+        for inst in world.instances.iter().filter(|i| which(i)) {
+            match self.rt_state(inst, None).await {
+                Ok(state) => {
+                    world.states.insert(inst.id.clone(), state);
+                }
+                Err(e) if first_error.is_none() => {
+                    first_error = Some(self.step_error(Step::Reconcile, inst.color, e));
+                }
+                Err(_) => {}
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 }
 
-/// Makes `state.live` agree with the router; returns a warning when it had to change it.
-pub(super) fn align_live(state: &mut AppState, world: &World, app: &str) -> Option<String> {
+/// The saved state disagrees with the router about what is live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Drift {
+    /// What differs: "the saved state said blue (release v1) was live, but the router points at
+    /// green instance …".
+    pub(super) found: String,
+    /// What is recorded to agree with the router: "green (release v2) as live".
+    pub(super) record: String,
+}
+
+/// Makes `state.live` agree with the router; says what differed when it had to change it.
+pub(super) fn align_live(state: &mut AppState, world: &World, app: &str) -> Option<Drift> {
+    let said = match &state.live {
+        Some(d) => format!("{} (release {})", d.color, d.release.id),
+        None => "nothing".to_string(),
+    };
     match &world.live {
         Some(inst) => {
             let agrees = state
@@ -85,45 +98,32 @@ pub(super) fn align_live(state: &mut AppState, world: &World, app: &str) -> Opti
             if agrees {
                 return None;
             }
-            let release = [state.live.as_ref(), state.previous.as_ref()]
-                .into_iter()
-                .flatten()
-                .find(|d| d.color == inst.color && d.release.id == inst.release)
-                .map(|d| d.release.clone())
-                .unwrap_or_else(|| Release::new(inst.release.clone()));
-            let said = match &state.live {
-                Some(d) => format!("{} (release {})", d.color, d.release.id),
-                None => "nothing".to_string(),
-            };
-            if let Some(old) = state.live.take() {
-                if old.color != inst.color {
-                    state.previous = Some(old);
-                }
-            }
-            state.live = Some(Deployment {
+            let release = state.release_of(inst.color, &inst.release);
+            let record = format!("{} (release {}) as live", inst.color, release.id);
+            state.go_live(Deployment {
                 color: inst.color,
                 release,
                 endpoint: inst.endpoint.clone(),
                 since: now_rfc3339(),
             });
-            Some(format!(
-                "the saved state said {said} was live, but the router points at {}; recorded {} as live",
-                describe(inst),
-                inst.color
-            ))
+            Some(Drift {
+                found: format!(
+                    "the saved state said {said} was live, but the router points at {}",
+                    describe(inst)
+                ),
+                record,
+            })
         }
         None => {
-            let old = state.live.take()?;
+            state.retire_live()?;
             let router = match &world.target {
                 Some(t) => format!("points at {t}, where no instance of {app} answers"),
                 None => "points nowhere".to_string(),
             };
-            let message = format!(
-                "the saved state said {} (release {}) was live, but the router {router}; recorded no color as live (`rollback` or `deploy` brings one up)",
-                old.color, old.release.id
-            );
-            state.previous = Some(old);
-            Some(message)
+            Some(Drift {
+                found: format!("the saved state said {said} was live, but the router {router}"),
+                record: "no color as live (`rollback` or `deploy` brings one up)".to_string(),
+            })
         }
     }
 }
@@ -144,184 +144,40 @@ impl<'e, R: Runtime, P: HealthProbe, T: Router, S: StateStore> Run<'e, R, P, T, 
 
     async fn reconcile_inner(&mut self) -> Result<World, Error> {
         let eng = self.engine;
-        let mut state = eng.store_load().await.map_err(|e| eng.state_error(e))?;
-        let loaded = state.clone();
-        let mut world = eng.observe(state.live.as_ref().map(|d| d.color)).await?;
+        let loaded = eng.store_load().await.map_err(|e| eng.state_error(e))?;
+        self.state = loaded.clone();
+        let mut world = eng
+            .observe(self.state.live.as_ref().map(|d| d.color))
+            .await?;
         self.target = world.target.clone();
-        if let Some(journal) = state.journal.take() {
-            self.repair(journal, &mut state, &world).await;
-            world = eng.observe(state.live.as_ref().map(|d| d.color)).await?;
+        if let Some(journal) = loaded.journal.as_ref() {
+            // When its switch happened, the repair looks at the color it came from (to route
+            // back to it, or to drain it). A state that cannot be read counts as not running.
+            if let (Some(from), true) = (journal.from, world.live_color() == Some(journal.color)) {
+                let _ = eng.look_at(&mut world, |i| i.color == from).await;
+            }
+            self.repair_journal(&world).await;
+            world = eng
+                .observe(self.state.live.as_ref().map(|d| d.color))
+                .await?;
             self.target = world.target.clone();
         }
-        if let Some(message) = align_live(&mut state, &world, eng.config.app.as_str()) {
-            self.warn(message);
+        if let Some(drift) = align_live(&mut self.state, &world, eng.config.app.as_str()) {
+            self.note_repair(format!("{}; recorded {}", drift.found, drift.record));
         }
-        if state != loaded {
-            eng.store_save(&state)
+        if self.state != loaded {
+            eng.store_save(&self.state)
                 .await
                 .map_err(|e| eng.state_error(e))?;
         }
-        self.state = state;
         Ok(world)
-    }
-
-    /// Finishes or undoes what an interrupted command left, by its journal. Repairs that fail
-    /// become warnings: the steps that follow (clearing the idle slot) try again.
-    async fn repair(&mut self, journal: JournalEntry, state: &mut AppState, world: &World) {
-        let eng = self.engine;
-        let color = journal.color;
-        let who = format!(
-            "an interrupted `{}` (pid {}, started {}) stopped at its {} step",
-            journal.command, journal.pid, journal.started_at, journal.step
-        );
-        let mut switched = journal.command != Command::Down && world.live_color() == Some(color);
-
-        if switched && journal.step == Step::Restore {
-            // It was routing back after a failure when it died: finish routing back, if the
-            // color it came from still runs.
-            if let Some(from) = journal.from {
-                for old in world.instances.iter().filter(|i| i.color == from) {
-                    if matches!(eng.rt_state(old, None).await, Ok(InstanceState::Running)) {
-                        match self.route(from, &old.endpoint).await {
-                            Ok(()) => {
-                                self.warn(format!("{who}; routed back to {}", describe(old)));
-                                switched = false;
-                            }
-                            Err(e) => self.warn(format!(
-                                "{who}; routing back to {} failed: {e}",
-                                describe(old)
-                            )),
-                        }
-                        break;
-                    }
-                }
-            }
-        }
-
-        let (repaired, outcome_note) = if switched {
-            // The router already points at the new color: the command's switch happened.
-            let inst = world.live.clone();
-            if let Some(inst) = inst {
-                let release = journal
-                    .release
-                    .clone()
-                    .filter(|r| r.id == inst.release)
-                    .or_else(|| {
-                        state
-                            .previous
-                            .as_ref()
-                            .filter(|d| d.color == color && d.release.id == inst.release)
-                            .map(|d| d.release.clone())
-                    })
-                    .unwrap_or_else(|| Release::new(inst.release.clone()));
-                if let Some(old) = state.live.take() {
-                    if old.color != color {
-                        state.previous = Some(old);
-                    }
-                }
-                state.live = Some(Deployment {
-                    color,
-                    release,
-                    endpoint: inst.endpoint.clone(),
-                    since: now_rfc3339(),
-                });
-            }
-            // Died between the switch and the end of the drain: the old color may still have
-            // requests in flight (and nginx's old workers may still send it new ones for a
-            // moment), so it is drained now, before anything may stop or clear it.
-            let undrained = matches!(journal.step, Step::Switch | Step::Verify | Step::Drain);
-            if let (true, Some(from)) = (undrained, journal.from) {
-                let old: Vec<Instance> = world
-                    .instances
-                    .iter()
-                    .filter(|i| i.color == from && Some(&i.endpoint) != world.target.as_ref())
-                    .cloned()
-                    .collect();
-                for inst in old {
-                    if !matches!(eng.rt_state(&inst, None).await, Ok(InstanceState::Running)) {
-                        continue;
-                    }
-                    match eng.drain(&inst.endpoint).await {
-                        Ok(warnings) => warnings.into_iter().for_each(|w| self.warn(w)),
-                        Err(e) => self.warn(format!("draining {} failed: {e}", describe(&inst))),
-                    }
-                }
-            }
-            let old = journal
-                .from
-                .map(|c| {
-                    let drained = if undrained { "drained and " } else { "" };
-                    format!(
-                        "; the old color {c} was {drained}left running (`down {c}` takes it down)"
-                    )
-                })
-                .unwrap_or_default();
-            (
-                format!(
-                    "{who} after switching the router to {color}; recorded {color} as live{old}"
-                ),
-                "interrupted after the switch; recorded as live by a later command",
-            )
-        } else {
-            let mut done = Vec::new();
-            // Not `world.idle_of`: the router may have been routed back just above.
-            let idle: Vec<Instance> = world
-                .instances
-                .iter()
-                .filter(|i| i.color == color && Some(&i.endpoint) != self.target.as_ref())
-                .cloned()
-                .collect();
-            for inst in idle {
-                let result = match journal.command {
-                    Command::Deploy | Command::Down => eng
-                        .remove_unless_routed(&inst, self.target.as_ref())
-                        .await
-                        .map(|()| "removed"),
-                    Command::Rollback => eng
-                        .stop_unless_routed(&inst, self.target.as_ref())
-                        .await
-                        .map(|()| "stopped"),
-                    Command::Switch | Command::Status => continue,
-                };
-                match result {
-                    Ok(verb) => done.push(format!("{verb} {}", describe(&inst))),
-                    Err(e) => self.warn(format!("{who}; repairing it failed: {e}")),
-                }
-            }
-            let done = if done.is_empty() {
-                "nothing was left to repair".to_string()
-            } else {
-                done.join(", ")
-            };
-            (
-                format!("{who}; {done}"),
-                "interrupted; what it left was repaired by a later command",
-            )
-        };
-        self.warn(repaired);
-
-        let record = DeployRecord {
-            command: journal.command,
-            release: journal.release.as_ref().map(|r| r.id.clone()),
-            from: journal.from,
-            to: (journal.command != Command::Down).then_some(color),
-            outcome: Outcome::Interrupted,
-            error: Some(format!("{outcome_note} (at its {} step)", journal.step)),
-            started_at: journal.started_at.clone(),
-            finished_at: now_rfc3339(),
-            steps: Vec::new(),
-        };
-        if let Err(e) = eng.store_append(&record).await {
-            self.warn(format!(
-                "could not append the interrupted command to the history: {e}"
-            ));
-        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Endpoint, Release};
 
     fn inst(color: Color, release: &str, port: u16) -> Instance {
         Instance {
@@ -335,7 +191,9 @@ mod tests {
     fn deployed(i: &Instance) -> Deployment {
         Deployment {
             color: i.color,
-            release: Release::new(i.release.clone()).with_artifact(format!("app:{}", i.release)),
+            release: Release::new(i.release.clone())
+                .and_then(|r| r.with_artifact(format!("app:{}", i.release)))
+                .unwrap(),
             endpoint: i.endpoint.clone(),
             since: "t".into(),
         }
@@ -346,6 +204,7 @@ mod tests {
             live: target.cloned(),
             target: target.map(|i| i.endpoint.clone()),
             instances,
+            ..World::default()
         }
     }
 
@@ -379,7 +238,11 @@ mod tests {
             "web",
         )
         .expect("a warning");
-        assert!(warning.contains("router points at green"), "{warning}");
+        assert!(
+            warning.found.contains("router points at green"),
+            "{warning:?}"
+        );
+        assert_eq!(warning.record, "green (release v2) as live");
         let live = state.live.unwrap();
         assert_eq!(live.color, Color::Green);
         // The artifact is kept from the record of that release.
@@ -395,7 +258,7 @@ mod tests {
             ..AppState::default()
         };
         let warning = align_live(&mut state, &world(vec![blue], None), "web").unwrap();
-        assert!(warning.contains("points nowhere"), "{warning}");
+        assert!(warning.found.contains("points nowhere"), "{warning:?}");
         assert_eq!(state.live, None);
         assert_eq!(state.previous.unwrap().color, Color::Blue);
     }

@@ -18,7 +18,8 @@ use crate::state::{
 };
 
 use super::calls::now_rfc3339;
-use super::{DeployReport, DownReport, Engine};
+use super::recover::Unrepaired;
+use super::{DeployReport, DownReport, Engine, RepairReport};
 
 /// What a command that changes what serves returns to [`Run::finish_switch`]: the deployment
 /// now live and the color live before.
@@ -32,6 +33,11 @@ pub(super) struct Run<'e, R, P, T, S> {
     pub(super) started_at: String,
     steps: Vec<StepTiming>,
     warnings: Vec<String>,
+    /// What reconcile repaired (also among the warnings).
+    repaired: Vec<String>,
+    /// Repairs that failed; `repair` reports them, other commands go on (their own steps
+    /// clear what is in their way).
+    pub(super) unrepaired: Vec<Unrepaired>,
     /// The saved state as this command sees it (reconciled, then changed step by step).
     pub(super) state: AppState,
     /// When set, every step saves `state` with this journal entry (its step filled in) first.
@@ -64,8 +70,6 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
         });
         let lock = match self.take_lock(command).await {
             Ok(lock) => lock,
-            // `status` goes on without the lock, and reports its own end.
-            Err(error) if command == Command::Status => return Err(error),
             Err(error) => {
                 self.emit(Event::CommandFinished {
                     command,
@@ -84,6 +88,8 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
             started_at: now_rfc3339(),
             steps: Vec::new(),
             warnings: Vec::new(),
+            repaired: Vec::new(),
+            unrepaired: Vec::new(),
             state: AppState::default(),
             journal: None,
             target: None,
@@ -108,14 +114,7 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
             step: Step::Lock,
             color: None,
         });
-        let holder = LockHolder {
-            pid: std::process::id(),
-            host: hostname::get()
-                .map(|h| h.to_string_lossy().into_owned())
-                .unwrap_or_else(|_| "unknown-host".to_string()),
-            since: now_rfc3339(),
-            command: command.as_str().to_string(),
-        };
+        let holder = this_process(command);
         let result = match tokio::time::timeout(
             self.config.timeouts.store,
             self.store.lock(&holder),
@@ -153,6 +152,18 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
     }
 }
 
+/// This process, running `command`, as the lock names its holder.
+pub(super) fn this_process(command: Command) -> LockHolder {
+    LockHolder {
+        pid: std::process::id(),
+        host: hostname::get()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "unknown-host".to_string()),
+        since: now_rfc3339(),
+        command: command.as_str().to_string(),
+    }
+}
+
 impl<'e, R: Runtime, P: HealthProbe, T: Router, S: StateStore> Run<'e, R, P, T, S> {
     pub(super) fn emit(&self, event: Event) {
         self.engine.emit(event);
@@ -165,6 +176,12 @@ impl<'e, R: Runtime, P: HealthProbe, T: Router, S: StateStore> Run<'e, R, P, T, 
             message: message.clone(),
         });
         self.warnings.push(message);
+    }
+
+    /// Records and emits (as a warning) something reconcile repaired.
+    pub(super) fn note_repair(&mut self, message: String) {
+        self.repaired.push(message.clone());
+        self.warn(message);
     }
 
     pub(super) fn cancelled(&self) -> bool {
@@ -297,7 +314,8 @@ impl<'e, R: Runtime, P: HealthProbe, T: Router, S: StateStore> Run<'e, R, P, T, 
         }
     }
 
-    /// Appends the history line (commands that were refused as bad usage leave none), emits
+    /// Appends the history line (commands that were refused as bad usage leave none, and
+    /// `repair` leaves the lines of the interrupted commands it repaired instead), emits
     /// `CommandFinished`, and releases the lock.
     async fn finish<V>(&mut self, result: &Result<V, Error>) {
         let (outcome, error) = match result {
@@ -305,7 +323,7 @@ impl<'e, R: Runtime, P: HealthProbe, T: Router, S: StateStore> Run<'e, R, P, T, 
             Err(e) => (Self::outcome_of(e), Some(e.to_string())),
         };
         let usage = matches!(result, Err(Error::Usage { .. }));
-        if !usage {
+        if !usage && self.command != Command::Repair {
             let record = DeployRecord {
                 command: self.command,
                 release: self.release.clone(),
@@ -352,6 +370,21 @@ impl<'e, R: Runtime, P: HealthProbe, T: Router, S: StateStore> Run<'e, R, P, T, 
         })
     }
 
+    pub(super) async fn finish_repair(
+        mut self,
+        result: Result<Option<Color>, Error>,
+    ) -> Result<RepairReport, Error> {
+        self.finish(&result).await;
+        let repaired = std::mem::take(&mut self.repaired);
+        let mut warnings = std::mem::take(&mut self.warnings);
+        warnings.retain(|w| !repaired.contains(w));
+        Ok(RepairReport {
+            live: result?,
+            repaired,
+            warnings,
+        })
+    }
+
     pub(super) async fn finish_down(
         mut self,
         result: Result<Vec<Instance>, Error>,
@@ -361,9 +394,5 @@ impl<'e, R: Runtime, P: HealthProbe, T: Router, S: StateStore> Run<'e, R, P, T, 
             removed: result?,
             warnings: std::mem::take(&mut self.warnings),
         })
-    }
-
-    pub(super) fn take_warnings(&mut self) -> Vec<String> {
-        std::mem::take(&mut self.warnings)
     }
 }

@@ -1,6 +1,9 @@
-//! The [`Router`] trait and the built-in routers.
+//! The [`Router`] trait, the [`RouteReceipt`] a switch hands to its verification, and the
+//! [`NoneRouter`] (which only records the target).
+//!
+//! Routers that drive a proxy (nginx; later haproxy and caddy) live in the `blue-green-router`
+//! crate, one cargo feature each, so the engine's crate carries no proxy code.
 
-pub mod nginx;
 pub mod none;
 
 use std::any::Any;
@@ -13,15 +16,14 @@ use async_trait::async_trait;
 use crate::error::ComponentError;
 use crate::model::{Endpoint, Instance};
 
-pub use nginx::{NginxConfig, NginxRouter, NginxVerify};
 pub use none::NoneRouter;
 
 /// What a router hands back from [`Router::route_to`]: its own record of that switch, given back
 /// to its [`Router::verify`] of the same switch.
 ///
 /// The engine owns the receipt between the two calls, so a router needs no shared slot for what
-/// passes from the switch to its verification (nginx's router keeps the worker processes it saw
-/// before the reload in it). The content is the router's own: other code only passes it on.
+/// passes from the switch to its verification (nginx's router, in `blue-green-router`, keeps the
+/// worker processes it saw before the reload in it). The content is the router's own: other code only passes it on.
 ///
 /// ```
 /// use blue_green_core::RouteReceipt;

@@ -1,4 +1,5 @@
-//! Atomic file replacement, shared by the state store and the file-writing routers.
+//! Atomic file replacement, shared by the state store and the file-writing routers (the none
+//! router here, the proxy routers of `blue-green-router`).
 //!
 //! A crash at any point leaves either the old content or the new one at `path`, never a mix:
 //! the bytes go to a temporary file in the same directory, which is flushed to disk, renamed
@@ -15,7 +16,7 @@ use std::path::Path;
 /// `0644` (less the umask) rather than the `0600` of a temporary file, since readers such as
 /// nginx may run as another user. Blocking: call it from `spawn_blocking` in async code.
 /// The error is the bare I/O error; callers add which file and what to do.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
@@ -38,12 +39,44 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         builder.permissions(fs::Permissions::from_mode(0o644));
     }
     let mut tmp = builder.tempfile_in(dir)?;
-    if let Ok(existing) = fs::metadata(path) {
-        tmp.as_file().set_permissions(existing.permissions())?;
+    // `symlink_metadata`: the mode of a planted symlink's target must not be copied.
+    if let Ok(existing) = fs::symlink_metadata(path) {
+        if existing.is_file() {
+            tmp.as_file().set_permissions(existing.permissions())?;
+        }
     }
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     // On error the temporary file is removed when `PersistError` drops.
+    tmp.persist(path).map_err(|e| e.error)?;
+    sync_dir(dir)
+}
+
+/// Replaces the content of `path` with `bytes` like [`write_atomic`], for a file only this user
+/// may read: the new file is always `0600`, whatever was there before. The temporary file is
+/// created with `O_EXCL` under a random name, and the rename replaces a symlink at `path`
+/// rather than following it.
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let file_name = path.file_name().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} does not name a file", path.display()),
+        )
+    })?;
+    let mut prefix = std::ffi::OsString::from(".");
+    prefix.push(file_name);
+    prefix.push(".");
+    // tempfile creates the file 0600 with O_EXCL.
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&prefix)
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     sync_dir(dir)
 }
@@ -96,6 +129,41 @@ mod tests {
         write_atomic(&path, b"new").unwrap();
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o640);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_mode_of_a_symlinks_target_is_not_copied() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        fs::write(&target, b"old").unwrap();
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o666)).unwrap();
+        let link = dir.path().join("link.conf");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        write_atomic(&link, b"new").unwrap();
+        let mode = fs::symlink_metadata(&link).unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            mode & 0o022,
+            0,
+            "mode {mode:o} was copied from the link's target"
+        );
+        assert_eq!(fs::read(&target).unwrap(), b"old");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_private_write_is_0600_whatever_was_there() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        fs::write(&path, b"old").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        write_private(&path, b"new").unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(fs::read(&path).unwrap(), b"new");
+        assert_eq!(entries(dir.path()), vec!["state.json".to_string()]);
     }
 
     #[test]

@@ -1,35 +1,39 @@
-//! [`FileStore`]: state, history and lock as files in the app's state directory.
+//! [`FileStore`]: state, history and lock as files in the app's private state directory.
 //!
+//! - The directory is created `0700` and refused when another user owns it or can write it (or
+//!   a directory above it); every file is opened without following symlinks and checked to be a
+//!   regular file of this user (see `state::private`). New files are `0600`.
 //! - `state.json` is replaced atomically (temporary file, fsync, rename, fsync of the directory),
-//!   so a crash leaves the old state or the new one.
-//! - `history.jsonl` is append-only, one [`DeployRecord`] per line, fsync'd after each append. A
-//!   crash in the middle of an append leaves a torn last line; reading skips it and the next
-//!   append cuts it off, so it never ends up in the middle of the file.
-//! - `lock` is held with `flock(2)` (through `fs4`) for the whole command, and names its holder
-//!   as JSON. The kernel releases the lock when the holder dies, but the name stays in the file:
-//!   the next command takes the lock and reports the dead holder in [`Lock::taken_over_from`].
+//!   so a crash leaves the old state or the new one. What is read from it is validated like the
+//!   config (release ids, images): a tampered file is refused with an error naming it.
+//! - Writes of one store are funnelled through one ordered gate: a save whose caller gave up
+//!   (a timed-out future does not stop the blocking write under it) can never land after a
+//!   later save.
+//! - `history.jsonl` is append-only, read from the end and capped (see `state::history`).
+//! - `lock` is held with `flock(2)` for the whole command and names its holder (see
+//!   `state::lock`).
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
-use fs4::FileExt;
 
 use crate::error::{ComponentError, LockHolder};
-use crate::state::atomic::{sync_dir, write_atomic};
-use crate::state::{AppState, DeployRecord, Lock, LockError, StateStore};
+use crate::state::atomic::write_private;
+use crate::state::lock::{try_lock, Attempt};
+use crate::state::private::{self, Access};
+use crate::state::{history, AppState, DeployRecord, Lock, LockError, StateStore};
 
 const STATE_FILE: &str = "state.json";
 const HISTORY_FILE: &str = "history.jsonl";
 const LOCK_FILE: &str = "lock";
 
-/// How long a second command waits for the lock's holder to write its name, when it found the
-/// lock taken but the file still empty (the holder is between `flock` and its write).
-const HOLDER_WRITE_GRACE: Duration = Duration::from_secs(1);
+/// Most bytes read from `state.json` (a real one is a few kilobytes).
+const MAX_STATE_BYTES: u64 = 1 << 20;
 
-/// Keeps `state.json`, `history.jsonl` and `lock` in one directory.
+/// Keeps `state.json`, `history.jsonl` and `lock` in one private directory.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -50,12 +54,28 @@ const HOLDER_WRITE_GRACE: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 pub struct FileStore {
     dir: PathBuf,
+    writes: Arc<WriteGate>,
+}
+
+/// Orders the writes of one store (and its clones): one at a time, and a save never lands
+/// after a save issued later. The ticket is taken when `save` is called; the gate is passed
+/// inside the blocking write, so a write left running by a caller that timed out still waits
+/// its turn, and finds out there that it is stale.
+#[derive(Debug, Default)]
+struct WriteGate {
+    /// The last ticket handed out.
+    issued: AtomicU64,
+    /// The ticket of the last save that landed; held while a write runs.
+    landed: Mutex<u64>,
 }
 
 impl FileStore {
-    /// A store in `dir` (created on first write).
+    /// A store in `dir` (created `0700` on first write).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        FileStore { dir: dir.into() }
+        FileStore {
+            dir: dir.into(),
+            writes: Arc::default(),
+        }
     }
 
     /// The directory.
@@ -77,6 +97,20 @@ impl FileStore {
     pub fn lock_path(&self) -> PathBuf {
         self.dir.join(LOCK_FILE)
     }
+
+    /// Checks, without creating or changing anything, that the directory (when it exists) and
+    /// the directories above it are private enough to be trusted: the check every command of
+    /// the store makes first. Returns whether the directory exists.
+    pub fn check_dir(&self) -> Result<bool, ComponentError> {
+        private::check_dir(&self.dir, false)
+    }
+
+    /// What is too open about an existing state directory and its files (a directory others
+    /// can read, a `lock` others can open and hold), one sentence each with the `chmod` that
+    /// fixes it; empty when all is private. For `validate`: nothing is changed.
+    pub fn loose_modes(&self) -> Vec<String> {
+        private::loose_modes(&self.dir)
+    }
 }
 
 /// Runs blocking file work off the async runtime.
@@ -90,36 +124,17 @@ where
     })?
 }
 
-/// An I/O error on a file of the store, as a sentence with what to do.
-fn io_error(doing: &str, path: &Path, e: io::Error) -> ComponentError {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    state_dir_error(doing, path, dir, e)
-}
-
-/// An I/O error on the state directory itself.
-fn dir_error(doing: &str, dir: &Path, e: io::Error) -> ComponentError {
-    state_dir_error(doing, dir, dir, e)
-}
-
-fn state_dir_error(doing: &str, path: &Path, dir: &Path, e: io::Error) -> ComponentError {
-    ComponentError::unreachable(format!(
-        "cannot {doing} {}: {e}; check that state_dir {} is a directory (or can be created as one) and is writable by this user",
-        path.display(),
-        dir.display()
-    ))
-    .with_source(e)
-}
-
-fn ensure_dir(dir: &Path) -> Result<(), ComponentError> {
-    fs::create_dir_all(dir).map_err(|e| dir_error("create the state directory", dir, e))
-}
-
-fn load_state(path: &Path) -> Result<AppState, ComponentError> {
-    let bytes = match fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(AppState::default()),
-        Err(e) => return Err(io_error("read", path, e)),
+fn load_state(dir: &Path, path: &Path) -> Result<AppState, ComponentError> {
+    if !private::check_dir(dir, false)? {
+        return Ok(AppState::default());
+    }
+    let Some(file) = private::open_file(path, Access::Read)? else {
+        return Ok(AppState::default());
     };
+    let mut bytes = Vec::new();
+    file.take(MAX_STATE_BYTES)
+        .read_to_end(&mut bytes)
+        .map_err(|e| private::unusable("read", path, dir, e))?;
     serde_json::from_slice(&bytes).map_err(|e| {
         ComponentError::failed(format!(
             "{} is not valid blue-green state: {e}; fix it, or move it aside and run the command again \
@@ -139,268 +154,8 @@ fn save_state(dir: &Path, path: &Path, state: &AppState) -> Result<(), Component
         ))
     })?;
     bytes.push(b'\n');
-    ensure_dir(dir)?;
-    write_atomic(path, &bytes).map_err(|e| io_error("write", path, e))
-}
-
-fn append_record(dir: &Path, path: &Path, record: &DeployRecord) -> Result<(), ComponentError> {
-    let mut line = serde_json::to_vec(record).map_err(|e| {
-        ComponentError::failed(format!(
-            "cannot serialize a history record for {}: {e}",
-            path.display()
-        ))
-    })?;
-    line.push(b'\n');
-    ensure_dir(dir)?;
-    let existed = path.exists();
-    let mut file = OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .open(path)
-        .map_err(|e| io_error("open", path, e))?;
-    cut_torn_tail(&mut file).map_err(|e| io_error("repair the last line of", path, e))?;
-    file.write_all(&line)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| io_error("append to", path, e))?;
-    if !existed {
-        sync_dir(dir).map_err(|e| dir_error("sync", dir, e))?;
-    }
-    Ok(())
-}
-
-/// Makes the file end at a line boundary before an append. An unterminated last line is the
-/// remains of an append that crashed: a complete record just gets its newline, a torn one is cut
-/// off (it was never acknowledged, and left in place it would corrupt the record appended after it).
-fn cut_torn_tail(file: &mut File) -> io::Result<()> {
-    let len = file.metadata()?.len();
-    if len == 0 {
-        return Ok(());
-    }
-    let mut last = [0u8; 1];
-    file.seek(SeekFrom::Start(len - 1))?;
-    file.read_exact(&mut last)?;
-    if last[0] == b'\n' {
-        return Ok(());
-    }
-    // Find the start of the unterminated line; history lines are short, so read from the back
-    // in chunks until a newline or the start of the file.
-    let mut end = len;
-    let mut line_start = 0;
-    let mut chunk = vec![0u8; 4096];
-    while end > 0 {
-        let start = end.saturating_sub(chunk.len() as u64);
-        let n = (end - start) as usize;
-        file.seek(SeekFrom::Start(start))?;
-        file.read_exact(&mut chunk[..n])?;
-        if let Some(i) = chunk[..n].iter().rposition(|&b| b == b'\n') {
-            line_start = start + i as u64 + 1;
-            break;
-        }
-        end = start;
-    }
-    file.seek(SeekFrom::Start(line_start))?;
-    let mut tail = Vec::with_capacity((len - line_start) as usize);
-    file.read_to_end(&mut tail)?;
-    if serde_json::from_slice::<DeployRecord>(&tail).is_ok() {
-        file.write_all(b"\n")?;
-    } else {
-        tracing::warn!(
-            bytes = tail.len(),
-            "cutting off a torn last line of the history (an append that was interrupted)"
-        );
-        file.set_len(line_start)?;
-    }
-    Ok(())
-}
-
-fn read_history(path: &Path) -> Result<Vec<DeployRecord>, ComponentError> {
-    let text = match fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io_error("read", path, e)),
-    };
-    // Split on newlines: every piece but the last was terminated; the last is an unterminated
-    // tail (empty when the file ends with a newline).
-    let pieces: Vec<&[u8]> = text.split(|&b| b == b'\n').collect();
-    let tail_index = pieces.len() - 1;
-    let mut records = Vec::with_capacity(pieces.len());
-    for (i, line) in pieces.iter().enumerate() {
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        match serde_json::from_slice::<DeployRecord>(line) {
-            Ok(record) => records.push(record),
-            // An unterminated last line is an append that crashed half-way: it never happened.
-            Err(_) if i == tail_index => {
-                tracing::warn!(
-                    path = %path.display(),
-                    "skipping a torn last line of the history (an append was interrupted)"
-                );
-            }
-            Err(e) => {
-                return Err(ComponentError::failed(format!(
-                    "line {} of {} is not a valid deploy record: {e}; fix or delete that line",
-                    i + 1,
-                    path.display()
-                ))
-                .with_source(e))
-            }
-        }
-    }
-    Ok(records)
-}
-
-/// The held `lock` file. Dropping it clears the holder's name, then unlocks.
-///
-/// The release runs synchronously in `drop` (a truncate of a few bytes): deferring it to a
-/// background task would let the next command see the lock still taken, or a stale name after
-/// the runtime shuts down.
-#[derive(Debug)]
-struct LockGuard {
-    file: File,
-    path: PathBuf,
-}
-
-impl Drop for LockGuard {
-    fn drop(&mut self) {
-        if let Err(e) = self.file.set_len(0) {
-            tracing::warn!(path = %self.path.display(), error = %e, "could not clear the lock holder");
-        }
-        if let Err(e) = FileExt::unlock(&self.file) {
-            // Closing the file (right after this) releases the lock anyway.
-            tracing::warn!(path = %self.path.display(), error = %e, "could not unlock");
-        }
-    }
-}
-
-enum Attempt {
-    Taken(LockGuard, Option<LockHolder>),
-    Held(LockHolder),
-}
-
-fn try_lock(dir: &Path, path: &Path, holder: &LockHolder) -> Result<Attempt, ComponentError> {
-    ensure_dir(dir)?;
-    // A fresh open file description every time: flock(2) locks belong to it, so two stores in
-    // one process exclude each other just like two processes do.
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(|e| io_error("open the lock file", path, e))?;
-    match FileExt::try_lock(&file) {
-        Ok(()) => {}
-        Err(fs4::TryLockError::WouldBlock) => {
-            return Ok(Attempt::Held(read_live_holder(&mut file, path)));
-        }
-        Err(fs4::TryLockError::Error(e)) => return Err(io_error("lock", path, e)),
-    }
-    let previous = read_holder(&mut file).map_err(|e| io_error("read the lock file", path, e))?;
-    let guard = LockGuard {
-        file,
-        path: path.to_path_buf(),
-    };
-    let json = serde_json::to_vec(holder).map_err(|e| {
-        ComponentError::failed(format!(
-            "cannot serialize the lock holder for {}: {e}",
-            path.display()
-        ))
-    })?;
-    write_holder(&guard.file, &json).map_err(|e| io_error("write the lock holder to", path, e))?;
-    let taken_over_from = previous.filter(|prev| {
-        let gone = holder_is_gone(prev);
-        if !gone {
-            // The flock was free, so it does not hold the lock: its pid was probably reused.
-            tracing::warn!(
-                path = %path.display(),
-                previous = %prev,
-                "the lock file named a holder whose pid is alive but that did not hold the lock"
-            );
-        }
-        gone
-    });
-    Ok(Attempt::Taken(guard, taken_over_from))
-}
-
-fn write_holder(mut file: &File, json: &[u8]) -> io::Result<()> {
-    file.set_len(0)?;
-    file.seek(SeekFrom::Start(0))?;
-    file.write_all(json)?;
-    file.sync_all()
-}
-
-/// The holder named in the lock file, if any (an empty or unreadable name is none).
-fn read_holder(file: &mut File) -> io::Result<Option<LockHolder>> {
-    let mut text = String::new();
-    file.seek(SeekFrom::Start(0))?;
-    file.read_to_string(&mut text)?;
-    Ok(serde_json::from_str(&text).ok())
-}
-
-/// The holder of a lock someone else holds. It writes its name right after taking the lock, so
-/// an empty file gets a short grace; after that, the holder is reported as unknown.
-fn read_live_holder(file: &mut File, path: &Path) -> LockHolder {
-    let deadline = Instant::now() + HOLDER_WRITE_GRACE;
-    loop {
-        if let Ok(Some(holder)) = read_holder(file) {
-            return holder;
-        }
-        if Instant::now() >= deadline {
-            return LockHolder {
-                pid: 0,
-                host: "an unknown host".into(),
-                since: "an unknown time".into(),
-                command: format!(
-                    "a process that did not write its name into {} (see `fuser {}`)",
-                    path.display(),
-                    path.display()
-                ),
-            };
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Whether a holder named in a lock file we could lock is gone. On this host that is a pid check;
-/// a holder on another host (a shared state dir) cannot be checked, and since the lock was free
-/// it is taken to be gone.
-fn holder_is_gone(holder: &LockHolder) -> bool {
-    // Spelled as the engine spells its own host, so that the two compare equal.
-    let here = hostname::get()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| "unknown-host".to_string());
-    if holder.host != here {
-        return true;
-    }
-    if holder.pid == std::process::id() {
-        // A lock of this very process that was released without clearing its name.
-        return false;
-    }
-    !pid_is_alive(holder.pid)
-}
-
-#[cfg(unix)]
-fn pid_is_alive(pid: u32) -> bool {
-    let Some(pid) = i32::try_from(pid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-    else {
-        return false;
-    };
-    match rustix::process::test_kill_process(pid) {
-        Ok(()) => true,
-        // It exists, but belongs to another user.
-        Err(rustix::io::Errno::PERM) => true,
-        Err(_) => false,
-    }
-}
-
-#[cfg(not(unix))]
-fn pid_is_alive(_pid: u32) -> bool {
-    // Cannot check: assume it is alive, which only means no "taken over" warning.
-    true
+    private::check_dir(dir, true)?;
+    write_private(path, &bytes).map_err(|e| private::unusable("write", path, dir, e))
 }
 
 #[async_trait]
@@ -416,40 +171,65 @@ impl StateStore for FileStore {
     }
 
     async fn load(&self) -> Result<AppState, ComponentError> {
+        let dir = self.dir.clone();
         let path = self.state_path();
-        blocking("load", move || load_state(&path)).await
+        blocking("load", move || load_state(&dir, &path)).await
     }
 
     async fn save(&self, state: &AppState) -> Result<(), ComponentError> {
         let dir = self.dir.clone();
         let path = self.state_path();
         let state = state.clone();
-        blocking("save", move || save_state(&dir, &path, &state)).await
+        let gate = Arc::clone(&self.writes);
+        let ticket = gate.issued.fetch_add(1, Ordering::SeqCst) + 1;
+        blocking("save", move || {
+            let mut landed = gate.landed.lock().unwrap_or_else(PoisonError::into_inner);
+            if *landed > ticket {
+                tracing::debug!(
+                    path = %path.display(),
+                    "a later save has landed already: dropping this one (its caller gave up on it)"
+                );
+                return Ok(());
+            }
+            save_state(&dir, &path, &state)?;
+            *landed = ticket;
+            Ok(())
+        })
+        .await
     }
 
     async fn append_history(&self, record: &DeployRecord) -> Result<(), ComponentError> {
         let dir = self.dir.clone();
         let path = self.history_path();
         let record = record.clone();
+        let gate = Arc::clone(&self.writes);
         blocking("history append", move || {
-            append_record(&dir, &path, &record)
+            let _turn = gate.landed.lock().unwrap_or_else(PoisonError::into_inner);
+            history::append(&dir, &path, &record)
         })
         .await
     }
 
     async fn history(&self) -> Result<Vec<DeployRecord>, ComponentError> {
+        self.recent_history(usize::MAX).await
+    }
+
+    async fn recent_history(&self, n: usize) -> Result<Vec<DeployRecord>, ComponentError> {
+        let dir = self.dir.clone();
         let path = self.history_path();
-        blocking("history read", move || read_history(&path)).await
+        blocking("history read", move || history::read_last(&dir, &path, n)).await
     }
 }
 
 // The tests use Unix processes, pids and flock(1).
 #[cfg(all(test, unix))]
 mod tests {
-    use std::io::BufRead;
+    use std::fs::{self, OpenOptions};
+    use std::io::{self, BufRead, Write};
     use std::os::unix::process::CommandExt;
     use std::process::{Child, Command as ProcessCommand, Stdio};
     use std::sync::mpsc;
+    use std::time::{Duration, Instant};
 
     use super::*;
     use crate::events::{Command, Step};
@@ -514,7 +294,7 @@ mod tests {
 
         let deployment = Deployment {
             color: Color::Green,
-            release: Release::new("v2").with_artifact("app:2"),
+            release: Release::new("v2").unwrap().with_artifact("app:2").unwrap(),
             endpoint: Endpoint::new("127.0.0.1", 8082),
             since: "2026-11-25T10:00:00Z".into(),
         };
@@ -528,7 +308,7 @@ mod tests {
                 command: Command::Deploy,
                 step: Step::Switch,
                 color: Color::Green,
-                release: Some(Release::new("v2")),
+                release: Some(Release::new("v2").unwrap()),
                 from: Some(Color::Blue),
                 started_at: "2026-11-25T10:00:00Z".into(),
                 pid: 42,

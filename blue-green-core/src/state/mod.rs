@@ -1,8 +1,11 @@
 //! What the engine remembers between commands: the [`StateStore`] trait, the saved
 //! [`AppState`] with its journal, the deploy [`DeployRecord`] history, and the lock.
 
-pub(crate) mod atomic;
+pub mod atomic;
 pub mod file;
+pub mod history;
+mod lock;
+mod private;
 
 use std::any::Any;
 use std::sync::Arc;
@@ -62,6 +65,39 @@ pub struct AppState {
     /// The unfinished command, if one was interrupted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub journal: Option<JournalEntry>,
+}
+
+impl AppState {
+    /// The release recorded for `release_id` in `color` (as live or as previous), so that its
+    /// artifact is kept when the engine records it again; a bare release of that id when neither
+    /// records it (the runtime's own default artifact then applies).
+    pub fn release_of(&self, color: Color, release_id: &str) -> Release {
+        [self.live.as_ref(), self.previous.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|d| d.color == color && d.release.id == release_id)
+            .map_or_else(|| Release::reported(release_id), |d| d.release.clone())
+    }
+
+    /// Records `deployment` as live. The deployment live before becomes `previous` (what
+    /// `rollback` goes back to), unless it was in the same color: a color replaced by a newer
+    /// release of itself is not something to go back to.
+    pub fn go_live(&mut self, deployment: Deployment) {
+        if let Some(old) = self.live.take() {
+            if old.color != deployment.color {
+                self.previous = Some(old);
+            }
+        }
+        self.live = Some(deployment);
+    }
+
+    /// Records that nothing is live: the live deployment, if any, becomes `previous`, so that
+    /// `rollback` can bring it back. Returns it.
+    pub fn retire_live(&mut self) -> Option<&Deployment> {
+        let old = self.live.take()?;
+        self.previous = Some(old);
+        self.previous.as_ref()
+    }
 }
 
 /// How a command ended.
@@ -177,6 +213,16 @@ pub trait StateStore: Send + Sync {
 
     /// The history, oldest first.
     async fn history(&self) -> Result<Vec<DeployRecord>, ComponentError>;
+
+    /// The newest `n` records of the history, oldest first. The default reads the whole
+    /// history; a store that can read from the end (as [`file::FileStore`] does) should, so
+    /// that `history -n 1` costs the same whatever the size of the history.
+    async fn recent_history(&self, n: usize) -> Result<Vec<DeployRecord>, ComponentError> {
+        let mut records = self.history().await?;
+        let skip = records.len().saturating_sub(n);
+        records.drain(..skip);
+        Ok(records)
+    }
 }
 
 macro_rules! forward_store {
@@ -198,9 +244,69 @@ macro_rules! forward_store {
             async fn history(&self) -> Result<Vec<DeployRecord>, ComponentError> {
                 (**self).history().await
             }
+            async fn recent_history(&self, n: usize) -> Result<Vec<DeployRecord>, ComponentError> {
+                (**self).recent_history(n).await
+            }
         }
     };
 }
 
 forward_store!(Box<T>);
 forward_store!(Arc<T>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployed(color: Color, release: &str) -> Deployment {
+        Deployment {
+            color,
+            release: Release::new(release)
+                .unwrap()
+                .with_artifact(format!("app:{release}"))
+                .unwrap(),
+            endpoint: Endpoint::new("127.0.0.1", if color == Color::Blue { 1 } else { 2 }),
+            since: "t".into(),
+        }
+    }
+
+    #[test]
+    fn release_of_keeps_the_recorded_artifact_or_gives_a_bare_release() {
+        let state = AppState {
+            live: Some(deployed(Color::Green, "v2")),
+            previous: Some(deployed(Color::Blue, "v1")),
+            journal: None,
+        };
+        assert_eq!(
+            state.release_of(Color::Blue, "v1").artifact.as_deref(),
+            Some("app:v1")
+        );
+        assert_eq!(
+            state.release_of(Color::Blue, "v9"),
+            Release::new("v9").unwrap()
+        );
+        assert_eq!(
+            state.release_of(Color::Green, "v1"),
+            Release::new("v1").unwrap()
+        );
+    }
+
+    #[test]
+    fn going_live_moves_the_other_color_to_previous_but_not_the_same_one() {
+        let mut state = AppState {
+            live: Some(deployed(Color::Blue, "v1")),
+            ..AppState::default()
+        };
+        state.go_live(deployed(Color::Green, "v2"));
+        assert_eq!(state.live, Some(deployed(Color::Green, "v2")));
+        assert_eq!(state.previous, Some(deployed(Color::Blue, "v1")));
+        // A newer release in the same color is not something to roll back to.
+        state.go_live(deployed(Color::Green, "v3"));
+        assert_eq!(state.previous, Some(deployed(Color::Blue, "v1")));
+
+        assert_eq!(state.retire_live(), Some(&deployed(Color::Green, "v3")));
+        assert_eq!(state.live, None);
+        assert_eq!(state.retire_live(), None);
+        assert_eq!(state.previous, Some(deployed(Color::Green, "v3")));
+    }
+}

@@ -26,7 +26,7 @@
 //!     world.router(),
 //!     world.store(),
 //! );
-//! let result = engine.deploy(Release::new("v2"), &CancellationToken::new()).await;
+//! let result = engine.deploy(Release::new("v2").unwrap(), &CancellationToken::new()).await;
 //! assert!(result.is_err());
 //! // Nothing that served changed, and the new instance is gone.
 //! assert_eq!(world.routed_instance().unwrap().instance.release, "v1");
@@ -319,7 +319,7 @@ impl FakeWorld {
         w.target = Some(instance.endpoint.clone());
         w.state.live = Some(Deployment {
             color,
-            release: Release::new(release),
+            release: Release::new(release).expect("seed_live needs a valid release id"),
             endpoint: instance.endpoint.clone(),
             since: "2026-01-01T00:00:00Z".into(),
         });

@@ -3,17 +3,16 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use blue_green_core::process::{self, Command, Keep, RunError};
 use blue_green_core::{
     AppName, Color, ComponentError, Endpoint, Instance, InstanceState, Release, Runtime,
 };
 use bollard::models::{ContainerInspectResponse, ContainerSummary};
 use bollard::query_parameters::ListContainersOptionsBuilder;
 use bollard::Docker;
-use tokio::process::Command;
 
 use crate::client::{self, call};
 use crate::config::{ComposeConfig, ComposeFiles, PerColor};
@@ -22,6 +21,7 @@ use crate::docker::DEFAULT_API_TIMEOUT;
 use crate::error::Error;
 
 mod program;
+mod stderr;
 
 pub use program::{detect, ComposeProgram};
 
@@ -37,15 +37,22 @@ pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(180);
 /// How many lines of compose's stderr go into an error.
 const STDERR_LINES: usize = 20;
 
+/// How long a compose command that overran has between SIGTERM and SIGKILL: compose (and the
+/// plugin `docker compose` runs) can cancel what it was doing.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+
 /// Runs an app's releases as compose projects, one per color.
 ///
 /// - The project of a color is the config's template with `{app}` and `{color}` filled in
 ///   (default `{app}-{color}`); it must be a valid compose project name (`[a-z0-9][a-z0-9_-]*`).
 /// - A color's file is its own (the blog's layout: `docker-compose.blue.yml` and
 ///   `docker-compose.green.yml`) or one shared file that uses `${BLUE_GREEN_COLOR}`.
-/// - Every compose command runs with argv (never a shell) and gets, besides the configured
-///   environment, `BLUE_GREEN_COLOR`, `BLUE_GREEN_RELEASE` (the release id, for example as an
-///   image tag: `image: web:${BLUE_GREEN_RELEASE}`) and, when the release has an artifact,
+/// - Every compose command runs with argv (never a shell), in its own process group
+///   ([`blue_green_core::process`]): at its timeout, or when the call is dropped, the whole
+///   group is stopped, the compose plugin that `docker compose` starts included.
+/// - Every compose command gets, besides the configured environment, `BLUE_GREEN_COLOR`,
+///   `BLUE_GREEN_RELEASE` (the release id, for example as an image tag:
+///   `image: web:${BLUE_GREEN_RELEASE}`) and, when the release has an artifact,
 ///   `BLUE_GREEN_IMAGE` (`image: ${BLUE_GREEN_IMAGE}`), for interpolation in the file.
 /// - State, logs and the release of a running project are read through the Docker API by
 ///   compose's own labels ([`LABEL_COMPOSE_PROJECT`], [`LABEL_COMPOSE_SERVICE`]), never by
@@ -176,32 +183,26 @@ impl ComposeRuntime {
         let (program, pre) = self.program.argv0();
         let file = self.files.get(color);
         let project = self.projects.get(color);
-        let mut command = Command::new(program);
-        command
+        let mut command = Command::new(program)
             .args(pre)
             .arg("-p")
             .arg(project)
             .arg("-f")
             .arg(file)
             .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+            .envs(&self.config.env)
+            .env("BLUE_GREEN_COLOR", color.as_str())
+            .envs(env.iter().map(|(key, value)| (key, value)))
+            .kill_grace(KILL_GRACE)
+            // Compose reports the error it stopped at last, after its progress lines.
+            .output_limit(process::DEFAULT_OUTPUT_LIMIT, Keep::End);
         let dir = self
             .config
             .working_dir
             .clone()
             .or_else(|| file.parent().map(Path::to_path_buf));
         if let Some(dir) = dir {
-            command.current_dir(dir);
-        }
-        for (key, value) in &self.config.env {
-            command.env(key, value);
-        }
-        command.env("BLUE_GREEN_COLOR", color.as_str());
-        for (key, value) in env {
-            command.env(key, value);
+            command = command.current_dir(dir);
         }
         let shown = format!(
             "{} -p {project} -f {} {}",
@@ -213,6 +214,11 @@ impl ComposeRuntime {
     }
 
     /// Runs a compose command; its stdout on success, an error with its stderr otherwise.
+    ///
+    /// The command runs in its own process group: at the timeout, or when this future is
+    /// dropped (a cancelled deploy), the whole group is stopped, including the `docker-compose`
+    /// plugin that `docker compose` runs as its child, so that nothing goes on creating
+    /// containers after the engine has cleared the slot.
     async fn run(
         &self,
         color: Color,
@@ -220,36 +226,42 @@ impl ComposeRuntime {
         env: &[(&str, String)],
         limit: Duration,
     ) -> Result<String, Error> {
-        let (mut command, shown) = self.command(color, args, env);
+        let (command, shown) = self.command(color, args, env);
         tracing::debug!(command = %shown, "running compose");
-        let output = match tokio::time::timeout(limit, command.output()).await {
-            Ok(Ok(output)) => output,
-            Ok(Err(source)) => {
-                return Err(Error::ComposeMissing {
-                    program: self.program.display().into(),
-                    source,
-                })
-            }
-            Err(_) => {
+        let output = match command.run(limit).await {
+            Ok(output) => output,
+            Err(RunError::TimedOut { .. }) => {
                 return Err(Error::Timeout {
                     what: format!("`{shown}`"),
                     timeout: limit,
                 })
             }
+            Err(error) if !error.started() => {
+                return Err(Error::ComposeMissing {
+                    program: self.program.display().into(),
+                    source: program::start_failure(error),
+                })
+            }
+            Err(error) => {
+                return Err(Error::ComposeFailed {
+                    command: shown,
+                    status: "not waited for".into(),
+                    stderr: error.to_string(),
+                })
+            }
         };
         if output.status.success() {
-            return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
+            return Ok(output.stdout.text().into_owned());
         }
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-        let tail = lines[lines.len().saturating_sub(STDERR_LINES)..].join("\n");
+        let stderr = output.stderr.text();
+        let cause = stderr::what_failed(&stderr, STDERR_LINES);
         Err(Error::ComposeFailed {
             command: shown,
             status: output.status.to_string(),
-            stderr: if tail.is_empty() {
+            stderr: if cause.is_empty() {
                 "(compose printed nothing on stderr)".into()
             } else {
-                tail
+                cause
             },
         })
     }
@@ -356,14 +368,15 @@ impl ComposeRuntime {
     }
 
     async fn start_inner(&self, color: Color, release: &Release) -> Result<Instance, Error> {
-        let mut env = vec![("BLUE_GREEN_RELEASE", release.id.clone())];
+        let mut env = vec![("BLUE_GREEN_RELEASE", release.id.to_string())];
         if let Some(image) = &release.artifact {
-            env.push(("BLUE_GREEN_IMAGE", image.clone()));
+            env.push(("BLUE_GREEN_IMAGE", image.to_string()));
         }
         let project = self.projects.get(color);
         let up = async {
             self.run(color, &["up", "-d"], &env, self.command_timeout)
-                .await?;
+                .await
+                .map_err(|e| naming_the_image(e, release))?;
             if self.service_containers(project).await?.is_empty() {
                 return Err(Error::Invalid(format!(
                     "compose project {project} started, but it has no container for service `{}`: check `service` in [runtime] against the services in {}",
@@ -371,7 +384,7 @@ impl ComposeRuntime {
                     self.files.get(color).display()
                 )));
             }
-            self.instance_of(color, release.id.clone(), &env).await
+            self.instance_of(color, release.id.to_string(), &env).await
         };
         match up.await {
             Ok(instance) => Ok(instance),
@@ -556,6 +569,26 @@ fn parse_port_output(out: &str) -> Option<Endpoint> {
         };
         Some(Endpoint::new(host, endpoint.port))
     })
+}
+
+/// A failed `up` names the release's image when compose's own lines do not (compose v2 reports a
+/// failed pull by the registry's URL only), so the user sees which image could not be had.
+fn naming_the_image(error: Error, release: &Release) -> Error {
+    match (error, release.artifact.as_ref().map(|a| a.to_string())) {
+        (
+            Error::ComposeFailed {
+                command,
+                status,
+                stderr,
+            },
+            Some(image),
+        ) if !stderr.contains(&image) => Error::ComposeFailed {
+            command,
+            status,
+            stderr: format!("{stderr}\n(the release's image is {image})"),
+        },
+        (error, _) => error,
+    }
 }
 
 #[cfg(test)]

@@ -1,10 +1,10 @@
 //! Which compose program drives the projects: `docker compose` (v2) or `docker-compose` (v1).
 
 use std::ffi::OsString;
-use std::process::Stdio;
+use std::io;
 use std::time::Duration;
 
-use tokio::process::Command;
+use blue_green_core::process::{Command, RunError};
 
 use crate::config::ComposeTool;
 use crate::error::Error;
@@ -36,6 +36,18 @@ impl ComposeProgram {
     }
 }
 
+/// How long `compose version` may take.
+const DETECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a compose program could not be run, as the OS said it (the source of
+/// [`Error::ComposeMissing`]).
+pub(super) fn start_failure(error: RunError) -> io::Error {
+    match error {
+        RunError::NotFound { source, .. } | RunError::Start { source, .. } => source,
+        error => io::Error::other(error),
+    }
+}
+
 /// Finds the compose program for `tool`: `Auto` prefers `docker compose` (v2) and falls back
 /// to `docker-compose`. `path` replaces `PATH` for the lookup (for tests); `None` uses the
 /// process's.
@@ -48,34 +60,28 @@ pub async fn detect(tool: ComposeTool, path: Option<OsString>) -> Result<Compose
     let mut last = None;
     for candidate in candidates {
         let (program, pre) = candidate.argv0();
-        let mut command = Command::new(program);
-        command
-            .args(pre)
-            .arg("version")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+        let mut command = Command::new(program).args(pre).arg("version");
         if let Some(path) = &path {
-            command.env("PATH", path);
+            command = command.env("PATH", path);
         }
-        match tokio::time::timeout(Duration::from_secs(30), command.output()).await {
-            Ok(Ok(output)) if output.status.success() => return Ok(candidate.clone()),
-            Ok(Ok(output)) => {
-                last = Some(std::io::Error::other(format!(
-                    "`{} version` exited with {}: {}",
+        match command.run(DETECT_TIMEOUT).await {
+            Ok(output) if output.status.success() => return Ok(candidate.clone()),
+            Ok(output) => {
+                last = Some(io::Error::other(format!(
+                    "`{} version` {}: {}",
                     candidate.display(),
-                    output.status,
-                    String::from_utf8_lossy(&output.stderr).trim()
+                    output.status_text(),
+                    output.stderr.text().trim()
                 )))
             }
-            Ok(Err(e)) => last = Some(e),
-            Err(_) => {
-                last = Some(std::io::Error::other(format!(
-                    "`{} version` did not answer within 30s",
-                    candidate.display()
+            Err(RunError::TimedOut { .. }) => {
+                last = Some(io::Error::other(format!(
+                    "`{} version` did not answer within {}s",
+                    candidate.display(),
+                    DETECT_TIMEOUT.as_secs()
                 )))
             }
+            Err(error) => last = Some(start_failure(error)),
         }
     }
     Err(Error::ComposeMissing {
@@ -84,7 +90,7 @@ pub async fn detect(tool: ComposeTool, path: Option<OsString>) -> Result<Compose
             .map(ComposeProgram::display)
             .collect::<Vec<_>>()
             .join("` or `"),
-        source: last.unwrap_or_else(|| std::io::Error::other("no candidate")),
+        source: last.unwrap_or_else(|| io::Error::other("no candidate")),
     })
 }
 

@@ -45,6 +45,31 @@ services:
     )
 }
 
+/// Fails with a clear message when `tool` is not installed (compose v2 comes from
+/// `scripts/install-compose-v2`, which `scripts/test` runs), so a missing version never
+/// skips a test.
+pub async fn require(tool: ComposeTool) {
+    if let Err(e) = blue_green_docker::compose::detect(tool, None).await {
+        panic!("these tests run under compose v1 and v2; {tool:?} is missing: {e}. Install v2 with scripts/install-compose-v2 (scripts/test does), v1 with Debian's docker-compose");
+    }
+}
+
+/// `v1` or `v2`, for test names.
+pub fn tag(tool: ComposeTool) -> &'static str {
+    match tool {
+        ComposeTool::V2 => "v2",
+        _ => "v1",
+    }
+}
+
+/// A compose config for service `api` on container port 8080, run by `tool`.
+pub fn compose_config_for(tool: ComposeTool, files: ComposeFiles) -> ComposeConfig {
+    ComposeConfig {
+        tool,
+        ..compose_config(files)
+    }
+}
+
 /// A compose config for service `api` on container port 8080.
 pub fn compose_config(files: ComposeFiles) -> ComposeConfig {
     ComposeConfig {

@@ -3,9 +3,10 @@
 use std::time::Duration;
 
 use blue_green_core::{
-    AppName, DeployReport, EngineConfig, HttpProbe, HttpProbeConfig, KeepPrevious, NginxRouter,
-    ReadinessPolicy, Step, SwitchPolicy,
+    AppName, DeployReport, EngineConfig, HttpProbe, HttpProbeConfig, KeepPrevious, ReadinessPolicy,
+    Step, SwitchPolicy,
 };
+use blue_green_router::NginxRouter;
 use blue_green_testkit::nginx::NginxHarness;
 
 /// Probes `/health` directly and expects `{color} {release}`.

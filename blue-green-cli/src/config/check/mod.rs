@@ -2,10 +2,15 @@
 //! every problem is collected with its line, and keys that do not belong to the chosen kind are
 //! refused. One submodule per table.
 
+mod caddy;
+mod haproxy;
 mod health;
 pub(crate) mod proxy;
 mod router;
 mod runtime;
+
+pub(crate) use caddy::check_caddy;
+pub(crate) use haproxy::check_haproxy;
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -39,11 +44,6 @@ static HOST_HEADER: LazyLock<Regex> =
     LazyLock::new(|| pattern(r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$"));
 static HEADER_NAME: LazyLock<Regex> = LazyLock::new(|| pattern(r"^[A-Za-z0-9-]+$"));
 static URL_PATH: LazyLock<Regex> = LazyLock::new(|| pattern(r"^/[\x21-\x7e]*$"));
-static UPSTREAM: LazyLock<Regex> = LazyLock::new(|| pattern(r"^[A-Za-z0-9_.-]+$"));
-static SERVER_OPTION: LazyLock<Regex> = LazyLock::new(|| pattern(r"^[a-z_]+(=[A-Za-z0-9_.]+)?$"));
-static UPSTREAM_DIRECTIVE: LazyLock<Regex> =
-    LazyLock::new(|| pattern(r"^[a-z_]+( [A-Za-z0-9_.=]+)*$"));
-static URL: LazyLock<Regex> = LazyLock::new(|| pattern(r"^https?://[\x21-\x7e]+$"));
 
 const RESERVED_ENV: [&str; 2] = ["BLUE_GREEN_COLOR", "BLUE_GREEN_RELEASE"];
 
@@ -262,12 +262,7 @@ impl<'a> Checker<'a> {
     /// `{config_dir}` becomes the config file's directory; other braces are left as they are
     /// (an argument may well be JSON).
     fn argv(&mut self, list: &Spanned<Vec<Str>>, key: &str, empty_ok: bool) -> Vec<String> {
-        let dir = self.dir.display().to_string();
-        let argv: Vec<String> = list
-            .get_ref()
-            .iter()
-            .map(|a| a.get_ref().replace("{config_dir}", &dir))
-            .collect();
+        let argv = self.argv_filled(list);
         if argv.is_empty() && !empty_ok {
             self.bad(list.span(), key, "the command is empty: expected an argv array with the program first, for example [\"nginx\", \"-s\", \"reload\"]");
         } else if argv.first().is_some_and(|p| p.trim().is_empty()) {
@@ -276,6 +271,16 @@ impl<'a> Checker<'a> {
             self.bad(list.span(), key, "an argument contains a NUL character");
         }
         argv
+    }
+
+    /// An argv array with `{config_dir}` filled in, unchecked (for a component that checks
+    /// its own commands).
+    fn argv_filled(&self, list: &Spanned<Vec<Str>>) -> Vec<String> {
+        let dir = self.dir.display().to_string();
+        list.get_ref()
+            .iter()
+            .map(|a| a.get_ref().replace("{config_dir}", &dir))
+            .collect()
     }
 
     /// Checks that `{...}` placeholders are among `allowed`; true when they are.

@@ -251,6 +251,6 @@ mod tests {
         let e = config("kind = \"proxy\"\nhosts = []\n").unwrap_err();
         assert!(e.contains("the list is empty"), "{e}");
         let e = config("kind = \"traefik\"\n").unwrap_err();
-        assert!(e.contains("\"proxy\", \"nginx\" or \"none\""), "{e}");
+        assert!(e.contains("expected \"proxy\", "), "{e}");
     }
 }

@@ -1,15 +1,18 @@
-//! `[router]`: nginx or none.
+//! `[router]`: nginx or none (haproxy and caddy: in their own files). The nginx values are
+//! checked by the router crate's [`NginxConfig::validate`], once; this module reads them and maps
+//! each refusal to its key and line.
 
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use blue_green_core::{AppName, NginxConfig, NginxRouter, NginxVerify};
+use blue_green_core::AppName;
+use blue_green_router::{NginxConfig, NginxField, NginxVerify};
 use toml::Spanned;
 
-use super::super::raw::RawRouter;
+use super::super::raw::{RawRouter, Str};
 use super::super::RouterConfig;
-use super::{Checker, SERVER_OPTION, UPSTREAM, UPSTREAM_DIRECTIVE, URL};
+use super::Checker;
 
 impl Checker<'_> {
     // ---- router --------------------------------------------------------------------------
@@ -53,9 +56,16 @@ impl Checker<'_> {
                 r.verify_interval.as_ref().map(Spanned::span),
             ),
         ];
+        self.refuse_api_router_keys(r);
         self.refuse_proxy_keys(raw);
         match r.kind.get_ref().as_str() {
             "proxy" => self.proxy(raw, app),
+            "haproxy" => self
+                .haproxy(raw, app)
+                .map(|h| RouterConfig::Haproxy(Box::new(h))),
+            "caddy" => self
+                .caddy(raw, app)
+                .map(|c| RouterConfig::Caddy(Box::new(c))),
             "nginx" => {
                 self.refuse_keys(
                     "router",
@@ -88,25 +98,20 @@ impl Checker<'_> {
                 self.bad(
                     r.kind.span(),
                     "router.kind",
-                    format!(
-                        "unknown router kind `{other}`: expected \"proxy\", \"nginx\" or \"none\""
-                    ),
+                    format!("unknown router kind `{other}`: expected \"proxy\", \"nginx\", \"haproxy\", \"caddy\" or \"none\""),
                 );
                 None
             }
         }
     }
 
+    /// Reads the nginx keys into an [`NginxConfig`] (filling `{app}` and `{config_dir}`, parsing
+    /// durations) and leaves every check of the values to [`NginxConfig::validate`], whose
+    /// problems are mapped to the lines of the keys that set them.
     fn nginx(&mut self, raw: &Spanned<RawRouter>, app: &AppName) -> Option<NginxConfig> {
         let r = raw.get_ref();
         let upstream = match &r.upstream {
-            Some(u) => {
-                let filled = self.filled(u, "router.upstream", &["app"], app);
-                if !UPSTREAM.is_match(&filled) {
-                    self.bad(u.span(), "router.upstream", format!("`{}` is not a safe nginx upstream name: use only letters, digits, `_`, `.` and `-` (nothing that could end or add a directive)", u.get_ref()));
-                }
-                Some(filled)
-            }
+            Some(u) => Some(self.filled(u, "router.upstream", &["app"], app)),
             None => {
                 self.bad(raw.span(), "router.upstream", "kind = \"nginx\" needs `upstream`: the name of the upstream block that your nginx server's proxy_pass uses");
                 None
@@ -122,127 +127,136 @@ impl Checker<'_> {
                 None
             }
         };
-        let mut server_options = Vec::new();
-        if let Some(list) = &r.server_options {
-            for o in list.get_ref() {
-                self.matches(
-                    o,
-                    "router.server_options",
-                    &SERVER_OPTION,
-                    "an nginx server parameter such as \"max_fails=0\" or \"fail_timeout=5s\"",
-                );
-                server_options.push(o.get_ref().clone());
-            }
-        }
-        let mut upstream_directives = Vec::new();
-        if let Some(list) = &r.upstream_directives {
-            for d in list.get_ref() {
-                self.matches(
-                    d,
-                    "router.upstream_directives",
-                    &UPSTREAM_DIRECTIVE,
-                    "an nginx upstream directive without `;`, such as \"keepalive 16\"",
-                );
-                upstream_directives.push(d.get_ref().clone());
-            }
-        }
-        let test_command = match &r.test_command {
-            Some(c) => self.argv(c, "router.test_command", true),
-            None => vec!["nginx".into(), "-t".into()],
+        let strings = |list: &Option<Spanned<Vec<Str>>>| -> Vec<String> {
+            list.as_ref()
+                .map(|l| l.get_ref().iter().map(|s| s.get_ref().clone()).collect())
+                .unwrap_or_default()
         };
-        let reload_command = match &r.reload_command {
-            Some(c) => self.argv(c, "router.reload_command", false),
-            None => vec!["nginx".into(), "-s".into(), "reload".into()],
-        };
-        let command_timeout = self.duration(
-            r.command_timeout.as_ref(),
-            "router.command_timeout",
-            Duration::from_secs(30),
-            false,
-        );
-        let verify = match &r.verify_url {
-            Some(url) => {
-                self.matches(url, "router.verify_url", &URL, "an http:// or https:// URL through nginx, for example \"http://127.0.0.1/health\"");
-                let expect_body = match &r.verify_body {
-                    Some(b) => {
-                        self.placeholders(b, "router.verify_body", &["color", "release"]);
-                        b.get_ref().clone()
+        let defaults = NginxConfig::new("", "");
+        let verify =
+            match &r.verify_url {
+                Some(url) => {
+                    let mut verify = NginxVerify::new(url.get_ref().clone());
+                    if let Some(b) = &r.verify_body {
+                        verify.expect_body = b.get_ref().clone();
                     }
-                    None => "{color}".to_string(),
-                };
-                let successes = match &r.verify_successes {
-                    Some(s) if (1..=1000).contains(s.get_ref()) => *s.get_ref() as u32,
-                    Some(s) => {
-                        self.bad(
-                            s.span(),
-                            "router.verify_successes",
-                            format!("{} is out of range: expected 1 to 1000", s.get_ref()),
-                        );
-                        1
+                    if let Some(s) = &r.verify_successes {
+                        // Out of u32's range is out of the router's range too: it says so.
+                        verify.successes = u32::try_from(*s.get_ref())
+                            .unwrap_or(if *s.get_ref() < 0 { 0 } else { u32::MAX });
                     }
-                    None => 3,
-                };
-                Some(NginxVerify {
-                    url: url.get_ref().clone(),
-                    expect_body,
-                    successes,
-                    interval: self.duration(
+                    verify.interval = self.duration(
                         r.verify_interval.as_ref(),
                         "router.verify_interval",
                         Duration::from_millis(20),
-                        false,
-                    ),
-                    deadline: self.duration(
+                        true,
+                    );
+                    verify.deadline = self.duration(
                         r.verify_deadline.as_ref(),
                         "router.verify_deadline",
-                        Duration::from_secs(10),
-                        false,
-                    ),
-                })
-            }
-            None => {
-                let verify_only: [(&str, Option<Range<usize>>); 4] = [
-                    ("verify_body", r.verify_body.as_ref().map(Spanned::span)),
-                    (
-                        "verify_successes",
-                        r.verify_successes.as_ref().map(Spanned::span),
-                    ),
-                    (
-                        "verify_interval",
-                        r.verify_interval.as_ref().map(Spanned::span),
-                    ),
-                    (
-                        "verify_deadline",
-                        r.verify_deadline.as_ref().map(Spanned::span),
-                    ),
-                ];
-                self.refuse_keys("router", &verify_only, "a router with `verify_url`");
-                None
-            }
-        };
-        let pid_file = r.pid_file.as_ref().map(|f| {
-            let filled = self.filled(f, "router.pid_file", &["app"], app);
-            self.path(f, "router.pid_file", &filled)
-        });
+                        verify.deadline,
+                        true,
+                    );
+                    Some(verify)
+                }
+                None => {
+                    let verify_only: [(&str, Option<Range<usize>>); 4] = [
+                        ("verify_body", r.verify_body.as_ref().map(Spanned::span)),
+                        (
+                            "verify_successes",
+                            r.verify_successes.as_ref().map(Spanned::span),
+                        ),
+                        (
+                            "verify_interval",
+                            r.verify_interval.as_ref().map(Spanned::span),
+                        ),
+                        (
+                            "verify_deadline",
+                            r.verify_deadline.as_ref().map(Spanned::span),
+                        ),
+                    ];
+                    self.refuse_keys("router", &verify_only, "a router with `verify_url`");
+                    None
+                }
+            };
         let config = NginxConfig {
-            upstream: upstream?,
-            upstream_file: upstream_file?,
-            server_options,
-            upstream_directives,
-            test_command,
-            reload_command,
-            command_timeout,
+            // Stand-ins for missing keys (already reported) let the other values be checked.
+            upstream: upstream.clone().unwrap_or_else(|| "upstream".into()),
+            upstream_file: upstream_file
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("upstream.conf")),
+            server_options: strings(&r.server_options),
+            upstream_directives: strings(&r.upstream_directives),
+            test_command: match &r.test_command {
+                Some(c) => self.argv_filled(c),
+                None => defaults.test_command,
+            },
+            reload_command: match &r.reload_command {
+                Some(c) => self.argv_filled(c),
+                None => defaults.reload_command,
+            },
+            command_timeout: self.duration(
+                r.command_timeout.as_ref(),
+                "router.command_timeout",
+                defaults.command_timeout,
+                true,
+            ),
             verify,
-            pid_file,
+            pid_file: r.pid_file.as_ref().map(|f| {
+                let filled = self.filled(f, "router.pid_file", &["app"], app);
+                self.path(f, "router.pid_file", &filled)
+            }),
         };
-        // The router checks names and options itself (strictly: nothing a user types may add a
-        // directive); building it here touches nothing and turns its refusal into a config error.
-        if self.problems.is_empty() {
-            if let Err(e) = NginxRouter::new(config.clone()) {
-                self.bad(raw.span(), "router", e.message);
-                return None;
+        // The router's config type is the one check of these values (nothing a user types may
+        // add a directive); a key this file's own reading already refused is not refused twice.
+        let read_problems = self.problems.len();
+        if let Err(problems) = config.validate() {
+            for problem in problems {
+                let (key, span) = nginx_key(raw, problem.field);
+                let known = self.problems[..read_problems]
+                    .iter()
+                    .any(|p| p.key.as_deref() == Some(key.as_str()));
+                if !known {
+                    self.bad(span, &key, problem.message);
+                }
             }
         }
+        upstream?;
+        upstream_file?;
         Some(config)
     }
+}
+
+/// The key that sets `field` (`router.verify_url`), and the span to point at: the value (the
+/// list element for an option or directive), else the `[router]` table (a default was refused).
+fn nginx_key(raw: &Spanned<RawRouter>, field: NginxField) -> (String, Range<usize>) {
+    let r = raw.get_ref();
+    let one = |v: &Option<Str>| v.as_ref().map(Spanned::span);
+    let element = |list: &Option<Spanned<Vec<Str>>>, i: usize| {
+        list.as_ref()
+            .map(|l| l.get_ref().get(i).map_or_else(|| l.span(), Spanned::span))
+    };
+    let list = |l: &Option<Spanned<Vec<Str>>>| l.as_ref().map(Spanned::span);
+    let (key, span) = match field {
+        NginxField::Upstream => ("upstream", one(&r.upstream)),
+        NginxField::UpstreamFile => ("upstream_file", one(&r.upstream_file)),
+        NginxField::ServerOption(i) => ("server_options", element(&r.server_options, i)),
+        NginxField::UpstreamDirective(i) => {
+            ("upstream_directives", element(&r.upstream_directives, i))
+        }
+        NginxField::TestCommand => ("test_command", list(&r.test_command)),
+        NginxField::ReloadCommand => ("reload_command", list(&r.reload_command)),
+        NginxField::CommandTimeout => ("command_timeout", one(&r.command_timeout)),
+        NginxField::VerifyUrl => ("verify_url", one(&r.verify_url)),
+        NginxField::VerifyBody => ("verify_body", one(&r.verify_body).or(one(&r.verify_url))),
+        NginxField::VerifySuccesses => (
+            "verify_successes",
+            r.verify_successes.as_ref().map(Spanned::span),
+        ),
+        NginxField::VerifyInterval => ("verify_interval", one(&r.verify_interval)),
+        NginxField::VerifyDeadline => ("verify_deadline", one(&r.verify_deadline)),
+        // A field added to the router later: point at the table.
+        _ => return ("router".into(), raw.span()),
+    };
+    (format!("router.{key}"), span.unwrap_or_else(|| raw.span()))
 }

@@ -6,11 +6,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use blue_green_core::router::nginx::OLD_WORKER_OVERLAP;
-use blue_green_core::{
-    Color, ComponentErrorKind, Endpoint, NginxConfig, NginxRouter, NginxVerify, RouteReceipt,
-    Router,
-};
+use blue_green_core::{Color, ComponentErrorKind, Endpoint, RouteReceipt, Router};
+use blue_green_router::nginx::OLD_WORKER_OVERLAP;
+use blue_green_router::{NginxConfig, NginxRouter, NginxVerify};
 use blue_green_testkit::color_server::ColorServer;
 use blue_green_testkit::load::{Load, LoadConfig};
 use blue_green_testkit::nginx::NginxHarness;
