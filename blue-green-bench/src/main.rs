@@ -14,6 +14,7 @@ mod baseline;
 mod child;
 mod load;
 mod ours;
+mod proxy_phase;
 mod report;
 
 use std::collections::BTreeMap;
@@ -90,6 +91,12 @@ struct Args {
     /// Run only the baseline phase.
     #[arg(long)]
     only_baseline: bool,
+    /// Skip the phase with blue-green's own proxy as the router.
+    #[arg(long)]
+    skip_proxy: bool,
+    /// Skip the phase with nginx as blue-green's router.
+    #[arg(long)]
+    skip_nginx: bool,
     /// Path of the `blue-green` binary (default: built by cargo next to this one).
     #[arg(long)]
     blue_green: Option<PathBuf>,
@@ -174,14 +181,24 @@ async fn run(args: &Args) -> Result<(), String> {
     };
     if !args.only_baseline {
         let binary = blue_green_binary(args).await?;
-        let phase = run_ours(args, tmp.path(), &prefix, &image, &app_env, &binary).await?;
-        comparison.phases.push(phase);
+        if !args.skip_nginx {
+            let phase = run_ours(args, tmp.path(), &prefix, &image, &app_env, &binary).await?;
+            comparison.phases.push(phase);
+        }
+        if !args.skip_proxy {
+            let phase =
+                proxy_phase::run(args, tmp.path(), &prefix, &image, &app_env, &binary).await?;
+            comparison.phases.push(phase);
+        }
     }
     if !args.only_ours {
         let phase = run_baseline(args, tmp.path(), &prefix, &image, &app_env).await?;
         comparison.phases.push(phase);
     }
     println!("{}", comparison.render());
+    if let Some(routers) = proxy_phase::router_comparison(&comparison.phases) {
+        println!("{routers}");
+    }
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&comparison)
             .map_err(|e| format!("could not serialize the figures: {e}"))?;

@@ -294,7 +294,8 @@ impl PhaseReport {
 pub struct Comparison {
     /// The machine and the settings.
     pub setup: BTreeMap<String, String>,
-    /// blue-green, then the baseline (either may be missing if it was skipped).
+    /// blue-green with nginx, blue-green with its own proxy, then the baseline (any may be
+    /// missing if it was skipped).
     pub phases: Vec<PhaseReport>,
 }
 
@@ -310,7 +311,9 @@ impl Comparison {
             out.push_str(&phase.render());
             out.push('\n');
         }
-        if let [ours, base] = self.phases.as_slice() {
+        let ours = self.phases.iter().find(|p| p.name == "blue-green");
+        let base = self.phases.iter().find(|p| p.name == "shell-script way");
+        if let (Some(ours), Some(base)) = (ours, base) {
             let _ = writeln!(out, "== {} vs {} ==", ours.name, base.name);
             let _ = writeln!(
                 out,

@@ -26,10 +26,11 @@ Examples:
 
 Docs: README.md, docs/guide.md, docs/configuration.md";
 
-/// Zero-downtime blue/green deploys of a web service behind nginx, from one TOML file.
+/// Zero-downtime blue/green deploys of a web service behind blue-green's own proxy (or nginx),
+/// from one TOML file.
 ///
 /// blue-green starts the new release in the idle color, probes it directly until it is ready,
-/// switches nginx to it, checks the switch through nginx, lets the old color's requests finish,
+/// switches the router to it, checks the switch through it, lets the old color's requests finish,
 /// and only then stops the old color. Any failure before the switch leaves what was serving
 /// untouched.
 #[derive(Debug, Parser)]
@@ -137,6 +138,9 @@ Examples:
         #[arg(long)]
         config_only: bool,
     },
+
+    /// Run blue-green's own proxy, or drive a running one (status, pause, resume, maintenance).
+    Proxy(crate::commands::proxy::ProxyArgs),
 }
 
 /// `deploy` flags.

@@ -111,6 +111,7 @@ impl Components {
                 Box::new(CaddyRouter::new(c.as_ref().clone()).map_err(Failure::Component)?)
             }
             RouterConfig::None { target_file } => Box::new(NoneRouter::new(target_file.clone())),
+            RouterConfig::Proxy(p) => Box::new(p.router(&config.app)),
         };
         Ok(Components {
             runtime,

@@ -40,11 +40,11 @@ fn main() -> ExitCode {
 /// debug logs with `-v`, errors only with `-q`. `RUST_LOG` overrides.
 fn init_logs(cli: &cli::Cli) {
     let default = if cli.verbose {
-        "warn,blue_green_core=debug,blue_green_docker=debug,blue_green=debug"
+        "warn,blue_green_core=debug,blue_green_docker=debug,blue_green_proxy=debug,blue_green=debug"
     } else if cli.quiet {
         "error"
     } else {
-        "warn,blue_green_core=info,blue_green_docker=info,blue_green=info"
+        "warn,blue_green_core=info,blue_green_docker=info,blue_green_proxy=info,blue_green=info"
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let logs = tracing_subscriber::fmt()

@@ -1,6 +1,7 @@
 //! Each command: read the config, build the components, call the engine, print the result.
 
 mod explain;
+pub mod proxy;
 mod setup;
 mod show;
 mod validate;
@@ -33,8 +34,10 @@ pub async fn run(cli: &Cli, config: Result<Config, config::ConfigError>) -> i32 
     };
     let name = command_name(&cli.command);
     let mut hints = Vec::new();
-    let result = match config {
-        Ok(config) => {
+    let result = match (&cli.command, config) {
+        // The proxy's commands read no config file.
+        (Command::Proxy(args), _) => proxy::run(args, printer).await,
+        (_, Ok(config)) => {
             let result = dispatch(cli, config.clone(), printer).await;
             if let Err(f) = &result {
                 if matches!(name, "deploy" | "switch" | "rollback") {
@@ -43,7 +46,7 @@ pub async fn run(cli: &Cli, config: Result<Config, config::ConfigError>) -> i32 
             }
             result
         }
-        Err(e) => Err(Failure::Config(e)),
+        (_, Err(e)) => Err(Failure::Config(e)),
     };
     match result {
         Ok(()) => 0,
@@ -83,12 +86,14 @@ fn command_name(c: &Command) -> &'static str {
         Command::Down { .. } => "down",
         Command::History { .. } => "history",
         Command::Validate { .. } => "validate",
+        Command::Proxy(args) => proxy::command_name(args),
     }
 }
 
 async fn dispatch(cli: &Cli, config: Config, printer: Printer) -> Result<(), Failure> {
     match &cli.command {
         Command::Validate { config_only } => validate(&config, *config_only, printer).await,
+        Command::Proxy(args) => proxy::run(args, printer).await,
         Command::History { limit } => history(&config, *limit, printer).await,
         Command::Deploy(args) => {
             let release = release_for(args, &config).await?;

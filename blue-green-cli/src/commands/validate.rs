@@ -156,6 +156,10 @@ async fn environment_checks(config: &Config, checks: &mut Vec<Check>) -> Result<
             what: "caddy".into(),
             result: crate::config::check_caddy(c).await,
         }),
+        RouterConfig::Proxy(p) => checks.push(Check {
+            what: "proxy".into(),
+            result: p.answers(&config.app).await,
+        }),
         RouterConfig::None { target_file } => {
             let dir = target_file
                 .parent()

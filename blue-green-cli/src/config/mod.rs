@@ -5,6 +5,8 @@
 //! changes nothing: no directory is created and nothing is started.
 
 mod check;
+
+pub use check::proxy::DEFAULT_CONTROL as DEFAULT_PROXY_CONTROL;
 mod raw;
 
 pub(crate) use check::{check_caddy, check_haproxy};
@@ -81,6 +83,8 @@ pub enum RouterConfig {
     Haproxy(Box<HaproxyConfig>),
     /// Caddy's admin API: the upstreams of a reverse_proxy handler.
     Caddy(Box<CaddyConfig>),
+    /// blue-green's own proxy, over its control socket.
+    Proxy(check::proxy::ProxyRouterConfig),
     /// Something else routes; the target is only recorded in this file.
     None {
         /// Where the target is recorded.

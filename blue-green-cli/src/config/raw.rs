@@ -112,6 +112,9 @@ pub struct RawRouter {
     // caddy
     pub admin: Option<Str>,
     pub upstream_id: Option<Str>,
+    // proxy
+    pub control: Option<Str>,
+    pub hosts: Option<Spanned<Vec<Str>>>,
 }
 
 /// `[switch]`.

@@ -204,14 +204,17 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
         .await
     }
 
-    pub(super) async fn router_in_flight(
+    /// The router's count after waiting up to `wait` for it to reach zero; `wait` must stay
+    /// under the router timeout, which bounds the whole call.
+    pub(super) async fn router_wait_idle(
         &self,
         endpoint: &Endpoint,
+        wait: Duration,
     ) -> Result<Option<u64>, ComponentError> {
         within(
             self.timeouts().router,
             format!("the router counting requests in flight to {endpoint}"),
-            self.router.in_flight(endpoint),
+            self.router.wait_idle(endpoint, wait),
         )
         .await
     }

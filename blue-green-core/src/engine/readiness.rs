@@ -17,6 +17,8 @@ use super::Engine;
 
 /// How often the drain asks the router how many requests are still in flight.
 const DRAIN_POLL: Duration = Duration::from_millis(250);
+/// How long before the drain deadline a router that waits for zero must answer.
+const DRAIN_MARGIN: Duration = Duration::from_millis(100);
 
 impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
     /// Probes `instance` directly until `healthy_threshold` attempts in a row are healthy, or
@@ -120,7 +122,14 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
         let began = Instant::now();
         let deadline = began + limit;
         let (left, mut warnings) = loop {
-            let counted = tokio::time::timeout_at(deadline, self.router_in_flight(endpoint)).await;
+            // The router may wait for zero itself; it answers with a margin before the deadline
+            // so that what is left is known in time to be cut.
+            let wait = deadline
+                .saturating_duration_since(Instant::now())
+                .saturating_sub(DRAIN_MARGIN)
+                .min(self.config.timeouts.router / 2);
+            let counted =
+                tokio::time::timeout_at(deadline, self.router_wait_idle(endpoint, wait)).await;
             match counted {
                 Ok(Ok(Some(0))) => break (Some(0), Vec::new()),
                 Ok(Ok(Some(n))) => {

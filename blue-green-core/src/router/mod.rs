@@ -9,6 +9,7 @@ pub mod none;
 use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -97,6 +98,20 @@ pub trait Router: Send + Sync {
         Ok(None)
     }
 
+    /// Waits up to `within` until nothing is in flight to `endpoint`, then says how many are
+    /// left, like [`Router::in_flight`]. The engine's drain calls this rather than polling, so
+    /// a router that is told the moment its count reaches zero (blue-green's own proxy) ends
+    /// the drain at that moment. The default asks [`Router::in_flight`] once, without waiting,
+    /// and the engine polls again later.
+    async fn wait_idle(
+        &self,
+        endpoint: &Endpoint,
+        within: Duration,
+    ) -> Result<Option<u64>, ComponentError> {
+        let _ = within;
+        self.in_flight(endpoint).await
+    }
+
     /// Called when the engine's drain of `endpoint` ran out of time with requests still in
     /// flight: the router closes what it still has open to `endpoint` (requests, upgraded
     /// connections) and says how many it closed, so the drain's report counts every cut. `None`
@@ -126,6 +141,13 @@ macro_rules! forward_router {
             }
             async fn in_flight(&self, endpoint: &Endpoint) -> Result<Option<u64>, ComponentError> {
                 (**self).in_flight(endpoint).await
+            }
+            async fn wait_idle(
+                &self,
+                endpoint: &Endpoint,
+                within: Duration,
+            ) -> Result<Option<u64>, ComponentError> {
+                (**self).wait_idle(endpoint, within).await
             }
             async fn cut(&self, endpoint: &Endpoint) -> Result<Option<u64>, ComponentError> {
                 (**self).cut(endpoint).await

@@ -5,6 +5,7 @@
 mod caddy;
 mod haproxy;
 mod health;
+pub(crate) mod proxy;
 mod router;
 mod runtime;
 

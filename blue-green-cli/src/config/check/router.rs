@@ -57,7 +57,9 @@ impl Checker<'_> {
             ),
         ];
         self.refuse_api_router_keys(r);
+        self.refuse_proxy_keys(raw);
         match r.kind.get_ref().as_str() {
+            "proxy" => self.proxy(raw, app),
             "haproxy" => self
                 .haproxy(raw, app)
                 .map(|h| RouterConfig::Haproxy(Box::new(h))),
@@ -96,7 +98,7 @@ impl Checker<'_> {
                 self.bad(
                     r.kind.span(),
                     "router.kind",
-                    format!("unknown router kind `{other}`: expected \"nginx\", \"haproxy\", \"caddy\" or \"none\""),
+                    format!("unknown router kind `{other}`: expected \"proxy\", \"nginx\", \"haproxy\", \"caddy\" or \"none\""),
                 );
                 None
             }

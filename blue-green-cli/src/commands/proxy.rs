@@ -1,0 +1,279 @@
+//! `blue-green proxy`: run blue-green's own proxy in the foreground, and drive a running one
+//! over its control socket (status, pause, resume, maintenance). No config file is read.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use blue_green_proxy::{ControlClient, Proxy, ProxyConfig, Status};
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::json;
+
+use crate::config::DEFAULT_PROXY_CONTROL;
+use crate::failure::Failure;
+use crate::output::Printer;
+
+/// `blue-green proxy` and its commands.
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: ProxyCommand,
+}
+
+/// The control socket flag, shared by every proxy command.
+#[derive(Debug, Args)]
+pub struct ControlArg {
+    /// The proxy's control socket.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_PROXY_CONTROL, env = "BLUE_GREEN_PROXY_CONTROL")]
+    pub control: PathBuf,
+}
+
+/// The proxy commands.
+#[derive(Debug, Subcommand)]
+pub enum ProxyCommand {
+    /// Run the proxy in the foreground (for systemd or a container); logs go to stderr.
+    /// SIGTERM or Ctrl-C stops it gracefully: it stops taking connections and lets open
+    /// requests finish (up to --grace).
+    #[command(after_long_help = "\
+Examples:
+  blue-green proxy run --listen 127.0.0.1:8080 --control /run/blue-green/proxy.sock --state /var/lib/blue-green/proxy.json
+  blue-green proxy run --listen 0.0.0.0:80 --listen [::]:80 --state /var/lib/blue-green/proxy.json")]
+    Run(RunArgs),
+    /// Show the proxy's mode, its apps and their targets, and each target's counters.
+    Status(ControlArg),
+    /// Hold new requests (a bounded queue, for a bounded time, then 503) until `resume`.
+    Pause(ControlArg),
+    /// Serve again; held requests go on, oldest first.
+    Resume(ControlArg),
+    /// Answer every request with a 503 maintenance page (on), or serve again (off). The health
+    /// path keeps answering 200.
+    Maintenance {
+        /// on or off.
+        #[arg(value_enum)]
+        switch: OnOff,
+        /// The control socket.
+        #[command(flatten)]
+        control: ControlArg,
+    },
+}
+
+/// `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    /// Turn it on.
+    On,
+    /// Turn it off.
+    Off,
+}
+
+/// `blue-green proxy run` flags.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// An address to take client traffic on (HTTP/1.1 and HTTP/2 cleartext); repeat for more.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub listen: Vec<SocketAddr>,
+    /// The control socket to create (mode 0600; only its owner and root may use it).
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_PROXY_CONTROL)]
+    pub control: PathBuf,
+    /// The file to keep the routes in, so a restarted proxy serves the same targets at once.
+    /// Without it, routes live in memory only.
+    #[arg(long, value_name = "FILE")]
+    pub state: Option<PathBuf>,
+    /// A path the proxy answers itself with 200, in every mode.
+    #[arg(long, value_name = "PATH", default_value = "/_blue-green/health")]
+    pub health_path: String,
+    /// How long a client may take to send a request's head (slowloris guard).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+    /// The largest request head taken, in bytes (at least 8192).
+    #[arg(long, value_name = "BYTES", default_value_t = 32 * 1024)]
+    pub max_header_bytes: usize,
+    /// How long connecting to an upstream may take (then 502).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+    /// How long an upstream may take to start its answer (then 504); bodies are not limited.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub response_timeout: Duration,
+    /// How long requests held by a pause wait before they get 503.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub pause_timeout: Duration,
+    /// How long open requests may take to finish when the proxy is stopped.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub grace: Duration,
+    /// Keep X-Forwarded-* headers that clients send (only behind a proxy you trust).
+    #[arg(long)]
+    pub trust_forwarded_headers: bool,
+}
+
+/// The name of a proxy command, for its result line.
+pub fn command_name(args: &ProxyArgs) -> &'static str {
+    match args.command {
+        ProxyCommand::Run(_) => "proxy run",
+        ProxyCommand::Status(_) => "proxy status",
+        ProxyCommand::Pause(_) => "proxy pause",
+        ProxyCommand::Resume(_) => "proxy resume",
+        ProxyCommand::Maintenance { .. } => "proxy maintenance",
+    }
+}
+
+/// Runs a proxy command.
+pub async fn run(args: &ProxyArgs, printer: Printer) -> Result<(), Failure> {
+    let name = command_name(args);
+    let refused = |e: blue_green_proxy::Error| Failure::Unreachable(e.to_string());
+    match &args.command {
+        ProxyCommand::Run(run) => serve(run, printer).await,
+        ProxyCommand::Status(c) => {
+            let status = ControlClient::new(&c.control)
+                .status()
+                .await
+                .map_err(refused)?;
+            printer.success(
+                name,
+                json!({ "status": status }),
+                &status_text(&status),
+                true,
+            );
+            Ok(())
+        }
+        ProxyCommand::Pause(c) => {
+            let answer = ControlClient::new(&c.control)
+                .pause()
+                .await
+                .map_err(refused)?;
+            printer.success(
+                name,
+                json!({ "mode": answer.mode }),
+                "paused: new requests are held until `blue-green proxy resume`",
+                false,
+            );
+            Ok(())
+        }
+        ProxyCommand::Resume(c) => {
+            let answer = ControlClient::new(&c.control)
+                .resume()
+                .await
+                .map_err(refused)?;
+            printer.success(
+                name,
+                json!({ "mode": answer.mode }),
+                "serving: held requests went on",
+                false,
+            );
+            Ok(())
+        }
+        ProxyCommand::Maintenance { switch, control } => {
+            let on = *switch == OnOff::On;
+            let answer = ControlClient::new(&control.control)
+                .maintenance(on)
+                .await
+                .map_err(refused)?;
+            let human = if on {
+                "maintenance on: every request gets the 503 maintenance page"
+            } else {
+                "maintenance off: serving"
+            };
+            printer.success(name, json!({ "mode": answer.mode }), human, false);
+            Ok(())
+        }
+    }
+}
+
+async fn serve(run: &RunArgs, printer: Printer) -> Result<(), Failure> {
+    if run.max_header_bytes < 8192 {
+        return Err(Failure::Usage(format!(
+            "--max-header-bytes {} is too small: at least 8192",
+            run.max_header_bytes
+        )));
+    }
+    if !run.health_path.starts_with('/') {
+        return Err(Failure::Usage(format!(
+            "--health-path `{}` must start with /",
+            run.health_path
+        )));
+    }
+    let mut config = ProxyConfig::new(run.listen.iter().copied()).with_control(&run.control);
+    config.state_file = run.state.clone();
+    config.health_path = run.health_path.clone();
+    config.trust_forwarded_headers = run.trust_forwarded_headers;
+    config.limits.header_read_timeout = run.header_timeout;
+    config.limits.max_header_bytes = run.max_header_bytes;
+    config.limits.upstream_connect_timeout = run.connect_timeout;
+    config.limits.upstream_response_timeout = run.response_timeout;
+    config.pause.max_wait = run.pause_timeout;
+    let proxy = Proxy::start(config).await.map_err(|e| match e {
+        blue_green_proxy::Error::StateCorrupt { .. } => Failure::Usage(e.to_string()),
+        e => Failure::Unreachable(e.to_string()),
+    })?;
+    let addrs: Vec<String> = proxy.local_addrs().iter().map(|a| a.to_string()).collect();
+    tracing::info!(
+        "blue-green proxy listening on {}; control socket {}; {}",
+        addrs.join(", "),
+        run.control.display(),
+        match &run.state {
+            Some(s) => format!("routes kept in {}", s.display()),
+            None => "routes kept in memory only (pass --state FILE to keep them across restarts)"
+                .to_string(),
+        }
+    );
+    if !printer.quiet && !printer.json {
+        eprintln!("listening on {}", addrs.join(", "));
+    }
+    stopped().await;
+    tracing::info!(
+        "stopping: letting open requests finish (up to {:?})",
+        run.grace
+    );
+    proxy.shutdown_within(run.grace).await;
+    printer.success("proxy run", json!({ "listened": addrs }), "stopped", false);
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn stopped() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!("cannot watch SIGTERM ({e}); only Ctrl-C stops the proxy");
+            None
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+/// `proxy status` for people.
+fn status_text(status: &Status) -> String {
+    let mut out = format!("mode: {:?}", status.mode).to_lowercase();
+    if status.queued > 0 {
+        let _ = write!(out, " ({} requests held)", status.queued);
+    }
+    out.push('\n');
+    if status.apps.is_empty() {
+        out.push_str("apps: none yet (the first deploy sets one)\n");
+    }
+    for app in &status.apps {
+        let hosts = if app.hosts.is_empty() {
+            "default app".to_string()
+        } else {
+            app.hosts.join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "app {} ({hosts}) -> {}",
+            app.app,
+            app.target.as_deref().unwrap_or("no target")
+        );
+    }
+    for t in &status.targets {
+        let _ = writeln!(
+            out,
+            "  {:<22} in flight {:<5} requests {:<8} errors {:<5} cut {}",
+            t.endpoint, t.in_flight, t.requests, t.errors, t.cut
+        );
+    }
+    out
+}

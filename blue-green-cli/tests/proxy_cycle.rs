@@ -1,0 +1,214 @@
+//! The `blue-green` binary deploying through blue-green's own proxy (`blue-green proxy run`)
+//! with real Docker containers, under steady load: validate, three deploys and a rollback,
+//! with 0 failed requests and every drain ending with nothing left. Needs Docker; fails with a
+//! clear message when it is missing. Containers and images carry the test's prefix and are
+//! removed on drop, also when the test fails; the proxy process is killed on drop.
+
+use std::path::Path;
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use blue_green_testkit::docker::{demo_app_image, DockerCleanup};
+use blue_green_testkit::load::{Load, LoadConfig};
+use serde_json::Value;
+
+async fn blue_green(dir: &Path, args: &[&str]) -> Output {
+    tokio::process::Command::new(assert_cmd::cargo::cargo_bin("blue-green"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("BLUE_GREEN_CONFIG")
+        .env_remove("BLUE_GREEN_PROXY_CONTROL")
+        .env_remove("BLUE_GREEN_TEST_PAUSE_AT")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run blue-green")
+}
+
+/// Runs a command that must succeed; returns its stdout and prints its stderr.
+async fn ok(dir: &Path, args: &[&str]) -> String {
+    let started = Instant::now();
+    let out = blue_green(dir, args).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!(
+        "$ blue-green {} ({} ms)\n{stderr}",
+        args.join(" "),
+        started.elapsed().as_millis()
+    );
+    assert!(
+        out.status.success(),
+        "`blue-green {}` failed ({}):\n{stderr}",
+        args.join(" "),
+        out.status
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+async fn through_proxy(url: &str) -> String {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    match client.get(url).send().await {
+        Ok(r) => r.text().await.unwrap_or_default().trim().to_string(),
+        Err(e) => format!("no answer: {e}"),
+    }
+}
+
+/// The `drained` events of a `--json` deploy's output.
+fn drains(stdout: &str) -> Vec<Value> {
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["event"] == "drained")
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploys_through_the_proxy_under_load_lose_no_request() {
+    let cleanup = DockerCleanup::new("cli-proxy").await;
+    let app = cleanup.prefix().to_string();
+    let image = demo_app_image(&cleanup).await;
+    let dir = tempfile::Builder::new()
+        .prefix("bg-cli-proxy-")
+        .tempdir()
+        .expect("temp dir");
+    let d = dir.path();
+    let socket = d.join("proxy.sock");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+
+    let mut proxy = tokio::process::Command::new(assert_cmd::cargo::cargo_bin("blue-green"))
+        .args(["proxy", "run", "--listen", &listen, "--control"])
+        .arg(&socket)
+        .arg("--state")
+        .arg(d.join("proxy.json"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start blue-green proxy run");
+    let began = Instant::now();
+    while !socket.exists() {
+        assert!(
+            began.elapsed() < Duration::from_secs(20),
+            "the proxy made its control socket"
+        );
+        assert!(
+            proxy.try_wait().expect("proxy state").is_none(),
+            "the proxy exited at start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let config = format!(
+        r#"app = "{app}"
+
+[runtime]
+kind = "docker"
+image = "{image}"
+container_port = 8080
+
+[health]
+kind = "http"
+path = "/health"
+expect_body = "{{color}} {{release}}"
+interval = "100ms"
+deadline = "20s"
+
+[router]
+kind = "proxy"
+control = "{socket}"
+verify_url = "http://{listen}/health"
+
+[switch]
+drain = "5s"
+stop_timeout = "5s"
+keep_previous = "stopped"
+"#,
+        socket = socket.display(),
+    );
+    std::fs::write(d.join("blue-green.toml"), config).expect("write config");
+
+    ok(d, &["validate"]).await;
+    ok(d, &["deploy", "--release", "v1"]).await;
+    let base = format!("http://{listen}");
+    assert_eq!(through_proxy(&format!("{base}/")).await, "demo-app blue v1");
+
+    let mut load_config = LoadConfig::new(base.clone());
+    load_config.slow_path = Some("/slow?ms=300".into());
+    load_config.slow_every = 4;
+    let load = Load::start(load_config);
+    let warm = load.wait_for(50, Duration::from_secs(20)).await;
+    assert!(warm.total >= 50, "traffic flows through the proxy: {warm}");
+
+    let mut all_drains = Vec::new();
+    for release in ["v2", "v3"] {
+        let stdout = ok(d, &["--json", "deploy", "--release", release]).await;
+        all_drains.extend(drains(&stdout));
+    }
+    let stdout = ok(d, &["--json", "rollback"]).await;
+    all_drains.extend(drains(&stdout));
+    let report = load.stop().await;
+    eprintln!("load through the proxy: {report}");
+    eprintln!("drains: {all_drains:?}");
+    assert_eq!(report.failed, 0, "{report}");
+    assert!(
+        report.by_color.contains_key("blue") && report.by_color.contains_key("green"),
+        "{report}"
+    );
+    assert_eq!(
+        all_drains.len(),
+        3,
+        "one drain per switch away from a running color"
+    );
+    for drain in &all_drains {
+        assert_eq!(
+            drain["left"], 0,
+            "the drain ended with nothing left: {drain}"
+        );
+        let ms = drain["elapsed_ms"].as_u64().expect("elapsed_ms");
+        assert!(ms < 5_000, "the drain ended before its deadline: {drain}");
+    }
+    assert_eq!(
+        through_proxy(&format!("{base}/")).await,
+        "demo-app green v2"
+    );
+
+    let status: Value = serde_json::from_str(
+        ok(
+            d,
+            &[
+                "--json",
+                "proxy",
+                "status",
+                "--control",
+                socket.to_str().expect("utf-8"),
+            ],
+        )
+        .await
+        .lines()
+        .last()
+        .expect("a result line"),
+    )
+    .expect("JSON");
+    let apps = status["status"]["apps"].as_array().expect("apps");
+    assert_eq!(apps.len(), 1, "{status}");
+    assert_eq!(apps[0]["app"], app.as_str());
+    let errors: u64 = status["status"]["targets"]
+        .as_array()
+        .expect("targets")
+        .iter()
+        .map(|t| t["errors"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(errors, 0, "{status}");
+
+    ok(d, &["down", "blue"]).await;
+    proxy.start_kill().expect("stop the proxy");
+    let _ = proxy.wait().await;
+}

@@ -1,0 +1,20 @@
+//! The control socket: a Unix socket (mode 0600, other users refused) with a small JSON API
+//! over HTTP/1.1, and [`ControlClient`], the client for it.
+//!
+//! | method and path | body | answer |
+//! |---|---|---|
+//! | `GET /v1/status` | | [`Status`](crate::Status) |
+//! | `PUT /v1/target` | [`SetTarget`] | [`Switched`](crate::Switched), `409` if `expect` does not match |
+//! | `POST /v1/pause`, `/v1/resume` | | [`ModeAnswer`] |
+//! | `POST /v1/maintenance` | [`Maintenance`] | [`ModeAnswer`] |
+//! | `POST /v1/drain` | [`DrainWait`] | [`Drain`](crate::Drain), once drained or at `within_ms` |
+//! | `POST /v1/cut` | [`CutRequest`] | [`CutAnswer`] |
+//!
+//! Errors are `{"error": "…"}` with a 4xx/5xx status; a refused request changes nothing.
+
+pub mod api;
+pub mod client;
+pub(crate) mod server;
+
+pub use api::{CutAnswer, CutRequest, DrainWait, ErrorAnswer, Maintenance, ModeAnswer, SetTarget};
+pub use client::ControlClient;

@@ -1,0 +1,310 @@
+//! One client request: the health path, the gate, the route, then the upstream; upgrades
+//! (WebSocket and any other `Upgrade`) become a byte copy in both directions.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
+use hyper::http::uri::{PathAndQuery, Scheme};
+use hyper::upgrade::OnUpgrade;
+use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper_util::rt::TokioIo;
+
+use crate::body::{self, ProxyBody};
+use crate::gate::Admit;
+use crate::proxy::Shared;
+use crate::routes::{request_host, NoRoute};
+use crate::target::InFlight;
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Answers one client request.
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    if req.uri().path() == shared.config.health_path {
+        return body::text(StatusCode::OK, "ok\n");
+    }
+    match shared.gate.admit().await {
+        Admit::Go => {}
+        Admit::Maintenance => return body::maintenance(),
+        Admit::Refused(reason) => return body::error(StatusCode::SERVICE_UNAVAILABLE, reason),
+    }
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        });
+    let host = authority.as_deref().and_then(request_host);
+    // Bound to the target current now; a switch after this line does not move it.
+    let guard = match shared.routes.bind(host.as_deref()) {
+        Ok(guard) => guard,
+        Err(NoRoute::UnknownHost(h)) => {
+            return body::error(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no app serves host {}",
+                    h.as_deref().unwrap_or("(none given)")
+                ),
+            )
+        }
+        Err(NoRoute::NoTarget(app)) => {
+            return body::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("app {app} has no target yet"),
+            )
+        }
+    };
+    forward(&shared, guard, peer, authority, req).await
+}
+
+async fn forward(
+    shared: &Shared,
+    mut guard: InFlight,
+    peer: SocketAddr,
+    authority: Option<String>,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = req.into_parts();
+    let upgrade = wants_upgrade(&parts.headers, parts.version)
+        .then(|| parts.extensions.remove::<OnUpgrade>())
+        .flatten();
+    let upgrade_to = parts.headers.get(UPGRADE).cloned();
+
+    strip_hop_by_hop(&mut parts.headers);
+    if let (Some(_), Some(proto)) = (&upgrade, upgrade_to) {
+        parts
+            .headers
+            .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(UPGRADE, proto);
+    }
+    if let Some(authority) = &authority {
+        if let Ok(v) = HeaderValue::from_str(authority) {
+            parts.headers.insert(HOST, v.clone());
+            if !shared.config.trust_forwarded_headers
+                || !parts.headers.contains_key(X_FORWARDED_HOST)
+            {
+                parts.headers.insert(X_FORWARDED_HOST, v);
+            }
+        }
+    }
+    forwarded_for(
+        &mut parts.headers,
+        peer,
+        shared.config.trust_forwarded_headers,
+    );
+    if !shared.config.trust_forwarded_headers || !parts.headers.contains_key(X_FORWARDED_PROTO) {
+        parts
+            .headers
+            .insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    parts.uri = match Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(guard.target().authority.clone())
+        .path_and_query(path)
+        .build()
+    {
+        Ok(uri) => uri,
+        Err(e) => {
+            return body::error(
+                StatusCode::BAD_REQUEST,
+                format!("the request's path cannot be forwarded: {e}"),
+            )
+        }
+    };
+    // Upstreams are spoken to in HTTP/1.1, whatever the client used.
+    parts.version = Version::HTTP_11;
+
+    let endpoint = guard.target().endpoint.clone();
+    let timeout = shared.config.limits.upstream_response_timeout;
+    let token = guard.token().clone();
+    let sent = shared.client.request(Request::from_parts(parts, body));
+    let answer = tokio::select! {
+        biased;
+        _ = token.cancelled() => {
+            guard.mark_cut();
+            return body::error(StatusCode::SERVICE_UNAVAILABLE, format!("the request to {endpoint} was cut at the drain deadline"));
+        }
+        answer = tokio::time::timeout(timeout, sent) => answer,
+    };
+    let mut res = match answer {
+        Ok(Ok(res)) => res,
+        Ok(Err(e)) => {
+            guard.mark_error();
+            let why = if e.is_connect() {
+                format!(
+                    "could not connect to the upstream {endpoint}: {}",
+                    cause(&e)
+                )
+            } else {
+                format!("the upstream {endpoint} failed: {}", cause(&e))
+            };
+            tracing::warn!("{why}");
+            return body::error(StatusCode::BAD_GATEWAY, why);
+        }
+        Err(_) => {
+            guard.mark_error();
+            let why = format!(
+                "the upstream {endpoint} sent no response within {:.1}s",
+                timeout.as_secs_f64()
+            );
+            tracing::warn!("{why}");
+            return body::error(StatusCode::GATEWAY_TIMEOUT, why);
+        }
+    };
+
+    if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_side) = upgrade {
+            let upstream_side = hyper::upgrade::on(&mut res);
+            tokio::spawn(pipe(client_side, upstream_side, guard));
+            let (parts, _) = res.into_parts();
+            return Response::from_parts(parts, body::empty());
+        }
+    }
+    let (mut parts, incoming) = res.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, body::streamed(incoming, guard))
+}
+
+/// Copies bytes both ways between an upgraded client and upstream connection until either side
+/// closes or the target is cut; the guard keeps it counted in flight until then.
+async fn pipe(client: OnUpgrade, upstream: OnUpgrade, mut guard: InFlight) {
+    let token = guard.token().clone();
+    let sides = async { tokio::try_join!(client, upstream) };
+    let (client, upstream) = tokio::select! {
+        sides = sides => match sides {
+            Ok(sides) => sides,
+            Err(e) => {
+                guard.mark_error();
+                tracing::warn!("an upgrade to {} did not complete: {e}", guard.target().endpoint);
+                return;
+            }
+        },
+        _ = token.cancelled() => { guard.mark_cut(); return; }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+            if let Err(e) = copied {
+                tracing::debug!("an upgraded connection to {} ended: {e}", guard.target().endpoint);
+            }
+        }
+        _ = token.cancelled() => guard.mark_cut(),
+    }
+}
+
+/// An HTTP/1.1 request asking to switch protocols (`Connection: upgrade` and `Upgrade: …`).
+fn wants_upgrade(headers: &HeaderMap, version: Version) -> bool {
+    version == Version::HTTP_11
+        && headers.contains_key(UPGRADE)
+        && headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Removes the headers that belong to one connection, not to the message (RFC 9110 7.6.1),
+/// including those the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        CONNECTION,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        TE,
+        TRAILER,
+        TRANSFER_ENCODING,
+        UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+fn forwarded_for(headers: &mut HeaderMap, peer: SocketAddr, trust: bool) {
+    let ip = peer.ip().to_canonical().to_string();
+    let value = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prior) if trust => format!("{prior}, {ip}"),
+        _ => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+}
+
+/// The innermost cause of a client error, which says what actually happened (refused, reset).
+fn cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut inner = e;
+    while let Some(next) = inner.source() {
+        inner = next;
+    }
+    inner.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("close, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn upgrade_needs_both_headers_on_http11() {
+        let mut h = HeaderMap::new();
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(!wants_upgrade(&h, Version::HTTP_11));
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        assert!(wants_upgrade(&h, Version::HTTP_11));
+        assert!(!wants_upgrade(&h, Version::HTTP_2));
+    }
+
+    #[test]
+    fn forwarded_for_is_replaced_unless_trusted() {
+        let peer: SocketAddr = "10.0.0.9:5000".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("6.6.6.6"));
+        forwarded_for(&mut h, peer, false);
+        assert_eq!(h[X_FORWARDED_FOR], "10.0.0.9");
+        forwarded_for(&mut h, "[::ffff:127.0.0.1]:1".parse().unwrap(), true);
+        assert_eq!(h[X_FORWARDED_FOR], "10.0.0.9, 127.0.0.1");
+    }
+}

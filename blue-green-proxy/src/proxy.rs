@@ -1,0 +1,448 @@
+//! [`Proxy`]: a running proxy, and [`ProxyHandle`], the in-process way to drive it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use blue_green_core::Endpoint;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::ProxyConfig;
+use crate::control;
+use crate::error::Error;
+use crate::gate::{Gate, Mode};
+use crate::router::EmbeddedRouter;
+use crate::routes::{AppInfo, RouteTable, Routes};
+use crate::serve;
+use crate::state::{self, SavedState};
+use crate::target::{TargetStats, Targets};
+
+/// How long a cut waits for what it closed to be gone before it reports.
+const CUT_WAIT: Duration = Duration::from_secs(5);
+
+/// What the proxy shares between its listeners, its control socket and its handles.
+pub(crate) struct Shared {
+    pub(crate) config: ProxyConfig,
+    pub(crate) routes: Routes,
+    pub(crate) targets: Targets,
+    pub(crate) gate: Gate,
+    pub(crate) client: Client<HttpConnector, Incoming>,
+    pub(crate) server: auto::Builder<TokioExecutor>,
+    /// Serialises changes (target sets, mode changes) with their state-file writes.
+    changes: tokio::sync::Mutex<()>,
+}
+
+/// What a compare-and-set of an app's target expects to find.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// Set it whatever it is now.
+    Anything,
+    /// Set it only if the app has no target yet.
+    NoTarget,
+    /// Set it only if the app's target is this endpoint now.
+    Target(Endpoint),
+}
+
+/// An app's target change, for [`ProxyHandle::set_target`].
+#[derive(Debug, Clone)]
+pub struct TargetChange {
+    /// Where the app's new requests go from now on.
+    pub target: Endpoint,
+    /// What the app's target must be for the change to happen.
+    pub expect: Expect,
+    /// The app's host names; `None` keeps the ones it has (a new app without hosts is the
+    /// default app).
+    pub hosts: Option<Vec<String>>,
+}
+
+/// The answer to a target change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Switched {
+    /// The app.
+    pub app: String,
+    /// Its target before, if it had one.
+    pub previous: Option<String>,
+    /// Its target now.
+    pub target: String,
+}
+
+/// The proxy's status: its mode, apps and every target's counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// Serving, paused or maintenance.
+    pub mode: Mode,
+    /// Requests held by a pause now.
+    pub queued: usize,
+    /// The apps, by name.
+    pub apps: Vec<AppInfo>,
+    /// Every target the proxy has routed to since it started, by endpoint.
+    pub targets: Vec<TargetStats>,
+}
+
+/// The answer to a drain wait.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drain {
+    /// The endpoint.
+    pub endpoint: String,
+    /// Requests and upgraded connections still open when the wait ended (0: drained).
+    pub left: u64,
+    /// How long the wait took, in milliseconds.
+    pub waited_ms: u64,
+}
+
+impl Shared {
+    /// The current state, as the state file keeps it.
+    fn saved(&self, table: &RouteTable, mode: Mode) -> SavedState {
+        SavedState::new(mode, table.apps().map(|a| a.info()).collect())
+    }
+
+    async fn persist(&self, saved: SavedState) -> Result<(), Error> {
+        let Some(path) = self.config.state_file.clone() else {
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || state::save(&path, &saved))
+            .await
+            .map_err(|e| Error::StateIo {
+                path: self.config.state_file.clone().unwrap_or_default(),
+                action: "writing",
+                source: std::io::Error::other(e),
+            })?
+    }
+}
+
+/// The in-process way to drive a proxy: what the control socket offers, without a socket.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct ProxyHandle {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for ProxyHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyHandle").finish_non_exhaustive()
+    }
+}
+
+impl ProxyHandle {
+    /// Sends `app`'s new requests to `change.target`, if its target is what `change.expect`
+    /// says (compare-and-set). Requests already bound to the previous target finish there.
+    /// The state file is written before the switch: on any error nothing changed.
+    pub async fn set_target(&self, app: &str, change: TargetChange) -> Result<Switched, Error> {
+        let s = &self.shared;
+        let _serial = s.changes.lock().await;
+        let table = s.routes.snapshot();
+        let current = table.app(app);
+        let current_target = current.and_then(|a| a.target.as_ref()).map(|t| &t.endpoint);
+        let matches = match &change.expect {
+            Expect::Anything => true,
+            Expect::NoTarget => current_target.is_none(),
+            Expect::Target(e) => current_target == Some(e),
+        };
+        if !matches {
+            return Err(Error::Conflict {
+                app: app.to_string(),
+                expected: match &change.expect {
+                    Expect::Target(e) => Some(e.to_string()),
+                    _ => None,
+                },
+                current: current_target.map(|e| e.to_string()),
+            });
+        }
+        let hosts = change
+            .hosts
+            .or_else(|| current.map(|a| a.hosts.clone()))
+            .unwrap_or_default();
+        let target = s.targets.get_or_add(&change.target)?;
+        let next = table.with_app(app, hosts, Some(target))?;
+        s.persist(s.saved(&next, s.gate.mode())).await?;
+        let previous = current_target.map(|e| e.to_string());
+        s.routes.replace(next);
+        tracing::info!(
+            "app {app}: target {} -> {}",
+            previous.as_deref().unwrap_or("none"),
+            change.target
+        );
+        Ok(Switched {
+            app: app.to_string(),
+            previous,
+            target: change.target.to_string(),
+        })
+    }
+
+    /// Where `app`'s new requests go now.
+    pub fn target(&self, app: &str) -> Option<Endpoint> {
+        self.shared
+            .routes
+            .snapshot()
+            .app(app)
+            .and_then(|a| a.target.as_ref())
+            .map(|t| t.endpoint.clone())
+    }
+
+    /// The mode, the apps and every target's counters.
+    pub fn status(&self) -> Status {
+        let s = &self.shared;
+        Status {
+            mode: s.gate.mode(),
+            queued: s.gate.queued(),
+            apps: s.routes.snapshot().apps().map(|a| a.info()).collect(),
+            targets: s.targets.stats(),
+        }
+    }
+
+    /// Requests and upgraded connections open to `endpoint` now (0 for an endpoint never
+    /// routed to).
+    pub fn in_flight(&self, endpoint: &Endpoint) -> u64 {
+        self.shared
+            .targets
+            .get(endpoint)
+            .map_or(0, |t| t.in_flight())
+    }
+
+    /// Waits until nothing is open to `endpoint`, or `within` has passed. Returns the moment
+    /// the last request or upgraded connection ends (it is woken, not polled).
+    pub async fn wait_drained(&self, endpoint: &Endpoint, within: Duration) -> Drain {
+        let began = Instant::now();
+        let left = match self.shared.targets.get(endpoint) {
+            Some(t) => t.wait_idle(within).await,
+            None => 0,
+        };
+        Drain {
+            endpoint: endpoint.to_string(),
+            left,
+            waited_ms: u64::try_from(began.elapsed().as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// Closes every request and upgraded connection open to `endpoint` now and returns how many
+    /// it closed. Meant for the drain deadline, after the switch away from `endpoint`.
+    pub async fn cut(&self, endpoint: &Endpoint) -> u64 {
+        match self.shared.targets.get(endpoint) {
+            Some(t) => {
+                let n = t.cut(CUT_WAIT).await;
+                if n > 0 {
+                    tracing::info!("cut {n} requests or connections to {endpoint}");
+                }
+                n
+            }
+            None => 0,
+        }
+    }
+
+    /// Pauses (new requests are held), resumes (held ones go on, oldest first) or enters
+    /// maintenance (new requests get the maintenance page). Kept in the state file.
+    pub async fn set_mode(&self, mode: Mode) -> Result<(), Error> {
+        let s = &self.shared;
+        let _serial = s.changes.lock().await;
+        s.persist(s.saved(&s.routes.snapshot(), mode)).await?;
+        s.gate.set(mode);
+        tracing::info!("mode: {mode:?}");
+        Ok(())
+    }
+
+    /// A [`Router`](blue_green_core::Router) for `app` that drives this proxy in-process.
+    pub fn router(&self, app: &str) -> EmbeddedRouter {
+        EmbeddedRouter::new(self.clone(), app)
+    }
+}
+
+/// A running proxy. It serves until [`Proxy::shutdown`] (or until dropped, which stops the
+/// listeners at once).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), blue_green_proxy::Error> {
+/// use blue_green_proxy::{Proxy, ProxyConfig};
+///
+/// let proxy = Proxy::start(ProxyConfig::new(["127.0.0.1:8080".parse().unwrap()])).await?;
+/// let handle = proxy.handle();
+/// println!("serving on {:?}, mode {:?}", proxy.local_addrs(), handle.status().mode);
+/// proxy.shutdown().await;
+/// # Ok(()) }
+/// ```
+pub struct Proxy {
+    shared: Arc<Shared>,
+    addrs: Vec<SocketAddr>,
+    control: Option<PathBuf>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("addrs", &self.addrs)
+            .field("control", &self.control)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Proxy {
+    /// Loads the state file (if any), binds the listeners and the control socket, and starts
+    /// serving. Must be called inside a tokio runtime.
+    pub async fn start(config: ProxyConfig) -> Result<Proxy, Error> {
+        let targets = Targets::default();
+        let (table, mode) = match &config.state_file {
+            Some(path) => match state::load(path)? {
+                Some(saved) => (restore(path, &saved, &targets)?, saved.mode),
+                None => (RouteTable::default(), Mode::Serving),
+            },
+            None => (RouteTable::default(), Mode::Serving),
+        };
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.limits.upstream_connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        let shared = Arc::new(Shared {
+            server: serve::builder(&config.limits),
+            routes: Routes::new(table),
+            targets,
+            gate: Gate::new(mode, config.pause.clone()),
+            client,
+            changes: tokio::sync::Mutex::new(()),
+            config,
+        });
+
+        let mut listeners = Vec::new();
+        for addr in &shared.config.listen {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Bind {
+                    addr: *addr,
+                    source,
+                })?;
+            listeners.push(listener);
+        }
+        let addrs = listeners
+            .iter()
+            .zip(&shared.config.listen)
+            .map(|(l, a)| l.local_addr().unwrap_or(*a))
+            .collect();
+        let control_listener = match &shared.config.control {
+            Some(path) => Some(control::server::bind(path).await?),
+            None => None,
+        };
+
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        for listener in listeners {
+            tracker.spawn(serve::accept_loop(
+                shared.clone(),
+                listener,
+                shutdown.clone(),
+                tracker.clone(),
+            ));
+        }
+        if let Some(listener) = control_listener {
+            tracker.spawn(control::server::serve(
+                ProxyHandle {
+                    shared: shared.clone(),
+                },
+                listener,
+                shutdown.clone(),
+                tracker.clone(),
+            ));
+        }
+        Ok(Proxy {
+            control: shared.config.control.clone(),
+            shared,
+            addrs,
+            shutdown,
+            tracker,
+        })
+    }
+
+    /// The addresses it listens on (with the ports picked for port 0).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// The control socket's path, if it has one.
+    pub fn control_path(&self) -> Option<&Path> {
+        self.control.as_deref()
+    }
+
+    /// A handle to drive it in-process.
+    pub fn handle(&self) -> ProxyHandle {
+        ProxyHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// A [`Router`](blue_green_core::Router) for `app` that drives this proxy in-process.
+    pub fn router(&self, app: &str) -> EmbeddedRouter {
+        self.handle().router(app)
+    }
+
+    /// Stops taking connections, lets open requests finish for up to `grace`, then closes
+    /// what is left. The control socket's file is removed.
+    pub async fn shutdown_within(self, grace: Duration) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "connections still open after {:.1}s; closing them",
+                grace.as_secs_f64()
+            );
+        }
+        if let Some(path) = &self.control {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// [`Proxy::shutdown_within`] with a grace of 10 seconds.
+    pub async fn shutdown(self) {
+        self.shutdown_within(Duration::from_secs(10)).await
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// The route table a state file describes.
+fn restore(path: &Path, saved: &SavedState, targets: &Targets) -> Result<RouteTable, Error> {
+    let corrupt = |message: String| Error::StateCorrupt {
+        path: path.to_path_buf(),
+        message,
+    };
+    let mut table = RouteTable::default();
+    for app in &saved.apps {
+        let target = match &app.target {
+            Some(t) => {
+                let endpoint: Endpoint =
+                    t.parse().map_err(|e: blue_green_core::ComponentError| {
+                        corrupt(format!("app {}: {e}", app.app))
+                    })?;
+                Some(
+                    targets
+                        .get_or_add(&endpoint)
+                        .map_err(|e| corrupt(e.to_string()))?,
+                )
+            }
+            None => None,
+        };
+        // Checked the same way as a change from the control socket.
+        table = table
+            .with_app(&app.app, app.hosts.clone(), target)
+            .map_err(|e| corrupt(e.to_string()))?;
+    }
+    Ok(table)
+}

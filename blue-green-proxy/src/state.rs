@@ -1,0 +1,130 @@
+//! The state file: the routes (and the mode), written atomically on every change, so that a
+//! proxy killed at any moment and started again serves the same targets at once.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::gate::Mode;
+use crate::routes::AppInfo;
+
+/// The file's format version.
+const VERSION: u32 = 1;
+
+/// What the state file holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SavedState {
+    pub(crate) version: u32,
+    pub(crate) mode: Mode,
+    pub(crate) apps: Vec<AppInfo>,
+}
+
+impl SavedState {
+    pub(crate) fn new(mode: Mode, apps: Vec<AppInfo>) -> SavedState {
+        SavedState {
+            version: VERSION,
+            mode,
+            apps,
+        }
+    }
+}
+
+/// Reads the state file; `None` when there is none yet. A file that is there but unreadable
+/// is an error naming it, never an empty state.
+pub(crate) fn load(path: &Path) -> Result<Option<SavedState>, Error> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(Error::StateIo {
+                path: path.to_path_buf(),
+                action: "reading",
+                source,
+            })
+        }
+    };
+    let corrupt = |message: String| Error::StateCorrupt {
+        path: path.to_path_buf(),
+        message,
+    };
+    let state: SavedState = serde_json::from_slice(&bytes)
+        .map_err(|e| corrupt(format!("not valid state JSON: {e}")))?;
+    if state.version != VERSION {
+        return Err(corrupt(format!(
+            "format version {} is not the {VERSION} this proxy reads",
+            state.version
+        )));
+    }
+    Ok(Some(state))
+}
+
+/// Replaces the state file with `state`: a temporary file in the same directory, flushed to
+/// disk, renamed over the old one, then the directory flushed. Blocking: call it from
+/// `spawn_blocking`.
+pub(crate) fn save(path: &Path, state: &SavedState) -> Result<(), Error> {
+    let io_err = |source| Error::StateIo {
+        path: path.to_path_buf(),
+        action: "writing",
+        source,
+    };
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut bytes = serde_json::to_vec_pretty(state)
+        .map_err(|e| io_err(io::Error::new(io::ErrorKind::InvalidData, e)))?;
+    bytes.push(b'\n');
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".proxy-state.")
+        .suffix(".tmp")
+        .tempfile_in(&dir)
+        .map_err(io_err)?;
+    tmp.write_all(&bytes).map_err(io_err)?;
+    tmp.as_file().sync_all().map_err(io_err)?;
+    tmp.persist(path).map_err(|e| io_err(e.error))?;
+    fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saved_state_reads_back_and_a_missing_file_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.json");
+        assert_eq!(load(&path).unwrap(), None);
+        let state = SavedState::new(
+            Mode::Maintenance,
+            vec![AppInfo {
+                app: "web".into(),
+                hosts: vec!["web.example".into()],
+                target: Some("127.0.0.1:8081".into()),
+            }],
+        );
+        save(&path, &state).unwrap();
+        assert_eq!(load(&path).unwrap(), Some(state));
+        let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "no temporary file is left behind");
+    }
+
+    #[test]
+    fn a_corrupt_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.json");
+        fs::write(&path, b"{\"version\": 1, \"apps\": [").unwrap();
+        let e = load(&path).unwrap_err().to_string();
+        assert!(
+            e.contains(&path.display().to_string()) && e.contains("corrupt"),
+            "{e}"
+        );
+        assert!(fs::metadata(&path).unwrap().len() > 0, "left as it was");
+    }
+}

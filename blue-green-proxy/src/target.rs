@@ -1,0 +1,275 @@
+//! Targets (upstream endpoints) and what the proxy counts for each: requests in flight as
+//! [`InFlight`] guards, the drain wait, and the cut at the drain deadline.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use blue_green_core::Endpoint;
+use hyper::http::uri::Authority;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Error;
+
+/// One upstream endpoint and its counters. Lives as long as the proxy (a handful per app), so
+/// its counters survive switches back and forth.
+#[derive(Debug)]
+pub(crate) struct Target {
+    pub(crate) endpoint: Endpoint,
+    pub(crate) authority: Authority,
+    in_flight: AtomicU64,
+    requests: AtomicU64,
+    errors: AtomicU64,
+    cut: AtomicU64,
+    /// Woken when `in_flight` drops to zero.
+    idle: Notify,
+    /// Cancelled by [`Target::cut`]; every guarded request and upgraded connection watches the
+    /// token it was given when it started. Replaced after each cut, so a target that is routed
+    /// to again starts clean.
+    cancel: Mutex<CancellationToken>,
+}
+
+impl Target {
+    fn new(endpoint: Endpoint) -> Result<Target, Error> {
+        let authority: Authority = endpoint.to_string().parse().map_err(|e| {
+            Error::Invalid(format!("`{endpoint}` cannot be an upstream address: {e}"))
+        })?;
+        Ok(Target {
+            endpoint,
+            authority,
+            in_flight: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            cut: AtomicU64::new(0),
+            idle: Notify::new(),
+            cancel: Mutex::new(CancellationToken::new()),
+        })
+    }
+
+    fn token(&self) -> MutexGuard<'_, CancellationToken> {
+        // A poisoned lock only means a panic elsewhere while holding a token clone; the token
+        // itself is still whole.
+        self.cancel.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts a new request (or upgraded connection) to this target; the count drops when the
+    /// guard does.
+    pub(crate) fn enter(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            target: self.clone(),
+            token: self.token().clone(),
+            cut: false,
+        }
+    }
+
+    /// Requests and upgraded connections open now.
+    pub(crate) fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Waits until nothing is in flight, or `within` has passed; returns what is left then.
+    /// Wakes the moment the last guard drops, with no polling.
+    pub(crate) async fn wait_idle(&self, within: Duration) -> u64 {
+        let deadline = Instant::now() + within;
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            // Registered before the count is read, so a drop in between still wakes us.
+            notified.as_mut().enable();
+            let left = self.in_flight();
+            if left == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.in_flight();
+            }
+        }
+    }
+
+    /// Closes every request and upgraded connection open to this target now, waits (up to
+    /// `within`) for them to be gone, and returns how many were closed.
+    pub(crate) async fn cut(&self, within: Duration) -> u64 {
+        let before = self.cut.load(Ordering::Acquire);
+        let old = std::mem::replace(&mut *self.token(), CancellationToken::new());
+        old.cancel();
+        self.wait_idle(within).await;
+        self.cut.load(Ordering::Acquire) - before
+    }
+
+    /// The counters, for status.
+    pub(crate) fn stats(&self) -> TargetStats {
+        TargetStats {
+            endpoint: self.endpoint.to_string(),
+            in_flight: self.in_flight(),
+            requests: self.requests.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            cut: self.cut.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// One request or upgraded connection counted in its target's in-flight count. Dropping it
+/// (however the request ends: done, failed, cancelled by the client, cut) takes it out, so no
+/// path can leak a count.
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    target: Arc<Target>,
+    token: CancellationToken,
+    cut: bool,
+}
+
+impl InFlight {
+    /// The token that [`Target::cut`] cancels; whoever carries this guard watches it.
+    pub(crate) fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+
+    /// The target this request goes to.
+    pub(crate) fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// Marks this request as closed by a cut (counted when the guard drops).
+    pub(crate) fn mark_cut(&mut self) {
+        self.cut = true;
+    }
+
+    /// Counts a failure of this request (no answer from the upstream, a broken body).
+    pub(crate) fn mark_error(&self) {
+        self.target.errors.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.cut {
+            self.target.cut.fetch_add(1, Ordering::AcqRel);
+        }
+        if self.target.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.target.idle.notify_waiters();
+        }
+    }
+}
+
+/// Counters of one target, as the control API and [`ProxyHandle::status`](crate::ProxyHandle::status)
+/// report them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetStats {
+    /// The endpoint, `host:port`.
+    pub endpoint: String,
+    /// Requests and upgraded connections open now.
+    pub in_flight: u64,
+    /// Requests (and upgrades) sent to it since the proxy started.
+    pub requests: u64,
+    /// Requests that failed at the proxy: no answer from the upstream, a broken body.
+    pub errors: u64,
+    /// Requests and upgraded connections closed by a cut at a drain deadline.
+    pub cut: u64,
+}
+
+/// Every target the proxy has routed to, by endpoint.
+#[derive(Debug, Default)]
+pub(crate) struct Targets {
+    by_endpoint: Mutex<HashMap<Endpoint, Arc<Target>>>,
+}
+
+impl Targets {
+    fn map(&self) -> MutexGuard<'_, HashMap<Endpoint, Arc<Target>>> {
+        self.by_endpoint.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The target for `endpoint`, made on first use.
+    pub(crate) fn get_or_add(&self, endpoint: &Endpoint) -> Result<Arc<Target>, Error> {
+        let mut map = self.map();
+        if let Some(t) = map.get(endpoint) {
+            return Ok(t.clone());
+        }
+        let target = Arc::new(Target::new(endpoint.clone())?);
+        map.insert(endpoint.clone(), target.clone());
+        Ok(target)
+    }
+
+    /// The target for `endpoint`, if the proxy ever routed to it.
+    pub(crate) fn get(&self, endpoint: &Endpoint) -> Option<Arc<Target>> {
+        self.map().get(endpoint).cloned()
+    }
+
+    /// Every target's counters, sorted by endpoint.
+    pub(crate) fn stats(&self) -> Vec<TargetStats> {
+        let mut all: Vec<TargetStats> = self.map().values().map(|t| t.stats()).collect();
+        all.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));
+        all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target() -> Arc<Target> {
+        Arc::new(Target::new(Endpoint::new("127.0.0.1", 9)).unwrap())
+    }
+
+    #[tokio::test]
+    async fn guards_count_in_flight_and_drop_takes_them_out() {
+        let t = target();
+        let a = t.enter();
+        let b = t.enter();
+        assert_eq!(t.in_flight(), 2);
+        drop(a);
+        assert_eq!(t.in_flight(), 1);
+        drop(b);
+        assert_eq!(t.stats().in_flight, 0);
+        assert_eq!(t.stats().requests, 2);
+    }
+
+    #[tokio::test]
+    async fn wait_idle_wakes_when_the_last_guard_drops() {
+        let t = target();
+        let g = t.enter();
+        let waiter = {
+            let t = t.clone();
+            tokio::spawn(async move { t.wait_idle(Duration::from_secs(10)).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        drop(g);
+        let left = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the waiter woke")
+            .unwrap();
+        assert_eq!(left, 0);
+    }
+
+    #[tokio::test]
+    async fn wait_idle_returns_what_is_left_at_its_deadline() {
+        let t = target();
+        let _g = t.enter();
+        assert_eq!(t.wait_idle(Duration::from_millis(20)).await, 1);
+    }
+
+    #[tokio::test]
+    async fn cut_cancels_the_open_guards_and_counts_them_but_not_later_ones() {
+        let t = target();
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let mut g = t.enter();
+            let token = g.token().clone();
+            held.push(tokio::spawn(async move {
+                token.cancelled().await;
+                g.mark_cut();
+            }));
+        }
+        assert_eq!(t.cut(Duration::from_secs(5)).await, 3);
+        assert_eq!(t.in_flight(), 0);
+        let later = t.enter();
+        assert!(!later.token().is_cancelled(), "a new request starts clean");
+        assert_eq!(t.stats().cut, 3);
+    }
+}
