@@ -12,6 +12,7 @@ use crate::model::{Color, Endpoint};
 /// is recorded before it runs, so that the next command can repair what a crash left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Step {
     /// Take the app's deploy lock.
     Lock,
@@ -68,6 +69,7 @@ impl fmt::Display for Step {
 /// The command an event belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Command {
     /// `deploy`
     Deploy,
@@ -106,6 +108,7 @@ impl fmt::Display for Command {
 /// Something that happened during a command.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Event {
     /// A command began.
     CommandStarted {

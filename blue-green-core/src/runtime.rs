@@ -37,8 +37,12 @@ pub trait Runtime: Send + Sync {
     /// Every instance this app owns, running or not: the engine reconciles against it.
     async fn list(&self) -> Result<Vec<Instance>, ComponentError>;
 
-    /// The last `lines` lines of the instance's output, for failure reports.
-    async fn logs(&self, instance: &Instance, lines: usize) -> Result<Vec<String>, ComponentError>;
+    /// The last `lines` lines of the instance's output, for failure reports. The default has
+    /// none (an empty list), for runtimes that keep no output.
+    async fn logs(&self, instance: &Instance, lines: usize) -> Result<Vec<String>, ComponentError> {
+        let _ = (instance, lines);
+        Ok(Vec::new())
+    }
 }
 
 macro_rules! forward_runtime {

@@ -67,21 +67,21 @@ mock! {
 // --- fixtures ---------------------------------------------------------------------------
 
 fn blue() -> Instance {
-    Instance {
-        color: Color::Blue,
-        release: "v1".into(),
-        id: "blue-1".into(),
-        endpoint: Endpoint::new("127.0.0.1", 8081),
-    }
+    Instance::new(
+        Color::Blue,
+        "v1",
+        "blue-1",
+        Endpoint::new("127.0.0.1", 8081),
+    )
 }
 
 fn green() -> Instance {
-    Instance {
-        color: Color::Green,
-        release: "v2".into(),
-        id: "green-1".into(),
-        endpoint: Endpoint::new("127.0.0.1", 8082),
-    }
+    Instance::new(
+        Color::Green,
+        "v2",
+        "green-1",
+        Endpoint::new("127.0.0.1", 8082),
+    )
 }
 
 fn deployment(inst: &Instance) -> Deployment {
@@ -797,11 +797,9 @@ async fn keep_previous_removed_removes_the_old_color_after_stopping_it() {
 
 #[tokio::test(start_paused = true)]
 async fn a_leftover_in_the_idle_slot_is_cleared_before_the_start() {
-    let stale = Instance {
-        release: "v0".into(),
-        id: "green-old".into(),
-        ..green()
-    };
+    let mut stale = green();
+    stale.release = "v0".into();
+    stale.id = "green-old".into();
     let state = AppState {
         live: Some(deployment(&blue())),
         ..AppState::default()

@@ -46,6 +46,7 @@ use crate::state::{DeployRecord, Deployment, StateStore, StepTiming};
 
 /// Everything the engine needs to know about one app, besides its components.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct EngineConfig {
     /// The app.
     pub app: AppName,
@@ -74,6 +75,7 @@ impl EngineConfig {
 
 /// The result of a command that changed what serves (`deploy`, `rollback`, `switch`).
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct DeployReport {
     /// The color live now.
     pub live: Deployment,
@@ -87,6 +89,7 @@ pub struct DeployReport {
 
 /// The result of `down`.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct DownReport {
     /// The instances stopped and removed.
     pub removed: Vec<Instance>,
@@ -96,6 +99,7 @@ pub struct DownReport {
 
 /// One instance as `status` shows it.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct InstanceStatus {
     /// The instance.
     pub instance: Instance,
@@ -107,6 +111,7 @@ pub struct InstanceStatus {
 
 /// The result of `repair`.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct RepairReport {
     /// The live color after the repair, as the router says.
     pub live: Option<Color>,
@@ -120,6 +125,7 @@ pub struct RepairReport {
 /// Something left to repair, as `status` found it: an interrupted command's leftovers, or a
 /// saved state that disagrees with the router.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Leftover {
     /// What was found ("an interrupted `deploy` (pid 4242, started …) stopped at its ready
     /// step").
@@ -130,6 +136,7 @@ pub struct Leftover {
 
 /// The answer of `status`.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct Status {
     /// The app.
     pub app: AppName,

@@ -103,6 +103,7 @@ impl AppState {
 /// How a command ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Outcome {
     /// Done.
     Succeeded,
@@ -118,6 +119,7 @@ pub enum Outcome {
 
 /// How long one step took.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct StepTiming {
     /// The step.
     pub step: Step,
@@ -132,6 +134,7 @@ pub struct StepTiming {
 
 /// One line of the history: a command that changed (or tried to change) what serves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct DeployRecord {
     /// The command.
     pub command: Command,
@@ -156,6 +159,41 @@ pub struct DeployRecord {
     /// Each step and its time.
     #[serde(default)]
     pub steps: Vec<StepTiming>,
+}
+
+impl DeployRecord {
+    /// A record of `command` that ended with `outcome`, with no release, colors, error or steps
+    /// (set the public fields for those). For stores and tests: the engine writes the records.
+    pub fn new(
+        command: Command,
+        outcome: Outcome,
+        started_at: impl Into<String>,
+        finished_at: impl Into<String>,
+    ) -> Self {
+        DeployRecord {
+            command,
+            release: None,
+            from: None,
+            to: None,
+            outcome,
+            error: None,
+            started_at: started_at.into(),
+            finished_at: finished_at.into(),
+            steps: Vec::new(),
+        }
+    }
+}
+
+impl StepTiming {
+    /// `step` on `color` took `ms` milliseconds and succeeded (`ok`) or not.
+    pub fn new(step: Step, color: Option<Color>, ms: u64, ok: bool) -> Self {
+        StepTiming {
+            step,
+            color,
+            ms,
+            ok,
+        }
+    }
 }
 
 /// A held lock; dropping it releases the lock.
@@ -185,6 +223,7 @@ impl std::fmt::Debug for Lock {
 
 /// Why a lock could not be taken.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LockError {
     /// A live process holds it.
     #[error("the deploy lock is held by {0}")]

@@ -485,10 +485,10 @@ impl FakeWorld {
 pub(crate) fn new_instance(w: &mut Inner, color: Color, release: &str) -> Instance {
     w.next_id += 1;
     let n = w.next_id;
-    Instance {
+    Instance::new(
         color,
-        release: release.to_string(),
-        id: format!("{color}-{n}"),
-        endpoint: Endpoint::new("127.0.0.1", 20000 + u16::try_from(n % 40000).unwrap_or(0)),
-    }
+        release.to_string(),
+        format!("{color}-{n}"),
+        Endpoint::new("127.0.0.1", 20000 + u16::try_from(n % 40000).unwrap_or(0)),
+    )
 }
