@@ -159,9 +159,17 @@ impl fmt::Display for LockHolder {
     }
 }
 
-/// What is left after a failed restore: each line names a thing a person must look at.
+/// What is left after a failed restore: each line names a thing a person must look at. The
+/// detail of [`Error::Inconsistent`]; read it with [`Leftovers::items`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Leftovers(pub Vec<String>);
+
+impl Leftovers {
+    /// What is left, one sentence per thing a person must look at.
+    pub fn items(&self) -> &[String] {
+        &self.0
+    }
+}
 
 impl fmt::Display for Leftovers {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -169,7 +177,8 @@ impl fmt::Display for Leftovers {
     }
 }
 
-/// Why a new instance never became ready.
+/// Why a new instance never became ready: the detail of [`Error::NotReady`] (re-exported at
+/// the crate root as `NotReadyDetail`, so that it does not read like the variant).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NotReady {
     /// A sentence: "exited with code 1 after 0.4s" or "not healthy within 60s".
@@ -178,6 +187,23 @@ pub struct NotReady {
     pub last_probe: Option<String>,
     /// The instance's last log lines (may be empty when the runtime has none).
     pub logs: Vec<String>,
+}
+
+impl NotReady {
+    /// A sentence: why it never became ready.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+
+    /// The last probe result, if a probe ran.
+    pub fn last_probe(&self) -> Option<&str> {
+        self.last_probe.as_deref()
+    }
+
+    /// The instance's last log lines (empty when the runtime has none).
+    pub fn logs(&self) -> &[String] {
+        &self.logs
+    }
 }
 
 /// An error of the engine. Each variant names the app, and where it applies the color and step,

@@ -150,6 +150,18 @@ pub enum Event {
         /// Why.
         error: String,
     },
+    /// The runtime started an instance: a fresh start of a release (`restarted: false`), or a
+    /// stopped instance started again (`restarted: true`, for a rollback to a stopped color).
+    InstanceStarted {
+        /// The color it runs in.
+        color: Color,
+        /// The release it runs.
+        release: String,
+        /// The runtime's id of it.
+        id: String,
+        /// Whether a stopped instance was started again rather than a new one started.
+        restarted: bool,
+    },
     /// One probe attempt of the readiness wait.
     ProbeAttempt {
         /// The color probed.

@@ -46,10 +46,13 @@ pub mod state;
 pub mod testing;
 
 pub use engine::{
-    DeployReport, DownReport, Engine, EngineConfig, InstanceStatus, KeepPrevious, Leftover,
-    ReadinessPolicy, RepairReport, Status, SwitchPolicy, Timeouts,
+    DeployReport, DownReport, DownTarget, Engine, EngineConfig, IfLive, InstanceStatus,
+    KeepPrevious, Leftover, ReadinessPolicy, RepairReport, Status, SwitchPolicy, Timeouts,
 };
-pub use error::{ComponentError, ComponentErrorKind, Error, ExitClass, LockHolder};
+pub use error::{
+    ComponentError, ComponentErrorKind, Error, ExitClass, Leftovers, LockHolder,
+    NotReady as NotReadyDetail,
+};
 pub use events::{Command, Event, NoopObserver, Observer, Step};
 pub use model::{
     AppName, Artifact, Color, Endpoint, Health, Instance, InstanceState, Release, ReleaseId,
@@ -58,7 +61,7 @@ pub use probe::{CommandProbe, HealthProbe, TcpProbe};
 #[cfg(feature = "http-probe")]
 pub use probe::{HttpProbe, HttpProbeConfig, StatusMatch};
 pub use router::{NoneRouter, RouteReceipt, Router};
-pub use runtime::Runtime;
+pub use runtime::{instance_env, Runtime, COLOR_ENV, RELEASE_ENV};
 pub use state::file::FileStore;
 pub use state::{
     AppState, DeployRecord, Deployment, JournalEntry, Lock, LockError, Outcome, StateStore,

@@ -11,9 +11,9 @@ use blue_green_core::error::Leftovers;
 use blue_green_core::testing::{FakeCall, FakeWorld};
 use blue_green_core::{
     AppName, AppState, CancellationToken, Color, Command, ComponentError, DeployRecord, Deployment,
-    Endpoint, Engine, EngineConfig, Error, Event, Health, HealthProbe, Instance, InstanceState,
-    KeepPrevious, Lock, LockError, LockHolder, Outcome, Release, RouteReceipt, Router, Runtime,
-    StateStore, Step,
+    DownTarget, Endpoint, Engine, EngineConfig, Error, Event, Health, HealthProbe, IfLive,
+    Instance, InstanceState, KeepPrevious, Lock, LockError, LockHolder, Outcome, Release,
+    RouteReceipt, Router, Runtime, StateStore, Step,
 };
 use mockall::mock;
 use mockall::predicate::eq;
@@ -1186,17 +1186,23 @@ async fn down_removes_the_idle_color_and_refuses_the_live_one_without_force() {
         .await
         .unwrap();
 
-    let err = engine.down(Some(Color::Green), false).await.unwrap_err();
+    let err = engine
+        .down(DownTarget::Color(Color::Green), IfLive::Refuse)
+        .await
+        .unwrap_err();
     assert_eq!(err.exit_class().code(), 2);
     assert!(err.to_string().contains("--force"), "{err}");
 
-    let report = engine.down(None, false).await.unwrap();
+    let report = engine.down(DownTarget::Idle, IfLive::Refuse).await.unwrap();
     assert_eq!(report.removed.len(), 1);
     assert_eq!(report.removed[0].color, Color::Blue);
     assert!(world.instances_of(Color::Blue).is_empty());
     world.check_invariants().unwrap();
 
-    let report = engine.down(Some(Color::Green), true).await.unwrap();
+    let report = engine
+        .down(DownTarget::Color(Color::Green), IfLive::TakeDown)
+        .await
+        .unwrap();
     assert_eq!(report.removed[0].color, Color::Green);
     assert!(report.warnings[0].contains("does not serve"));
     let status = engine.status().await.unwrap();
@@ -1494,7 +1500,7 @@ fn command_futures_are_send_so_a_caller_can_spawn_them() {
     send(&engine.deploy(Release::new("v1").unwrap(), &cancel));
     send(&engine.rollback(&cancel));
     send(&engine.switch(Color::Blue, &cancel));
-    send(&engine.down(None, false));
+    send(&engine.down(DownTarget::Idle, IfLive::Refuse));
     send(&engine.status());
     send(&engine.repair());
     send(&engine.history());

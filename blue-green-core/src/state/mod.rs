@@ -117,6 +117,26 @@ pub enum Outcome {
     Interrupted,
 }
 
+impl Outcome {
+    /// The outcome as one word, as in the history file: `succeeded`, `failed`, `cancelled`,
+    /// `inconsistent`, `interrupted`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed => "failed",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Inconsistent => "inconsistent",
+            Outcome::Interrupted => "interrupted",
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// How long one step took.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -233,7 +253,39 @@ pub enum LockError {
     Store(#[from] ComponentError),
 }
 
-/// Where the engine keeps state, history and the lock for one app.
+/// Where the engine keeps state, history and the lock for one app. [`FileStore`](file::FileStore)
+/// keeps them in a directory; another store (a database, a key-value service) implements this
+/// with the re-exported [`async_trait`](crate::async_trait) attribute:
+///
+/// ```
+/// use std::sync::Mutex;
+/// use blue_green_core::{AppState, ComponentError, DeployRecord, Lock, LockError, LockHolder, StateStore};
+///
+/// /// State in memory: one process, no real lock.
+/// #[derive(Default)]
+/// struct InMemory { state: Mutex<AppState>, history: Mutex<Vec<DeployRecord>> }
+///
+/// #[blue_green_core::async_trait]
+/// impl StateStore for InMemory {
+///     async fn lock(&self, _holder: &LockHolder) -> Result<Lock, LockError> {
+///         Ok(Lock::new((), None))
+///     }
+///     async fn load(&self) -> Result<AppState, ComponentError> {
+///         Ok(self.state.lock().unwrap().clone())
+///     }
+///     async fn save(&self, state: &AppState) -> Result<(), ComponentError> {
+///         *self.state.lock().unwrap() = state.clone();
+///         Ok(())
+///     }
+///     async fn append_history(&self, record: &DeployRecord) -> Result<(), ComponentError> {
+///         self.history.lock().unwrap().push(record.clone());
+///         Ok(())
+///     }
+///     async fn history(&self) -> Result<Vec<DeployRecord>, ComponentError> {
+///         Ok(self.history.lock().unwrap().clone())
+///     }
+/// }
+/// ```
 #[async_trait]
 pub trait StateStore: Send + Sync {
     /// Takes the app's lock for the whole command, or says who holds it. A lock whose holder
