@@ -521,6 +521,25 @@ impl From<AppName> for String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_instance_saved_before_meta_existed_still_loads_and_meta_round_trips() {
+        let old = r#"{"color":"blue","release":"v1","id":"web-blue","endpoint":{"host":"127.0.0.1","port":8081}}"#;
+        let instance: Instance = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            instance,
+            Instance::new(
+                Color::Blue,
+                "v1",
+                "web-blue",
+                Endpoint::new("127.0.0.1", 8081)
+            )
+        );
+        assert_eq!(serde_json::to_string(&instance).unwrap(), old);
+        let with = instance.with_meta("pid", "42");
+        let back: Instance = serde_json::from_str(&serde_json::to_string(&with).unwrap()).unwrap();
+        assert_eq!(back.meta.get("pid").map(String::as_str), Some("42"));
+    }
+
     use super::*;
 
     #[test]

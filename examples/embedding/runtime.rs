@@ -21,8 +21,11 @@ struct Exit {
     waiters: Vec<Waker>,
 }
 
+/// A child's exit, shared between its waiting thread and the runtime.
+type SharedExit = Arc<Mutex<Exit>>;
+
 /// A future that ends when the child has exited.
-struct Exited(Arc<Mutex<Exit>>);
+struct Exited(SharedExit);
 
 impl Future for Exited {
     type Output = ();
@@ -41,7 +44,7 @@ pub struct ProcessRuntime {
     program: String,
     args: Vec<String>,
     ports: [u16; 2],
-    children: Mutex<HashMap<String, (Instance, Arc<Mutex<Exit>>)>>,
+    children: Mutex<HashMap<String, (Instance, SharedExit)>>,
 }
 
 impl ProcessRuntime {
@@ -57,7 +60,7 @@ impl ProcessRuntime {
         }
     }
 
-    fn exit_of(&self, instance: &Instance) -> Option<Arc<Mutex<Exit>>> {
+    fn exit_of(&self, instance: &Instance) -> Option<SharedExit> {
         let children = self.children.lock().unwrap_or_else(|p| p.into_inner());
         children.get(&instance.id).map(|(_, exit)| exit.clone())
     }

@@ -16,3 +16,16 @@ pub fn router(
     let nginx = blue_green_router::PrivateNginx::new(prefix, "app", 8080);
     blue_green_router::NginxRouter::new(nginx.router_config())
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_docs_show_the_runtime_that_compiles_here() {
+        let docs = include_str!("../../../docs/embedding.md");
+        let runtime = include_str!("../../embedding/runtime.rs");
+        assert!(
+            docs.contains(runtime),
+            "docs/embedding.md must hold examples/embedding/runtime.rs verbatim"
+        );
+    }
+}
