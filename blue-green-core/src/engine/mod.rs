@@ -292,7 +292,7 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
 
     /// [`Engine::status`], with its events (only `CommandStarted` and `CommandFinished`) sent
     /// to `observer` instead of the engine's own: a dashboard that polls status can pass
-    /// [`NoopObserver`](crate::NoopObserver) and keep the engine's observer for the commands that
+    /// [`NoopObserver`] and keep the engine's observer for the commands that
     /// change something.
     pub async fn status_with(&self, observer: &dyn Observer) -> Result<Status, Error> {
         ops::status(self, observer).await
