@@ -9,6 +9,8 @@ mod private;
 
 use std::any::Any;
 use std::sync::Arc;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -28,6 +30,18 @@ pub struct Deployment {
     pub endpoint: Endpoint,
     /// When it went live (RFC 3339).
     pub since: String,
+}
+
+/// Reads an RFC 3339 timestamp of the state or history files as a time.
+fn parse_time(text: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(text, &Rfc3339).ok()
+}
+
+impl Deployment {
+    /// When it went live, as a time (`None` if the saved text is not RFC 3339).
+    pub fn since_time(&self) -> Option<OffsetDateTime> {
+        parse_time(&self.since)
+    }
 }
 
 /// The step a command was at, written before the step runs. A journal left behind means the
@@ -182,6 +196,21 @@ pub struct DeployRecord {
 }
 
 impl DeployRecord {
+    /// When the command began, as a time (`None` if the saved text is not RFC 3339).
+    pub fn started(&self) -> Option<OffsetDateTime> {
+        parse_time(&self.started_at)
+    }
+
+    /// When the command ended, as a time (`None` if the saved text is not RFC 3339).
+    pub fn finished(&self) -> Option<OffsetDateTime> {
+        parse_time(&self.finished_at)
+    }
+
+    /// How long the command took, when both times read.
+    pub fn duration(&self) -> Option<time::Duration> {
+        Some(self.finished()? - self.started()?)
+    }
+
     /// A record of `command` that ended with `outcome`, with no release, colors, error or steps
     /// (set the public fields for those). For stores and tests: the engine writes the records.
     pub fn new(
@@ -347,6 +376,20 @@ forward_store!(Arc<T>);
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_history_line_written_before_typed_times_reads_its_times() {
+        let line = r#"{"command":"deploy","release":"v2","outcome":"succeeded","started_at":"2026-11-25T10:00:00Z","finished_at":"2026-11-25T10:00:05.5Z"}"#;
+        let record: DeployRecord = serde_json::from_str(line).unwrap();
+        assert_eq!(record.outcome.to_string(), "succeeded");
+        assert_eq!(
+            record.started().map(|t| t.unix_timestamp()),
+            Some(1_795_600_800)
+        );
+        assert_eq!(record.duration(), Some(time::Duration::milliseconds(5500)));
+        let bad = DeployRecord::new(Command::Deploy, Outcome::Failed, "yesterday", "");
+        assert_eq!(bad.started(), None);
+    }
+
     use super::*;
 
     fn deployed(color: Color, release: &str) -> Deployment {
