@@ -85,12 +85,12 @@ impl LocalRuntime {
 impl Runtime for LocalRuntime {
     async fn start(&self, color: Color, release: &Release) -> Result<Instance, ComponentError> {
         let (task, port) = Self::serve(color, &release.id, 0).await?;
-        let instance = Instance {
+        let instance = Instance::new(
             color,
-            release: release.id.to_string(),
-            id: format!("local-{color}-{port}"),
-            endpoint: Endpoint::new("127.0.0.1", port),
-        };
+            release.id.to_string(),
+            format!("local-{color}-{port}"),
+            Endpoint::new("127.0.0.1", port),
+        );
         let mut log = vec![format!("{} listening on {}", release.id, instance.endpoint)];
         let (task, exit_code) = if release.id.ends_with("-broken") {
             task.abort();

@@ -74,12 +74,12 @@ impl Runtime for TaskRuntime {
             .local_addr()
             .map_err(|e| ComponentError::failed(e.to_string()))?
             .port();
-        let instance = Instance {
+        let instance = Instance::new(
             color,
-            release: release.id.to_string(),
-            id: format!("{color}-{}", release.id),
-            endpoint: Endpoint::new("127.0.0.1", port),
-        };
+            release.id.to_string(),
+            format!("{color}-{}", release.id),
+            Endpoint::new("127.0.0.1", port),
+        );
         let task = tokio::spawn(serve(listener, Arc::new(format!("{color} {}", release.id))));
         self.servers()
             .insert(instance.id.clone(), (instance.clone(), task));

@@ -36,7 +36,8 @@ impl Failure {
             Failure::Component(e) => match e.kind {
                 ComponentErrorKind::Unreachable => ExitClass::Unreachable,
                 ComponentErrorKind::Invalid => ExitClass::Usage,
-                ComponentErrorKind::Timeout | ComponentErrorKind::Failed => ExitClass::Failed,
+                // Timeout, Failed, and kinds a later core may add.
+                _ => ExitClass::Failed,
             },
             Failure::Engine(e) => e.exit_class(),
         }

@@ -298,6 +298,8 @@ impl Observer for HumanObserver {
                 self.flush_repeats();
                 self.stop_spinner();
             }
+            // Events a later core may add print nothing here (the JSON output has them all).
+            _ => {}
         }
     }
 }

@@ -12,6 +12,7 @@ use crate::model::{AppName, Color};
 /// exit class: an unreachable Docker daemon is not the same as a container that failed to start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum ComponentErrorKind {
     /// The environment could not be reached: Docker daemon, nginx, a command not installed.
     Unreachable,
@@ -35,6 +36,7 @@ pub struct ComponentError {
     pub message: String,
     #[source]
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    origin: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 impl ComponentError {
@@ -44,6 +46,7 @@ impl ComponentError {
             kind,
             message: message.into(),
             source: None,
+            origin: None,
         }
     }
 
@@ -71,6 +74,33 @@ impl ComponentError {
     pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
         self.source = Some(Box::new(source));
         self
+    }
+
+    /// Keeps the component's own typed error, whose text is already the message, so that a
+    /// caller can match it with [`ComponentError::origin`]. Unlike
+    /// [`with_source`](Self::with_source) it is not part of the `source()` chain (an error
+    /// report would print the same sentence twice).
+    pub fn with_origin(mut self, origin: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.origin = Some(Box::new(origin));
+        self
+    }
+
+    /// The component's own typed error of type `E`, if it kept one (with
+    /// [`with_origin`](Self::with_origin) or as the source). For example, the Docker runtime's
+    /// port conflict:
+    ///
+    /// ```ignore
+    /// if let blue_green_core::Error::Step { source, .. } = &error {
+    ///     if let Some(blue_green_docker::Error::PortInUse { port, .. }) = source.origin() {
+    ///         eprintln!("port {port} is taken");
+    ///     }
+    /// }
+    /// ```
+    pub fn origin<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        [self.origin.as_deref(), self.source.as_deref()]
+            .into_iter()
+            .flatten()
+            .find_map(|e| e.downcast_ref::<E>())
     }
 }
 
@@ -129,9 +159,17 @@ impl fmt::Display for LockHolder {
     }
 }
 
-/// What is left after a failed restore: each line names a thing a person must look at.
+/// What is left after a failed restore: each line names a thing a person must look at. The
+/// detail of [`Error::Inconsistent`]; read it with [`Leftovers::items`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Leftovers(pub Vec<String>);
+
+impl Leftovers {
+    /// What is left, one sentence per thing a person must look at.
+    pub fn items(&self) -> &[String] {
+        &self.0
+    }
+}
 
 impl fmt::Display for Leftovers {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -139,7 +177,8 @@ impl fmt::Display for Leftovers {
     }
 }
 
-/// Why a new instance never became ready.
+/// Why a new instance never became ready: the detail of [`Error::NotReady`] (re-exported at
+/// the crate root as `NotReadyDetail`, so that it does not read like the variant).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NotReady {
     /// A sentence: "exited with code 1 after 0.4s" or "not healthy within 60s".
@@ -160,9 +199,27 @@ fn without_app(cause: &Error, app: &AppName) -> String {
     }
 }
 
+impl NotReady {
+    /// A sentence: why it never became ready.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+
+    /// The last probe result, if a probe ran.
+    pub fn last_probe(&self) -> Option<&str> {
+        self.last_probe.as_deref()
+    }
+
+    /// The instance's last log lines (empty when the runtime has none).
+    pub fn logs(&self) -> &[String] {
+        &self.logs
+    }
+}
+
 /// An error of the engine. Each variant names the app, and where it applies the color and step,
 /// and maps to an [`ExitClass`] with [`Error::exit_class`].
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// Bad input to a command (for example `switch` to a color that is not running).
     #[error("{app}: {message}")]

@@ -12,6 +12,7 @@ use crate::model::{Color, Endpoint};
 /// is recorded before it runs, so that the next command can repair what a crash left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Step {
     /// Take the app's deploy lock.
     Lock,
@@ -68,6 +69,7 @@ impl fmt::Display for Step {
 /// The command an event belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Command {
     /// `deploy`
     Deploy,
@@ -106,6 +108,7 @@ impl fmt::Display for Command {
 /// Something that happened during a command.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Event {
     /// A command began.
     CommandStarted {
@@ -146,6 +149,18 @@ pub enum Event {
         elapsed_ms: u64,
         /// Why.
         error: String,
+    },
+    /// The runtime started an instance: a fresh start of a release (`restarted: false`), or a
+    /// stopped instance started again (`restarted: true`, for a rollback to a stopped color).
+    InstanceStarted {
+        /// The color it runs in.
+        color: Color,
+        /// The release it runs.
+        release: String,
+        /// The runtime's id of it.
+        id: String,
+        /// Whether a stopped instance was started again rather than a new one started.
+        restarted: bool,
     },
     /// One probe attempt of the readiness wait.
     ProbeAttempt {

@@ -15,7 +15,7 @@
 //! ```no_run
 //! # async fn demo<R: blue_green_core::Runtime, P: blue_green_core::HealthProbe, T: blue_green_core::Router>(runtime: R, probe: P, router: T) -> Result<(), Box<dyn std::error::Error>> {
 //! use blue_green_core::{AppName, Engine, EngineConfig, FileStore, Release};
-//! use tokio_util::sync::CancellationToken;
+//! use blue_green_core::CancellationToken;
 //!
 //! let app = AppName::new("web")?;
 //! let store = FileStore::new(".blue-green");
@@ -25,11 +25,16 @@
 //! # Ok(()) }
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod engine;
 pub mod error;
 pub mod events;
+#[cfg(feature = "mocks")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mocks")))]
+pub mod mocks;
 pub mod model;
 pub mod probe;
 pub mod process;
@@ -37,13 +42,17 @@ pub mod router;
 pub mod runtime;
 pub mod state;
 #[cfg(any(test, feature = "testing"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 
 pub use engine::{
-    DeployReport, DownReport, Engine, EngineConfig, InstanceStatus, KeepPrevious, Leftover,
-    ReadinessPolicy, RepairReport, Status, SwitchPolicy, Timeouts,
+    DeployReport, DownReport, DownTarget, Engine, EngineConfig, IfLive, InstanceStatus,
+    KeepPrevious, Leftover, ReadinessPolicy, RepairReport, Status, SwitchPolicy, Timeouts,
 };
-pub use error::{ComponentError, ComponentErrorKind, Error, ExitClass, LockHolder};
+pub use error::{
+    ComponentError, ComponentErrorKind, Error, ExitClass, Leftovers, LockHolder,
+    NotReady as NotReadyDetail,
+};
 pub use events::{Command, Event, NoopObserver, Observer, Step};
 pub use model::{
     AppName, Artifact, Color, Endpoint, Health, Instance, InstanceState, Release, ReleaseId,
@@ -52,10 +61,17 @@ pub use probe::{CommandProbe, HealthProbe, TcpProbe};
 #[cfg(feature = "http-probe")]
 pub use probe::{HttpProbe, HttpProbeConfig, StatusMatch};
 pub use router::{NoneRouter, RouteReceipt, Router};
-pub use runtime::Runtime;
+pub use runtime::{instance_env, Runtime, COLOR_ENV, RELEASE_ENV};
 pub use state::file::FileStore;
 pub use state::{
     AppState, DeployRecord, Deployment, JournalEntry, Lock, LockError, Outcome, StateStore,
     StepTiming,
 };
 pub use tokio_util::sync::CancellationToken;
+
+/// The attribute the four traits are written with: put `#[blue_green_core::async_trait]` on
+/// an `impl Runtime for ...` (and `HealthProbe`, `Router`, `StateStore`), so an embedder needs no
+/// dependency of its own on `async-trait`. The traits stay on `async-trait` rather than native
+/// `async fn` in traits because the engine and the CLI use them as trait objects
+/// (`Box<dyn Runtime>`), which native async trait methods do not allow yet.
+pub use async_trait::async_trait;

@@ -1,5 +1,6 @@
 //! The nouns every other module speaks: colors, releases, endpoints, instances and their states.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -351,7 +352,21 @@ impl FromStr for Endpoint {
 }
 
 /// One running (or once-started) copy of a release in a color, as the runtime knows it.
+///
+/// Built with [`Instance::new`] (the type may gain fields); a runtime keeps its own data about
+/// the instance (a pid and start time, a container id, a service version) in [`Instance::meta`],
+/// which is saved with the state, so that [`Runtime::list`](crate::Runtime::list) can recover
+/// what it started without files of its own.
+///
+/// ```
+/// use blue_green_core::{Color, Endpoint, Instance};
+///
+/// let instance = Instance::new(Color::Blue, "v1", "pid-4242", Endpoint::new("127.0.0.1", 8081))
+///     .with_meta("pid", "4242");
+/// assert_eq!(instance.meta.get("pid").map(String::as_str), Some("4242"));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Instance {
     /// The slot it runs in.
     pub color: Color,
@@ -361,11 +376,42 @@ pub struct Instance {
     pub id: String,
     /// Where it answers; probes go here directly, and the router sends traffic here.
     pub endpoint: Endpoint,
+    /// The runtime's own data about the instance, opaque to the engine (which only carries and
+    /// saves it). Empty for runtimes that keep none; state files written before this field
+    /// existed load with it empty.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub meta: BTreeMap<String, String>,
+}
+
+impl Instance {
+    /// An instance of `release` in `color`, known to its runtime as `id`, answering at
+    /// `endpoint`, with no runtime data.
+    pub fn new(
+        color: Color,
+        release: impl Into<String>,
+        id: impl Into<String>,
+        endpoint: Endpoint,
+    ) -> Self {
+        Instance {
+            color,
+            release: release.into(),
+            id: id.into(),
+            endpoint,
+            meta: BTreeMap::new(),
+        }
+    }
+
+    /// Adds one entry of the runtime's own data (see [`Instance::meta`]).
+    pub fn with_meta(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.meta.insert(key.into(), value.into());
+        self
+    }
 }
 
 /// What the runtime says about an instance right now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum InstanceState {
     /// Running (it may not be ready yet: readiness is the probe's business).
     Running,
@@ -475,6 +521,25 @@ impl From<AppName> for String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_instance_saved_before_meta_existed_still_loads_and_meta_round_trips() {
+        let old = r#"{"color":"blue","release":"v1","id":"web-blue","endpoint":{"host":"127.0.0.1","port":8081}}"#;
+        let instance: Instance = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            instance,
+            Instance::new(
+                Color::Blue,
+                "v1",
+                "web-blue",
+                Endpoint::new("127.0.0.1", 8081)
+            )
+        );
+        assert_eq!(serde_json::to_string(&instance).unwrap(), old);
+        let with = instance.with_meta("pid", "42");
+        let back: Instance = serde_json::from_str(&serde_json::to_string(&with).unwrap()).unwrap();
+        assert_eq!(back.meta.get("pid").map(String::as_str), Some("42"));
+    }
+
     use super::*;
 
     #[test]

@@ -11,9 +11,9 @@ use blue_green_core::error::Leftovers;
 use blue_green_core::testing::{FakeCall, FakeWorld};
 use blue_green_core::{
     AppName, AppState, CancellationToken, Color, Command, ComponentError, DeployRecord, Deployment,
-    Endpoint, Engine, EngineConfig, Error, Event, Health, HealthProbe, Instance, InstanceState,
-    KeepPrevious, Lock, LockError, LockHolder, Outcome, Release, RouteReceipt, Router, Runtime,
-    StateStore, Step,
+    DownTarget, Endpoint, Engine, EngineConfig, Error, Event, Health, HealthProbe, IfLive,
+    Instance, InstanceState, KeepPrevious, Lock, LockError, LockHolder, Outcome, Release,
+    RouteReceipt, Router, Runtime, StateStore, Step,
 };
 use mockall::mock;
 use mockall::predicate::eq;
@@ -67,21 +67,21 @@ mock! {
 // --- fixtures ---------------------------------------------------------------------------
 
 fn blue() -> Instance {
-    Instance {
-        color: Color::Blue,
-        release: "v1".into(),
-        id: "blue-1".into(),
-        endpoint: Endpoint::new("127.0.0.1", 8081),
-    }
+    Instance::new(
+        Color::Blue,
+        "v1",
+        "blue-1",
+        Endpoint::new("127.0.0.1", 8081),
+    )
 }
 
 fn green() -> Instance {
-    Instance {
-        color: Color::Green,
-        release: "v2".into(),
-        id: "green-1".into(),
-        endpoint: Endpoint::new("127.0.0.1", 8082),
-    }
+    Instance::new(
+        Color::Green,
+        "v2",
+        "green-1",
+        Endpoint::new("127.0.0.1", 8082),
+    )
 }
 
 fn deployment(inst: &Instance) -> Deployment {
@@ -797,11 +797,9 @@ async fn keep_previous_removed_removes_the_old_color_after_stopping_it() {
 
 #[tokio::test(start_paused = true)]
 async fn a_leftover_in_the_idle_slot_is_cleared_before_the_start() {
-    let stale = Instance {
-        release: "v0".into(),
-        id: "green-old".into(),
-        ..green()
-    };
+    let mut stale = green();
+    stale.release = "v0".into();
+    stale.id = "green-old".into();
     let state = AppState {
         live: Some(deployment(&blue())),
         ..AppState::default()
@@ -1188,17 +1186,23 @@ async fn down_removes_the_idle_color_and_refuses_the_live_one_without_force() {
         .await
         .unwrap();
 
-    let err = engine.down(Some(Color::Green), false).await.unwrap_err();
+    let err = engine
+        .down(DownTarget::Color(Color::Green), IfLive::Refuse)
+        .await
+        .unwrap_err();
     assert_eq!(err.exit_class().code(), 2);
     assert!(err.to_string().contains("--force"), "{err}");
 
-    let report = engine.down(None, false).await.unwrap();
+    let report = engine.down(DownTarget::Idle, IfLive::Refuse).await.unwrap();
     assert_eq!(report.removed.len(), 1);
     assert_eq!(report.removed[0].color, Color::Blue);
     assert!(world.instances_of(Color::Blue).is_empty());
     world.check_invariants().unwrap();
 
-    let report = engine.down(Some(Color::Green), true).await.unwrap();
+    let report = engine
+        .down(DownTarget::Color(Color::Green), IfLive::TakeDown)
+        .await
+        .unwrap();
     assert_eq!(report.removed[0].color, Color::Green);
     assert!(report.warnings[0].contains("does not serve"));
     let status = engine.status().await.unwrap();
@@ -1496,7 +1500,7 @@ fn command_futures_are_send_so_a_caller_can_spawn_them() {
     send(&engine.deploy(Release::new("v1").unwrap(), &cancel));
     send(&engine.rollback(&cancel));
     send(&engine.switch(Color::Blue, &cancel));
-    send(&engine.down(None, false));
+    send(&engine.down(DownTarget::Idle, IfLive::Refuse));
     send(&engine.status());
     send(&engine.repair());
     send(&engine.history());

@@ -18,8 +18,9 @@ use blue_green_core::testing::{
     FakeCall, FakeProbe, FakeRouter, FakeRuntime, FakeStore, FakeWorld, Fault,
 };
 use blue_green_core::{
-    AppName, AppState, CancellationToken, Color, ComponentErrorKind, Endpoint, Engine,
-    EngineConfig, Error, Event, InstanceState, KeepPrevious, Outcome, Release, Status, Step,
+    AppName, AppState, CancellationToken, Color, ComponentErrorKind, DownTarget, Endpoint, Engine,
+    EngineConfig, Error, Event, IfLive, InstanceState, KeepPrevious, Outcome, Release, Status,
+    Step,
 };
 use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
@@ -258,7 +259,10 @@ async fn run(
                 .switch(*color, &cancel)
                 .await
                 .map(|r| Some(r.live.color)),
-            Op::Down => engine.down(None, false).await.map(|_| None),
+            Op::Down => engine
+                .down(DownTarget::Idle, IfLive::Refuse)
+                .await
+                .map(|_| None),
             Op::Status => engine.status().await.map(|_| None),
             Op::Repair => engine.repair().await.map(|r| r.live),
         }
@@ -691,7 +695,7 @@ async fn a_crash_during_down_is_finished_by_the_next_command() {
             world.seed_instance(Color::Blue, "v1", InstanceState::Running);
         }
         tokio::select! {
-            r = engine2.down(None, false) => panic!("down ended before the crash: {r:?}"),
+            r = engine2.down(DownTarget::Idle, IfLive::Refuse) => panic!("down ended before the crash: {r:?}"),
             () = died.notified() => {}
         }
         drop(engine2);

@@ -38,10 +38,8 @@ async fn healthy_when_the_body_names_the_probed_color_and_release() {
 async fn reaching_the_other_color_is_a_body_mismatch_that_quotes_the_body() {
     // The instance says green, but its endpoint answers blue: the probe must notice.
     let blue = ColorServer::start(Color::Blue, "v1").await.unwrap();
-    let claimed = Instance {
-        color: Color::Green,
-        ..blue.instance()
-    };
+    let mut claimed = blue.instance();
+    claimed.color = Color::Green;
     let reason = unhealthy(probe("/health", Some("{color}")).check(&claimed).await);
     assert!(
         reason.contains("body does not contain `green`"),
@@ -118,12 +116,7 @@ async fn nothing_listening_is_connection_refused() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
     };
-    let instance = Instance {
-        color: Color::Blue,
-        release: "v1".into(),
-        id: "gone".into(),
-        endpoint: Endpoint::new("127.0.0.1", port),
-    };
+    let instance = Instance::new(Color::Blue, "v1", "gone", Endpoint::new("127.0.0.1", port));
     let reason = unhealthy(probe("/health", None).check(&instance).await);
     assert_eq!(
         reason,
@@ -207,12 +200,7 @@ impl HangupServer {
     }
 
     fn instance(&self) -> Instance {
-        Instance {
-            color: Color::Blue,
-            release: "v1".into(),
-            id: "hangup".into(),
-            endpoint: self.endpoint.clone(),
-        }
+        Instance::new(Color::Blue, "v1", "hangup", self.endpoint.clone())
     }
 }
 

@@ -7,12 +7,7 @@ use blue_green_core::{Color, CommandProbe, Endpoint, Health, HealthProbe, Instan
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 fn instance(endpoint: Endpoint) -> Instance {
-    Instance {
-        color: Color::Green,
-        release: "v7".into(),
-        id: "test".into(),
-        endpoint,
-    }
+    Instance::new(Color::Green, "v7", "test", endpoint)
 }
 
 fn unhealthy_reason(health: Health) -> String {

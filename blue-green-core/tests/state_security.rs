@@ -90,23 +90,17 @@ fn hostname() -> String {
 }
 
 fn record(release: &str) -> DeployRecord {
-    DeployRecord {
-        command: Command::Deploy,
-        release: Some(release.into()),
-        from: Some(Color::Blue),
-        to: Some(Color::Green),
-        outcome: Outcome::Succeeded,
-        error: None,
-        started_at: "2026-11-25T10:00:00Z".into(),
-        finished_at: "2026-11-25T10:00:05Z".into(),
-        steps: vec![StepTiming {
-            step: Step::Ready,
-            color: Some(Color::Green),
-            ms: 1234,
-            ok: true,
-        }],
-        warnings: Vec::new(),
-    }
+    let mut record = DeployRecord::new(
+        Command::Deploy,
+        Outcome::Succeeded,
+        "2026-11-25T10:00:00Z",
+        "2026-11-25T10:00:05Z",
+    );
+    record.release = Some(release.into());
+    record.from = Some(Color::Blue);
+    record.to = Some(Color::Green);
+    record.steps = vec![StepTiming::new(Step::Ready, Some(Color::Green), 1234, true)];
+    record
 }
 
 fn live(release: &str, since: String) -> AppState {

@@ -55,6 +55,7 @@ pub struct DockerConfig {
 
 /// Which compose program to drive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum ComposeTool {
     /// `docker compose` (v2) if present, else `docker-compose` (v1).
     #[default]

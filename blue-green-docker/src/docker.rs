@@ -267,12 +267,12 @@ impl DockerRuntime {
         let release = container::label(inspect, LABEL_RELEASE)
             .or_else(|| container::env_value(inspect, "BLUE_GREEN_RELEASE"))
             .unwrap_or_default();
-        Ok(Instance {
+        Ok(Instance::new(
             color,
             release,
             id,
-            endpoint: self.endpoint_of(color, inspect),
-        })
+            self.endpoint_of(color, inspect),
+        ))
     }
 
     fn endpoint_of(&self, color: Color, inspect: &ContainerInspectResponse) -> Endpoint {

@@ -6,8 +6,11 @@ use blue_green_core::{ComponentError, ComponentErrorKind};
 
 /// An error of this crate. Every message is a sentence that says what failed, on what, and
 /// what to do; [`From<Error> for ComponentError`](ComponentError) picks the kind the engine
-/// needs for its exit class.
+/// needs for its exit class and keeps this error as the component error's origin, so a caller
+/// can match it: from an engine error `blue_green_core::Error::Step { source, .. }`,
+/// `source.origin::<blue_green_docker::Error>()` gives, for example, `Error::PortInUse { port, .. }`.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The Docker daemon did not answer at all.
     #[error("cannot reach the Docker daemon at {host}: {source}; start dockerd (or Docker Desktop), or point DOCKER_HOST at a running engine")]
@@ -164,9 +167,10 @@ impl From<Error> for ComponentError {
             | Error::ComposeFailed { .. }
             | Error::ServiceMissing { .. } => ComponentErrorKind::Failed,
         };
-        // The message already carries the cause; attaching it as a source too would print it
-        // twice in an error chain.
-        ComponentError::new(kind, error.to_string())
+        // The message already carries the cause; the typed error is kept as the origin (not as
+        // the source, which would print it twice in an error chain), so that a caller can match
+        // it: `component_error.origin::<blue_green_docker::Error>()`.
+        ComponentError::new(kind, error.to_string()).with_origin(error)
     }
 }
 
@@ -198,5 +202,23 @@ mod tests {
         let component: ComponentError = error.into();
         assert_eq!(component.kind, ComponentErrorKind::Failed);
         assert!(component.message.contains("No such container"));
+    }
+
+    #[test]
+    fn a_port_conflict_stays_matchable_through_the_component_error() {
+        let component: ComponentError = Error::PortInUse {
+            container: "web-blue".into(),
+            port: 8081,
+            message: "address already in use".into(),
+        }
+        .into();
+        assert!(
+            matches!(
+                component.origin::<Error>(),
+                Some(Error::PortInUse { port: 8081, .. })
+            ),
+            "{component:?}"
+        );
+        assert!(std::error::Error::source(&component).is_none());
     }
 }

@@ -17,6 +17,7 @@
 //! [`ComponentErrorKind::Unreachable`]: blue_green_core::ComponentErrorKind::Unreachable
 
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod client;
 pub mod compose;

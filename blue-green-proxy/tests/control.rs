@@ -166,12 +166,7 @@ async fn a_live_socket_is_not_taken_over_and_a_stale_one_is_replaced() {
 }
 
 fn instance(color: Color, up: &Upstream) -> Instance {
-    Instance {
-        color,
-        release: "v1".into(),
-        id: up.name.clone(),
-        endpoint: up.endpoint(),
-    }
+    Instance::new(color, "v1", up.name.clone(), up.endpoint())
 }
 
 #[tokio::test]

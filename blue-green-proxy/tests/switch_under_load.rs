@@ -206,12 +206,7 @@ fn start_load(addr: SocketAddr, load: &Arc<Load>) -> Vec<tokio::task::JoinHandle
 }
 
 fn instance(color: Color, up: &Upstream) -> Instance {
-    Instance {
-        color,
-        release: "v1".into(),
-        id: up.name.clone(),
-        endpoint: up.endpoint(),
-    }
+    Instance::new(color, "v1", up.name.clone(), up.endpoint())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -48,6 +48,8 @@ mod verify;
 
 pub use error::Error;
 #[cfg(feature = "nginx")]
-pub use nginx::{NginxConfig, NginxConfigError, NginxField, NginxRouter, NginxVerify};
+pub use nginx::{
+    NginxConfig, NginxConfigError, NginxField, NginxRouter, NginxVerify, PrivateNginx,
+};
 #[cfg(any(feature = "haproxy", feature = "caddy"))]
 pub use verify::ProxyVerify;

@@ -122,10 +122,8 @@ impl ProxyVerify {
         let started = Instant::now();
         let deadline = started + self.deadline;
         // The probe aims at the proxy; `{color}` and `{release}` come from the new instance.
-        let through = Instance {
-            endpoint: target.endpoint.clone(),
-            ..instance.clone()
-        };
+        let mut through = instance.clone();
+        through.endpoint = target.endpoint.clone();
         let mut in_a_row = 0u32;
         let mut requests = 0u32;
         let mut last_seen = String::from("no answer yet");

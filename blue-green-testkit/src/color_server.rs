@@ -100,12 +100,12 @@ impl ColorServer {
 
     /// An [`Instance`] for it (id `color-server-PORT`), for probes and routers.
     pub fn instance(&self) -> Instance {
-        Instance {
-            color: self.color,
-            release: self.release.clone(),
-            id: format!("color-server-{}", self.addr.port()),
-            endpoint: self.endpoint(),
-        }
+        Instance::new(
+            self.color,
+            self.release.clone(),
+            format!("color-server-{}", self.addr.port()),
+            self.endpoint(),
+        )
     }
 
     /// How many requests it has answered so far.

@@ -10,7 +10,9 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Instant, SystemTime};
 
-use blue_green_core::{Artifact, CancellationToken, Color, DeployReport, Release};
+use blue_green_core::{
+    Artifact, CancellationToken, Color, DeployReport, DownTarget, IfLive, Release,
+};
 use blue_green_docker::{ComposeConfig, ComposeFiles};
 use serde_json::json;
 
@@ -120,7 +122,13 @@ async fn dispatch(cli: &Cli, config: Config, printer: Printer) -> Result<(), Fai
         }
         Command::Down { color, force } => {
             let engine = engine(&config, printer, true).await?;
-            let report = engine.down(color.map(Color::from), *force).await?;
+            let target = color.map_or(DownTarget::Idle, |c| DownTarget::Color(Color::from(c)));
+            let if_live = if *force {
+                IfLive::TakeDown
+            } else {
+                IfLive::Refuse
+            };
+            let report = engine.down(target, if_live).await?;
             let mut human = String::new();
             if report.removed.is_empty() {
                 human.push_str("nothing to take down");

@@ -62,21 +62,34 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
         color: Color,
         release: &Release,
     ) -> Result<Instance, ComponentError> {
-        within(
+        let started = within(
             self.timeouts().start,
             format!("the runtime starting release {} in {color}", release.id),
             self.runtime.start(color, release),
         )
-        .await
+        .await?;
+        self.emit_started(&started, false);
+        Ok(started)
+    }
+
+    fn emit_started(&self, instance: &Instance, restarted: bool) {
+        self.emit(Event::InstanceStarted {
+            color: instance.color,
+            release: instance.release.clone(),
+            id: instance.id.clone(),
+            restarted,
+        });
     }
 
     pub(super) async fn rt_restart(&self, instance: &Instance) -> Result<Instance, ComponentError> {
-        within(
+        let started = within(
             self.timeouts().start,
             format!("the runtime restarting {}", describe(instance)),
             self.runtime.restart(instance),
         )
-        .await
+        .await?;
+        self.emit_started(&started, true);
+        Ok(started)
     }
 
     pub(super) async fn rt_state(

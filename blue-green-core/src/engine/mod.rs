@@ -46,6 +46,7 @@ use crate::state::{DeployRecord, Deployment, StateStore, StepTiming};
 
 /// Everything the engine needs to know about one app, besides its components.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct EngineConfig {
     /// The app.
     pub app: AppName,
@@ -72,8 +73,31 @@ impl EngineConfig {
     }
 }
 
+/// What [`Engine::down`] takes down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DownTarget {
+    /// The idle color (both colors when nothing is live): never the live color.
+    Idle,
+    /// This color.
+    Color(Color),
+    /// Both colors.
+    All,
+}
+
+/// What [`Engine::down`] does when its target includes the live color.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IfLive {
+    /// Refuse with [`Error::Usage`]: the app would stop serving.
+    Refuse,
+    /// Take it down anyway; the app stops serving.
+    TakeDown,
+}
+
 /// The result of a command that changed what serves (`deploy`, `rollback`, `switch`).
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct DeployReport {
     /// The color live now.
     pub live: Deployment,
@@ -87,6 +111,7 @@ pub struct DeployReport {
 
 /// The result of `down`.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct DownReport {
     /// The instances stopped and removed.
     pub removed: Vec<Instance>,
@@ -96,6 +121,7 @@ pub struct DownReport {
 
 /// One instance as `status` shows it.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct InstanceStatus {
     /// The instance.
     pub instance: Instance,
@@ -107,6 +133,7 @@ pub struct InstanceStatus {
 
 /// The result of `repair`.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct RepairReport {
     /// The live color after the repair, as the router says.
     pub live: Option<Color>,
@@ -120,6 +147,7 @@ pub struct RepairReport {
 /// Something left to repair, as `status` found it: an interrupted command's leftovers, or a
 /// saved state that disagrees with the router.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Leftover {
     /// What was found ("an interrupted `deploy` (pid 4242, started …) stopped at its ready
     /// step").
@@ -130,6 +158,7 @@ pub struct Leftover {
 
 /// The answer of `status`.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct Status {
     /// The app.
     pub app: AppName,
@@ -240,13 +269,14 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
         run.finish_switch(result).await
     }
 
-    /// Stops (with the stop timeout as grace) and removes every instance of `color`; with
-    /// `None`, the idle color (both colors when nothing is live). Refuses the live color unless
-    /// `force`, because the app would stop serving.
-    pub async fn down(&self, color: Option<Color>, force: bool) -> Result<DownReport, Error> {
+    /// Stops (with the stop timeout as grace) and removes every instance of `target`
+    /// ([`DownTarget::Idle`]: the idle color, both colors when nothing is live). When the target
+    /// includes the live color, `if_live` says whether to refuse (the app would stop serving) or
+    /// take it down anyway.
+    pub async fn down(&self, target: DownTarget, if_live: IfLive) -> Result<DownReport, Error> {
         let never = CancellationToken::new();
         let mut run = self.begin(Command::Down, None, &never).await?;
-        let result = ops::down(&mut run, color, force).await;
+        let result = ops::down(&mut run, target, if_live == IfLive::TakeDown).await;
         run.finish_down(result).await
     }
 
@@ -257,7 +287,15 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
     /// journal it takes the lock for an instant, only to tell an interrupted command (whose
     /// leftovers it lists) from one at work ([`Status::in_progress`]).
     pub async fn status(&self) -> Result<Status, Error> {
-        ops::status(self).await
+        ops::status(self, &*self.observer).await
+    }
+
+    /// [`Engine::status`], with its events (only `CommandStarted` and `CommandFinished`) sent
+    /// to `observer` instead of the engine's own: a dashboard that polls status can pass
+    /// [`NoopObserver`] and keep the engine's observer for the commands that
+    /// change something.
+    pub async fn status_with(&self, observer: &dyn Observer) -> Result<Status, Error> {
+        ops::status(self, observer).await
     }
 
     /// Repairs what an interrupted command left, by its journal (finishes it when its switch

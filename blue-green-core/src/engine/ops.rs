@@ -16,16 +16,17 @@ use super::{Engine, InstanceStatus, Leftover, Status};
 
 pub(super) async fn down<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
     run: &mut Run<'_, R, P, T, S>,
-    color: Option<Color>,
+    target: super::DownTarget,
     force: bool,
 ) -> Result<Vec<Instance>, Error> {
+    use super::DownTarget;
     let world = run.reconcile().await?;
     let eng = run.engine;
     let live = world.live_color();
-    let colors: Vec<Color> = match (color, live) {
-        (Some(c), _) => vec![c],
-        (None, Some(l)) => vec![l.other()],
-        (None, None) => Color::ALL.to_vec(),
+    let colors: Vec<Color> = match (target, live) {
+        (DownTarget::Color(c), _) => vec![c],
+        (DownTarget::Idle, Some(l)) => vec![l.other()],
+        (DownTarget::Idle, None) | (DownTarget::All, _) => Color::ALL.to_vec(),
     };
     if let Some(l) = live.filter(|l| colors.contains(l)) {
         if !force {
@@ -115,15 +116,16 @@ pub(super) async fn repair<R: Runtime, P: HealthProbe, T: Router, S: StateStore>
 
 pub(super) async fn status<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
     engine: &Engine<R, P, T, S>,
+    observer: &dyn crate::events::Observer,
 ) -> Result<Status, Error> {
     let began = tokio::time::Instant::now();
-    engine.emit(Event::CommandStarted {
+    observer.on_event(&Event::CommandStarted {
         app: engine.config().app.to_string(),
         command: Command::Status,
         release: None,
     });
     let result = look(engine).await;
-    engine.emit(Event::CommandFinished {
+    observer.on_event(&Event::CommandFinished {
         command: Command::Status,
         ok: result.is_ok(),
         live: result.as_ref().ok().and_then(|s| s.live),

@@ -36,6 +36,7 @@ impl Default for ReadinessPolicy {
 /// What happens to the old color once the new one is live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum KeepPrevious {
     /// Leave it running: rollback is instant (costs the memory of a second copy).
     Running,

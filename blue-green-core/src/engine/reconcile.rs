@@ -180,12 +180,12 @@ mod tests {
     use crate::model::{Endpoint, Release};
 
     fn inst(color: Color, release: &str, port: u16) -> Instance {
-        Instance {
+        Instance::new(
             color,
-            release: release.into(),
-            id: format!("{color}-{port}"),
-            endpoint: Endpoint::new("127.0.0.1", port),
-        }
+            release,
+            format!("{color}-{port}"),
+            Endpoint::new("127.0.0.1", port),
+        )
     }
 
     fn deployed(i: &Instance) -> Deployment {

@@ -63,8 +63,8 @@ impl HealthProbe for CommandProbe {
             );
         };
         let command = command
-            .env("BLUE_GREEN_COLOR", instance.color.as_str())
-            .env("BLUE_GREEN_RELEASE", &instance.release)
+            .env(crate::runtime::COLOR_ENV, instance.color.as_str())
+            .env(crate::runtime::RELEASE_ENV, &instance.release)
             .env("BLUE_GREEN_ENDPOINT", instance.endpoint.to_string())
             // A little more than the reason shows, so that a cut is marked.
             .output_limit(REASON_OUTPUT_BYTES + 4, Keep::Start);

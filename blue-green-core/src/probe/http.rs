@@ -375,12 +375,7 @@ mod tests {
     use crate::model::{Color, Endpoint};
 
     fn instance() -> Instance {
-        Instance {
-            color: Color::Green,
-            release: "v7".into(),
-            id: "x".into(),
-            endpoint: Endpoint::new("127.0.0.1", 1),
-        }
+        Instance::new(Color::Green, "v7", "x", Endpoint::new("127.0.0.1", 1))
     }
 
     #[test]

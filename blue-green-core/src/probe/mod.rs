@@ -20,6 +20,24 @@ pub use tcp::TcpProbe;
 /// One health check of one instance, made directly against the instance's endpoint (never
 /// through the load balancer). Errors are answers: a refused connection is
 /// [`Health::Unhealthy`] with the reason.
+///
+/// ```
+/// use blue_green_core::{Health, HealthProbe, Instance};
+///
+/// /// Healthy once the instance's port is even (a stand-in for a real check).
+/// struct EvenPort;
+///
+/// #[blue_green_core::async_trait]
+/// impl HealthProbe for EvenPort {
+///     async fn check(&self, instance: &Instance) -> Health {
+///         if instance.endpoint.port % 2 == 0 {
+///             Health::Healthy
+///         } else {
+///             Health::Unhealthy(format!("port {} is odd", instance.endpoint.port))
+///         }
+///     }
+/// }
+/// ```
 #[async_trait]
 pub trait HealthProbe: Send + Sync {
     /// Checks `instance` once.

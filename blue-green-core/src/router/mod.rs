@@ -68,6 +68,27 @@ impl fmt::Debug for RouteReceipt {
 }
 
 /// Sends the app's live traffic to one endpoint.
+///
+/// ```
+/// use std::sync::Mutex;
+/// use blue_green_core::{ComponentError, Endpoint, RouteReceipt, Router};
+///
+/// /// Remembers the target (what a router for a proxy would write into its config).
+/// #[derive(Default)]
+/// struct Remember(Mutex<Option<Endpoint>>);
+///
+/// #[blue_green_core::async_trait]
+/// impl Router for Remember {
+///     async fn target(&self) -> Result<Option<Endpoint>, ComponentError> {
+///         Ok(self.0.lock().unwrap().clone())
+///     }
+///     async fn route_to(&self, endpoint: &Endpoint) -> Result<RouteReceipt, ComponentError> {
+///         *self.0.lock().unwrap() = Some(endpoint.clone());
+///         Ok(RouteReceipt::new())
+///     }
+///     // verify, in_flight and cut have defaults.
+/// }
+/// ```
 #[async_trait]
 pub trait Router: Send + Sync {
     /// Where live traffic goes now, as the router itself says (the router is the truth for

@@ -9,6 +9,8 @@ mod private;
 
 use std::any::Any;
 use std::sync::Arc;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -28,6 +30,18 @@ pub struct Deployment {
     pub endpoint: Endpoint,
     /// When it went live (RFC 3339).
     pub since: String,
+}
+
+/// Reads an RFC 3339 timestamp of the state or history files as a time.
+fn parse_time(text: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(text, &Rfc3339).ok()
+}
+
+impl Deployment {
+    /// When it went live, as a time (`None` if the saved text is not RFC 3339).
+    pub fn since_time(&self) -> Option<OffsetDateTime> {
+        parse_time(&self.since)
+    }
 }
 
 /// The step a command was at, written before the step runs. A journal left behind means the
@@ -103,6 +117,7 @@ impl AppState {
 /// How a command ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Outcome {
     /// Done.
     Succeeded,
@@ -116,8 +131,29 @@ pub enum Outcome {
     Interrupted,
 }
 
+impl Outcome {
+    /// The outcome as one word, as in the history file: `succeeded`, `failed`, `cancelled`,
+    /// `inconsistent`, `interrupted`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed => "failed",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Inconsistent => "inconsistent",
+            Outcome::Interrupted => "interrupted",
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// How long one step took.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct StepTiming {
     /// The step.
     pub step: Step,
@@ -132,6 +168,7 @@ pub struct StepTiming {
 
 /// One line of the history: a command that changed (or tried to change) what serves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct DeployRecord {
     /// The command.
     pub command: Command,
@@ -162,6 +199,57 @@ pub struct DeployRecord {
     pub warnings: Vec<String>,
 }
 
+impl DeployRecord {
+    /// When the command began, as a time (`None` if the saved text is not RFC 3339).
+    pub fn started(&self) -> Option<OffsetDateTime> {
+        parse_time(&self.started_at)
+    }
+
+    /// When the command ended, as a time (`None` if the saved text is not RFC 3339).
+    pub fn finished(&self) -> Option<OffsetDateTime> {
+        parse_time(&self.finished_at)
+    }
+
+    /// How long the command took, when both times read.
+    pub fn duration(&self) -> Option<time::Duration> {
+        Some(self.finished()? - self.started()?)
+    }
+
+    /// A record of `command` that ended with `outcome`, with no release, colors, error or steps
+    /// (set the public fields for those). For stores and tests: the engine writes the records.
+    pub fn new(
+        command: Command,
+        outcome: Outcome,
+        started_at: impl Into<String>,
+        finished_at: impl Into<String>,
+    ) -> Self {
+        DeployRecord {
+            command,
+            release: None,
+            from: None,
+            to: None,
+            outcome,
+            error: None,
+            started_at: started_at.into(),
+            finished_at: finished_at.into(),
+            steps: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+}
+
+impl StepTiming {
+    /// `step` on `color` took `ms` milliseconds and succeeded (`ok`) or not.
+    pub fn new(step: Step, color: Option<Color>, ms: u64, ok: bool) -> Self {
+        StepTiming {
+            step,
+            color,
+            ms,
+            ok,
+        }
+    }
+}
+
 /// A held lock; dropping it releases the lock.
 pub struct Lock {
     /// The previous holder, when its process was gone and the lock was taken over.
@@ -189,6 +277,7 @@ impl std::fmt::Debug for Lock {
 
 /// Why a lock could not be taken.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LockError {
     /// A live process holds it.
     #[error("the deploy lock is held by {0}")]
@@ -198,7 +287,39 @@ pub enum LockError {
     Store(#[from] ComponentError),
 }
 
-/// Where the engine keeps state, history and the lock for one app.
+/// Where the engine keeps state, history and the lock for one app. [`FileStore`](file::FileStore)
+/// keeps them in a directory; another store (a database, a key-value service) implements this
+/// with the re-exported [`async_trait`](crate::async_trait) attribute:
+///
+/// ```
+/// use std::sync::Mutex;
+/// use blue_green_core::{AppState, ComponentError, DeployRecord, Lock, LockError, LockHolder, StateStore};
+///
+/// /// State in memory: one process, no real lock.
+/// #[derive(Default)]
+/// struct InMemory { state: Mutex<AppState>, history: Mutex<Vec<DeployRecord>> }
+///
+/// #[blue_green_core::async_trait]
+/// impl StateStore for InMemory {
+///     async fn lock(&self, _holder: &LockHolder) -> Result<Lock, LockError> {
+///         Ok(Lock::new((), None))
+///     }
+///     async fn load(&self) -> Result<AppState, ComponentError> {
+///         Ok(self.state.lock().unwrap().clone())
+///     }
+///     async fn save(&self, state: &AppState) -> Result<(), ComponentError> {
+///         *self.state.lock().unwrap() = state.clone();
+///         Ok(())
+///     }
+///     async fn append_history(&self, record: &DeployRecord) -> Result<(), ComponentError> {
+///         self.history.lock().unwrap().push(record.clone());
+///         Ok(())
+///     }
+///     async fn history(&self) -> Result<Vec<DeployRecord>, ComponentError> {
+///         Ok(self.history.lock().unwrap().clone())
+///     }
+/// }
+/// ```
 #[async_trait]
 pub trait StateStore: Send + Sync {
     /// Takes the app's lock for the whole command, or says who holds it. A lock whose holder
@@ -260,6 +381,20 @@ forward_store!(Arc<T>);
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_history_line_written_before_typed_times_reads_its_times() {
+        let line = r#"{"command":"deploy","release":"v2","outcome":"succeeded","started_at":"2026-11-25T10:00:00Z","finished_at":"2026-11-25T10:00:05.5Z"}"#;
+        let record: DeployRecord = serde_json::from_str(line).unwrap();
+        assert_eq!(record.outcome.to_string(), "succeeded");
+        assert_eq!(
+            record.started().map(|t| t.unix_timestamp()),
+            Some(1_795_600_800)
+        );
+        assert_eq!(record.duration(), Some(time::Duration::milliseconds(5500)));
+        let bad = DeployRecord::new(Command::Deploy, Outcome::Failed, "yesterday", "");
+        assert_eq!(bad.started(), None);
+    }
+
     use super::*;
 
     fn deployed(color: Color, release: &str) -> Deployment {

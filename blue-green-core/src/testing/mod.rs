@@ -11,6 +11,21 @@
 //! The fakes never sleep; under tokio's paused clock (`#[tokio::test(start_paused = true)]`)
 //! a whole deploy with its readiness interval and drain time runs in microseconds.
 //!
+//! To use them, enable the feature in the dev-dependencies (the paused clock needs tokio's
+//! `test-util` there too):
+//!
+//! ```toml
+//! [dev-dependencies]
+//! blue-green-core = { version = "0.1", features = ["testing"] }
+//! tokio = { version = "1", features = ["macros", "rt", "test-util"] }
+//! ```
+//!
+//! [`FakeWorld::engine`] builds an engine over the four fakes ([`FakeEngine`]). The fake
+//! runtime gives the `n`th instance it starts (counting from 1 across the world) the id
+//! `{color}-{n}` and the endpoint `127.0.0.1:{20000 + n}`; nothing listens there: the fake
+//! probe and router only look the endpoint up in the world. For mocks of single traits with
+//! mockall, see the `mocks` feature.
+//!
 //! ```
 //! use blue_green_core::testing::{FakeCall, FakeWorld};
 //! use blue_green_core::{AppName, CancellationToken, Color, Engine, EngineConfig, Release};
@@ -205,6 +220,9 @@ impl fmt::Debug for FakeWorld {
     }
 }
 
+/// An engine over a [`FakeWorld`]'s components, as [`FakeWorld::engine`] builds it.
+pub type FakeEngine = crate::Engine<FakeRuntime, FakeProbe, FakeRouter, FakeStore>;
+
 impl FakeWorld {
     /// An empty world: nothing runs, the router points nowhere, nothing is saved.
     pub fn new() -> Self {
@@ -214,6 +232,29 @@ impl FakeWorld {
     pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic in a test thread must not hide the world from the test that looks at it.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An engine over this world's runtime, probe, router and store, ready for tests:
+    ///
+    /// ```
+    /// use blue_green_core::testing::FakeWorld;
+    /// use blue_green_core::{AppName, CancellationToken, EngineConfig, Release};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let world = FakeWorld::new();
+    /// let engine = world.engine(EngineConfig::new(AppName::new("web").unwrap()));
+    /// let report = engine.deploy(Release::new("v1").unwrap(), &CancellationToken::new()).await.unwrap();
+    /// assert_eq!(world.router_target(), Some(report.live.endpoint));
+    /// # }
+    /// ```
+    pub fn engine(&self, config: crate::EngineConfig) -> FakeEngine {
+        crate::Engine::new(
+            config,
+            self.runtime(),
+            self.probe(),
+            self.router(),
+            self.store(),
+        )
     }
 
     /// The runtime of this world.
@@ -485,10 +526,10 @@ impl FakeWorld {
 pub(crate) fn new_instance(w: &mut Inner, color: Color, release: &str) -> Instance {
     w.next_id += 1;
     let n = w.next_id;
-    Instance {
+    Instance::new(
         color,
-        release: release.to_string(),
-        id: format!("{color}-{n}"),
-        endpoint: Endpoint::new("127.0.0.1", 20000 + u16::try_from(n % 40000).unwrap_or(0)),
-    }
+        release.to_string(),
+        format!("{color}-{n}"),
+        Endpoint::new("127.0.0.1", 20000 + u16::try_from(n % 40000).unwrap_or(0)),
+    )
 }

@@ -383,12 +383,12 @@ impl ComposeRuntime {
         release: String,
         env: &[(&str, String)],
     ) -> Result<Instance, Error> {
-        Ok(Instance {
+        Ok(Instance::new(
             color,
             release,
-            id: self.projects.get(color).clone(),
-            endpoint: self.endpoint(color, env).await?,
-        })
+            self.projects.get(color).clone(),
+            self.endpoint(color, env).await?,
+        ))
     }
 
     async fn start_inner(&self, color: Color, release: &Release) -> Result<Instance, Error> {
@@ -508,12 +508,7 @@ impl ComposeRuntime {
                     None => Endpoint::new("127.0.0.1", 0),
                 }
             };
-            instances.push(Instance {
-                color,
-                release,
-                id: project.clone(),
-                endpoint,
-            });
+            instances.push(Instance::new(color, release, project.clone(), endpoint));
         }
         Ok(instances)
     }

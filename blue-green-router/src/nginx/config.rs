@@ -96,6 +96,48 @@ impl NginxConfig {
         }
     }
 
+    /// Sets the options after `server HOST:PORT` (see [`NginxConfig::server_options`]).
+    pub fn with_server_options(mut self, options: Vec<String>) -> Self {
+        self.server_options = options;
+        self
+    }
+
+    /// Sets the extra directives inside the upstream block.
+    pub fn with_upstream_directives(mut self, directives: Vec<String>) -> Self {
+        self.upstream_directives = directives;
+        self
+    }
+
+    /// Sets the argv of the config test (empty to skip it).
+    pub fn with_test_command(mut self, argv: Vec<String>) -> Self {
+        self.test_command = argv;
+        self
+    }
+
+    /// Sets the argv of the reload.
+    pub fn with_reload_command(mut self, argv: Vec<String>) -> Self {
+        self.reload_command = argv;
+        self
+    }
+
+    /// Sets the timeout of each command.
+    pub fn with_command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// Verifies each switch through nginx.
+    pub fn with_verify(mut self, verify: NginxVerify) -> Self {
+        self.verify = Some(verify);
+        self
+    }
+
+    /// Names nginx's pid file (see [`NginxConfig::pid_file`]).
+    pub fn with_pid_file(mut self, pid_file: impl Into<PathBuf>) -> Self {
+        self.pid_file = Some(pid_file.into());
+        self
+    }
+
     /// Checks every value, so that nothing a user typed can add a directive of its own to the
     /// file, and a config nginx or the router could never use fails before any switch.
     /// Returns every problem, in field order, each naming its [`NginxField`].

@@ -55,12 +55,14 @@ use crate::Error;
 
 mod command;
 mod config;
+mod private;
 mod switch;
 mod upstream;
 mod verify;
 mod workers;
 
 pub use config::{NginxConfig, NginxConfigError, NginxField, NginxVerify, MAX_VERIFY_SUCCESSES};
+pub use private::{placeholder_upstream, PrivateNginx, PLACEHOLDER_SERVER};
 pub use verify::OLD_WORKER_OVERLAP;
 
 /// Where the kernel shows processes.
@@ -160,6 +162,24 @@ mod tests {
         c.test_command = vec![];
         c.reload_command = vec!["true".into()];
         c
+    }
+
+    #[tokio::test]
+    async fn the_placeholder_server_is_no_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let nginx = PrivateNginx::new(dir.path(), "web", 8080);
+        nginx.write_files().unwrap();
+        let router = NginxRouter::new(config(dir.path())).unwrap();
+        assert_eq!(router.target().await.unwrap(), None);
+        let endpoint = Endpoint::new("127.0.0.1", 8081);
+        router.route_to(&endpoint).await.unwrap();
+        assert_eq!(router.target().await.unwrap(), Some(endpoint));
+        let conf = std::fs::read_to_string(nginx.config_file()).unwrap();
+        assert!(conf.contains("listen 127.0.0.1:8080;"), "{conf}");
+        assert_eq!(
+            nginx.reload_argv().last().map(String::as_str),
+            Some("reload")
+        );
     }
 
     #[test]

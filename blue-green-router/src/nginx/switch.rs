@@ -28,12 +28,15 @@ impl NginxRouter {
                 .with_source(e))
             }
         };
-        parse_target(&text, &self.config.upstream).map_err(|why| {
+        let target = parse_target(&text, &self.config.upstream).map_err(|why| {
             ComponentError::failed(format!(
                 "cannot tell where nginx routes: the upstream file {} {why}; route again (for example `blue-green switch`) to rewrite it",
                 self.file().display()
             ))
-        })
+        })?;
+        // The placeholder written before the first deploy routes nowhere.
+        let (host, port) = super::private::PLACEHOLDER_SERVER;
+        Ok(target.filter(|t| !(t.host == host && t.port == port)))
     }
 
     /// Writes, tests and reloads the file that routes to `endpoint`; on error nginx still

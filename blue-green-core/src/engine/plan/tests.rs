@@ -6,12 +6,12 @@ use super::*;
 use crate::state::Deployment;
 
 fn inst(color: Color, release: &str, n: u16) -> Instance {
-    Instance {
+    Instance::new(
         color,
-        release: release.into(),
-        id: format!("{color}-{n}"),
-        endpoint: Endpoint::new("127.0.0.1", n),
-    }
+        release,
+        format!("{color}-{n}"),
+        Endpoint::new("127.0.0.1", n),
+    )
 }
 
 fn blue1() -> Instance {
