@@ -6,63 +6,21 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use blue_green_core::error::Leftovers;
 use blue_green_core::testing::{FakeCall, FakeWorld};
 use blue_green_core::{
     AppName, AppState, CancellationToken, Color, Command, ComponentError, DeployRecord, Deployment,
     DownTarget, Endpoint, Engine, EngineConfig, Error, Event, Health, HealthProbe, IfLive,
     Instance, InstanceState, KeepPrevious, Lock, LockError, LockHolder, Outcome, Release,
-    RouteReceipt, Router, Runtime, StateStore, Step,
+    RouteReceipt, Router, Step,
 };
-use mockall::mock;
 use mockall::predicate::eq;
 
-mock! {
-    pub Rt {}
-    #[async_trait]
-    impl Runtime for Rt {
-        async fn start(&self, color: Color, release: &Release) -> Result<Instance, ComponentError>;
-        async fn state(&self, instance: &Instance) -> Result<InstanceState, ComponentError>;
-        async fn stop(&self, instance: &Instance, grace: Duration) -> Result<(), ComponentError>;
-        async fn restart(&self, instance: &Instance) -> Result<Instance, ComponentError>;
-        async fn remove(&self, instance: &Instance) -> Result<(), ComponentError>;
-        async fn list(&self) -> Result<Vec<Instance>, ComponentError>;
-        async fn logs(&self, instance: &Instance, lines: usize) -> Result<Vec<String>, ComponentError>;
-    }
-}
-
-mock! {
-    pub Probe {}
-    #[async_trait]
-    impl HealthProbe for Probe {
-        async fn check(&self, instance: &Instance) -> Health;
-    }
-}
-
-mock! {
-    pub Rtr {}
-    #[async_trait]
-    impl Router for Rtr {
-        async fn target(&self) -> Result<Option<Endpoint>, ComponentError>;
-        async fn route_to(&self, endpoint: &Endpoint) -> Result<RouteReceipt, ComponentError>;
-        async fn verify(&self, instance: &Instance, receipt: &RouteReceipt) -> Result<(), ComponentError>;
-        async fn in_flight(&self, endpoint: &Endpoint) -> Result<Option<u64>, ComponentError>;
-        async fn cut(&self, endpoint: &Endpoint) -> Result<Option<u64>, ComponentError>;
-    }
-}
-
-mock! {
-    pub Store {}
-    #[async_trait]
-    impl StateStore for Store {
-        async fn lock(&self, holder: &LockHolder) -> Result<Lock, LockError>;
-        async fn load(&self) -> Result<AppState, ComponentError>;
-        async fn save(&self, state: &AppState) -> Result<(), ComponentError>;
-        async fn append_history(&self, record: &DeployRecord) -> Result<(), ComponentError>;
-        async fn history(&self) -> Result<Vec<DeployRecord>, ComponentError>;
-    }
-}
+// The library's own mocks (the `mocks` feature), under the short names these tests use.
+use blue_green_core::mocks::{
+    MockHealthProbe as MockProbe, MockRouter as MockRtr, MockRuntime as MockRt,
+    MockStateStore as MockStore,
+};
 
 // --- fixtures ---------------------------------------------------------------------------
 
