@@ -1463,3 +1463,33 @@ fn command_futures_are_send_so_a_caller_can_spawn_them() {
     send(&engine.repair());
     send(&engine.history());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_attempt_cut_short_by_the_deadline_does_not_hide_the_last_real_answer() {
+    let world = FakeWorld::new();
+    world.seed_live(Color::Blue, "v1");
+    world.never_healthy("v2");
+    // Probes every second with a 1 s timeout; the 9th starts at 8 s and hangs, and the 8.5 s
+    // deadline (not the probe's own timeout) cuts it after 500 ms.
+    let mut config = config();
+    config.readiness.deadline = Duration::from_millis(8_500);
+    world.fault_nth(FakeCall::Check, 9, blue_green_core::testing::Fault::Hang);
+    let engine = fake_engine(&world, config);
+
+    let err = engine
+        .deploy(Release::new("v2").unwrap(), &go())
+        .await
+        .unwrap_err();
+
+    match &err {
+        Error::NotReady { detail, .. } => {
+            assert_eq!(
+                detail.last_probe.as_deref(),
+                Some("HTTP 503 from /health"),
+                "the report shows the last real answer, not the attempt the deadline cut: {err}"
+            );
+        }
+        other => panic!("expected NotReady, got {other}"),
+    }
+    world.check_invariants().unwrap();
+}

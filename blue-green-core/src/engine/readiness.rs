@@ -54,14 +54,24 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
                 Err(e) => tracing::debug!("readiness: state of {} unknown: {e}", instance.id),
             }
 
-            attempt += 1;
             let tried = Instant::now();
             let limit = policy
                 .timeout
                 .min(deadline.saturating_duration_since(tried));
+            if limit.is_zero() {
+                // The runtime's answer used up the time left: no attempt can be made.
+                continue;
+            }
+            attempt += 1;
+            // An attempt the readiness deadline cut short (not the probe's own timeout) says
+            // nothing about the instance: the report keeps the last real answer instead.
+            let mut cut_short = false;
             let health = match tokio::time::timeout(limit, self.probe.check(instance)).await {
                 Ok(health) => health,
-                Err(_) => Health::Unhealthy(format!("no answer within {limit:?}")),
+                Err(_) => {
+                    cut_short = limit < policy.timeout;
+                    Health::Unhealthy(format!("no answer within {limit:?}"))
+                }
             };
             let reason = match &health {
                 Health::Healthy => None,
@@ -83,7 +93,9 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
                 }
                 Some(reason) => {
                     in_a_row = 0;
-                    last_probe = Some(reason);
+                    if !(cut_short && last_probe.is_some()) {
+                        last_probe = Some(reason);
+                    }
                 }
             }
             tokio::time::sleep_until((tried + policy.interval).min(deadline)).await;
