@@ -409,6 +409,12 @@ fn classify(error: &reqwest::Error) -> (String, String) {
         {
             kind = "closed";
         }
+        // Reset while connecting: the server took the connection into a listening socket's
+        // queue and closed that socket before accepting it (Caddy's listener handover). Still a
+        // failure; told apart from a refused connection.
+        if kind == "connect" && text.contains("onnection reset") {
+            kind = "connect reset";
+        }
         detail.push_str(": ");
         detail.push_str(&text);
         source = err.source();
