@@ -145,6 +145,32 @@ fn expect_of(seen: &Option<Endpoint>) -> Expect {
 }
 
 /// Maps a proxy error to what the engine needs to pick an exit class.
+/// The one verification of both routers: the proxy's target for `app` (`now`) is `instance`,
+/// and, with a verify request, a request through the proxy (with the app's first host) answers
+/// for it.
+async fn verify_routed(
+    app: &str,
+    now: Option<Endpoint>,
+    instance: &Instance,
+    verify: Option<&VerifyRequest>,
+    hosts: Option<&[String]>,
+) -> Result<(), ComponentError> {
+    if now.as_ref() != Some(&instance.endpoint) {
+        return Err(ComponentError::failed(format!(
+            "the proxy routes app {app} to {} instead of {}",
+            now.map_or("nothing".to_string(), |e| e.to_string()),
+            instance.endpoint
+        )));
+    }
+    match verify {
+        Some(v) => {
+            let host = hosts.and_then(|h| h.first()).map(String::as_str);
+            v.check(instance, host).await
+        }
+        None => Ok(()),
+    }
+}
+
 fn component(e: Error) -> ComponentError {
     let message = e.to_string();
     match e {
@@ -256,25 +282,14 @@ impl Router for ProxyRouter {
         _receipt: &RouteReceipt,
     ) -> Result<(), ComponentError> {
         let now = self.target().await?;
-        if now.as_ref() != Some(&instance.endpoint) {
-            return Err(ComponentError::failed(format!(
-                "the proxy routes app {} to {} instead of {}",
-                self.app,
-                now.map_or("nothing".to_string(), |e| e.to_string()),
-                instance.endpoint
-            )));
-        }
-        match &self.verify {
-            Some(v) => {
-                let host = self
-                    .hosts
-                    .as_ref()
-                    .and_then(|h| h.first())
-                    .map(String::as_str);
-                v.check(instance, host).await
-            }
-            None => Ok(()),
-        }
+        verify_routed(
+            &self.app,
+            now,
+            instance,
+            self.verify.as_ref(),
+            self.hosts.as_deref(),
+        )
+        .await
     }
 
     async fn in_flight(&self, endpoint: &Endpoint) -> Result<Option<u64>, ComponentError> {
@@ -385,25 +400,14 @@ impl Router for EmbeddedRouter {
         _receipt: &RouteReceipt,
     ) -> Result<(), ComponentError> {
         let now = self.handle.target(&self.app);
-        if now.as_ref() != Some(&instance.endpoint) {
-            return Err(ComponentError::failed(format!(
-                "the proxy routes app {} to {} instead of {}",
-                self.app,
-                now.map_or("nothing".to_string(), |e| e.to_string()),
-                instance.endpoint
-            )));
-        }
-        match &self.verify {
-            Some(v) => {
-                let host = self
-                    .hosts
-                    .as_ref()
-                    .and_then(|h| h.first())
-                    .map(String::as_str);
-                v.check(instance, host).await
-            }
-            None => Ok(()),
-        }
+        verify_routed(
+            &self.app,
+            now,
+            instance,
+            self.verify.as_ref(),
+            self.hosts.as_deref(),
+        )
+        .await
     }
 
     async fn in_flight(&self, endpoint: &Endpoint) -> Result<Option<u64>, ComponentError> {
