@@ -17,39 +17,7 @@ use std::path::Path;
 /// nginx may run as another user. Blocking: call it from `spawn_blocking` in async code.
 /// The error is the bare I/O error; callers add which file and what to do.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let file_name = path.file_name().ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{} does not name a file", path.display()),
-        )
-    })?;
-    let mut prefix = std::ffi::OsString::from(".");
-    prefix.push(file_name);
-    prefix.push(".");
-
-    let mut builder = tempfile::Builder::new();
-    builder.prefix(&prefix).suffix(".tmp");
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        builder.permissions(fs::Permissions::from_mode(0o644));
-    }
-    let mut tmp = builder.tempfile_in(dir)?;
-    // `symlink_metadata`: the mode of a planted symlink's target must not be copied.
-    if let Ok(existing) = fs::symlink_metadata(path) {
-        if existing.is_file() {
-            tmp.as_file().set_permissions(existing.permissions())?;
-        }
-    }
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    // On error the temporary file is removed when `PersistError` drops.
-    tmp.persist(path).map_err(|e| e.error)?;
-    sync_dir(dir)
+    replace(path, bytes, false)
 }
 
 /// Replaces the content of `path` with `bytes` like [`write_atomic`], for a file only this user
@@ -57,6 +25,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// created with `O_EXCL` under a random name, and the rename replaces a symlink at `path`
 /// rather than following it.
 pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace(path, bytes, true)
+}
+
+/// The one atomic replacement behind both: a temporary file beside `path` (created with
+/// `O_EXCL` under a random name), written, fsync'd, renamed over `path` (a symlink there is
+/// replaced, not followed), and the directory fsync'd. `private` makes it `0600`; otherwise it
+/// is `0644` less the umask, or keeps the mode of the regular file it replaces.
+fn replace(path: &Path, bytes: &[u8], private: bool) -> io::Result<()> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
@@ -70,13 +46,27 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut prefix = std::ffi::OsString::from(".");
     prefix.push(file_name);
     prefix.push(".");
-    // tempfile creates the file 0600 with O_EXCL.
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&prefix)
-        .suffix(".tmp")
-        .tempfile_in(dir)?;
+
+    // tempfile creates the file 0600 unless told otherwise.
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(".tmp");
+    #[cfg(unix)]
+    if !private {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(fs::Permissions::from_mode(0o644));
+    }
+    let mut tmp = builder.tempfile_in(dir)?;
+    if !private {
+        // `symlink_metadata`: the mode of a planted symlink's target must not be copied.
+        if let Ok(existing) = fs::symlink_metadata(path) {
+            if existing.is_file() {
+                tmp.as_file().set_permissions(existing.permissions())?;
+            }
+        }
+    }
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
+    // On error the temporary file is removed when `PersistError` drops.
     tmp.persist(path).map_err(|e| e.error)?;
     sync_dir(dir)
 }
