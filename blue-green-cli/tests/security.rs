@@ -236,7 +236,7 @@ fn history_from_a_file_reaches_the_terminal_without_escapes_and_json_exactly() {
     let error = "boom\r\n  ok   deploy done\u{1b}[2J\u{9b}31m";
     let record = serde_json::json!({
         "command": "deploy", "release": release, "outcome": "failed", "error": error,
-        "started_at": "2026-11-25T10:00:00Z\u{1b}[1A", "finished_at": "2026-11-25T10:00:05Z",
+        "started_at": "2026-11-25T10:00:00Z", "finished_at": "2026-11-25T10:00:05Z",
         "steps": [],
     });
     fs::write(state.join("history.jsonl"), format!("{record}\n")).unwrap();
@@ -272,6 +272,26 @@ fn history_from_a_file_reaches_the_terminal_without_escapes_and_json_exactly() {
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(v["history"][0]["release"], release);
     assert_eq!(v["history"][0]["error"], error);
+
+    // A time with an escape in it is not a time: the line is refused, named, and nothing of it
+    // reaches the terminal.
+    let forged = record_with("started_at", "2026-11-25T10:00:00Z\u{1b}[1A", &record);
+    fs::write(state.join("history.jsonl"), format!("{forged}\n{record}\n")).unwrap();
+    let out = blue_green(project.path())
+        .args(["history"])
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("line 1 of"), "{stderr}");
+    assert_eq!(controls(&stderr), Vec::<char>::new(), "{stderr:?}");
+}
+
+/// `record` with `key` set to `value`.
+fn record_with(key: &str, value: &str, record: &serde_json::Value) -> serde_json::Value {
+    let mut record = record.clone();
+    record[key] = value.into();
+    record
 }
 
 #[test]

@@ -67,6 +67,10 @@ pub use state::{
     AppState, DeployRecord, Deployment, JournalEntry, Lock, LockError, Outcome, StateStore,
     StepTiming,
 };
+/// The time types of the saved state and history ([`Deployment::since`],
+/// [`DeployRecord::started_at`], ...), re-exported so that an embedder that builds or reads them
+/// needs no dependency of its own on `time` and cannot get a second version of it.
+pub use time::{self, OffsetDateTime};
 pub use tokio_util::sync::CancellationToken;
 
 /// The attribute the four traits are written with: put `#[blue_green_core::async_trait]` on

@@ -47,7 +47,7 @@ fn deployment(inst: &Instance) -> Deployment {
         color: inst.color,
         release: Release::new(inst.release.clone()).unwrap(),
         endpoint: inst.endpoint.clone(),
-        since: "2026-01-01T00:00:00Z".into(),
+        since: time::macros::datetime!(2026-01-01 0:00 UTC),
     }
 }
 
@@ -1234,7 +1234,7 @@ async fn status_reports_a_stale_state_without_fixing_it_and_repair_fixes_it() {
         color: Color::Green,
         release: Some(Release::new("v3").unwrap()),
         from: Some(Color::Blue),
-        started_at: "2026-01-01T00:00:00Z".into(),
+        started_at: time::macros::datetime!(2026-01-01 0:00 UTC),
         pid: 99,
     });
     world.set_saved_state(at_work.clone());
@@ -1282,7 +1282,7 @@ fn interrupted_deploy(step: Step) -> (FakeWorld, Instance) {
         color: Color::Green,
         release: Some(Release::new("v2").unwrap()),
         from: Some(Color::Blue),
-        started_at: "2026-01-01T00:00:00Z".into(),
+        started_at: time::macros::datetime!(2026-01-01 0:00 UTC),
         pid: 4242,
     });
     world.set_saved_state(state);

@@ -93,8 +93,8 @@ fn record(release: &str) -> DeployRecord {
     let mut record = DeployRecord::new(
         Command::Deploy,
         Outcome::Succeeded,
-        "2026-11-25T10:00:00Z",
-        "2026-11-25T10:00:05Z",
+        time::macros::datetime!(2026-11-25 10:00 UTC),
+        time::macros::datetime!(2026-11-25 10:00:05 UTC),
     );
     record.release = Some(release.into());
     record.from = Some(Color::Blue);
@@ -103,7 +103,7 @@ fn record(release: &str) -> DeployRecord {
     record
 }
 
-fn live(release: &str, since: String) -> AppState {
+fn live(release: &str) -> AppState {
     AppState {
         live: Some(Deployment {
             color: Color::Green,
@@ -112,7 +112,7 @@ fn live(release: &str, since: String) -> AppState {
                 .with_artifact(format!("web:{release}"))
                 .unwrap(),
             endpoint: Endpoint::new("127.0.0.1", 8082),
-            since,
+            since: time::macros::datetime!(2026-11-25 10:00 UTC),
         }),
         ..AppState::default()
     }
@@ -201,7 +201,7 @@ async fn symlinks_in_our_own_dir_are_not_followed() {
         "root's file was changed"
     );
     // A save replaces the link itself with a private file, and leaves the target alone.
-    store.save(&live("v1", "t".into())).await.unwrap();
+    store.save(&live("v1")).await.unwrap();
     assert!(fs::symlink_metadata(dir.join("state.json"))
         .unwrap()
         .is_file());
@@ -215,7 +215,7 @@ async fn a_state_dir_others_can_write_does_not_decide_what_rollback_starts() {
     let (_base, shared) = shared_dir();
     let dir = shared.join("bg-web");
     let store = FileStore::new(&dir);
-    store.save(&live("v1", "t".into())).await.unwrap();
+    store.save(&live("v1")).await.unwrap();
     // An admin's slip: the directory opened to everyone. A user then writes the state that
     // `rollback` would start: their image.
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
@@ -260,7 +260,7 @@ async fn a_parent_another_user_can_replace_is_refused() {
 async fn a_tampered_state_json_with_a_bad_release_id_or_image_is_refused_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let store = FileStore::new(dir.path());
-    store.save(&live("v1", "t".into())).await.unwrap();
+    store.save(&live("v1")).await.unwrap();
     let good = fs::read_to_string(store.state_path()).unwrap();
     for (from, to) in [
         ("\"id\": \"v1\"", "\"id\": \"v1; rm -rf /\""),
@@ -290,7 +290,7 @@ async fn state_files_are_private_and_nobody_else_can_hold_the_lock() {
     let dir = shared.join("bg-web");
     let store = FileStore::new(&dir);
     drop(store.lock(&holder("deploy")).await.unwrap());
-    store.save(&live("v1", "t".into())).await.unwrap();
+    store.save(&live("v1")).await.unwrap();
     store.append_history(&record("v1")).await.unwrap();
     assert_eq!(mode(&dir), 0o700);
     for name in ["lock", "state.json", "history.jsonl"] {
@@ -337,8 +337,11 @@ fn a_save_that_timed_out_never_lands_after_a_later_one() {
     // stop the blocking write under it. A big first state makes that write slow.
     let tmp = tempfile::tempdir().unwrap();
     let store = FileStore::new(tmp.path());
-    let slow = live("v1", "x".repeat(32 << 20));
-    let newer = live("v2", "2026-11-25T10:00:00Z".into());
+    let mut slow = live("v1");
+    if let Some(live) = slow.live.as_mut() {
+        live.endpoint.host = "x".repeat(32 << 20);
+    }
+    let newer = live("v2");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

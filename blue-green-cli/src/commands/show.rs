@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 
+use blue_green_core::state::short_time;
 use blue_green_core::{Color, FileStore, RepairReport, StateStore, Status};
 use serde_json::json;
 
@@ -28,7 +29,7 @@ pub(super) fn status_text(s: &Status, unserved: Option<&str>) -> String {
                 out,
                 "live     {color}, release {} since {}",
                 d.release.id,
-                one_line(&short_time(&d.since))
+                short_time(d.since)
             );
         }
         (Some(color), _) => {
@@ -101,17 +102,6 @@ pub(super) fn repair_text(r: &RepairReport) -> String {
     }
 }
 
-/// An RFC 3339 time without its fraction of a second: `2026-11-25T11:18:09Z`.
-fn short_time(t: &str) -> String {
-    match t.split_once('.') {
-        Some((whole, rest)) => {
-            let zone = rest.trim_start_matches(|c: char| c.is_ascii_digit());
-            format!("{whole}{zone}")
-        }
-        None => t.to_string(),
-    }
-}
-
 /// A Docker container id shortened as `docker ps` does; other ids as they are.
 fn short_id(id: &str) -> &str {
     if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -155,7 +145,7 @@ pub(super) async fn history(
         let _ = writeln!(
             out,
             "{:<20}  {:<8} {:<16} {:<14} {:<12} {:>7}  {}",
-            one_line(&short_time(&r.started_at)),
+            short_time(r.started_at),
             r.command,
             one_line(r.release.as_deref().unwrap_or("-")),
             format!("{} -> {}", color(r.from), color(r.to)),
@@ -179,15 +169,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn short_times_and_ids() {
-        assert_eq!(
-            short_time("2026-11-25T11:18:09.19880927Z"),
-            "2026-11-25T11:18:09Z"
-        );
-        assert_eq!(
-            short_time("2026-11-25T11:18:09+01:00"),
-            "2026-11-25T11:18:09+01:00"
-        );
+    fn short_ids() {
         assert_eq!(short_id(&"a".repeat(64)), "aaaaaaaaaaaa");
         assert_eq!(short_id("web-blue"), "web-blue");
     }

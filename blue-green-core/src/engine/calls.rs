@@ -282,11 +282,9 @@ pub(super) fn describe(instance: &Instance) -> String {
     )
 }
 
-/// Now, as RFC 3339 in UTC.
-pub(super) fn now_rfc3339() -> String {
+/// Now, in UTC.
+pub(super) fn now() -> time::OffsetDateTime {
     time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use crate::router::Router;
 use crate::runtime::Runtime;
 use crate::state::{Deployment, JournalEntry, StateStore};
 
-use super::calls::{describe, now_rfc3339};
+use super::calls::{describe, now};
 use super::plan::{Undo, World};
 use super::recover::Undoing;
 use super::run::{Run, Switched};
@@ -56,7 +56,7 @@ fn journal_for<R, P, T, S>(
         color,
         release,
         from,
-        started_at: run.started_at.clone(),
+        started_at: run.started_at,
         pid: std::process::id(),
     }
 }
@@ -352,7 +352,7 @@ async fn bring_up<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
         color,
         release: change.release.clone(),
         endpoint: inst.endpoint.clone(),
-        since: now_rfc3339(),
+        since: now(),
     };
     run.state.go_live(live.clone());
     run.save_final().await;

@@ -57,7 +57,7 @@ pub(super) async fn down<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
             color,
             release: None,
             from: live,
-            started_at: run.started_at.clone(),
+            started_at: run.started_at,
             pid: std::process::id(),
         });
         // `--force` is the one way to stop what the router points at: the user asked for it.

@@ -13,7 +13,7 @@ use crate::router::Router;
 use crate::runtime::Runtime;
 use crate::state::{AppState, Deployment, StateStore};
 
-use super::calls::{describe, now_rfc3339};
+use super::calls::{describe, now};
 use super::plan::World;
 use super::run::Run;
 use super::Engine;
@@ -104,7 +104,7 @@ pub(super) fn align_live(state: &mut AppState, world: &World, app: &str) -> Opti
                 color: inst.color,
                 release,
                 endpoint: inst.endpoint.clone(),
-                since: now_rfc3339(),
+                since: now(),
             });
             Some(Drift {
                 found: format!(
@@ -195,7 +195,7 @@ mod tests {
                 .and_then(|r| r.with_artifact(format!("app:{}", i.release)))
                 .unwrap(),
             endpoint: i.endpoint.clone(),
-            since: "t".into(),
+            since: time::OffsetDateTime::UNIX_EPOCH,
         }
     }
 

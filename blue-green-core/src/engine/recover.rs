@@ -12,7 +12,7 @@ use crate::router::Router;
 use crate::runtime::Runtime;
 use crate::state::{DeployRecord, Deployment, Outcome, StateStore};
 
-use super::calls::{describe, now_rfc3339};
+use super::calls::{describe, now};
 use super::plan::{plan, Action, Intent, Rewind, Undo, World};
 use super::run::Run;
 
@@ -97,7 +97,7 @@ impl<'e, R: Runtime, P: HealthProbe, T: Router, S: StateStore> Run<'e, R, P, T, 
                         color: *color,
                         release: release.clone(),
                         endpoint: endpoint.clone(),
-                        since: now_rfc3339(),
+                        since: now(),
                     });
                     Ok(())
                 }
@@ -111,8 +111,8 @@ impl<'e, R: Runtime, P: HealthProbe, T: Router, S: StateStore> Run<'e, R, P, T, 
                             .then_some(journal.color),
                         outcome: Outcome::Interrupted,
                         error: Some(format!("{note} (at its {} step)", journal.step)),
-                        started_at: journal.started_at.clone(),
-                        finished_at: now_rfc3339(),
+                        started_at: journal.started_at,
+                        finished_at: now(),
                         steps: Vec::new(),
                         warnings: Vec::new(),
                     };

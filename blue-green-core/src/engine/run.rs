@@ -17,7 +17,7 @@ use crate::state::{
     StepTiming,
 };
 
-use super::calls::now_rfc3339;
+use super::calls::now;
 use super::recover::Unrepaired;
 use super::{DeployReport, DownReport, Engine, RepairReport};
 
@@ -30,7 +30,7 @@ pub(super) struct Run<'e, R, P, T, S> {
     pub(super) command: Command,
     cancel: CancellationToken,
     began: Instant,
-    pub(super) started_at: String,
+    pub(super) started_at: time::OffsetDateTime,
     steps: Vec<StepTiming>,
     warnings: Vec<String>,
     /// What reconcile repaired (also among the warnings).
@@ -85,7 +85,7 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
             command,
             cancel: cancel.clone(),
             began,
-            started_at: now_rfc3339(),
+            started_at: now(),
             steps: Vec::new(),
             warnings: Vec::new(),
             repaired: Vec::new(),
@@ -159,7 +159,7 @@ pub(super) fn this_process(command: Command) -> LockHolder {
         host: hostname::get()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_else(|_| "unknown-host".to_string()),
-        since: now_rfc3339(),
+        since: crate::state::short_time(now()),
         command: command.as_str().to_string(),
     }
 }
@@ -331,8 +331,8 @@ impl<'e, R: Runtime, P: HealthProbe, T: Router, S: StateStore> Run<'e, R, P, T, 
                 to: self.to,
                 outcome,
                 error,
-                started_at: self.started_at.clone(),
-                finished_at: now_rfc3339(),
+                started_at: self.started_at,
+                finished_at: now(),
                 steps: self.steps.clone(),
                 warnings: self.warnings.clone(),
             };

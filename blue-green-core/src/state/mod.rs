@@ -9,7 +9,6 @@ mod private;
 
 use std::any::Any;
 use std::sync::Arc;
-use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use async_trait::async_trait;
@@ -28,20 +27,24 @@ pub struct Deployment {
     pub release: Release,
     /// Where it answered.
     pub endpoint: Endpoint,
-    /// When it went live (RFC 3339).
-    pub since: String,
+    /// When it went live (saved as RFC 3339).
+    #[serde(with = "time::serde::rfc3339")]
+    pub since: OffsetDateTime,
 }
 
-/// Reads an RFC 3339 timestamp of the state or history files as a time.
-fn parse_time(text: &str) -> Option<OffsetDateTime> {
-    OffsetDateTime::parse(text, &Rfc3339).ok()
-}
-
-impl Deployment {
-    /// When it went live, as a time (`None` if the saved text is not RFC 3339).
-    pub fn since_time(&self) -> Option<OffsetDateTime> {
-        parse_time(&self.since)
-    }
+/// `t` in UTC to the second, as RFC 3339 (`2026-11-25T10:00:00Z`): how messages and the CLI
+/// show the saved times (the files keep the full precision).
+pub fn short_time(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
 }
 
 /// The step a command was at, written before the step runs. A journal left behind means the
@@ -60,8 +63,9 @@ pub struct JournalEntry {
     /// The color that was live when the command began.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<Color>,
-    /// When the command began (RFC 3339).
-    pub started_at: String,
+    /// When the command began (saved as RFC 3339).
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
     /// The process that wrote it.
     pub pid: u32,
 }
@@ -186,10 +190,12 @@ pub struct DeployRecord {
     /// The error, when it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// When it began (RFC 3339).
-    pub started_at: String,
-    /// When it ended (RFC 3339).
-    pub finished_at: String,
+    /// When it began (saved as RFC 3339).
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    /// When it ended (saved as RFC 3339).
+    #[serde(with = "time::serde::rfc3339")]
+    pub finished_at: OffsetDateTime,
     /// Each step and its time.
     #[serde(default)]
     pub steps: Vec<StepTiming>,
@@ -200,19 +206,9 @@ pub struct DeployRecord {
 }
 
 impl DeployRecord {
-    /// When the command began, as a time (`None` if the saved text is not RFC 3339).
-    pub fn started(&self) -> Option<OffsetDateTime> {
-        parse_time(&self.started_at)
-    }
-
-    /// When the command ended, as a time (`None` if the saved text is not RFC 3339).
-    pub fn finished(&self) -> Option<OffsetDateTime> {
-        parse_time(&self.finished_at)
-    }
-
-    /// How long the command took, when both times read.
-    pub fn duration(&self) -> Option<time::Duration> {
-        Some(self.finished()? - self.started()?)
+    /// How long the command took.
+    pub fn duration(&self) -> time::Duration {
+        self.finished_at - self.started_at
     }
 
     /// A record of `command` that ended with `outcome`, with no release, colors, error or steps
@@ -220,8 +216,8 @@ impl DeployRecord {
     pub fn new(
         command: Command,
         outcome: Outcome,
-        started_at: impl Into<String>,
-        finished_at: impl Into<String>,
+        started_at: OffsetDateTime,
+        finished_at: OffsetDateTime,
     ) -> Self {
         DeployRecord {
             command,
@@ -230,8 +226,8 @@ impl DeployRecord {
             to: None,
             outcome,
             error: None,
-            started_at: started_at.into(),
-            finished_at: finished_at.into(),
+            started_at,
+            finished_at,
             steps: Vec::new(),
             warnings: Vec::new(),
         }
@@ -382,17 +378,24 @@ forward_store!(Arc<T>);
 #[cfg(test)]
 mod tests {
     #[test]
-    fn a_history_line_written_before_typed_times_reads_its_times() {
+    fn a_history_line_reads_its_times_and_writes_them_back_as_rfc3339() {
         let line = r#"{"command":"deploy","release":"v2","outcome":"succeeded","started_at":"2026-11-25T10:00:00Z","finished_at":"2026-11-25T10:00:05.5Z"}"#;
         let record: DeployRecord = serde_json::from_str(line).unwrap();
         assert_eq!(record.outcome.to_string(), "succeeded");
-        assert_eq!(
-            record.started().map(|t| t.unix_timestamp()),
-            Some(1_795_600_800)
-        );
-        assert_eq!(record.duration(), Some(time::Duration::milliseconds(5500)));
-        let bad = DeployRecord::new(Command::Deploy, Outcome::Failed, "yesterday", "");
-        assert_eq!(bad.started(), None);
+        assert_eq!(record.started_at.unix_timestamp(), 1_795_600_800);
+        assert_eq!(record.duration(), time::Duration::milliseconds(5500));
+        let back = serde_json::to_value(&record).unwrap();
+        assert_eq!(back["finished_at"], "2026-11-25T10:00:05.5Z");
+        assert_eq!(short_time(record.finished_at), "2026-11-25T10:00:05Z");
+        let paris = record.started_at.to_offset(time::macros::offset!(+1));
+        assert_eq!(short_time(paris), "2026-11-25T10:00:00Z");
+    }
+
+    #[test]
+    fn a_history_line_whose_time_is_not_rfc3339_is_refused() {
+        let line = r#"{"command":"deploy","outcome":"failed","started_at":"yesterday","finished_at":"2026-11-25T10:00:05Z"}"#;
+        let error = serde_json::from_str::<DeployRecord>(line).unwrap_err();
+        assert!(error.is_data(), "{error}");
     }
 
     use super::*;
@@ -405,7 +408,7 @@ mod tests {
                 .with_artifact(format!("app:{release}"))
                 .unwrap(),
             endpoint: Endpoint::new("127.0.0.1", if color == Color::Blue { 1 } else { 2 }),
-            since: "t".into(),
+            since: time::OffsetDateTime::UNIX_EPOCH,
         }
     }
 

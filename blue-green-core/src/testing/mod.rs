@@ -362,7 +362,7 @@ impl FakeWorld {
             color,
             release: Release::new(release).expect("seed_live needs a valid release id"),
             endpoint: instance.endpoint.clone(),
-            since: "2026-01-01T00:00:00Z".into(),
+            since: time::macros::datetime!(2026-01-01 0:00 UTC),
         });
         instance
     }

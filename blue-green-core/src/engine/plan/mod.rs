@@ -272,7 +272,10 @@ fn repair(world: &World, state: &AppState, journal: &JournalEntry) -> Plan {
     let mut plan = Plan {
         found: format!(
             "an interrupted `{}` (pid {}, started {}) stopped at its {} step",
-            journal.command, journal.pid, journal.started_at, journal.step
+            journal.command,
+            journal.pid,
+            crate::state::short_time(journal.started_at),
+            journal.step
         ),
         ..Plan::default()
     };

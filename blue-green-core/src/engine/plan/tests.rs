@@ -55,7 +55,7 @@ fn deployed(i: &Instance) -> Deployment {
             .with_artifact(format!("app:{}", i.release))
             .unwrap(),
         endpoint: i.endpoint.clone(),
-        since: "t".into(),
+        since: time::OffsetDateTime::UNIX_EPOCH,
     }
 }
 
@@ -75,7 +75,7 @@ fn journaled(command: Command, step: Step) -> AppState {
                     .unwrap()
             }),
             from: Some(Color::Blue),
-            started_at: "t0".into(),
+            started_at: time::OffsetDateTime::UNIX_EPOCH,
             pid: 42,
         }),
     }

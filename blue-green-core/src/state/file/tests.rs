@@ -34,8 +34,8 @@ fn record(release: &str) -> DeployRecord {
         to: Some(Color::Green),
         outcome: Outcome::Succeeded,
         error: None,
-        started_at: "2026-11-25T10:00:00Z".into(),
-        finished_at: "2026-11-25T10:00:05Z".into(),
+        started_at: time::macros::datetime!(2026-11-25 10:00 UTC),
+        finished_at: time::macros::datetime!(2026-11-25 10:00:05 UTC),
         steps: vec![StepTiming {
             step: Step::Ready,
             color: Some(Color::Green),
@@ -73,7 +73,7 @@ async fn state_round_trips_and_a_missing_file_is_the_default() {
         color: Color::Green,
         release: Release::new("v2").unwrap().with_artifact("app:2").unwrap(),
         endpoint: Endpoint::new("127.0.0.1", 8082),
-        since: "2026-11-25T10:00:00Z".into(),
+        since: time::macros::datetime!(2026-11-25 10:00 UTC),
     };
     let state = AppState {
         live: Some(deployment.clone()),
@@ -87,7 +87,7 @@ async fn state_round_trips_and_a_missing_file_is_the_default() {
             color: Color::Green,
             release: Some(Release::new("v2").unwrap()),
             from: Some(Color::Blue),
-            started_at: "2026-11-25T10:00:00Z".into(),
+            started_at: time::macros::datetime!(2026-11-25 10:00 UTC),
             pid: 42,
         }),
     };
