@@ -56,91 +56,47 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
-/// GETs `url` (plain HTTP/1.0 over TCP) and returns the status code and body.
+/// GETs `url`: its status code and body.
 async fn get(url: &str) -> Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://").ok_or("not an http:// URL")?;
-    let (addr, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await?;
-    let status = answer.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = answer
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
+    let response = reqwest::get(url).await?;
+    Ok((response.status().as_u16(), response.text().await?))
 }
 
-/// The app: answers its color, or 503 for a `bad…` release.
-async fn serve() -> Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let port = std::env::var("PORT")?;
+/// The app: answers its color on every path, or 503 for a `bad…` release.
+fn serve() -> Result<()> {
+    use std::io::{Read, Write};
     let color = std::env::var(blue_green_core::COLOR_ENV)?;
-    let release = std::env::var(blue_green_core::RELEASE_ENV)?;
-    let status = if release.starts_with("bad") {
-        "503 Service Unavailable"
-    } else {
-        "200 OK"
-    };
-    let listener = tokio::net::TcpListener::bind(format!("127.0.0.1:{port}")).await?;
-    loop {
-        let (mut stream, _) = listener.accept().await?;
-        let answer = format!(
+    let bad = std::env::var(blue_green_core::RELEASE_ENV)?.starts_with("bad");
+    let status = ["200 OK", "503 Service Unavailable"][usize::from(bad)];
+    let listener = std::net::TcpListener::bind(format!("127.0.0.1:{}", std::env::var("PORT")?))?;
+    for stream in listener.incoming() {
+        let mut stream = stream?;
+        let _ = stream.read(&mut [0u8; 1024]);
+        let _ = write!(
+            stream,
             "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{color}",
             color.len()
         );
-        tokio::spawn(async move {
-            let mut request = [0u8; 1024];
-            let _ = stream.read(&mut request).await;
-            let _ = stream.write_all(answer.as_bytes()).await;
-        });
     }
+    Ok(())
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     if std::env::args().nth(1).as_deref() == Some("serve") {
-        return serve().await;
+        return serve();
     }
     let dir = std::env::temp_dir().join(format!("blue-green-embedding-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let nginx = PrivateNginx::new(&dir, "app", free_port()?);
-    nginx.write_files()?;
-    let argv = nginx.start_argv();
-    let mut master = std::process::Command::new(&argv[0])
-        .args(&argv[1..])
-        .spawn()
-        .map_err(|e| format!("cannot run nginx (is it installed?): {e}"))?;
+    let master = nginx.start(Duration::from_secs(10)).await?;
     let result = tool(&nginx).await;
-    // A graceful quit, so that the master takes its workers with it.
-    let quit = nginx.quit_argv();
-    let _ = std::process::Command::new(&quit[0])
-        .args(&quit[1..])
-        .status();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while master.try_wait()?.is_none() && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let _ = master.kill();
-    let _ = master.wait();
+    master.stop(Duration::from_secs(10)).await;
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
 async fn tool(nginx: &PrivateNginx) -> Result<()> {
-    // Wait (with a deadline) until nginx answers at all.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while get(&nginx.url("/")).await.is_err() {
-        if tokio::time::Instant::now() > deadline {
-            return Err("nginx did not start listening within 10s".into());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-
     let exe = std::env::current_exe()?.to_string_lossy().into_owned();
     let runtime = ProcessRuntime::new(exe, vec!["serve".into()], [free_port()?, free_port()?]);
     let probe = HttpProbe::new(HttpProbeConfig::default()); // GET /health, 2xx

@@ -355,3 +355,79 @@ async fn what_the_command_leaves_in_its_group_is_killed_when_it_exits() {
     );
     assert_all_dead(&pids, "after the command exited");
 }
+
+// `Command::spawn`: a long-lived service in its own group.
+
+#[tokio::test]
+async fn a_service_runs_until_stopped_and_sigterm_ends_it_within_the_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let pids_file = dir.path().join("pids");
+    let service = family("", &pids_file).spawn().await.unwrap();
+    let pids = read_pids(&pids_file, Duration::from_secs(10)).await;
+    let _cleanup = KillOnDrop(pids.clone());
+    assert_eq!(pids[0], service.id(), "the leader is the spawned shell");
+    assert_eq!(service.exit_status(), None, "it stopped on its own");
+    let status = service.stop(Duration::from_secs(30)).await;
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.signal(),
+        Some(15),
+        "not ended by SIGTERM: {status:?}"
+    );
+    assert_eq!(service.exit_status(), Some(status));
+    assert_all_dead(&pids, "after stop");
+}
+
+#[tokio::test]
+async fn a_service_that_ignores_sigterm_is_killed_after_the_grace_with_its_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let pids_file = dir.path().join("pids");
+    let service = family(r#"trap "" TERM"#, &pids_file).spawn().await.unwrap();
+    let pids = read_pids(&pids_file, Duration::from_secs(10)).await;
+    let _cleanup = KillOnDrop(pids.clone());
+    let status = service.stop(Duration::from_millis(300)).await;
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(9), "not killed: {status:?}");
+    assert_all_dead(&pids, "after the grace");
+}
+
+#[tokio::test]
+async fn a_service_that_exits_reports_its_code_and_takes_its_group_along() {
+    let dir = tempfile::tempdir().unwrap();
+    let pids_file = dir.path().join("pids");
+    let script = r#"/bin/sleep 300 & echo "$$ $!" > "$0.tmp" && mv "$0.tmp" "$0"; exit 3"#;
+    let service = sh(script).arg(&pids_file).spawn().await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(20), service.exited())
+        .await
+        .expect("the service did not exit");
+    let pids = read_pids(&pids_file, Duration::from_secs(1)).await;
+    let _cleanup = KillOnDrop(pids.clone());
+    assert_eq!(status.code(), Some(3));
+    assert_eq!(service.exit_status().and_then(|s| s.code()), Some(3));
+    assert_all_dead(&pids, "after the leader exited");
+    // Stopping what has exited answers at once with how it exited.
+    assert_eq!(service.stop(Duration::from_secs(30)).await.code(), Some(3));
+}
+
+#[tokio::test]
+async fn dropping_a_service_kills_its_whole_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let pids_file = dir.path().join("pids");
+    let service = family("", &pids_file).spawn().await.unwrap();
+    let pids = read_pids(&pids_file, Duration::from_secs(10)).await;
+    let _cleanup = KillOnDrop(pids.clone());
+    drop(service);
+    assert_all_dead(&pids, "after the service was dropped");
+}
+
+#[tokio::test]
+async fn a_service_that_cannot_start_is_named() {
+    let error = Command::new("/nonexistent/blue-green-service")
+        .spawn()
+        .await
+        .unwrap_err();
+    assert!(matches!(error, RunError::NotFound { .. }), "{error:?}");
+    assert!(error
+        .to_string()
+        .contains("/nonexistent/blue-green-service"));
+}

@@ -26,6 +26,15 @@ pub enum Error {
     #[cfg(feature = "nginx")]
     #[error("could not build the HTTP client that verifies switches through nginx: {0}")]
     HttpClient(#[source] reqwest::Error),
+    /// A [`PrivateNginx`](crate::nginx::PrivateNginx) did not start, or did not listen in time.
+    #[cfg(feature = "nginx")]
+    #[error("the private nginx in {} did not start: {reason}", prefix.display())]
+    NginxStart {
+        /// Its directory (its error log is there).
+        prefix: std::path::PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 impl Error {
@@ -57,6 +66,8 @@ impl From<Error> for ComponentError {
             Error::NginxConfig(_) => ComponentError::invalid(message),
             #[cfg(feature = "nginx")]
             Error::HttpClient(source) => ComponentError::failed(message).with_source(source),
+            #[cfg(feature = "nginx")]
+            Error::NginxStart { .. } => ComponentError::unreachable(message),
         }
     }
 }

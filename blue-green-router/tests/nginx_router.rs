@@ -380,3 +380,37 @@ async fn a_verification_that_never_sees_the_new_color_says_what_it_saw() {
     // And it passes once the URL answers for the instance.
     router.verify(&blue.instance(), &receipt).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_private_nginx_starts_listening_and_one_that_cannot_listen_is_refused_naming_its_log() {
+    use blue_green_router::nginx::PrivateNginx;
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    // The port is held by this test: nginx cannot bind it and exits.
+    let busy = PrivateNginx::new(dir.path(), "app", port);
+    let error = busy
+        .start(Duration::from_secs(20))
+        .await
+        .expect_err("an nginx whose port is taken was reported as started");
+    let text = error.to_string();
+    assert!(text.contains("error.log"), "{text}");
+    assert!(text.contains(&dir.path().display().to_string()), "{text}");
+    let kind = blue_green_core::ComponentError::from(error).kind;
+    assert_eq!(kind, ComponentErrorKind::Unreachable);
+    drop(taken);
+    // With the port free it listens, answers, and stops with its workers.
+    let nginx = PrivateNginx::new(dir.path(), "app", port);
+    let master = nginx.start(Duration::from_secs(20)).await.unwrap();
+    let answer = reqwest::get(nginx.url("/")).await.unwrap();
+    assert_eq!(
+        answer.status().as_u16(),
+        502,
+        "the placeholder upstream answers nothing"
+    );
+    master.stop(Duration::from_secs(10)).await;
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "nginx still listens after stop"
+    );
+}

@@ -37,6 +37,7 @@ pub(super) enum Signal {
 
 /// The process group a command leads. Until the leader is reaped, dropping this kills the
 /// group (a run that was cancelled half-way).
+#[derive(Debug)]
 pub(super) struct Group {
     leader: Option<i32>,
 }

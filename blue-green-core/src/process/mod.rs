@@ -49,9 +49,11 @@ use tokio::process::{Child, ChildStderr, ChildStdout};
 use crate::error::ComponentError;
 
 mod group;
+mod service;
 
 pub use group::kill_all_running;
 use group::{Group, Signal};
+pub use service::Service;
 
 /// How long a timed-out command's group has between SIGTERM and SIGKILL, unless set otherwise.
 pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(2);

@@ -4,8 +4,12 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use blue_green_core::process::{Command, Service};
 
 use super::config::NginxConfig;
+use crate::Error;
 
 /// The server an upstream file holds before the first deploy: `127.0.0.1:9`, the discard port,
 /// where nothing answers. nginx needs some server to pass `nginx -t`;
@@ -22,22 +26,24 @@ pub fn placeholder_upstream(upstream: &str) -> String {
 /// An nginx whose config, pid file, logs and temp paths all live in one directory (its prefix),
 /// listening on one loopback port and proxying everything to one upstream.
 ///
-/// [`write_files`](Self::write_files) writes a minimal `nginx.conf` and the initial upstream
-/// file; [`start_argv`](Self::start_argv) runs nginx in the foreground (`daemon off`, so the
-/// caller owns the process); [`router_config`](Self::router_config) gives the router the test
-/// and reload argv and the pid file of this nginx:
+/// [`start`](Self::start) writes a minimal `nginx.conf` and the initial upstream file
+/// ([`write_files`](Self::write_files)), runs nginx in the foreground (`daemon off`, so the
+/// caller owns the process) and waits until it listens; [`router_config`](Self::router_config)
+/// gives the router the test and reload argv and the pid file of this nginx. To run it some
+/// other way, [`start_argv`](Self::start_argv) is its argv.
 ///
 /// ```no_run
+/// use std::time::Duration;
 /// use blue_green_router::nginx::PrivateNginx;
 /// use blue_green_router::NginxRouter;
 ///
-/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// let nginx = PrivateNginx::new("/tmp/my-nginx", "web", 8080);
-/// nginx.write_files()?;
-/// let argv = nginx.start_argv(); // ["nginx", "-p", "/tmp/my-nginx/", "-c", …]
-/// let master = std::process::Command::new(&argv[0]).args(&argv[1..]).spawn()?;
+/// let master = nginx.start(Duration::from_secs(10)).await?; // listening on 127.0.0.1:8080
 /// let router = NginxRouter::new(nginx.router_config())?;
-/// # let _ = (master, router); Ok(()) }
+/// // ... deploy through `router` ...
+/// master.stop(Duration::from_secs(10)).await; // nginx's fast shutdown, then KILL
+/// # Ok(()) }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PrivateNginx {
@@ -158,6 +164,52 @@ http {{
         ];
         argv.extend(extra.iter().map(|s| s.to_string()));
         argv
+    }
+
+    /// Writes the files and starts this nginx with blue-green-core's process runner (in its own
+    /// process group, with its workers), then waits up to `deadline` until it has written its
+    /// pid file and accepts connections on its port. Stop it with [`Service::stop`] (SIGTERM: nginx's fast
+    /// shutdown); dropping the returned service kills it.
+    pub async fn start(&self, deadline: Duration) -> Result<Service, Error> {
+        let refused = |reason: String| Error::NginxStart {
+            prefix: self.prefix.clone(),
+            reason,
+        };
+        self.write_files()
+            .map_err(|e| refused(format!("cannot write its files: {e}")))?;
+        let master = Command::from_argv(&self.start_argv())
+            .expect("an nginx argv is never empty")
+            .spawn()
+            .await
+            .map_err(|e| refused(e.to_string()))?;
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            if let Some(status) = master.exit_status() {
+                return Err(refused(format!(
+                    "it exited ({status}); see {}",
+                    self.prefix.join("error.log").display()
+                )));
+            }
+            // nginx writes its pid file once its sockets are bound: a pid file naming this
+            // master, and the port answering, mean this nginx listens (not someone else).
+            let pid = fs::read_to_string(self.pid_file()).unwrap_or_default();
+            if pid.trim() == master.id().to_string()
+                && tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                    .await
+                    .is_ok()
+            {
+                return Ok(master);
+            }
+            if tokio::time::Instant::now() >= until {
+                master.stop(Duration::ZERO).await;
+                return Err(refused(format!(
+                    "it did not listen on 127.0.0.1:{} within {deadline:?}; see {}",
+                    self.port,
+                    self.prefix.join("error.log").display()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The argv that runs nginx in the foreground (the config says `daemon off`).
