@@ -315,7 +315,7 @@ async fn a_held_lock_exits_3_naming_the_holder() {
     let holder = LockHolder {
         pid: std::process::id(),
         host: "lock-test-host".into(),
-        since: "2026-01-01T00:00:00Z".into(),
+        since: Some(blue_green_core::OffsetDateTime::UNIX_EPOCH),
         command: "deploy".into(),
     };
     let _lock = store.lock(&holder).await.expect("take the lock");

@@ -143,8 +143,9 @@ pub struct LockHolder {
     pub pid: u32,
     /// Host name of the holder.
     pub host: String,
-    /// When it took the lock (RFC 3339).
-    pub since: String,
+    /// When it took the lock (saved as RFC 3339); `None` when the lock file does not say.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub since: Option<time::OffsetDateTime>,
     /// The command it runs, for example `deploy`.
     pub command: String,
 }
@@ -154,7 +155,11 @@ impl fmt::Display for LockHolder {
         write!(
             f,
             "`{}` (pid {} on {}, since {})",
-            self.command, self.pid, self.host, self.since
+            self.command,
+            self.pid,
+            self.host,
+            self.since
+                .map_or_else(|| "an unknown time".into(), crate::state::short_time)
         )
     }
 }
@@ -336,7 +341,7 @@ mod tests {
             holder: LockHolder {
                 pid: 42,
                 host: "h".into(),
-                since: "t".into(),
+                since: None,
                 command: "deploy".into(),
             },
         };

@@ -69,7 +69,7 @@ fn holder(pid: u32) -> LockHolder {
     LockHolder {
         pid,
         host: "build-box".into(),
-        since: "2026-01-01T00:00:00Z".into(),
+        since: Some(time::macros::datetime!(2026-01-01 0:00 UTC)),
         command: "deploy".into(),
     }
 }

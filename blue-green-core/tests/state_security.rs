@@ -77,7 +77,7 @@ fn holder(command: &str) -> LockHolder {
     LockHolder {
         pid: std::process::id(),
         host: hostname(),
-        since: "2026-11-25T10:00:00Z".into(),
+        since: Some(time::macros::datetime!(2026-11-25 10:00 UTC)),
         command: command.into(),
     }
 }

@@ -159,7 +159,7 @@ pub(super) fn this_process(command: Command) -> LockHolder {
         host: hostname::get()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_else(|_| "unknown-host".to_string()),
-        since: crate::state::short_time(now()),
+        since: Some(now()),
         command: command.as_str().to_string(),
     }
 }

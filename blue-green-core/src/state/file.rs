@@ -43,7 +43,7 @@ const MAX_STATE_BYTES: u64 = 1 << 20;
 /// let holder = LockHolder {
 ///     pid: std::process::id(),
 ///     host: "build-1".into(),
-///     since: "2026-01-01T00:00:00Z".into(),
+///     since: Some(blue_green_core::OffsetDateTime::now_utc()),
 ///     command: "deploy".into(),
 /// };
 /// let _lock = store.lock(&holder).await?; // held until dropped

@@ -187,7 +187,7 @@ fn read_live_holder(file: &mut File, path: &Path) -> LockHolder {
             return LockHolder {
                 pid: 0,
                 host: "an unknown host".into(),
-                since: "an unknown time".into(),
+                since: None,
                 command: format!(
                     "a process that did not write its name into {} (see `fuser {}`)",
                     path.display(),
@@ -240,7 +240,7 @@ mod tests {
         LockHolder {
             pid: std::process::id(),
             host: "here".into(),
-            since: "2026-11-25T10:00:00Z".into(),
+            since: Some(time::macros::datetime!(2026-11-25 10:00 UTC)),
             command: command.into(),
         }
     }

@@ -21,7 +21,7 @@ fn holder(pid: u32, command: &str) -> LockHolder {
     LockHolder {
         pid,
         host: this_host(),
-        since: "2026-11-25T10:00:00Z".into(),
+        since: Some(time::macros::datetime!(2026-11-25 10:00 UTC)),
         command: command.into(),
     }
 }
