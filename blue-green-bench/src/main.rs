@@ -14,8 +14,8 @@ mod baseline;
 mod child;
 mod load;
 mod ours;
-mod proxy_phase;
 mod report;
+mod router_phase;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,6 +28,7 @@ use crate::baseline::{Baseline, BaselineConfig};
 use crate::load::{LoadConfig, RunningLoad, Sample};
 use crate::ours::{OursConfig, RuntimeKind};
 use crate::report::{Comparison, DeployFigures, LoadSummary, PhaseReport};
+use crate::router_phase::RouterKind;
 use blue_green_core::Endpoint;
 use blue_green_testkit::docker::{demo_app_image, DockerCleanup};
 use blue_green_testkit::nginx::NginxHarness;
@@ -91,12 +92,14 @@ struct Args {
     /// Run only the baseline phase.
     #[arg(long)]
     only_baseline: bool,
-    /// Skip the phase with blue-green's own proxy as the router.
-    #[arg(long)]
-    skip_proxy: bool,
-    /// Skip the phase with nginx as blue-green's router.
-    #[arg(long)]
-    skip_nginx: bool,
+    /// The routers blue-green deploys through, one phase each, in this order (comma-separated).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "nginx,proxy,haproxy,caddy"
+    )]
+    routers: Vec<RouterKind>,
     /// Path of the `blue-green` binary (default: built by cargo next to this one).
     #[arg(long)]
     blue_green: Option<PathBuf>,
@@ -181,13 +184,16 @@ async fn run(args: &Args) -> Result<(), String> {
     };
     if !args.only_baseline {
         let binary = blue_green_binary(args).await?;
-        if !args.skip_nginx {
-            let phase = run_ours(args, tmp.path(), &prefix, &image, &app_env, &binary).await?;
-            comparison.phases.push(phase);
-        }
-        if !args.skip_proxy {
-            let phase =
-                proxy_phase::run(args, tmp.path(), &prefix, &image, &app_env, &binary).await?;
+        for &kind in &args.routers {
+            let phase = match kind {
+                RouterKind::Nginx => {
+                    run_ours(args, tmp.path(), &prefix, &image, &app_env, &binary).await?
+                }
+                _ => {
+                    router_phase::run(kind, args, tmp.path(), &prefix, &image, &app_env, &binary)
+                        .await?
+                }
+            };
             comparison.phases.push(phase);
         }
     }
@@ -196,7 +202,7 @@ async fn run(args: &Args) -> Result<(), String> {
         comparison.phases.push(phase);
     }
     println!("{}", comparison.render());
-    if let Some(routers) = proxy_phase::router_comparison(&comparison.phases) {
+    if let Some(routers) = router_phase::router_comparison(&comparison.phases) {
         println!("{routers}");
     }
     if let Some(path) = &args.json {
@@ -262,8 +268,41 @@ async fn run_ours(
         stop_timeout: args.stop_timeout,
     };
     let config_path = config.write()?;
-    let config_arg = config_path.to_string_lossy().into_owned();
+    let result = deploys_under_load(
+        args,
+        binary,
+        &config_path,
+        nginx.port(),
+        RouterKind::Nginx.phase_name(),
+        false,
+        || {
+            format!(
+                "blue-green deploy ({:?} runtime, nginx router, probe direct, verify through nginx, drain {:?})",
+                args.runtime, args.drain
+            )
+        },
+    )
+    .await;
+    take_down(binary, &config_path).await;
+    drop(nginx);
+    result
+}
 
+/// The deploys of one blue-green phase, through the router listening on `port`: the first
+/// deploy (v0) before the load starts, then `args.deploys` deploys under load. With
+/// `drain_as_it_was`, each deploy's overhead takes out the drain as it was (a router that ends
+/// the drain with the last request) instead of the configured one. `method` describes the
+/// phase once the load has stopped.
+pub(crate) async fn deploys_under_load(
+    args: &Args,
+    binary: &Path,
+    config_path: &Path,
+    port: u16,
+    name: &str,
+    drain_as_it_was: bool,
+    method: impl FnOnce() -> String,
+) -> Result<PhaseReport, String> {
+    let config_arg = config_path.to_string_lossy().into_owned();
     let deploy = |release: String| {
         let binary = binary.to_path_buf();
         let config_arg = config_arg.clone();
@@ -281,45 +320,45 @@ async fn run_ours(
             .map_err(|e| format!("the deploy task failed: {e}"))?
         }
     };
-
-    let result = async {
-        eprintln!("blue-green: first deploy (v0), before the load starts");
-        let first = deploy("v0".to_string()).await?;
-        if first.code != Some(0) {
-            return Err(format!(
-                "the first deploy (v0) failed with {:?}: {}",
-                first.code,
-                first.stderr.trim()
-            ));
-        }
-        let load = RunningLoad::start(&load_config(args, nginx.port()))?;
-        let mut deploys: Vec<(DeployFigures, (Duration, Duration))> = Vec::new();
-        for k in 1..=args.deploys {
-            tokio::time::sleep(args.gap).await;
-            let release = format!("v{k}");
-            let from = load.elapsed();
-            let run = deploy(release.clone()).await?;
-            let window = (from, load.elapsed());
-            let figures = ours::figures(&release, &run, args.drain);
-            progress("blue-green", k, args.deploys, &figures);
-            deploys.push((figures, window));
-        }
-        tokio::time::sleep(args.gap).await;
-        let samples = load.stop().await;
-        Ok(finish_phase(
-            "blue-green",
-            &format!(
-                "blue-green deploy ({:?} runtime, nginx router, probe direct, verify through nginx, drain {:?})",
-                args.runtime, args.drain
-            ),
-            samples,
-            deploys,
-        ))
+    eprintln!("{name}: first deploy (v0), before the load starts");
+    let first = deploy("v0".to_string()).await?;
+    if first.code != Some(0) {
+        return Err(format!(
+            "{name}: the first deploy (v0) failed with {:?}: {}",
+            first.code,
+            first.stderr.trim()
+        ));
     }
-    .await;
-    // Leave nothing running: both colors down, whatever happened above.
+    let load = RunningLoad::start(&load_config(args, port))?;
+    let mut deploys: Vec<(DeployFigures, (Duration, Duration))> = Vec::new();
+    for k in 1..=args.deploys {
+        tokio::time::sleep(args.gap).await;
+        let release = format!("v{k}");
+        let from = load.elapsed();
+        let run = deploy(release.clone()).await?;
+        let window = (from, load.elapsed());
+        let mut figures = ours::figures(&release, &run, args.drain);
+        if let (true, true, Some(ready), Some(drain)) = (
+            drain_as_it_was,
+            figures.ok,
+            figures.ready_ms,
+            figures.drain_ms,
+        ) {
+            figures.overhead_ms = Some(figures.wall_ms as i64 - ready as i64 - drain as i64);
+        }
+        progress(name, k, args.deploys, &figures);
+        deploys.push((figures, window));
+    }
+    tokio::time::sleep(args.gap).await;
+    let samples = load.stop().await;
+    let method = method();
+    Ok(finish_phase(name, &method, samples, deploys))
+}
+
+/// Leaves nothing running after a phase: both colors down, whatever happened before.
+pub(crate) async fn take_down(binary: &Path, config_path: &Path) {
     for color in ["blue", "green"] {
-        let config_arg = config_arg.clone();
+        let config_arg = config_path.to_string_lossy().into_owned();
         let binary = binary.to_path_buf();
         let _ = tokio::task::spawn_blocking(move || {
             ours::run_cli(
@@ -331,8 +370,6 @@ async fn run_ours(
         })
         .await;
     }
-    drop(nginx);
-    result
 }
 
 async fn run_baseline(
@@ -560,6 +597,8 @@ async fn machine(args: &Args, image: &str) -> BTreeMap<String, String> {
         out("docker-compose", &["version", "--short"]).await,
     );
     m.insert("nginx".into(), out("/usr/sbin/nginx", &["-v"]).await);
+    m.insert("haproxy".into(), out("/usr/sbin/haproxy", &["-v"]).await);
+    m.insert("caddy".into(), out("/usr/bin/caddy", &["version"]).await);
     m.insert("kernel".into(), out("uname", &["-r"]).await);
     m.insert("image".into(), image.to_string());
     m.insert(

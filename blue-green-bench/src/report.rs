@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::load::Sample;
 
 /// What the load saw during one phase.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct LoadSummary {
     /// Requests sent.
     pub requests: usize,
