@@ -1,15 +1,18 @@
 //! What both runtimes read from a container: its state, its published port, its environment,
 //! its log tail.
 
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use blue_green_core::InstanceState;
+use blue_green_core::runtime::instance_env;
+use blue_green_core::{AppName, Color, InstanceState, Release};
 use bollard::models::{ContainerInspectResponse, ContainerStateStatusEnum};
 use bollard::query_parameters::{InspectContainerOptions, LogsOptionsBuilder};
 use bollard::Docker;
 use futures_util::TryStreamExt;
 
 use crate::client::{call, is_status};
+use crate::docker::{LABEL_APP, LABEL_COLOR, LABEL_MANAGED_BY, LABEL_RELEASE};
 use crate::error::Error;
 
 /// Inspects a container; `None` when the daemon has no such container.
@@ -81,6 +84,9 @@ pub(crate) fn published_port(
         .find(|port| *port != 0)
 }
 
+/// The value of [`LABEL_MANAGED_BY`] on what this crate runs.
+pub(crate) const MANAGED_BY: &str = "blue-green";
+
 /// The value of `name` in the container's environment.
 pub(crate) fn env_value(inspect: &ContainerInspectResponse, name: &str) -> Option<String> {
     let env = inspect.config.as_ref()?.env.as_ref()?;
@@ -95,9 +101,55 @@ pub(crate) fn label(inspect: &ContainerInspectResponse, name: &str) -> Option<St
     inspect.config.as_ref()?.labels.as_ref()?.get(name).cloned()
 }
 
+/// The environment of an instance as Docker takes it (`KEY=VALUE`): the configured one, then
+/// [`instance_env`] (which wins over a configured variable of the same name).
+pub(crate) fn env_list(
+    configured: &BTreeMap<String, String>,
+    color: Color,
+    release: &Release,
+) -> Vec<String> {
+    let own = instance_env(color, release);
+    configured
+        .iter()
+        .filter(|(k, _)| !own.iter().any(|(name, _)| name == k))
+        .map(|(k, v)| format!("{k}={v}"))
+        .chain(own.iter().map(|(k, v)| format!("{k}={v}")))
+        .collect()
+}
+
+/// The labels of an instance: the configured ones, then the app, color, release and
+/// managed-by labels that `list` finds instances by.
+pub(crate) fn labels(
+    configured: &BTreeMap<String, String>,
+    app: &AppName,
+    color: Color,
+    release: &Release,
+) -> HashMap<String, String> {
+    let mut labels: HashMap<String, String> = configured
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    labels.insert(LABEL_APP.into(), app.to_string());
+    labels.insert(LABEL_COLOR.into(), color.to_string());
+    labels.insert(LABEL_RELEASE.into(), release.id.to_string());
+    labels.insert(LABEL_MANAGED_BY.into(), MANAGED_BY.into());
+    labels
+}
+
+/// The label filter that finds what this crate runs for `app`.
+pub(crate) fn app_filter(app: &AppName) -> HashMap<&'static str, Vec<String>> {
+    HashMap::from([(
+        "label",
+        vec![
+            format!("{LABEL_APP}={app}"),
+            format!("{LABEL_MANAGED_BY}={MANAGED_BY}"),
+        ],
+    )])
+}
+
 /// How many of the newest log lines are read to make a report of at most `lines` lines: enough
 /// to hold the whole output of an instance that has just failed to get ready.
-const LOG_READ: usize = 5000;
+pub(crate) const LOG_READ: usize = 5000;
 
 /// At most `lines` lines of stdout and stderr, interleaved as Docker stored them, for a failure
 /// report: the first lines after the start (where an app says what it listens on, or why it
@@ -132,7 +184,7 @@ pub(crate) async fn log_tail(
 /// Folds runs of lines that differ only in their digits (times, counters, addresses) into the
 /// first of them and a count, then keeps the first quarter of `lines` and the rest from the
 /// end, with a line saying how many were left out between.
-fn head_and_tail<'a>(all: impl Iterator<Item = &'a str>, lines: usize) -> Vec<String> {
+pub(crate) fn head_and_tail<'a>(all: impl Iterator<Item = &'a str>, lines: usize) -> Vec<String> {
     if lines == 0 {
         return Vec::new();
     }
