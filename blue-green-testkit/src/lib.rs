@@ -6,3 +6,4 @@ pub mod color_server;
 pub mod docker;
 pub mod load;
 pub mod nginx;
+pub mod swarm;

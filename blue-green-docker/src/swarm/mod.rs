@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use blue_green_core::{
     AppName, Color, ComponentError, Endpoint, Instance, InstanceState, Release, Runtime,
 };
-use bollard::models::{LocalNodeState, NodeState, Service, ServiceSpec, Task};
+use bollard::models::{LocalNodeState, Service, ServiceSpec, Task};
 use bollard::query_parameters::{
     InspectServiceOptions, ListNodesOptions, ListServicesOptionsBuilder, ListTasksOptionsBuilder,
     LogsOptionsBuilder, UpdateServiceOptionsBuilder,
@@ -31,7 +31,7 @@ use crate::docker::{DEFAULT_API_TIMEOUT, LABEL_COLOR, LABEL_RELEASE};
 use crate::error::Error;
 
 use spec::{generation_of, replicas_of, rescaled, service_spec};
-use tasks::Progress;
+use tasks::{Nodes, Progress};
 
 /// Instance meta key: the addresses (`host:port`) the color answers on, comma-separated, for
 /// routers that can list several servers.
@@ -139,30 +139,10 @@ impl SwarmRuntime {
         format!("{}-{}", self.app, color)
     }
 
-    /// The nodes of the swarm that are not ready (down, disconnected), each as `id (address):
-    /// state`, for a report that names a lost node.
+    /// The nodes of the swarm that are not ready (down, disconnected), each as
+    /// `address (id)`, for a report that names a lost node.
     pub async fn unready_nodes(&self) -> Result<Vec<String>, Error> {
-        let nodes = call(
-            || "to list the swarm's nodes".into(),
-            self.api_timeout,
-            self.docker.list_nodes(None::<ListNodesOptions>),
-        )
-        .await?;
-        Ok(nodes
-            .iter()
-            .filter_map(|node| {
-                let status = node.status.as_ref()?;
-                if status.state == Some(NodeState::READY) {
-                    return None;
-                }
-                Some(format!(
-                    "{} ({}): {}",
-                    node.id.as_deref().unwrap_or("?"),
-                    status.addr.as_deref().unwrap_or("?"),
-                    status.state.map_or("unknown".into(), |s| s.to_string())
-                ))
-            })
-            .collect())
+        Ok(self.nodes().await?.lost())
     }
 
     fn image_for<'a>(&'a self, release: &'a Release) -> &'a str {
@@ -221,6 +201,17 @@ impl SwarmRuntime {
         }
     }
 
+    /// The swarm's nodes as the manager sees them now.
+    async fn nodes(&self) -> Result<Nodes, Error> {
+        let nodes = call(
+            || "to list the swarm's nodes".into(),
+            self.api_timeout,
+            self.docker.list_nodes(None::<ListNodesOptions>),
+        )
+        .await?;
+        Ok(Nodes::new(&nodes))
+    }
+
     async fn tasks(&self, service: &str) -> Result<Vec<Task>, Error> {
         let filters = HashMap::from([("service", vec![service.to_string()])]);
         let options = ListTasksOptionsBuilder::new().filters(&filters).build();
@@ -252,7 +243,14 @@ impl SwarmRuntime {
         let replicas = u64::from(self.config.replicas);
         loop {
             let tasks = self.tasks(id).await?;
-            match tasks::progress(&tasks, generation, replicas, self.config.max_task_failures) {
+            let nodes = self.nodes().await?;
+            match tasks::progress(
+                &tasks,
+                &nodes,
+                generation,
+                replicas,
+                self.config.max_task_failures,
+            ) {
                 Progress::Converged { nodes } => return Ok(nodes),
                 Progress::Failing(errors) => {
                     return Err(Error::TasksFailing {
@@ -278,8 +276,13 @@ impl SwarmRuntime {
     async fn wait_down(&self, id: &str, limit: Duration) -> Result<(), Error> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            let tasks = self.tasks(id).await?;
-            if tasks::all_down(&tasks) {
+            let tasks = match self.tasks(id).await {
+                Ok(tasks) => tasks,
+                // The service is gone, and its tasks with it.
+                Err(e) if is_status(&e, 404) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            if tasks::all_down(&tasks, &self.nodes().await?) {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
@@ -393,12 +396,14 @@ impl SwarmRuntime {
         }
         let generation = generation_of(&spec);
         let tasks = self.tasks(&instance.id).await?;
-        if tasks::any_running(&tasks, generation) {
+        let nodes = self.nodes().await?;
+        if tasks::any_running(&tasks, &nodes, generation) {
             return Ok(InstanceState::Running);
         }
         Ok(
             match tasks::progress(
                 &tasks,
+                &nodes,
                 generation,
                 replicas_of(&spec),
                 self.config.max_task_failures,
@@ -518,10 +523,13 @@ pub async fn manager_address(docker: &Docker, limit: Duration) -> Result<String,
     let swarm = info.swarm.unwrap_or_default();
     let state = swarm.local_node_state.unwrap_or(LocalNodeState::EMPTY);
     let manager = state == LocalNodeState::ACTIVE && swarm.control_available == Some(true);
-    match swarm.node_addr.filter(|a| !a.is_empty()) {
+    let address = swarm.node_addr.filter(|a| !a.is_empty());
+    match address {
         Some(address) if manager => Ok(address),
-        _ => Err(Error::NotSwarmManager {
-            host: client::docker_host(),
+        address => Err(Error::NotSwarmManager {
+            // A node of a swarm is named by its swarm address, any other daemon by where the
+            // client looked.
+            host: address.unwrap_or_else(client::docker_host),
             state: if state == LocalNodeState::ACTIVE {
                 "a worker, not a manager".into()
             } else {

@@ -1,8 +1,56 @@
 //! Reading a service's tasks: has the spec converged, is it failing, where does it run. No I/O.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
-use bollard::models::{Task, TaskState};
+use bollard::models::{Node, NodeState, Task, TaskState};
+
+/// What the manager knows of the swarm's nodes, to read tasks by: a task on a node that is not
+/// ready keeps the state it last reported (swarm cannot hear from it), so it neither runs nor
+/// holds anything up.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Nodes {
+    /// Node id to its address.
+    addresses: HashMap<String, String>,
+    /// The ids of nodes that are not ready (down, disconnected, unknown).
+    unready: BTreeSet<String>,
+}
+
+impl Nodes {
+    /// From the manager's node list.
+    pub(crate) fn new(nodes: &[Node]) -> Nodes {
+        let mut known = Nodes::default();
+        for node in nodes {
+            let Some(id) = node.id.clone() else { continue };
+            let status = node.status.as_ref();
+            if let Some(address) = status.and_then(|s| s.addr.clone()) {
+                known.addresses.insert(id.clone(), address);
+            }
+            if status.and_then(|s| s.state) != Some(NodeState::READY) {
+                known.unready.insert(id);
+            }
+        }
+        known
+    }
+
+    /// The nodes that are not ready, as `address (id)`.
+    pub(crate) fn lost(&self) -> Vec<String> {
+        self.unready.iter().map(|id| self.name(id)).collect()
+    }
+
+    fn is_lost(&self, task: &Task) -> bool {
+        task.node_id
+            .as_ref()
+            .is_some_and(|id| self.unready.contains(id))
+    }
+
+    /// `address (id)` of a node, or its id alone.
+    fn name(&self, id: &str) -> String {
+        match self.addresses.get(id) {
+            Some(address) => format!("{address} ({id})"),
+            None => id.to_string(),
+        }
+    }
+}
 
 /// Where the tasks of one spec generation of a service stand.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +72,7 @@ pub(crate) enum Progress {
 /// of them, giving up after `max_failures` failed or rejected tasks.
 pub(crate) fn progress(
     tasks: &[Task],
+    nodes: &Nodes,
     generation: u64,
     replicas: u64,
     max_failures: u32,
@@ -32,6 +81,8 @@ pub(crate) fn progress(
         .iter()
         .filter(|t| task_generation(t) == generation)
         .collect();
+    let lost: Vec<&Task> = ours.iter().copied().filter(|t| nodes.is_lost(t)).collect();
+    let ours: Vec<&Task> = ours.into_iter().filter(|t| !nodes.is_lost(t)).collect();
     let failed: Vec<&Task> = ours
         .iter()
         .copied()
@@ -46,7 +97,7 @@ pub(crate) fn progress(
         return Progress::Failing(format!(
             "{} tasks failed: {}",
             failed.len(),
-            describe_errors(&failed)
+            describe_errors(&failed, nodes)
         ));
     }
     let running: Vec<&Task> = ours
@@ -66,49 +117,64 @@ pub(crate) fn progress(
         .iter()
         .filter(|t| t.desired_state == Some(TaskState::RUNNING))
         .filter(|t| state(t) != Some(TaskState::RUNNING))
-        .map(|t| describe(t))
+        .map(|t| describe(t, nodes))
         .collect();
     let mut waiting = format!("{} of {replicas} tasks running", running.len());
     if !others.is_empty() {
         waiting.push_str(&format!("; others: {}", others.join("; ")));
     }
+    if !lost.is_empty() {
+        let names: BTreeSet<String> = lost
+            .iter()
+            .filter_map(|t| t.node_id.as_deref())
+            .map(|id| nodes.name(id))
+            .collect();
+        let names: Vec<String> = names.into_iter().collect();
+        waiting.push_str(&format!(
+            "; {} on lost nodes (not ready): {}",
+            lost.len(),
+            names.join(", ")
+        ));
+    }
     if !failed.is_empty() {
         waiting.push_str(&format!(
             "; {} failed so far: {}",
             failed.len(),
-            describe_errors(&failed)
+            describe_errors(&failed, nodes)
         ));
     }
     Progress::Waiting(waiting)
 }
 
-/// True when some task of `generation` runs now (a stopped service has none).
-pub(crate) fn any_running(tasks: &[Task], generation: u64) -> bool {
+/// True when some task of `generation` runs now on a ready node (a stopped service has none).
+pub(crate) fn any_running(tasks: &[Task], nodes: &Nodes, generation: u64) -> bool {
     tasks.iter().any(|t| {
         task_generation(t) == generation
+            && !nodes.is_lost(t)
             && t.desired_state == Some(TaskState::RUNNING)
             && state(t) == Some(TaskState::RUNNING)
     })
 }
 
-/// True when no task of the service still runs or is on its way to running (after a scale to
-/// 0 or a removal).
-pub(crate) fn all_down(tasks: &[Task]) -> bool {
+/// True when no task of the service still runs or is on its way to running on a ready node
+/// (after a scale to 0 or a removal).
+pub(crate) fn all_down(tasks: &[Task], nodes: &Nodes) -> bool {
     tasks.iter().all(|t| {
-        !matches!(
-            state(t),
-            Some(
-                TaskState::NEW
-                    | TaskState::ALLOCATED
-                    | TaskState::PENDING
-                    | TaskState::ASSIGNED
-                    | TaskState::ACCEPTED
-                    | TaskState::PREPARING
-                    | TaskState::READY
-                    | TaskState::STARTING
-                    | TaskState::RUNNING
+        nodes.is_lost(t)
+            || !matches!(
+                state(t),
+                Some(
+                    TaskState::NEW
+                        | TaskState::ALLOCATED
+                        | TaskState::PENDING
+                        | TaskState::ASSIGNED
+                        | TaskState::ACCEPTED
+                        | TaskState::PREPARING
+                        | TaskState::READY
+                        | TaskState::STARTING
+                        | TaskState::RUNNING
+                )
             )
-        )
     })
 }
 
@@ -121,9 +187,12 @@ fn state(task: &Task) -> Option<TaskState> {
 }
 
 /// `state on node: error` of one task.
-fn describe(task: &Task) -> String {
+fn describe(task: &Task, nodes: &Nodes) -> String {
     let state = state(task).map_or("unknown".to_string(), |s| s.to_string());
-    let node = task.node_id.as_deref().unwrap_or("no node yet");
+    let node = task
+        .node_id
+        .as_deref()
+        .map_or("no node yet".to_string(), |id| nodes.name(id));
     match error_of(task) {
         Some(error) => format!("{state} on {node}: {error}"),
         None => format!("{state} on {node}"),
@@ -142,11 +211,14 @@ fn error_of(task: &Task) -> Option<String> {
 
 /// The distinct errors of `failed`, each with how often and on which nodes: a release that
 /// fails the same way on every node says so once.
-fn describe_errors(failed: &[&Task]) -> String {
+fn describe_errors(failed: &[&Task], nodes: &Nodes) -> String {
     let mut errors: Vec<(String, usize, BTreeSet<String>)> = Vec::new();
     for task in failed {
         let error = error_of(task).unwrap_or_else(|| "no error given".into());
-        let node = task.node_id.clone().unwrap_or_else(|| "no node".into());
+        let node = task
+            .node_id
+            .as_deref()
+            .map_or("no node".to_string(), |id| nodes.name(id));
         match errors.iter_mut().find(|(e, _, _)| *e == error) {
             Some((_, n, nodes)) => {
                 *n += 1;
@@ -168,7 +240,11 @@ fn describe_errors(failed: &[&Task]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bollard::models::{TaskSpec, TaskStatus};
+    use bollard::models::{NodeStatus, TaskSpec, TaskStatus};
+
+    fn ready() -> Nodes {
+        Nodes::default()
+    }
 
     fn task(generation: u64, node: &str, desired: TaskState, now: TaskState, err: &str) -> Task {
         Task {
@@ -199,14 +275,14 @@ mod tests {
             task(1, "n1", SHUTDOWN, SHUTDOWN, ""),
         ];
         assert_eq!(
-            progress(&tasks, 2, 3, 3),
+            progress(&tasks, &ready(), 2, 3, 3),
             Progress::Converged {
                 nodes: vec!["n1".into(), "n2".into(), "n3".into()]
             }
         );
-        assert!(any_running(&tasks, 2));
-        assert!(!any_running(&tasks, 1));
-        assert!(!all_down(&tasks));
+        assert!(any_running(&tasks, &ready(), 2));
+        assert!(!any_running(&tasks, &ready(), 1));
+        assert!(!all_down(&tasks, &ready()));
     }
 
     #[test]
@@ -216,8 +292,8 @@ mod tests {
             task(1, "n2", RUNNING, RUNNING, ""),
             task(2, "n3", RUNNING, STARTING, ""),
         ];
-        let Progress::Waiting(why) = progress(&tasks, 2, 2, 3) else {
-            panic!("{:?}", progress(&tasks, 2, 2, 3));
+        let Progress::Waiting(why) = progress(&tasks, &ready(), 2, 2, 3) else {
+            panic!("{:?}", progress(&tasks, &ready(), 2, 2, 3));
         };
         assert!(why.starts_with("0 of 2 tasks running"), "{why}");
         assert!(why.contains("starting on n3"), "{why}");
@@ -232,15 +308,15 @@ mod tests {
             task(5, "n2", SHUTDOWN, REJECTED, "No such image: web:9"),
             task(5, "n3", RUNNING, RUNNING, ""),
         ];
-        let Progress::Failing(why) = progress(&tasks, 5, 3, 3) else {
-            panic!("{:?}", progress(&tasks, 5, 3, 3));
+        let Progress::Failing(why) = progress(&tasks, &ready(), 5, 3, 3) else {
+            panic!("{:?}", progress(&tasks, &ready(), 5, 3, 3));
         };
         assert_eq!(
             why,
             "3 tasks failed: \"task: non-zero exit (1)\" (2x on node n1, n2); \"No such image: web:9\" (1x on node n2)"
         );
         // Below the limit the failures are reported while waiting.
-        let Progress::Waiting(why) = progress(&tasks[..2], 5, 3, 3) else {
+        let Progress::Waiting(why) = progress(&tasks[..2], &ready(), 5, 3, 3) else {
             panic!("below the limit it waits");
         };
         assert!(why.contains("2 failed so far"), "{why}");
@@ -261,7 +337,7 @@ mod tests {
                 )
             },
         ];
-        let Progress::Waiting(why) = progress(&tasks, 1, 2, 3) else {
+        let Progress::Waiting(why) = progress(&tasks, &ready(), 1, 2, 3) else {
             panic!("it waits");
         };
         assert_eq!(
@@ -276,8 +352,47 @@ mod tests {
             task(3, "n1", SHUTDOWN, SHUTDOWN, ""),
             task(3, "n2", SHUTDOWN, FAILED, "x"),
         ];
-        assert!(all_down(&tasks));
-        assert!(all_down(&[]));
-        assert!(!all_down(&[task(3, "n1", SHUTDOWN, RUNNING, "")]));
+        assert!(all_down(&tasks, &ready()));
+        assert!(all_down(&[], &ready()));
+        assert!(!all_down(&[task(3, "n1", SHUTDOWN, RUNNING, "")], &ready()));
+    }
+
+    #[test]
+    fn tasks_on_a_lost_node_neither_run_nor_hold_a_stop_up() {
+        let node = |id: &str, address: &str, state: NodeState| Node {
+            id: Some(id.into()),
+            status: Some(NodeStatus {
+                state: Some(state),
+                addr: Some(address.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let nodes = Nodes::new(&[
+            node("n1", "10.0.0.11", NodeState::READY),
+            node("n2", "10.0.0.12", NodeState::READY),
+            node("n3", "10.0.0.13", NodeState::DOWN),
+        ]);
+        // n3 last said "running" before it died.
+        let tasks = [
+            task(1, "n1", RUNNING, RUNNING, ""),
+            task(1, "n2", RUNNING, RUNNING, ""),
+            task(1, "n3", RUNNING, RUNNING, ""),
+        ];
+        let Progress::Waiting(why) = progress(&tasks, &nodes, 1, 3, 3) else {
+            panic!("a task on a lost node does not count as running");
+        };
+        assert_eq!(
+            why,
+            "2 of 3 tasks running; 1 on lost nodes (not ready): 10.0.0.13 (n3)"
+        );
+        assert!(!any_running(&tasks[2..], &nodes, 1));
+        assert_eq!(nodes.lost(), ["10.0.0.13 (n3)"]);
+        let stopping = [task(1, "n3", SHUTDOWN, RUNNING, "")];
+        assert!(
+            all_down(&stopping, &nodes),
+            "a dead node's task is not waited for"
+        );
+        assert!(!all_down(&stopping, &ready()));
     }
 }
