@@ -134,6 +134,12 @@ impl SwarmRuntime {
         &self.docker
     }
 
+    /// The addresses a color's published port is reached on (the configured ones, or the
+    /// manager's); the first is every instance's endpoint host.
+    pub fn addresses(&self) -> &[String] {
+        &self.addresses
+    }
+
     /// The service name for `color`: `{app}-{color}`.
     pub fn service_name(&self, color: Color) -> String {
         format!("{}-{}", self.app, color)
