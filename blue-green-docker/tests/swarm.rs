@@ -10,7 +10,8 @@
 //!    same tag) fails the deploy with the tasks' errors and changes nothing serving;
 //! 4. node 3's whole daemon (dockerd, containerd, shims, tasks) killed in the middle of a
 //!    deploy: the deploy completes or restores, the runtime names the lost node, and once the
-//!    node is back the next deploy succeeds on all three nodes.
+//!    node is back the next deploy succeeds on all three nodes;
+//! 5. a rollback scales the previous color (kept stopped, at 0 tasks) back up on all nodes.
 //!
 //! Not one request through nginx may fail. The per-deploy step timings are printed.
 //!
@@ -324,6 +325,7 @@ async fn a_three_node_swarm_deploys_under_load_and_survives_a_sick_node_and_a_de
     // all three nodes.
     swarm.restart_node(3).await;
     swarm.wait_for_ready_nodes(3, Duration::from_secs(60)).await;
+    let before_r12 = engine.status().await.unwrap().deployment;
     let report = engine
         .deploy(release("r12", &good), &cancel)
         .await
@@ -337,6 +339,27 @@ async fn a_three_node_swarm_deploys_under_load_and_survives_a_sick_node_and_a_de
         status.leftovers.is_empty(),
         "the deploy after the lost node repaired what was left: {:?}",
         status.leftovers
+    );
+
+    // 5. Rollback to the color kept stopped (scaled to 0): the runtime scales it back up on
+    //    every node, and the router goes back to it.
+    let previous = report.live.color.other();
+    let rolled = engine
+        .rollback(&cancel)
+        .await
+        .unwrap_or_else(|e| panic!("rollback: {e}"));
+    assert_eq!(rolled.live.color, previous);
+    assert_eq!(
+        Some(rolled.live.release.id.as_str()),
+        before_r12.as_ref().map(|d| d.release.id.as_str()),
+        "the release that was live before r12 is live again"
+    );
+    rows.push(timing_row("rollback", &rolled));
+    let nodes = running_nodes(&manager, &runtime.service_name(previous)).await;
+    assert_eq!(
+        nodes.len(),
+        3,
+        "the rolled-back color runs on all 3 nodes: {nodes:?}"
     );
 
     let report = load.stop().await;

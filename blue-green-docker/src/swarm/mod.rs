@@ -43,6 +43,9 @@ pub const META_NODES: &str = "nodes";
 /// How often `start`, `stop` and `restart` look at the tasks while they wait.
 const POLL: Duration = Duration::from_millis(250);
 
+/// How long the same tasks must keep running before a new spec counts as converged.
+const SETTLE: Duration = Duration::from_secs(1);
+
 /// Runs an app's releases as swarm services named `{app}-{color}`, through a manager node's
 /// Docker API.
 ///
@@ -247,6 +250,9 @@ impl SwarmRuntime {
     async fn converge(&self, id: &str, name: &str, generation: u64) -> Result<Vec<String>, Error> {
         let deadline = tokio::time::Instant::now() + self.config.converge_timeout;
         let replicas = u64::from(self.config.replicas);
+        // The running tasks first seen converged, and when.
+        let mut first_seen: Option<(Vec<String>, tokio::time::Instant)> = None;
+        let mut waiting;
         loop {
             let tasks = self.tasks(id).await?;
             let nodes = self.nodes().await?;
@@ -257,7 +263,23 @@ impl SwarmRuntime {
                 replicas,
                 self.config.max_task_failures,
             ) {
-                Progress::Converged { nodes } => return Ok(nodes),
+                Progress::Converged { nodes, tasks } => {
+                    // Swarm reports a task whose container it stopped as unhealthy as running
+                    // for a moment before it completes: the same tasks must still run a while
+                    // later.
+                    let now = tokio::time::Instant::now();
+                    match &first_seen {
+                        Some((seen, at)) if *seen == tasks && now - *at >= SETTLE => {
+                            return Ok(nodes)
+                        }
+                        Some((seen, _)) if *seen == tasks => {}
+                        _ => first_seen = Some((tasks, now)),
+                    }
+                    waiting = format!(
+                        "all {replicas} tasks running, but not yet for {}s in a row",
+                        SETTLE.as_secs_f64()
+                    );
+                }
                 Progress::Failing(errors) => {
                     return Err(Error::TasksFailing {
                         service: name.to_string(),
@@ -265,14 +287,16 @@ impl SwarmRuntime {
                     })
                 }
                 Progress::Waiting(why) => {
-                    if tokio::time::Instant::now() >= deadline {
-                        return Err(Error::NotConverged {
-                            service: name.to_string(),
-                            timeout: self.config.converge_timeout,
-                            waiting: why,
-                        });
-                    }
+                    first_seen = None;
+                    waiting = why;
                 }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::NotConverged {
+                    service: name.to_string(),
+                    timeout: self.config.converge_timeout,
+                    waiting,
+                });
             }
             tokio::time::sleep(POLL).await;
         }

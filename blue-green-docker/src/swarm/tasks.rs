@@ -60,6 +60,8 @@ pub(crate) enum Progress {
     Converged {
         /// The nodes running the tasks.
         nodes: Vec<String>,
+        /// The running tasks' ids, sorted: the same set seen twice a while apart is settled.
+        tasks: Vec<String>,
     },
     /// Still on the way: how many run of how many, and what the others are doing.
     Waiting(String),
@@ -87,9 +89,17 @@ pub(crate) fn progress(
         .iter()
         .copied()
         .filter(|t| {
+            // A replicated service's task never completes on purpose: one that did exited by
+            // itself (swarm stops an unhealthy container, and an app that exits 0 on SIGTERM
+            // then looks complete).
             matches!(
                 state(t),
-                Some(TaskState::FAILED | TaskState::REJECTED | TaskState::ORPHANED)
+                Some(
+                    TaskState::FAILED
+                        | TaskState::REJECTED
+                        | TaskState::ORPHANED
+                        | TaskState::COMPLETE
+                )
             )
         })
         .collect();
@@ -109,8 +119,10 @@ pub(crate) fn progress(
         .collect();
     if running.len() as u64 >= replicas {
         let nodes: BTreeSet<String> = running.iter().filter_map(|t| t.node_id.clone()).collect();
+        let ids: BTreeSet<String> = running.iter().filter_map(|t| t.id.clone()).collect();
         return Progress::Converged {
             nodes: nodes.into_iter().collect(),
+            tasks: ids.into_iter().collect(),
         };
     }
     let others: Vec<String> = ours
@@ -202,11 +214,16 @@ fn describe(task: &Task, nodes: &Nodes) -> String {
 /// The task's error, or its status message when it has no error.
 fn error_of(task: &Task) -> Option<String> {
     let status = task.status.as_ref()?;
-    status
-        .err
-        .clone()
-        .filter(|e| !e.is_empty())
-        .or_else(|| status.message.clone().filter(|m| !m.is_empty()))
+    if let Some(error) = status.err.clone().filter(|e| !e.is_empty()) {
+        return Some(error);
+    }
+    if status.state == Some(TaskState::COMPLETE) {
+        return Some(
+            "its container exited with code 0 by itself (or was stopped by swarm as unhealthy)"
+                .into(),
+        );
+    }
+    status.message.clone().filter(|m| !m.is_empty())
 }
 
 /// The distinct errors of `failed`, each with how often and on which nodes: a release that
@@ -248,6 +265,7 @@ mod tests {
 
     fn task(generation: u64, node: &str, desired: TaskState, now: TaskState, err: &str) -> Task {
         Task {
+            id: Some(format!("t-{node}-{generation}-{now}")),
             node_id: Some(node.into()),
             desired_state: Some(desired),
             spec: Some(TaskSpec {
@@ -263,7 +281,7 @@ mod tests {
         }
     }
 
-    use TaskState::{FAILED, PENDING, REJECTED, RUNNING, SHUTDOWN, STARTING};
+    use TaskState::{COMPLETE, FAILED, PENDING, REJECTED, RUNNING, SHUTDOWN, STARTING};
 
     #[test]
     fn converges_when_every_task_of_the_spec_runs() {
@@ -277,7 +295,12 @@ mod tests {
         assert_eq!(
             progress(&tasks, &ready(), 2, 3, 3),
             Progress::Converged {
-                nodes: vec!["n1".into(), "n2".into(), "n3".into()]
+                nodes: vec!["n1".into(), "n2".into(), "n3".into()],
+                tasks: vec![
+                    "t-n1-2-running".into(),
+                    "t-n2-2-running".into(),
+                    "t-n3-2-running".into()
+                ],
             }
         );
         assert!(any_running(&tasks, &ready(), 2));
@@ -320,6 +343,29 @@ mod tests {
             panic!("below the limit it waits");
         };
         assert!(why.contains("2 failed so far"), "{why}");
+    }
+
+    #[test]
+    fn tasks_that_complete_by_themselves_count_as_failures() {
+        let tasks = [
+            task(1, "n1", RUNNING, RUNNING, ""),
+            task(1, "n2", RUNNING, RUNNING, ""),
+            task(1, "n3", SHUTDOWN, COMPLETE, ""),
+            task(1, "n3", RUNNING, STARTING, ""),
+        ];
+        let Progress::Waiting(why) = progress(&tasks, &ready(), 1, 3, 3) else {
+            panic!("{:?}", progress(&tasks, &ready(), 1, 3, 3));
+        };
+        assert!(
+            why.contains("1 failed so far: \"its container exited with code 0 by itself"),
+            "{why}"
+        );
+        // A task stopped by a scale-down is shut down, not complete: not a failure.
+        let stopped = [task(1, "n1", SHUTDOWN, SHUTDOWN, "")];
+        let Progress::Waiting(why) = progress(&stopped, &ready(), 1, 1, 1) else {
+            panic!("a shut-down task is no failure");
+        };
+        assert_eq!(why, "0 of 1 tasks running");
     }
 
     #[test]
