@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use blue_green_core::runtime::instance_env;
 use blue_green_core::{AppName, Color, InstanceState, Release};
+use bollard::container::LogOutput;
 use bollard::models::{ContainerInspectResponse, ContainerStateStatusEnum};
-use bollard::query_parameters::{InspectContainerOptions, LogsOptionsBuilder};
+use bollard::query_parameters::{InspectContainerOptions, LogsOptions, LogsOptionsBuilder};
 use bollard::Docker;
-use futures_util::TryStreamExt;
+use futures_util::{Stream, TryStreamExt};
 
 use crate::client::{call, is_status};
 use crate::docker::{LABEL_APP, LABEL_COLOR, LABEL_MANAGED_BY, LABEL_RELEASE};
@@ -149,7 +150,7 @@ pub(crate) fn app_filter(app: &AppName) -> HashMap<&'static str, Vec<String>> {
 
 /// How many of the newest log lines are read to make a report of at most `lines` lines: enough
 /// to hold the whole output of an instance that has just failed to get ready.
-pub(crate) const LOG_READ: usize = 5000;
+const LOG_READ: usize = 5000;
 
 /// At most `lines` lines of stdout and stderr, interleaved as Docker stored them, for a failure
 /// report: the first lines after the start (where an app says what it listens on, or why it
@@ -161,18 +162,33 @@ pub(crate) async fn log_tail(
     lines: usize,
     limit: Duration,
 ) -> Result<Vec<String>, Error> {
-    let options = LogsOptionsBuilder::new()
+    log_report(
+        || format!("to read the logs of container {id}"),
+        limit,
+        docker.logs(id, Some(log_options(lines))),
+        lines,
+    )
+    .await
+}
+
+/// The options that read enough of a log for [`log_report`].
+pub(crate) fn log_options(lines: usize) -> LogsOptions {
+    LogsOptionsBuilder::new()
         .stdout(true)
         .stderr(true)
         .tail(&LOG_READ.max(lines).to_string())
-        .build();
-    let chunks = call(
-        || format!("to read the logs of container {id}"),
-        limit,
-        docker.logs(id, Some(options)).try_collect::<Vec<_>>(),
-    )
-    .await;
-    let chunks = match chunks {
+        .build()
+}
+
+/// At most `lines` lines of a log stream (a container's or a service's), folded and cut by
+/// [`head_and_tail`]; nothing when the daemon has no such object any more.
+pub(crate) async fn log_report(
+    what: impl FnOnce() -> String,
+    limit: Duration,
+    stream: impl Stream<Item = Result<LogOutput, bollard::errors::Error>>,
+    lines: usize,
+) -> Result<Vec<String>, Error> {
+    let chunks = match call(what, limit, stream.try_collect::<Vec<_>>()).await {
         Ok(chunks) => chunks,
         Err(e) if is_status(&e, 404) => return Ok(Vec::new()),
         Err(e) => return Err(e),
@@ -184,7 +200,7 @@ pub(crate) async fn log_tail(
 /// Folds runs of lines that differ only in their digits (times, counters, addresses) into the
 /// first of them and a count, then keeps the first quarter of `lines` and the rest from the
 /// end, with a line saying how many were left out between.
-pub(crate) fn head_and_tail<'a>(all: impl Iterator<Item = &'a str>, lines: usize) -> Vec<String> {
+fn head_and_tail<'a>(all: impl Iterator<Item = &'a str>, lines: usize) -> Vec<String> {
     if lines == 0 {
         return Vec::new();
     }

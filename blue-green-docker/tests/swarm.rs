@@ -27,7 +27,6 @@ use std::time::{Duration, Instant};
 use blue_green_core::{AppName, CancellationToken, Engine, FileStore, Release};
 use blue_green_docker::{PerColor, PublishMode, SwarmConfig, SwarmRuntime};
 use blue_green_testkit::docker::{demo_app_image, demo_app_image_with_env, DockerCleanup};
-use blue_green_testkit::load::Load;
 use blue_green_testkit::nginx::NginxHarness;
 use blue_green_testkit::swarm::TestSwarm;
 use bollard::models::TaskState;
@@ -159,12 +158,7 @@ async fn a_three_node_swarm_deploys_under_load_and_survives_a_sick_node_and_a_de
         .await
         .unwrap_or_else(|e| panic!("first deploy: {e}\nnginx: {}", nginx.error_log()));
     assert_eq!(first.live.endpoint.host, node1, "the manager's address");
-    let load = Load::start(setup::load_config(nginx.url("")));
-    let warm = load.wait_for(50, Duration::from_secs(20)).await;
-    assert!(
-        warm.total >= 50 && warm.failed == 0,
-        "traffic before the deploys: {warm}"
-    );
+    let load = setup::warm_load(&nginx).await;
     let mut rows = vec![timing_row("r0", &first)];
     let mut live = first.live.color;
     for i in 1..=10 {

@@ -593,16 +593,7 @@ fn teardown(prefix: &str) -> Vec<String> {
 
 /// Runs `args` (argv) and panics with its stderr if it fails.
 fn run(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e} (install iproute2 and iptables)"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    output(args);
 }
 
 /// Runs `args` (argv) and returns its stdout, or panics if it fails.

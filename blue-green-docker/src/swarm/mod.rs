@@ -19,10 +19,9 @@ use blue_green_core::{
 use bollard::models::{LocalNodeState, Service, ServiceSpec, Task};
 use bollard::query_parameters::{
     InspectServiceOptions, ListNodesOptions, ListServicesOptionsBuilder, ListTasksOptionsBuilder,
-    LogsOptionsBuilder, UpdateServiceOptionsBuilder,
+    UpdateServiceOptionsBuilder,
 };
 use bollard::Docker;
-use futures_util::TryStreamExt;
 
 use crate::client::{self, call, is_status};
 use crate::config::SwarmConfig;
@@ -487,26 +486,14 @@ impl SwarmRuntime {
     }
 
     async fn logs_inner(&self, instance: &Instance, lines: usize) -> Result<Vec<String>, Error> {
-        let options = LogsOptionsBuilder::new()
-            .stdout(true)
-            .stderr(true)
-            .tail(&container::LOG_READ.max(lines).to_string())
-            .build();
-        let chunks = call(
+        container::log_report(
             || format!("to read the logs of service {}", instance.id),
             self.api_timeout,
             self.docker
-                .service_logs(&instance.id, Some(options))
-                .try_collect::<Vec<_>>(),
+                .service_logs(&instance.id, Some(container::log_options(lines))),
+            lines,
         )
-        .await;
-        let chunks = match chunks {
-            Ok(chunks) => chunks,
-            Err(e) if is_status(&e, 404) => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        let text: String = chunks.iter().map(|chunk| chunk.to_string()).collect();
-        Ok(container::head_and_tail(text.lines(), lines))
+        .await
     }
 }
 
@@ -617,32 +604,8 @@ fn validate(config: &SwarmConfig) -> Result<(), Error> {
 
 #[cfg(test)]
 mod tests {
+    use super::spec::tests::config;
     use super::*;
-    use crate::config::PublishMode;
-    use crate::PerColor;
-
-    fn config() -> SwarmConfig {
-        SwarmConfig {
-            image: "web:1".into(),
-            container_port: 8080,
-            published_ports: PerColor {
-                blue: 18081,
-                green: 18082,
-            },
-            publish_mode: PublishMode::Ingress,
-            replicas: 2,
-            max_replicas_per_node: None,
-            constraints: vec![],
-            networks: vec![],
-            env: Default::default(),
-            labels: Default::default(),
-            addresses: vec![],
-            converge_timeout: Duration::from_secs(10),
-            max_task_failures: 3,
-            stop_signal: None,
-            init: false,
-        }
-    }
 
     #[test]
     fn settings_swarm_would_refuse_late_are_refused_first() {

@@ -133,7 +133,7 @@ pub(crate) fn generation_of(spec: &ServiceSpec) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::collections::BTreeMap;
     use std::time::Duration;
 
@@ -141,6 +141,7 @@ mod tests {
     use crate::docker::{LABEL_APP, LABEL_COLOR, LABEL_MANAGED_BY, LABEL_RELEASE};
     use crate::PerColor;
 
+    /// A config with every setting used, for the swarm module's tests.
     pub(crate) fn config() -> SwarmConfig {
         SwarmConfig {
             image: "web:1".into(),
