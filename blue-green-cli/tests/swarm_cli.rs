@@ -2,7 +2,7 @@
 //! test builds on this machine (blue_green_testkit::swarm) and removes: `validate` refuses a
 //! daemon that is not a swarm manager (exit 4) and passes on the manager; two deploys and a
 //! status go through the config file, `DOCKER_HOST` and the swarm, and each color answers on
-//! its published port on both nodes. The engine under load on three nodes is tested in
+//! its published port on both nodes; once a node dies, `status` names it. The engine under load on three nodes is tested in
 //! blue-green-docker's tests/swarm.rs; this test is about the CLI's wiring.
 
 use std::path::Path;
@@ -53,7 +53,7 @@ async fn answer(client: &reqwest::Client, address: &str, port: u16) -> String {
 async fn the_cli_validates_and_deploys_on_a_swarm_manager() {
     let cleanup = DockerCleanup::new("cli-swarm").await;
     let image = demo_app_image(&cleanup).await;
-    let swarm = TestSwarm::start(2).await;
+    let mut swarm = TestSwarm::start(2).await;
     swarm.load_image(cleanup.docker(), &image).await;
     let manager = format!("unix:///tmp/bg-swarm/{}/n1/sock", swarm.prefix());
     let addresses: Vec<String> = swarm
@@ -145,5 +145,35 @@ stop_timeout = "5s"
     assert!(
         target.contains(&format!("{}:28282", swarm.node(1).address)),
         "{target}"
+    );
+    let said = ok(d, &manager, &["status"]).await;
+    assert!(said.contains("swarm    every node is ready"), "{said}");
+
+    // Node 2 dies: status names it once the manager has noticed, and still shows green live.
+    let lost = swarm.node(2).address.clone();
+    swarm.kill_node(2);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = ok(d, &manager, &["--json", "status"]).await;
+        let last: Value =
+            serde_json::from_str(status.lines().last().expect("a result line")).expect("JSON");
+        assert_eq!(last["status"]["live"], "green", "{status}");
+        let named = last["lost_nodes"].as_array().is_some_and(|l| {
+            l.iter()
+                .any(|n| n.as_str().is_some_and(|n| n.contains(&lost)))
+        });
+        if named {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "status never named the lost node {lost}: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let said = ok(d, &manager, &["status"]).await;
+    assert!(
+        said.contains("swarm    nodes not ready: ") && said.contains(&lost),
+        "{said}"
     );
 }
