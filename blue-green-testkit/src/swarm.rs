@@ -287,6 +287,10 @@ impl Drop for TestSwarm {
 /// Removes leftovers of dead test runs, picks a unique prefix and a free subnet, and makes the
 /// bridge, its FORWARD rules and the cgroup.
 fn prepare_host() -> (String, u8) {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "a test swarm needs root (network namespaces, a bridge, iptables rules, cgroups, dockerd); run the swarm tests as root"
+    );
     fs::create_dir_all(ROOT).expect("creating /tmp/bg-swarm");
     clean_leftovers();
     let seed = SystemTime::now()
