@@ -151,6 +151,10 @@ pub struct SwarmConfig {
     pub max_task_failures: u32,
     /// Signal for a graceful stop (default: the image's, usually SIGTERM).
     pub stop_signal: Option<String>,
+    /// How long a task may take to stop after the signal before swarm kills it. Swarm stops a
+    /// task with the grace period of the spec it was started with, so it is set when the
+    /// service is created (the CLI sets `[switch] stop_timeout`); `None`: swarm's 10s.
+    pub stop_grace_period: Option<Duration>,
     /// Run Docker's init as PID 1 in each task (`docker service create --init`).
     pub init: bool,
 }

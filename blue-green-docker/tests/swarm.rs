@@ -53,6 +53,7 @@ fn swarm_config(image: &str, addresses: Vec<String>, ports: (u16, u16)) -> Swarm
         converge_timeout: Duration::from_secs(15),
         max_task_failures: 3,
         stop_signal: None,
+        stop_grace_period: Some(Duration::from_secs(10)),
         init: false,
     }
 }

@@ -73,6 +73,7 @@ const SETTLE: Duration = Duration::from_secs(1);
 ///     converge_timeout: Duration::from_secs(120),
 ///     max_task_failures: 3,
 ///     stop_signal: None,
+///     stop_grace_period: Some(Duration::from_secs(30)),
 ///     init: false,
 /// };
 /// let runtime = SwarmRuntime::connect(AppName::new("web")?, config).await?;
@@ -374,9 +375,8 @@ impl SwarmRuntime {
             return Ok(());
         };
         if replicas_of(&spec) > 0 {
-            let grace_ns = i64::try_from(grace.as_nanos()).unwrap_or(i64::MAX);
             let generation = generation_of(&spec) + 1;
-            let stopped = rescaled(spec, 0, generation, Some(grace_ns));
+            let stopped = rescaled(spec, 0, generation, Some(spec::nanos(grace)));
             self.update(&instance.id, service_version(&service), stopped)
                 .await?;
         }

@@ -1,5 +1,7 @@
 //! The service spec of a color: what `docker service create` would be told. No I/O.
 
+use std::time::Duration;
+
 use blue_green_core::{AppName, Color, Release};
 use bollard::models::{
     EndpointPortConfig, EndpointPortConfigProtocolEnum, EndpointPortConfigPublishModeEnum,
@@ -57,6 +59,7 @@ pub(crate) fn service_spec(
                 labels: Some(labels),
                 env: Some(container::env_list(&config.env, color, release)),
                 stop_signal: config.stop_signal.clone(),
+                stop_grace_period: config.stop_grace_period.map(nanos),
                 init: config.init.then_some(true),
                 ..Default::default()
             }),
@@ -88,6 +91,11 @@ pub(crate) fn service_spec(
         }),
         ..Default::default()
     }
+}
+
+/// A duration as swarm takes it: nanoseconds.
+pub(crate) fn nanos(duration: Duration) -> i64 {
+    i64::try_from(duration.as_nanos()).unwrap_or(i64::MAX)
 }
 
 /// The replicas a spec asks for (0 when it is scaled down or not replicated).
@@ -135,7 +143,6 @@ pub(crate) fn generation_of(spec: &ServiceSpec) -> u64 {
 #[cfg(test)]
 pub(super) mod tests {
     use std::collections::BTreeMap;
-    use std::time::Duration;
 
     use super::*;
     use crate::docker::{LABEL_APP, LABEL_COLOR, LABEL_MANAGED_BY, LABEL_RELEASE};
@@ -164,6 +171,7 @@ pub(super) mod tests {
             converge_timeout: Duration::from_secs(60),
             max_task_failures: 3,
             stop_signal: Some("SIGINT".into()),
+            stop_grace_period: Some(Duration::from_secs(7)),
             init: true,
         }
     }
@@ -196,6 +204,11 @@ pub(super) mod tests {
         assert_eq!(container.image.as_deref(), Some("web:7"));
         assert_eq!(container.init, Some(true));
         assert_eq!(container.stop_signal.as_deref(), Some("SIGINT"));
+        assert_eq!(
+            container.stop_grace_period,
+            Some(7_000_000_000),
+            "set at creation: swarm stops a task with its own spec's grace"
+        );
         let env = container.env.as_ref().unwrap();
         assert_eq!(
             env,

@@ -127,6 +127,11 @@ impl<'a> Checker<'a> {
         }
         let router = self.router(&raw.router, &app, &state_dir);
         let switch = self.switch(raw.switch.as_ref());
+        let mut runtime = runtime;
+        if let Some(super::RuntimeConfig::Swarm(swarm)) = &mut runtime {
+            // Swarm stops a task with its own spec's grace period: it goes in at creation.
+            swarm.stop_grace_period = Some(switch.stop_timeout);
+        }
         let timeouts = self.timeouts(raw.timeouts.as_ref());
 
         if !self.problems.is_empty() {

@@ -144,6 +144,8 @@ impl Checker<'_> {
             converge_timeout,
             max_task_failures: max_task_failures?,
             stop_signal: container.stop_signal,
+            // Set from `[switch] stop_timeout` once that is read.
+            stop_grace_period: None,
             init: container.init,
         })
     }
@@ -221,6 +223,11 @@ kind = "none"
         assert_eq!(c.converge_timeout, std::time::Duration::from_secs(45));
         assert_eq!(c.max_task_failures, 3);
         assert_eq!(c.env["MODE"], "prod");
+        assert_eq!(
+            c.stop_grace_period,
+            Some(config.engine.switch.stop_timeout),
+            "the tasks' grace is [switch] stop_timeout"
+        );
         assert_eq!(config.runtime.kind(), "swarm");
     }
 
