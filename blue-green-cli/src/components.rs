@@ -4,7 +4,9 @@
 use blue_green_core::{
     CommandProbe, Engine, FileStore, HealthProbe, HttpProbe, NoneRouter, Router, Runtime, TcpProbe,
 };
-use blue_green_docker::{ComposeRuntime, ContainerHealthProbe, DockerRuntime, ExecProbe};
+use blue_green_docker::{
+    ComposeRuntime, ContainerHealthProbe, DockerRuntime, ExecProbe, SwarmRuntime,
+};
 use blue_green_router::caddy::CaddyRouter;
 use blue_green_router::haproxy::HaproxyRouter;
 use blue_green_router::NginxRouter;
@@ -16,8 +18,9 @@ use crate::failure::Failure;
 enum BuiltRuntime {
     Docker(DockerRuntime),
     Compose(ComposeRuntime),
+    Swarm(SwarmRuntime),
 }
-use BuiltRuntime::{Compose, Docker};
+use BuiltRuntime::{Compose, Docker, Swarm};
 
 /// The engine as the CLI builds it.
 pub type CliEngine = Engine<Box<dyn Runtime>, Box<dyn HealthProbe>, Box<dyn Router>, FileStore>;
@@ -46,6 +49,8 @@ pub enum ConcreteRuntime {
     Docker(DockerRuntime),
     /// `kind = "compose"`.
     Compose(ComposeRuntime),
+    /// `kind = "swarm"`.
+    Swarm(SwarmRuntime),
 }
 
 impl Components {
@@ -66,6 +71,12 @@ impl Components {
                     .map_err(Failure::docker)?
                     .with_command_timeout(config.engine.timeouts.start),
             ),
+            RuntimeConfig::Swarm(c) => Swarm(
+                SwarmRuntime::connect(config.app.clone(), c.clone())
+                    .await
+                    .map_err(Failure::docker)?
+                    .with_api_timeout(config.engine.timeouts.runtime),
+            ),
         };
         let probe: Box<dyn HealthProbe> = match (&config.health, &runtime) {
             (HealthConfig::Http(c), _) => Box::new(HttpProbe::new(c.clone())),
@@ -83,6 +94,12 @@ impl Components {
             (HealthConfig::Exec(argv), Compose(r)) => {
                 Box::new(ExecProbe::for_compose(r, argv.clone(), timeout).map_err(Failure::docker)?)
             }
+            // The config check refuses these for swarm, with the key and line.
+            (HealthConfig::Docker | HealthConfig::Exec(_), Swarm(_)) => {
+                return Err(Failure::Usage(
+                    "health kinds \"docker\" and \"exec\" do not apply to kind = \"swarm\"".into(),
+                ))
+            }
         };
         let (runtime, connected, concrete): (Box<dyn Runtime>, String, ConcreteRuntime) =
             match runtime {
@@ -98,6 +115,13 @@ impl Components {
                         format!("Docker answers; compose program: `{program}`"),
                         ConcreteRuntime::Compose(r),
                     )
+                }
+                Swarm(r) => {
+                    let connected = format!(
+                        "Docker answers and is a swarm manager; the colors answer on {}",
+                        r.addresses().join(", ")
+                    );
+                    (Box::new(r.clone()), connected, ConcreteRuntime::Swarm(r))
                 }
             };
         let router: Box<dyn Router> = match &config.router {

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use blue_green_core::{Color, Endpoint};
 
@@ -95,4 +96,65 @@ pub struct ComposeConfig {
     /// Extra environment for the compose program (interpolation), besides `BLUE_GREEN_COLOR` and
     /// `BLUE_GREEN_RELEASE`.
     pub env: BTreeMap<String, String>,
+}
+
+/// How a swarm service publishes its port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum PublishMode {
+    /// The ingress routing mesh: every node of the swarm answers on the published port and
+    /// forwards to a task of the service, wherever it runs (needs IPVS in the nodes' kernel).
+    #[default]
+    Ingress,
+    /// Each task publishes the port on the node it runs on; only those nodes answer. Works
+    /// without the routing mesh; pair it with `max_replicas_per_node = 1` so that no two tasks
+    /// of a color ask for the same port on one node.
+    Host,
+}
+
+/// How a [`SwarmRuntime`](crate::SwarmRuntime) runs an app's releases as swarm services named
+/// `{app}-{color}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwarmConfig {
+    /// The default image; a release's artifact (`--image`) overrides it. Every node that may
+    /// run a task must have it or be able to pull it.
+    pub image: String,
+    /// The port the app listens on inside its containers.
+    pub container_port: u16,
+    /// The port each color's service publishes (they differ: both colors run during a switch).
+    pub published_ports: PerColor<u16>,
+    /// How the port is published.
+    pub publish_mode: PublishMode,
+    /// Tasks per color (at least 1).
+    pub replicas: u32,
+    /// At most this many tasks of a color on one node (`None`: no limit).
+    pub max_replicas_per_node: Option<u32>,
+    /// Placement constraints, as `docker service create --constraint` takes them
+    /// (`node.role==worker`, `node.labels.zone==a`).
+    pub constraints: Vec<String>,
+    /// Networks to attach the tasks to (must exist on the swarm, usually overlay networks).
+    pub networks: Vec<String>,
+    /// Environment given to every task, besides `BLUE_GREEN_COLOR` and `BLUE_GREEN_RELEASE`.
+    pub env: BTreeMap<String, String>,
+    /// Extra labels on the service and its containers.
+    pub labels: BTreeMap<String, String>,
+    /// The addresses a color's published port is reached on, for the router: the nodes' own
+    /// addresses, or one address of a balancer in front of them. The first is the instance's
+    /// endpoint (probes and routers that take one target use it); all of them are kept in the
+    /// instance's `upstream` meta for routers that can list several. Empty: the address of
+    /// the manager node this runtime talks to.
+    pub addresses: Vec<String>,
+    /// How long `start` waits until every task of the new spec runs (and is healthy, when
+    /// the image has a healthcheck).
+    pub converge_timeout: Duration,
+    /// After this many failed or rejected tasks of the new spec, `start` gives up at once.
+    pub max_task_failures: u32,
+    /// Signal for a graceful stop (default: the image's, usually SIGTERM).
+    pub stop_signal: Option<String>,
+    /// How long a task may take to stop after the signal before swarm kills it. Swarm stops a
+    /// task with the grace period of the spec it was started with, so it is set when the
+    /// service is created (the CLI sets `[switch] stop_timeout`); `None`: swarm's 10s.
+    pub stop_grace_period: Option<Duration>,
+    /// Run Docker's init as PID 1 in each task (`docker service create --init`).
+    pub init: bool,
 }

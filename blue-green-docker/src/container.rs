@@ -1,15 +1,19 @@
 //! What both runtimes read from a container: its state, its published port, its environment,
 //! its log tail.
 
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use blue_green_core::InstanceState;
+use blue_green_core::runtime::instance_env;
+use blue_green_core::{AppName, Color, InstanceState, Release};
+use bollard::container::LogOutput;
 use bollard::models::{ContainerInspectResponse, ContainerStateStatusEnum};
-use bollard::query_parameters::{InspectContainerOptions, LogsOptionsBuilder};
+use bollard::query_parameters::{InspectContainerOptions, LogsOptions, LogsOptionsBuilder};
 use bollard::Docker;
-use futures_util::TryStreamExt;
+use futures_util::{Stream, TryStreamExt};
 
 use crate::client::{call, is_status};
+use crate::docker::{LABEL_APP, LABEL_COLOR, LABEL_MANAGED_BY, LABEL_RELEASE};
 use crate::error::Error;
 
 /// Inspects a container; `None` when the daemon has no such container.
@@ -81,6 +85,9 @@ pub(crate) fn published_port(
         .find(|port| *port != 0)
 }
 
+/// The value of [`LABEL_MANAGED_BY`] on what this crate runs.
+pub(crate) const MANAGED_BY: &str = "blue-green";
+
 /// The value of `name` in the container's environment.
 pub(crate) fn env_value(inspect: &ContainerInspectResponse, name: &str) -> Option<String> {
     let env = inspect.config.as_ref()?.env.as_ref()?;
@@ -93,6 +100,52 @@ pub(crate) fn env_value(inspect: &ContainerInspectResponse, name: &str) -> Optio
 /// The value of a label of the container.
 pub(crate) fn label(inspect: &ContainerInspectResponse, name: &str) -> Option<String> {
     inspect.config.as_ref()?.labels.as_ref()?.get(name).cloned()
+}
+
+/// The environment of an instance as Docker takes it (`KEY=VALUE`): the configured one, then
+/// [`instance_env`] (which wins over a configured variable of the same name).
+pub(crate) fn env_list(
+    configured: &BTreeMap<String, String>,
+    color: Color,
+    release: &Release,
+) -> Vec<String> {
+    let own = instance_env(color, release);
+    configured
+        .iter()
+        .filter(|(k, _)| !own.iter().any(|(name, _)| name == k))
+        .map(|(k, v)| format!("{k}={v}"))
+        .chain(own.iter().map(|(k, v)| format!("{k}={v}")))
+        .collect()
+}
+
+/// The labels of an instance: the configured ones, then the app, color, release and
+/// managed-by labels that `list` finds instances by.
+pub(crate) fn labels(
+    configured: &BTreeMap<String, String>,
+    app: &AppName,
+    color: Color,
+    release: &Release,
+) -> HashMap<String, String> {
+    let mut labels: HashMap<String, String> = configured
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    labels.insert(LABEL_APP.into(), app.to_string());
+    labels.insert(LABEL_COLOR.into(), color.to_string());
+    labels.insert(LABEL_RELEASE.into(), release.id.to_string());
+    labels.insert(LABEL_MANAGED_BY.into(), MANAGED_BY.into());
+    labels
+}
+
+/// The label filter that finds what this crate runs for `app`.
+pub(crate) fn app_filter(app: &AppName) -> HashMap<&'static str, Vec<String>> {
+    HashMap::from([(
+        "label",
+        vec![
+            format!("{LABEL_APP}={app}"),
+            format!("{LABEL_MANAGED_BY}={MANAGED_BY}"),
+        ],
+    )])
 }
 
 /// How many of the newest log lines are read to make a report of at most `lines` lines: enough
@@ -109,18 +162,33 @@ pub(crate) async fn log_tail(
     lines: usize,
     limit: Duration,
 ) -> Result<Vec<String>, Error> {
-    let options = LogsOptionsBuilder::new()
+    log_report(
+        || format!("to read the logs of container {id}"),
+        limit,
+        docker.logs(id, Some(log_options(lines))),
+        lines,
+    )
+    .await
+}
+
+/// The options that read enough of a log for [`log_report`].
+pub(crate) fn log_options(lines: usize) -> LogsOptions {
+    LogsOptionsBuilder::new()
         .stdout(true)
         .stderr(true)
         .tail(&LOG_READ.max(lines).to_string())
-        .build();
-    let chunks = call(
-        || format!("to read the logs of container {id}"),
-        limit,
-        docker.logs(id, Some(options)).try_collect::<Vec<_>>(),
-    )
-    .await;
-    let chunks = match chunks {
+        .build()
+}
+
+/// At most `lines` lines of a log stream (a container's or a service's), folded and cut by
+/// [`head_and_tail`]; nothing when the daemon has no such object any more.
+pub(crate) async fn log_report(
+    what: impl FnOnce() -> String,
+    limit: Duration,
+    stream: impl Stream<Item = Result<LogOutput, bollard::errors::Error>>,
+    lines: usize,
+) -> Result<Vec<String>, Error> {
+    let chunks = match call(what, limit, stream.try_collect::<Vec<_>>()).await {
         Ok(chunks) => chunks,
         Err(e) if is_status(&e, 404) => return Ok(Vec::new()),
         Err(e) => return Err(e),

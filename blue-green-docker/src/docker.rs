@@ -185,24 +185,8 @@ impl DockerRuntime {
         let config = &self.config;
         let port_key = format!("{}/tcp", config.container_port);
 
-        let mut env: Vec<String> = config
-            .env
-            .iter()
-            .filter(|(k, _)| k.as_str() != "BLUE_GREEN_COLOR" && k.as_str() != "BLUE_GREEN_RELEASE")
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        env.push(format!("BLUE_GREEN_COLOR={color}"));
-        env.push(format!("BLUE_GREEN_RELEASE={}", release.id));
-
-        let mut labels: HashMap<String, String> = config
-            .labels
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        labels.insert(LABEL_APP.into(), self.app.to_string());
-        labels.insert(LABEL_COLOR.into(), color.to_string());
-        labels.insert(LABEL_RELEASE.into(), release.id.to_string());
-        labels.insert(LABEL_MANAGED_BY.into(), "blue-green".into());
+        let env = container::env_list(&config.env, color, release);
+        let labels = container::labels(&config.labels, &self.app, color, release);
 
         let binding = match &config.endpoints {
             Some(endpoints) => {
@@ -468,13 +452,7 @@ impl DockerRuntime {
     }
 
     async fn list_inner(&self) -> Result<Vec<Instance>, Error> {
-        let filters = HashMap::from([(
-            "label",
-            vec![
-                format!("{LABEL_APP}={}", self.app),
-                format!("{LABEL_MANAGED_BY}=blue-green"),
-            ],
-        )]);
+        let filters = container::app_filter(&self.app);
         let options = ListContainersOptionsBuilder::new()
             .all(true)
             .filters(&filters)

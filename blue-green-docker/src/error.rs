@@ -113,6 +113,42 @@ pub enum Error {
         /// The compose file.
         file: String,
     },
+    /// The daemon is not a manager of an active swarm: the swarm runtime cannot create services.
+    #[error("the Docker daemon at {host} is {state}; point DOCKER_HOST at a manager node of the swarm, or make this one a manager (`docker swarm init`)")]
+    NotSwarmManager {
+        /// Where we looked (`DOCKER_HOST` or the default socket).
+        host: String,
+        /// What the daemon is instead ("not in a swarm", "a worker").
+        state: String,
+    },
+
+    /// The tasks of a color's new spec keep failing or being rejected; swarm would go on
+    /// replacing them, so `start` gives up at once.
+    #[error("the tasks of service {service} keep failing: {errors}; see `docker service ps --no-trunc {service}` and the release's logs")]
+    TasksFailing {
+        /// The service.
+        service: String,
+        /// The distinct task errors, with the nodes they happened on.
+        errors: String,
+    },
+
+    /// Not every task of a color's new spec ran within the converge timeout.
+    #[error("not every task of service {service} was running after {}s ({waiting}); check that enough nodes are ready and match the placement constraints, and that every node has the image", .timeout.as_secs_f64())]
+    NotConverged {
+        /// The service.
+        service: String,
+        /// The limit it hit.
+        timeout: Duration,
+        /// How many tasks ran and what the others were doing.
+        waiting: String,
+    },
+
+    /// A color's service is gone (removed by hand?): it cannot be started again.
+    #[error("service {service} no longer exists (was it removed by hand?); deploy again to start a new one")]
+    ServiceGone {
+        /// The service id.
+        service: String,
+    },
 }
 
 impl Error {
@@ -154,9 +190,9 @@ impl Error {
 impl From<Error> for ComponentError {
     fn from(error: Error) -> Self {
         let kind = match &error {
-            Error::Unreachable { .. } | Error::ComposeMissing { .. } => {
-                ComponentErrorKind::Unreachable
-            }
+            Error::Unreachable { .. }
+            | Error::ComposeMissing { .. }
+            | Error::NotSwarmManager { .. } => ComponentErrorKind::Unreachable,
             Error::Timeout { .. } => ComponentErrorKind::Timeout,
             Error::Invalid(_) => ComponentErrorKind::Invalid,
             Error::ImageNotFound { .. }
@@ -165,7 +201,10 @@ impl From<Error> for ComponentError {
             | Error::Api { .. }
             | Error::Unexpected { .. }
             | Error::ComposeFailed { .. }
-            | Error::ServiceMissing { .. } => ComponentErrorKind::Failed,
+            | Error::ServiceMissing { .. }
+            | Error::TasksFailing { .. }
+            | Error::NotConverged { .. }
+            | Error::ServiceGone { .. } => ComponentErrorKind::Failed,
         };
         // The message already carries the cause; the typed error is kept as the origin (not as
         // the source, which would print it twice in an error chain), so that a caller can match
@@ -202,6 +241,49 @@ mod tests {
         let component: ComponentError = error.into();
         assert_eq!(component.kind, ComponentErrorKind::Failed);
         assert!(component.message.contains("No such container"));
+    }
+
+    #[test]
+    fn swarm_errors_map_to_the_kinds_the_engine_needs() {
+        let not_manager: ComponentError = Error::NotSwarmManager {
+            host: "unix:///var/run/docker.sock".into(),
+            state: "a worker, not a manager".into(),
+        }
+        .into();
+        assert_eq!(not_manager.kind, ComponentErrorKind::Unreachable);
+        assert!(
+            not_manager
+                .message
+                .contains("point DOCKER_HOST at a manager node"),
+            "{}",
+            not_manager.message
+        );
+        let failing: ComponentError = Error::TasksFailing {
+            service: "web-green".into(),
+            errors: "3 tasks failed: \"task: non-zero exit (1)\" (3x on node n2)".into(),
+        }
+        .into();
+        assert_eq!(failing.kind, ComponentErrorKind::Failed);
+        assert!(
+            failing.message.contains("non-zero exit (1)")
+                && failing
+                    .message
+                    .contains("docker service ps --no-trunc web-green"),
+            "{}",
+            failing.message
+        );
+        let slow: ComponentError = Error::NotConverged {
+            service: "web-blue".into(),
+            timeout: Duration::from_secs(20),
+            waiting: "2 of 3 tasks running".into(),
+        }
+        .into();
+        assert_eq!(slow.kind, ComponentErrorKind::Failed);
+        assert!(
+            slow.message.contains("after 20s (2 of 3 tasks running)"),
+            "{}",
+            slow.message
+        );
     }
 
     #[test]

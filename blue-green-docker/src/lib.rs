@@ -6,6 +6,8 @@
 //! - [`DockerRuntime`]: plain containers named `{app}-{color}` over the Docker API (bollard);
 //! - [`ComposeRuntime`]: a compose project per color, driven through `docker compose` (v2) or
 //!   `docker-compose` (v1), with the service's state read through the Docker API;
+//! - [`SwarmRuntime`]: a Docker Swarm service per color, N tasks over the swarm's nodes,
+//!   answering on the color's published port;
 //! - [`ContainerHealthProbe`] (the image's `HEALTHCHECK` status) and [`ExecProbe`] (a command
 //!   run inside the container).
 //!
@@ -26,9 +28,13 @@ mod container;
 pub mod docker;
 pub mod error;
 pub mod probe;
+pub mod swarm;
 
 pub use compose::ComposeRuntime;
-pub use config::{ComposeConfig, ComposeFiles, ComposeTool, DockerConfig, PerColor};
+pub use config::{
+    ComposeConfig, ComposeFiles, ComposeTool, DockerConfig, PerColor, PublishMode, SwarmConfig,
+};
 pub use docker::DockerRuntime;
 pub use error::Error;
 pub use probe::{ContainerHealthProbe, ExecProbe};
+pub use swarm::SwarmRuntime;

@@ -6,12 +6,9 @@
 
 mod common;
 
-use std::time::Duration;
-
 use blue_green_core::{AppName, CancellationToken, Engine, FileStore, Release};
 use blue_green_docker::{ComposeFiles, ComposeRuntime, ComposeTool, PerColor};
 use blue_green_testkit::docker::{demo_app_image, DockerCleanup};
-use blue_green_testkit::load::Load;
 use blue_green_testkit::nginx::NginxHarness;
 use common::compose::{compose_config_for, per_color_file, require, tag, write, ComposeDown};
 use common::engine::{self as setup, timing_row, TIMING_HEADER};
@@ -129,12 +126,7 @@ async fn deploys_through_nginx(tool: ComposeTool, layout: Layout) {
         .deploy(Release::new("r0").unwrap(), &cancel)
         .await
         .unwrap_or_else(|e| panic!("first deploy: {e}\nnginx: {}", nginx.error_log()));
-    let load = Load::start(setup::load_config(nginx.url("")));
-    let warm = load.wait_for(50, Duration::from_secs(20)).await;
-    assert!(
-        warm.total >= 50 && warm.failed == 0,
-        "traffic before the deploys: {warm}"
-    );
+    let load = setup::warm_load(&nginx).await;
 
     let mut rows = vec![timing_row("r0", &first)];
     let mut live = first.live.color;

@@ -10,7 +10,6 @@ use std::time::Duration;
 use blue_green_core::{AppName, CancellationToken, Engine, Error, FileStore, Release};
 use blue_green_docker::DockerRuntime;
 use blue_green_testkit::docker::{demo_app_image, demo_app_image_with_env, DockerCleanup};
-use blue_green_testkit::load::Load;
 use blue_green_testkit::nginx::NginxHarness;
 use common::demo_config;
 use common::engine::{self as setup, timing_row, TIMING_HEADER};
@@ -56,12 +55,7 @@ async fn ten_deploys_and_two_failed_ones_through_nginx_under_load_lose_no_reques
         .await
         .unwrap_or_else(|e| panic!("first deploy: {e}\nnginx: {}", nginx.error_log()));
 
-    let load = Load::start(setup::load_config(nginx.url("")));
-    let warm = load.wait_for(50, Duration::from_secs(20)).await;
-    assert!(
-        warm.total >= 50 && warm.failed == 0,
-        "traffic before the deploys: {warm}"
-    );
+    let load = setup::warm_load(&nginx).await;
 
     let mut rows = vec![timing_row("r0", &first)];
     let mut live = first.live.color;

@@ -17,7 +17,7 @@ use blue_green_docker::{ComposeConfig, ComposeFiles};
 use serde_json::json;
 
 use crate::cli::{Cli, Command, DeployArgs};
-use crate::components::{CliEngine, Components};
+use crate::components::{CliEngine, Components, ConcreteRuntime};
 use crate::config::{self, Config, RuntimeConfig};
 use crate::failure::Failure;
 use crate::output::{one_line, secs, Printer};
@@ -157,8 +157,15 @@ async fn dispatch(cli: &Cli, config: Config, printer: Printer) -> Result<(), Fai
             Ok(())
         }
         Command::Status => {
-            let engine = engine(&config, printer, false).await?;
+            let (engine, concrete) = engine_and_runtime(&config, printer, false).await?;
             let status = engine.status().await?;
+            // On a swarm, nodes that are not ready are where a color's tasks cannot run.
+            let lost_nodes = match &concrete {
+                ConcreteRuntime::Swarm(r) => {
+                    Some(r.unready_nodes().await.map_err(Failure::docker)?)
+                }
+                _ => None,
+            };
             // After a failed first deploy (nothing recorded, or something left over), the
             // upstream file may name a color that nginx never serves: ask nginx (`-T`).
             let mut unserved = None;
@@ -175,18 +182,37 @@ async fn dispatch(cli: &Cli, config: Config, printer: Printer) -> Result<(), Fai
                         });
                 }
             }
-            printer.success(
-                "status",
-                json!({ "status": status, "nginx_serves_upstream_file": unserved.is_none() }),
-                &status_text(&status, unserved.as_deref()),
-                true,
-            );
+            let mut text = status_text(&status, unserved.as_deref());
+            match &lost_nodes {
+                Some(lost) if !lost.is_empty() => text.push_str(&format!(
+                    "swarm    nodes not ready: {}; tasks placed on them do not run\n",
+                    lost.join(", ")
+                )),
+                Some(_) => text.push_str("swarm    every node is ready\n"),
+                None => {}
+            }
+            let mut answer =
+                json!({ "status": status, "nginx_serves_upstream_file": unserved.is_none() });
+            if let Some(lost) = &lost_nodes {
+                answer["lost_nodes"] = json!(lost);
+            }
+            printer.success("status", answer, &text, true);
             Ok(())
         }
     }
 }
 
 async fn engine(config: &Config, printer: Printer, steps: bool) -> Result<CliEngine, Failure> {
+    Ok(engine_and_runtime(config, printer, steps).await?.0)
+}
+
+/// The engine, and the runtime as built for what the [`Runtime`](blue_green_core::Runtime)
+/// trait does not say (a swarm's lost nodes).
+async fn engine_and_runtime(
+    config: &Config,
+    printer: Printer,
+    steps: bool,
+) -> Result<(CliEngine, ConcreteRuntime), Failure> {
     tracing::debug!(
         config = %config.path.display(),
         state_dir = %config.state_dir.display(),
@@ -194,10 +220,9 @@ async fn engine(config: &Config, printer: Printer, steps: bool) -> Result<CliEng
         "building the components"
     );
     let observer = printer.observer(steps, PauseHook::from_env(config.state_dir.clone()));
-    Ok(Components::build(config)
-        .await?
-        .engine(config)
-        .with_observer(observer))
+    let components = Components::build(config).await?;
+    let concrete = components.concrete.clone();
+    Ok((components.engine(config).with_observer(observer), concrete))
 }
 
 /// Runs `work` with a cancellation token that Ctrl-C (or SIGTERM) cancels: the engine then

@@ -128,6 +128,17 @@ async fn environment_checks(config: &Config, checks: &mut Vec<Check>) -> Result<
             (ConcreteRuntime::Docker(r), RuntimeConfig::Docker(dc)) => {
                 vec![setup::image(r, &dc.image).await]
             }
+            (ConcreteRuntime::Swarm(r), _) => {
+                let nodes = match r.unready_nodes().await {
+                    Ok(lost) if lost.is_empty() => Ok("every node of the swarm is ready".into()),
+                    Ok(lost) => Err(format!(
+                        "nodes not ready: {}; tasks placed on them do not run, so a deploy may not get all its replicas",
+                        lost.join(", ")
+                    )),
+                    Err(e) => Err(e.to_string()),
+                };
+                vec![("nodes".to_string(), nodes)]
+            }
             _ => Vec::new(),
         };
         checks.extend(

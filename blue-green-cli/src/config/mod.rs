@@ -16,7 +16,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use blue_green_core::{AppName, EngineConfig, HttpProbeConfig};
-use blue_green_docker::{ComposeConfig, DockerConfig};
+use blue_green_docker::{ComposeConfig, DockerConfig, SwarmConfig};
 use blue_green_router::caddy::CaddyConfig;
 use blue_green_router::haproxy::HaproxyConfig;
 use blue_green_router::NginxConfig;
@@ -47,6 +47,8 @@ pub enum RuntimeConfig {
     Compose(ComposeConfig),
     /// `kind = "docker"`.
     Docker(DockerConfig),
+    /// `kind = "swarm"`.
+    Swarm(SwarmConfig),
 }
 
 impl RuntimeConfig {
@@ -55,6 +57,7 @@ impl RuntimeConfig {
         match self {
             RuntimeConfig::Compose(_) => "compose",
             RuntimeConfig::Docker(_) => "docker",
+            RuntimeConfig::Swarm(_) => "swarm",
         }
     }
 }

@@ -34,7 +34,7 @@ pub struct RawPerColor {
     pub green: Str,
 }
 
-/// `[runtime]`: one flat table for both kinds, so that every key keeps its line; the checks
+/// `[runtime]`: one flat table for every kind, so that every key keeps its line; the checks
 /// refuse keys that do not belong to the chosen kind.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -56,9 +56,26 @@ pub struct RawRuntime {
     pub stop_signal: Option<Str>,
     pub labels: Option<Spanned<BTreeMap<String, Str>>>,
     pub init: Option<Spanned<bool>>,
-    // both
+    // swarm
+    pub published_ports: Option<Spanned<RawPorts>>,
+    pub publish_mode: Option<Str>,
+    pub replicas: Option<Spanned<i64>>,
+    pub max_replicas_per_node: Option<Spanned<i64>>,
+    pub constraints: Option<Spanned<Vec<Str>>>,
+    pub addresses: Option<Spanned<Vec<Str>>>,
+    pub converge_timeout: Option<Str>,
+    pub max_task_failures: Option<Spanned<i64>>,
+    // more than one kind
     pub container_port: Option<Spanned<i64>>,
     pub env: Option<Spanned<BTreeMap<String, Str>>>,
+}
+
+/// `published_ports = { blue = 8081, green = 8082 }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPorts {
+    pub blue: Spanned<i64>,
+    pub green: Spanned<i64>,
 }
 
 /// `[health]`.

@@ -94,3 +94,15 @@ pub fn load_config(base_url: String) -> blue_green_testkit::load::LoadConfig {
         ..blue_green_testkit::load::LoadConfig::new(base_url)
     }
 }
+
+/// Starts [`load_config`]'s load through `nginx` and waits until 50 requests have gone through
+/// without a failure (the traffic every deploy test runs under).
+pub async fn warm_load(nginx: &NginxHarness) -> blue_green_testkit::load::Load {
+    let load = blue_green_testkit::load::Load::start(load_config(nginx.url("")));
+    let warm = load.wait_for(50, Duration::from_secs(20)).await;
+    assert!(
+        warm.total >= 50 && warm.failed == 0,
+        "traffic before the deploys: {warm}"
+    );
+    load
+}

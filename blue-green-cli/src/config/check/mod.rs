@@ -8,6 +8,7 @@ mod health;
 pub(crate) mod proxy;
 mod router;
 mod runtime;
+mod swarm;
 
 pub(crate) use caddy::check_caddy;
 pub(crate) use haproxy::check_haproxy;
@@ -54,6 +55,8 @@ pub(super) struct Checker<'a> {
     problems: Vec<Problem>,
     /// `[endpoints]` is in the file (even if a value in it was refused).
     endpoints_written: bool,
+    /// Where `[endpoints]` is, when it is in the file.
+    endpoints_span: Option<Range<usize>>,
 }
 
 impl<'a> Checker<'a> {
@@ -63,6 +66,7 @@ impl<'a> Checker<'a> {
             dir,
             problems: Vec::new(),
             endpoints_written: false,
+            endpoints_span: None,
         }
     }
 
@@ -90,6 +94,7 @@ impl<'a> Checker<'a> {
             None => self.dir.join(".blue-green"),
         };
         self.endpoints_written = raw.endpoints.is_some();
+        self.endpoints_span = raw.endpoints.as_ref().map(Spanned::span);
         let endpoints = raw
             .endpoints
             .as_ref()
@@ -102,8 +107,31 @@ impl<'a> Checker<'a> {
                 ReadinessPolicy::default(),
             ),
         };
+        if let (
+            Some(super::RuntimeConfig::Swarm(_)),
+            HealthConfig::Docker | HealthConfig::Exec(_),
+        ) = (&runtime, &health)
+        {
+            // Swarm already waits for every task's HEALTHCHECK before `start` returns, and a
+            // probe of one container would not speak for the others.
+            let span = raw
+                .health
+                .as_ref()
+                .and_then(|h| h.get_ref().kind.as_ref().map(Spanned::span))
+                .unwrap_or_default();
+            self.bad(
+                span,
+                "health.kind",
+                "kind = \"docker\" and \"exec\" check one container, which a swarm service spread over several nodes does not have: use \"http\", \"tcp\" or \"command\" (swarm itself waits for every task's HEALTHCHECK before the probe runs)",
+            );
+        }
         let router = self.router(&raw.router, &app, &state_dir);
         let switch = self.switch(raw.switch.as_ref());
+        let mut runtime = runtime;
+        if let Some(super::RuntimeConfig::Swarm(swarm)) = &mut runtime {
+            // Swarm stops a task with its own spec's grace period: it goes in at creation.
+            swarm.stop_grace_period = Some(switch.stop_timeout);
+        }
         let timeouts = self.timeouts(raw.timeouts.as_ref());
 
         if !self.problems.is_empty() {

@@ -1,4 +1,4 @@
-//! `[runtime]` (compose and docker) and `[endpoints]`.
+//! `[runtime]` (compose, docker, and what swarm shares with docker) and `[endpoints]`.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -14,6 +14,43 @@ use super::{
     Checker, COMPOSE_PROJECT, DOCKER_NAME, ENV_NAME, IMAGE, LABEL, RESERVED_ENV, SERVICE, SIGNAL,
 };
 
+/// What kinds `docker` and `swarm` both give every container they run.
+pub(super) struct ContainerSettings {
+    pub(super) image: String,
+    pub(super) container_port: u16,
+    pub(super) networks: Vec<String>,
+    pub(super) stop_signal: Option<String>,
+    pub(super) labels: BTreeMap<String, String>,
+    pub(super) env: BTreeMap<String, String>,
+    pub(super) init: bool,
+}
+
+/// The keys only kind `swarm` takes, with their places.
+fn swarm_keys(r: &RawRuntime) -> [(&'static str, Option<Range<usize>>); 8] {
+    [
+        (
+            "published_ports",
+            r.published_ports.as_ref().map(Spanned::span),
+        ),
+        ("publish_mode", r.publish_mode.as_ref().map(Spanned::span)),
+        ("replicas", r.replicas.as_ref().map(Spanned::span)),
+        (
+            "max_replicas_per_node",
+            r.max_replicas_per_node.as_ref().map(Spanned::span),
+        ),
+        ("constraints", r.constraints.as_ref().map(Spanned::span)),
+        ("addresses", r.addresses.as_ref().map(Spanned::span)),
+        (
+            "converge_timeout",
+            r.converge_timeout.as_ref().map(Spanned::span),
+        ),
+        (
+            "max_task_failures",
+            r.max_task_failures.as_ref().map(Spanned::span),
+        ),
+    ]
+}
+
 impl Checker<'_> {
     // ---- runtime -------------------------------------------------------------------------
 
@@ -24,42 +61,53 @@ impl Checker<'_> {
         endpoints: Option<PerColor<Endpoint>>,
     ) -> Option<RuntimeConfig> {
         let r = raw.get_ref();
+        let compose_only: [(&str, Option<Range<usize>>); 6] = [
+            ("file", r.file.as_ref().map(Spanned::span)),
+            ("files", r.files.as_ref().map(Spanned::span)),
+            ("project", r.project.as_ref().map(Spanned::span)),
+            ("service", r.service.as_ref().map(Spanned::span)),
+            ("tool", r.tool.as_ref().map(Spanned::span)),
+            ("working_dir", r.working_dir.as_ref().map(Spanned::span)),
+        ];
+        let docker_only: [(&str, Option<Range<usize>>); 2] = [
+            ("publish_host", r.publish_host.as_ref().map(Spanned::span)),
+            (
+                "restart_policy",
+                r.restart_policy.as_ref().map(Spanned::span),
+            ),
+        ];
+        let container_keys: [(&str, Option<Range<usize>>); 6] = [
+            ("image", r.image.as_ref().map(Spanned::span)),
+            ("network", r.network.as_ref().map(Spanned::span)),
+            ("networks", r.networks.as_ref().map(Spanned::span)),
+            ("stop_signal", r.stop_signal.as_ref().map(Spanned::span)),
+            ("labels", r.labels.as_ref().map(Spanned::span)),
+            ("init", r.init.as_ref().map(Spanned::span)),
+        ];
+        let swarm_only = swarm_keys(r);
         match r.kind.get_ref().as_str() {
             "compose" => {
-                let docker_only: [(&str, Option<Range<usize>>); 8] = [
-                    ("image", r.image.as_ref().map(Spanned::span)),
-                    ("publish_host", r.publish_host.as_ref().map(Spanned::span)),
-                    ("network", r.network.as_ref().map(Spanned::span)),
-                    ("networks", r.networks.as_ref().map(Spanned::span)),
-                    (
-                        "restart_policy",
-                        r.restart_policy.as_ref().map(Spanned::span),
-                    ),
-                    ("stop_signal", r.stop_signal.as_ref().map(Spanned::span)),
-                    ("labels", r.labels.as_ref().map(Spanned::span)),
-                    ("init", r.init.as_ref().map(Spanned::span)),
-                ];
-                self.refuse_keys("runtime", &docker_only, "kind = \"docker\" (with compose, put `init: true` under the service in the compose file)");
+                self.refuse_keys("runtime", &docker_only, "kind = \"docker\"");
+                self.refuse_keys("runtime", &container_keys, "kind = \"docker\" or \"swarm\" (with compose, put `init: true` under the service in the compose file)");
+                self.refuse_keys("runtime", &swarm_only, "kind = \"swarm\"");
                 self.compose(raw, app, endpoints)
                     .map(RuntimeConfig::Compose)
             }
             "docker" => {
-                let compose_only: [(&str, Option<Range<usize>>); 6] = [
-                    ("file", r.file.as_ref().map(Spanned::span)),
-                    ("files", r.files.as_ref().map(Spanned::span)),
-                    ("project", r.project.as_ref().map(Spanned::span)),
-                    ("service", r.service.as_ref().map(Spanned::span)),
-                    ("tool", r.tool.as_ref().map(Spanned::span)),
-                    ("working_dir", r.working_dir.as_ref().map(Spanned::span)),
-                ];
                 self.refuse_keys("runtime", &compose_only, "kind = \"compose\"");
+                self.refuse_keys("runtime", &swarm_only, "kind = \"swarm\"");
                 self.docker(raw, endpoints).map(RuntimeConfig::Docker)
+            }
+            "swarm" => {
+                self.refuse_keys("runtime", &compose_only, "kind = \"compose\"");
+                self.refuse_keys("runtime", &docker_only, "kind = \"docker\"");
+                self.swarm(raw).map(RuntimeConfig::Swarm)
             }
             other => {
                 self.bad(
                     r.kind.span(),
                     "runtime.kind",
-                    format!("unknown runtime kind `{other}`: expected \"compose\" or \"docker\""),
+                    format!("unknown runtime kind `{other}`: expected \"compose\", \"docker\" or \"swarm\""),
                 );
                 None
             }
@@ -211,31 +259,7 @@ impl Checker<'_> {
         endpoints: Option<PerColor<Endpoint>>,
     ) -> Option<DockerConfig> {
         let r = raw.get_ref();
-        let image = match &r.image {
-            Some(i) => {
-                self.matches(i, "runtime.image", &IMAGE, "an image reference such as \"myapp:1.2\" or \"registry.local/myapp@sha256:...\"");
-                Some(i.get_ref().clone())
-            }
-            None => {
-                self.bad(
-                    raw.span(),
-                    "runtime.image",
-                    "kind = \"docker\" needs `image`: the default image to run (`deploy --image` overrides it)",
-                );
-                None
-            }
-        };
-        let container_port = match &r.container_port {
-            Some(p) => self.port(p, "runtime.container_port"),
-            None => {
-                self.bad(
-                    raw.span(),
-                    "runtime.container_port",
-                    "kind = \"docker\" needs `container_port`: the port the app listens on inside the container",
-                );
-                None
-            }
-        };
+        let container = self.container(raw, "docker");
         let publish_host = match &r.publish_host {
             Some(h) => {
                 if h.get_ref().parse::<IpAddr>().is_err() {
@@ -251,6 +275,63 @@ impl Checker<'_> {
                 h.get_ref().clone()
             }
             None => "127.0.0.1".to_string(),
+        };
+        let restart_policy = r.restart_policy.as_ref().map(|p| {
+            if !["no", "on-failure", "unless-stopped", "always"].contains(&p.get_ref().as_str()) {
+                self.bad(
+                    p.span(),
+                    "runtime.restart_policy",
+                    format!("unknown restart policy `{}`: expected \"no\", \"on-failure\", \"unless-stopped\" or \"always\"", p.get_ref()),
+                );
+            }
+            p.get_ref().clone()
+        });
+        let container = container?;
+        Some(DockerConfig {
+            image: container.image,
+            container_port: container.container_port,
+            endpoints,
+            publish_host,
+            env: container.env,
+            networks: container.networks,
+            restart_policy,
+            stop_signal: container.stop_signal,
+            labels: container.labels,
+            init: container.init,
+        })
+    }
+
+    /// The keys a container of kind `docker` and a task of kind `swarm` share.
+    pub(super) fn container(
+        &mut self,
+        raw: &Spanned<RawRuntime>,
+        kind: &str,
+    ) -> Option<ContainerSettings> {
+        let r = raw.get_ref();
+        let image = match &r.image {
+            Some(i) => {
+                self.matches(i, "runtime.image", &IMAGE, "an image reference such as \"myapp:1.2\" or \"registry.local/myapp@sha256:...\"");
+                Some(i.get_ref().clone())
+            }
+            None => {
+                self.bad(
+                    raw.span(),
+                    "runtime.image",
+                    format!("kind = \"{kind}\" needs `image`: the default image to run (`deploy --image` overrides it)"),
+                );
+                None
+            }
+        };
+        let container_port = match &r.container_port {
+            Some(p) => self.port(p, "runtime.container_port"),
+            None => {
+                self.bad(
+                    raw.span(),
+                    "runtime.container_port",
+                    format!("kind = \"{kind}\" needs `container_port`: the port the app listens on inside the container"),
+                );
+                None
+            }
         };
         let mut networks = Vec::new();
         match (&r.network, &r.networks) {
@@ -271,16 +352,6 @@ impl Checker<'_> {
             }
             (None, None) => {}
         }
-        let restart_policy = r.restart_policy.as_ref().map(|p| {
-            if !["no", "on-failure", "unless-stopped", "always"].contains(&p.get_ref().as_str()) {
-                self.bad(
-                    p.span(),
-                    "runtime.restart_policy",
-                    format!("unknown restart policy `{}`: expected \"no\", \"on-failure\", \"unless-stopped\" or \"always\"", p.get_ref()),
-                );
-            }
-            p.get_ref().clone()
-        });
         let stop_signal = r.stop_signal.as_ref().map(|s| {
             self.matches(
                 s,
@@ -305,16 +376,13 @@ impl Checker<'_> {
             }
         }
         let env = self.env(r.env.as_ref());
-        Some(DockerConfig {
+        Some(ContainerSettings {
             image: image?,
             container_port: container_port?,
-            endpoints,
-            publish_host,
-            env,
             networks,
-            restart_policy,
             stop_signal,
             labels,
+            env,
             init: r.init.as_ref().is_some_and(|i| *i.get_ref()),
         })
     }
