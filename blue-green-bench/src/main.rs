@@ -475,7 +475,9 @@ fn finish_phase(
 /// same target directory and profile as this binary.
 async fn blue_green_binary(args: &Args) -> Result<PathBuf, String> {
     if let Some(path) = &args.blue_green {
-        return Ok(path.clone());
+        // Absolute: the router phases start it from their own directories.
+        return std::fs::canonicalize(path)
+            .map_err(|e| format!("--blue-green {}: {e}", path.display()));
     }
     let here =
         std::env::current_exe().map_err(|e| format!("could not find this program's path: {e}"))?;
