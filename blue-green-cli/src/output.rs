@@ -169,6 +169,26 @@ fn step_label(step: Step, color: Option<blue_green_core::Color>) -> String {
     }
 }
 
+/// How many of a hook's last output lines the progress shows (`--verbose`: all of them).
+const HOOK_LINES: usize = 10;
+
+/// A hook's output as the progress shows it: its last lines, after a line that says how many
+/// were left out (the JSON events and `--verbose` have them all).
+fn folded(output: &str, verbose: bool) -> Vec<String> {
+    let lines: Vec<&str> = output.lines().collect();
+    let keep = if verbose { lines.len() } else { HOOK_LINES };
+    let skipped = lines.len().saturating_sub(keep);
+    let mut shown = Vec::with_capacity(keep + 1);
+    if skipped > 0 {
+        shown.push(format!(
+            "... {skipped} earlier line{} (--verbose or --json shows them)",
+            if skipped == 1 { "" } else { "s" }
+        ));
+    }
+    shown.extend(lines[skipped..].iter().map(|l| l.to_string()));
+    shown
+}
+
 /// Seconds with one decimal, for people.
 pub fn secs(ms: u64) -> String {
     format!("{:.1}s", ms as f64 / 1000.0)
@@ -294,6 +314,18 @@ impl Observer for HumanObserver {
                 ));
             }
             Event::Drained { left: None, .. } => {}
+            Event::HookFinished {
+                hook,
+                status,
+                output,
+                ..
+            } => {
+                self.stop_spinner();
+                self.line(&format!("       {hook} hook {status}"));
+                for line in folded(output, self.verbose) {
+                    self.line(&format!("       | {line}"));
+                }
+            }
             Event::CommandFinished { .. } => {
                 self.flush_repeats();
                 self.stop_spinner();
@@ -415,6 +447,22 @@ mod tests {
         assert_eq!(secs(0), "0.0s");
         assert_eq!(secs(1249), "1.2s");
         assert_eq!(secs(61_000), "61.0s");
+    }
+
+    #[test]
+    fn hook_output_is_folded_to_its_last_lines() {
+        let output: String = (1..=12).map(|n| format!("line {n}\n")).collect();
+        let shown = folded(&output, false);
+        assert_eq!(shown.len(), 11);
+        assert_eq!(
+            shown[0],
+            "... 2 earlier lines (--verbose or --json shows them)"
+        );
+        assert_eq!(shown[1], "line 3");
+        assert_eq!(shown[10], "line 12");
+        assert_eq!(folded(&output, true).len(), 12);
+        assert_eq!(folded("one\n", false), ["one"]);
+        assert!(folded("", false).is_empty());
     }
 
     /// A writer the test can read back.

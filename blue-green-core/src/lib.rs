@@ -32,6 +32,7 @@
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod hooks;
 #[cfg(feature = "mocks")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mocks")))]
 pub mod mocks;
@@ -54,6 +55,7 @@ pub use error::{
     NotReady as NotReadyDetail,
 };
 pub use events::{Command, Event, NoopObserver, Observer, Step};
+pub use hooks::{CommandHooks, HookCommand, HookContext, HookOutput, HookPoint, Hooks, NoHooks};
 pub use model::{
     AppName, Artifact, Color, Endpoint, Health, Instance, InstanceState, Release, ReleaseId,
 };
@@ -64,8 +66,8 @@ pub use router::{NoneRouter, RouteReceipt, Router};
 pub use runtime::{instance_env, Runtime, COLOR_ENV, RELEASE_ENV};
 pub use state::file::FileStore;
 pub use state::{
-    AppState, DeployRecord, Deployment, JournalEntry, Lock, LockError, Outcome, StateStore,
-    StepTiming,
+    AppState, DeployRecord, Deployment, HookRecord, JournalEntry, Lock, LockError, Outcome,
+    StateStore, StepTiming,
 };
 pub use tokio_util::sync::CancellationToken;
 

@@ -7,6 +7,7 @@ use tokio::time::Instant;
 
 use crate::error::Error;
 use crate::events::{Event, Step};
+use crate::hooks::{HookContext, HookPoint};
 use crate::model::{Color, Endpoint, Instance, InstanceState, Release};
 use crate::probe::HealthProbe;
 use crate::router::Router;
@@ -96,6 +97,11 @@ pub(super) async fn deploy<R: Runtime, P: HealthProbe, T: Router, S: StateStore>
     run.from = from;
     run.to = Some(color);
     run.journal = Some(journal_for(run, color, Some(release.clone()), from));
+    let app = run.engine.config().app.clone();
+    run.enable_hooks(
+        HookContext::new(app, color, release.id.to_string()),
+        world.live.as_ref(),
+    );
 
     let leftovers = world.idle_of(color);
     if !leftovers.is_empty() {
@@ -261,6 +267,11 @@ async fn bring_up<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
     let color = change.color;
     let here = Some(color);
 
+    if let Err(e) = run.hook(HookPoint::PreDeploy, true).await {
+        // Nothing was started: only the journal must go.
+        run.save_final().await;
+        return Err(e);
+    }
     let started = match &change.bring {
         Bring::Start(release) => {
             run.step(Step::Start, here, true, async {
@@ -285,10 +296,14 @@ async fn bring_up<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
         Err(e) => return Err(restore(run, &change, None, false, e).await),
     };
 
+    run.hooks_see(&inst.endpoint);
     if let Err(e) = run
         .step(Step::Ready, here, true, eng.wait_ready(&inst))
         .await
     {
+        return Err(restore(run, &change, Some(&inst), false, e).await);
+    }
+    if let Err(e) = run.hook(HookPoint::PreSwitch, true).await {
         return Err(restore(run, &change, Some(&inst), false, e).await);
     }
 
@@ -320,6 +335,24 @@ async fn bring_up<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
         return Err(restore(run, &change, Some(&inst), true, e).await);
     }
     run.switched = true;
+    if let Err(e) = run.hook(HookPoint::PostSwitch, true).await {
+        // The old color still runs (it is drained after this hook): going back is possible
+        // when there was one.
+        let back = eng.config().switch.rollback_on_post_switch_failure
+            || matches!(e, Error::Cancelled { .. });
+        if back && change.old.is_some() {
+            run.switched = false;
+            return Err(restore(run, &change, Some(&inst), true, e).await);
+        }
+        run.warn(format!(
+            "{e}; {color} stays live{}",
+            if change.old.is_some() {
+                " (`[switch] rollback_on_post_switch_failure = true` routes back instead)"
+            } else {
+                ": there was no color before it to go back to"
+            }
+        ));
+    }
 
     if let (true, Some(old)) = (change.retire_old, change.old.as_ref()) {
         let old_color = old.color;
@@ -357,6 +390,9 @@ async fn bring_up<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
     run.state.go_live(live.clone());
     run.save_final().await;
     run.end_step(Step::Record, here, began, Ok(()));
+    // Recorded: nothing after this is journaled.
+    run.journal = None;
+    run.hook_or_warn(HookPoint::PostDeploy).await;
     Ok((live, change.old.as_ref().map(|o| o.color)))
 }
 

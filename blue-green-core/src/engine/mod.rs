@@ -21,6 +21,7 @@
 
 mod calls;
 mod flow;
+mod hook;
 mod ops;
 mod plan;
 mod policy;
@@ -38,6 +39,7 @@ pub use policy::{KeepPrevious, ReadinessPolicy, SwitchPolicy, Timeouts};
 
 use crate::error::{Error, LockHolder};
 use crate::events::{Command, NoopObserver, Observer};
+use crate::hooks::{Hooks, NoHooks};
 use crate::model::{AppName, Color, Endpoint, Instance, InstanceState, Release};
 use crate::probe::HealthProbe;
 use crate::router::Router;
@@ -193,6 +195,7 @@ pub struct Engine<R, P, T, S> {
     router: T,
     store: S,
     observer: Arc<dyn Observer>,
+    hooks: Arc<dyn Hooks>,
 }
 
 impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
@@ -205,7 +208,15 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
             router,
             store,
             observer: Arc::new(NoopObserver),
+            hooks: Arc::new(NoHooks),
         }
+    }
+
+    /// Runs `hooks` at the points of a deploy ([`HookPoint`](crate::HookPoint)); without
+    /// this, an engine runs none.
+    pub fn with_hooks(mut self, hooks: Arc<dyn Hooks>) -> Self {
+        self.hooks = hooks;
+        self
     }
 
     /// Sends every event to `observer`.
@@ -243,6 +254,9 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
             .begin(Command::Deploy, Some(release.id.to_string()), cancel)
             .await?;
         let result = flow::deploy(&mut run, release).await;
+        if let Err(error) = &result {
+            run.on_failure(error).await;
+        }
         run.finish_switch(result).await
     }
 

@@ -57,6 +57,10 @@ pub struct SwitchPolicy {
     pub stop_timeout: Duration,
     /// What to do with the old color.
     pub keep_previous: KeepPrevious,
+    /// Whether a failing `post_switch` hook routes back to the old color (still running then)
+    /// and fails the deploy; otherwise the failure is a warning and the new color stays live.
+    #[serde(default)]
+    pub rollback_on_post_switch_failure: bool,
 }
 
 impl Default for SwitchPolicy {
@@ -65,6 +69,7 @@ impl Default for SwitchPolicy {
             drain: Duration::from_secs(10),
             stop_timeout: Duration::from_secs(30),
             keep_previous: KeepPrevious::Stopped,
+            rollback_on_post_switch_failure: false,
         }
     }
 }

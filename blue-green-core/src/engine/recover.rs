@@ -115,6 +115,7 @@ impl<'e, R: Runtime, P: HealthProbe, T: Router, S: StateStore> Run<'e, R, P, T, 
                         finished_at: now_rfc3339(),
                         steps: Vec::new(),
                         warnings: Vec::new(),
+                        hooks: Vec::new(),
                     };
                     if let Err(e) = eng.store_append(&record).await {
                         self.warn(format!(

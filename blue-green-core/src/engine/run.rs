@@ -8,13 +8,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, LockHolder};
 use crate::events::{millis, Command, Event, Step};
+use crate::hooks::HookContext;
 use crate::model::{Color, Endpoint, Instance};
 use crate::probe::HealthProbe;
 use crate::router::Router;
 use crate::runtime::Runtime;
 use crate::state::{
-    AppState, DeployRecord, Deployment, JournalEntry, Lock, LockError, Outcome, StateStore,
-    StepTiming,
+    AppState, DeployRecord, Deployment, HookRecord, JournalEntry, Lock, LockError, Outcome,
+    StateStore, StepTiming,
 };
 
 use super::calls::now_rfc3339;
@@ -51,6 +52,10 @@ pub(super) struct Run<'e, R, P, T, S> {
     pub(super) release: Option<String>,
     pub(super) from: Option<Color>,
     pub(super) to: Option<Color>,
+    /// What hooks are told; `None` for a command that runs no hooks.
+    pub(super) hook_context: Option<HookContext>,
+    /// The hooks run so far and how each ended, for the history line.
+    pub(super) hooks: Vec<HookRecord>,
     _lock: Lock,
 }
 
@@ -97,6 +102,8 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
             release,
             from: None,
             to: None,
+            hook_context: None,
+            hooks: Vec::new(),
             _lock: lock,
         };
         if let Some(old) = run._lock.taken_over_from.clone() {
@@ -335,6 +342,7 @@ impl<'e, R: Runtime, P: HealthProbe, T: Router, S: StateStore> Run<'e, R, P, T, 
                 finished_at: now_rfc3339(),
                 steps: self.steps.clone(),
                 warnings: self.warnings.clone(),
+                hooks: self.hooks.clone(),
             };
             if let Err(e) = self.engine.store_append(&record).await {
                 self.warn(format!("could not append to the history: {e}"));

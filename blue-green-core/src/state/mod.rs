@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ComponentError, LockHolder};
 use crate::events::{Command, Step};
+use crate::hooks::HookPoint;
 use crate::model::{Color, Endpoint, Release};
 
 /// A release that is (or was) live in a color.
@@ -197,6 +198,32 @@ pub struct DeployRecord {
     /// short): kept, so that a slow deploy can be explained later.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// The hooks the command ran and how each ended.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<HookRecord>,
+}
+
+/// How one hook of a command ended, as the history keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct HookRecord {
+    /// Which hook.
+    pub hook: HookPoint,
+    /// Whether it succeeded.
+    pub success: bool,
+    /// How it ended: "exited with code 2", "did not finish within 5s and was killed".
+    pub status: String,
+}
+
+impl HookRecord {
+    /// A record of `hook`.
+    pub fn new(hook: HookPoint, success: bool, status: impl Into<String>) -> Self {
+        HookRecord {
+            hook,
+            success,
+            status: status.into(),
+        }
+    }
 }
 
 impl DeployRecord {
@@ -234,6 +261,7 @@ impl DeployRecord {
             finished_at: finished_at.into(),
             steps: Vec::new(),
             warnings: Vec::new(),
+            hooks: Vec::new(),
         }
     }
 }

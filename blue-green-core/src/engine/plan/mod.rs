@@ -332,7 +332,10 @@ fn finish(world: &World, state: &AppState, journal: &JournalEntry, plan: &mut Pl
     // Died between the switch and the end of the drain: the old color may still have requests
     // in flight (and nginx's old workers may still send it new ones for a moment), so it is
     // drained now, before anything may stop or clear it.
-    let undrained = matches!(journal.step, Step::Switch | Step::Verify | Step::Drain);
+    let undrained = matches!(
+        journal.step,
+        Step::Switch | Step::Verify | Step::PostSwitch | Step::Drain
+    );
     if let Some(from) = journal.from {
         if undrained {
             for inst in world.idle_of(from).into_iter().filter(|i| world.runs(i)) {

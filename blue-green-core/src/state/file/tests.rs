@@ -43,6 +43,7 @@ fn record(release: &str) -> DeployRecord {
             ok: true,
         }],
         warnings: Vec::new(),
+        hooks: Vec::new(),
     }
 }
 
