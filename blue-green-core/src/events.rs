@@ -99,9 +99,24 @@ pub enum Command {
     Status,
     /// `repair`
     Repair,
+    /// `deploy --no-switch`: start and ready a release in the idle color, leave the router.
+    Stage,
+    /// `promote`: switch to the staged color.
+    Promote,
+    /// `abort`: remove the staged color.
+    Abort,
 }
 
 impl Command {
+    /// Whether the command points the router somewhere new (deploy, rollback, switch,
+    /// promote): what a repair of its journal looks for.
+    pub fn routes(self) -> bool {
+        matches!(
+            self,
+            Command::Deploy | Command::Rollback | Command::Switch | Command::Promote
+        )
+    }
+
     /// The lowercase name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -111,6 +126,9 @@ impl Command {
             Command::Down => "down",
             Command::Status => "status",
             Command::Repair => "repair",
+            Command::Stage => "stage",
+            Command::Promote => "promote",
+            Command::Abort => "abort",
         }
     }
 }

@@ -48,7 +48,8 @@ pub mod testing;
 
 pub use engine::{
     DeployReport, DownReport, DownTarget, Engine, EngineConfig, IfLive, InstanceStatus,
-    KeepPrevious, Leftover, ReadinessPolicy, RepairReport, Status, SwitchPolicy, Timeouts,
+    KeepPrevious, Leftover, ReadinessPolicy, RepairReport, StageReport, Status, SwitchPolicy,
+    Timeouts,
 };
 pub use error::{
     ComponentError, ComponentErrorKind, Error, ExitClass, Leftovers, LockHolder,

@@ -1,8 +1,8 @@
 //! The engine's invariants (DESIGN.md) under injected failures and crashes, with the in-memory
 //! fakes of the `testing` feature on tokio's paused clock:
 //!
-//! - a property test runs random sequences of deploy / rollback / switch / down / status /
-//!   repair, with a failure or a hang injected at a random call of the runtime, probe, router,
+//! - a property test runs random sequences of deploy / stage (`deploy --no-switch`) / promote /
+//!   abort / rollback / switch / down / status / repair, with a failure or a hang injected at a random call of the runtime, probe, router,
 //!   store or a deploy hook (every hook point is configured, `rollback_on_post_switch_failure`
 //!   either way), and checks the invariants after every command; and that `status` never changes
 //!   anything, whatever it hits;
@@ -150,6 +150,9 @@ async fn status_only_reads(engine: &FakeEngine, world: &FakeWorld) -> Result<Sta
 #[derive(Debug, Clone)]
 enum Op {
     Deploy,
+    Stage,
+    Promote,
+    Abort,
     Rollback,
     Switch(Color),
     Down,
@@ -201,6 +204,9 @@ fn interrupt() -> impl Strategy<Value = Interrupt> {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => Just(Op::Deploy),
+        2 => Just(Op::Stage),
+        2 => Just(Op::Promote),
+        1 => Just(Op::Abort),
         2 => Just(Op::Rollback),
         1 => prop_oneof![Just(Color::Blue), Just(Color::Green)].prop_map(Op::Switch),
         1 => Just(Op::Down),
@@ -268,6 +274,12 @@ async fn run(
                 .deploy(Release::new(format!("v{n}")).unwrap(), &cancel)
                 .await
                 .map(|r| Some(r.live.color)),
+            Op::Stage => engine
+                .stage(Release::new(format!("v{n}")).unwrap(), &cancel)
+                .await
+                .map(|_| None),
+            Op::Promote => engine.promote(&cancel).await.map(|r| Some(r.live.color)),
+            Op::Abort => engine.abort().await.map(|_| None),
             Op::Rollback => engine.rollback(&cancel).await.map(|r| Some(r.live.color)),
             Op::Switch(color) => engine
                 .switch(*color, &cancel)

@@ -43,6 +43,11 @@ struct Switchover {
     old_target: Option<Endpoint>,
     /// Drain, stop and keep the old color by policy (deploy, rollback), or leave it (switch).
     retire_old: bool,
+    /// Stop once the new instance is ready (and its `pre_switch` hook passed), and record it
+    /// as staged instead of switching (`deploy --no-switch`).
+    stage_only: bool,
+    /// Run the `pre_switch` hook (it ran already when a staged color is promoted).
+    pre_switch_hook: bool,
 }
 
 fn journal_for<R, P, T, S>(
@@ -83,9 +88,12 @@ async fn reconciled<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
     Ok(world)
 }
 
+/// `deploy` (`stage_only: false`), or `deploy --no-switch` (`stage_only: true`: start, ready
+/// and `pre_switch`, then record the new color as staged and leave the router).
 pub(super) async fn deploy<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
     run: &mut Run<'_, R, P, T, S>,
     release: Release,
+    stage_only: bool,
 ) -> Result<Switched, Error> {
     let world = reconciled(run).await?;
     let from = world.live_color();
@@ -103,6 +111,14 @@ pub(super) async fn deploy<R: Runtime, P: HealthProbe, T: Router, S: StateStore>
         world.live.as_ref(),
     );
 
+    if let Some((staged, _)) = run.state.staged_in(&world.instances, world.target.as_ref()) {
+        run.warn(format!(
+            "release {} staged in {color} is replaced by this deploy",
+            staged.release.id
+        ));
+    }
+    // Whatever was staged in this slot goes with the clear below.
+    run.state.staged = None;
     let leftovers = world.idle_of(color);
     if !leftovers.is_empty() {
         clear(run, color, leftovers).await?;
@@ -115,6 +131,8 @@ pub(super) async fn deploy<R: Runtime, P: HealthProbe, T: Router, S: StateStore>
         old: world.live.clone(),
         old_target: world.target.clone(),
         retire_old: true,
+        stage_only,
+        pre_switch_hook: true,
     };
     bring_up(run, change).await
 }
@@ -183,8 +201,51 @@ pub(super) async fn rollback<R: Runtime, P: HealthProbe, T: Router, S: StateStor
         old: world.live.clone(),
         old_target: world.target.clone(),
         retire_old: true,
+        stage_only: false,
+        pre_switch_hook: false,
     };
     bring_up(run, change).await
+}
+
+/// `promote`: switch to the staged color (re-checking its readiness first), verify, then
+/// retire the old color as a deploy does, with the deploy's `post_switch` and `post_deploy`
+/// hooks. With nothing staged it changes nothing: `Ok(None)` (a second promote, or one after
+/// a crash whose repair finished the first).
+pub(super) async fn promote<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
+    run: &mut Run<'_, R, P, T, S>,
+) -> Result<Option<Switched>, Error> {
+    let world = reconciled(run).await?;
+    let Some((staged, inst)) = run
+        .state
+        .staged_in(&world.instances, world.target.as_ref())
+        .map(|(d, i)| (d.clone(), i.clone()))
+    else {
+        return Ok(None);
+    };
+    let color = staged.color;
+    let from = world.live_color();
+    run.release = Some(staged.release.id.to_string());
+    run.from = from;
+    run.to = Some(color);
+    run.journal = Some(journal_for(run, color, Some(staged.release.clone()), from));
+    let app = run.engine.config().app.clone();
+    run.enable_hooks(
+        HookContext::new(app, color, staged.release.id.to_string()),
+        world.live.as_ref(),
+    );
+    let change = Switchover {
+        color,
+        bring: Bring::Existing(inst),
+        // A failed promote leaves the staged color staged: `promote` again, or `abort`.
+        undo: Undo::Leave,
+        release: staged.release,
+        old: world.live.clone(),
+        old_target: world.target.clone(),
+        retire_old: true,
+        stage_only: false,
+        pre_switch_hook: false,
+    };
+    bring_up(run, change).await.map(Some)
 }
 
 pub(super) async fn switch<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
@@ -229,6 +290,8 @@ pub(super) async fn switch<R: Runtime, P: HealthProbe, T: Router, S: StateStore>
         old: world.live.clone(),
         old_target: world.target.clone(),
         retire_old: false,
+        stage_only: false,
+        pre_switch_hook: false,
     };
     bring_up(run, change).await
 }
@@ -251,9 +314,10 @@ async fn clear<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
             Ok(())
         })
         .await;
-    if result.is_err() {
+    match &result {
+        Ok(()) => leftovers.iter().for_each(|inst| run.state.unstage(inst)),
         // Nothing was started: only the journal must go.
-        run.save_final().await;
+        Err(_) => run.save_final().await,
     }
     result
 }
@@ -267,7 +331,14 @@ async fn bring_up<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
     let color = change.color;
     let here = Some(color);
 
-    if let Err(e) = run.hook(HookPoint::PreDeploy, true).await {
+    // `pre_deploy` runs before a release starts: not for a staged color being promoted.
+    let fresh = matches!(change.bring, Bring::Start(_));
+    let pre_deployed = if fresh {
+        run.hook(HookPoint::PreDeploy, true).await
+    } else {
+        Ok(())
+    };
+    if let Err(e) = pre_deployed {
         // Nothing was started: only the journal must go.
         run.save_final().await;
         return Err(e);
@@ -303,8 +374,13 @@ async fn bring_up<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
     {
         return Err(restore(run, &change, Some(&inst), false, e).await);
     }
-    if let Err(e) = run.hook(HookPoint::PreSwitch, true).await {
-        return Err(restore(run, &change, Some(&inst), false, e).await);
+    if change.pre_switch_hook {
+        if let Err(e) = run.hook(HookPoint::PreSwitch, true).await {
+            return Err(restore(run, &change, Some(&inst), false, e).await);
+        }
+    }
+    if change.stage_only {
+        return Ok(record_staged(run, &change, &inst).await);
     }
 
     let switched = run
@@ -394,6 +470,31 @@ async fn bring_up<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
     run.journal = None;
     run.hook_or_warn(HookPoint::PostDeploy).await;
     Ok((live, change.old.as_ref().map(|o| o.color)))
+}
+
+/// Records `inst` as staged: the end of `deploy --no-switch`. The router was not touched.
+async fn record_staged<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
+    run: &mut Run<'_, R, P, T, S>,
+    change: &Switchover,
+    inst: &Instance,
+) -> Switched {
+    let here = Some(change.color);
+    let began = Instant::now();
+    let _ = run.write_journal(Step::Record).await;
+    run.emit(Event::StepStarted {
+        step: Step::Record,
+        color: here,
+    });
+    let staged = Deployment {
+        color: change.color,
+        release: change.release.clone(),
+        endpoint: inst.endpoint.clone(),
+        since: now_rfc3339(),
+    };
+    run.state.staged = Some(staged.clone());
+    run.save_final().await;
+    run.end_step(Step::Record, here, began, Ok(()));
+    (staged, change.old.as_ref().map(|o| o.color))
 }
 
 /// Stops the old color (unless kept running) and removes it (when so configured). Failures

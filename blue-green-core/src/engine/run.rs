@@ -20,7 +20,7 @@ use crate::state::{
 
 use super::calls::now_rfc3339;
 use super::recover::Unrepaired;
-use super::{DeployReport, DownReport, Engine, RepairReport};
+use super::{DeployReport, DownReport, Engine, RepairReport, StageReport};
 
 /// What a command that changes what serves returns to [`Run::finish_switch`]: the deployment
 /// now live and the color live before.
@@ -56,6 +56,9 @@ pub(super) struct Run<'e, R, P, T, S> {
     pub(super) hook_context: Option<HookContext>,
     /// The hooks run so far and how each ended, for the history line.
     pub(super) hooks: Vec<HookRecord>,
+    /// Whether the command leaves a history line: not when it found nothing to do (a second
+    /// `promote` or `abort`).
+    pub(super) record_history: bool,
     _lock: Lock,
 }
 
@@ -104,6 +107,7 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
             to: None,
             hook_context: None,
             hooks: Vec::new(),
+            record_history: true,
             _lock: lock,
         };
         if let Some(old) = run._lock.taken_over_from.clone() {
@@ -330,7 +334,7 @@ impl<'e, R: Runtime, P: HealthProbe, T: Router, S: StateStore> Run<'e, R, P, T, 
             Err(e) => (Self::outcome_of(e), Some(e.to_string())),
         };
         let usage = matches!(result, Err(Error::Usage { .. }));
-        if !usage && self.command != Command::Repair {
+        if !usage && self.record_history && self.command != Command::Repair {
             let record = DeployRecord {
                 command: self.command,
                 release: self.release.clone(),
@@ -377,6 +381,59 @@ impl<'e, R: Runtime, P: HealthProbe, T: Router, S: StateStore> Run<'e, R, P, T, 
             steps: std::mem::take(&mut self.steps),
             warnings: std::mem::take(&mut self.warnings),
         })
+    }
+
+    pub(super) async fn finish_stage(
+        mut self,
+        result: Result<Switched, Error>,
+    ) -> Result<StageReport, Error> {
+        self.finish(&result).await;
+        let (staged, live) = result?;
+        Ok(StageReport {
+            staged,
+            live,
+            steps: std::mem::take(&mut self.steps),
+            warnings: std::mem::take(&mut self.warnings),
+        })
+    }
+
+    /// A promote that found nothing staged reports the live deployment, unchanged, and leaves
+    /// no history line.
+    pub(super) async fn finish_promote(
+        mut self,
+        result: Result<Option<Switched>, Error>,
+    ) -> Result<DeployReport, Error> {
+        let result = match result {
+            Ok(None) => match self.state.live.clone() {
+                Some(live) => {
+                    self.record_history = false;
+                    self.warn(format!(
+                        "nothing is staged: {} (release {}) stays live; `deploy --no-switch` stages a release",
+                        live.color, live.release.id
+                    ));
+                    Ok((live, self.state.previous.as_ref().map(|d| d.color)))
+                }
+                None => Err(Error::Usage {
+                    app: self.engine.config().app.clone(),
+                    message: "nothing is staged and nothing is live: `deploy --no-switch` stages a release".into(),
+                }),
+            },
+            Ok(Some(switched)) => Ok(switched),
+            Err(e) => Err(e),
+        };
+        self.finish_switch(result).await
+    }
+
+    pub(super) async fn finish_abort(
+        mut self,
+        result: Result<Option<Vec<Instance>>, Error>,
+    ) -> Result<DownReport, Error> {
+        if let Ok(None) = result {
+            self.record_history = false;
+            self.warn("nothing is staged: there is nothing to abort".into());
+        }
+        self.finish_down(result.map(Option::unwrap_or_default))
+            .await
     }
 
     pub(super) async fn finish_repair(

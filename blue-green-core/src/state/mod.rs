@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ComponentError, LockHolder};
 use crate::events::{Command, Step};
 use crate::hooks::HookPoint;
-use crate::model::{Color, Endpoint, Release};
+use crate::model::{Color, Endpoint, Instance, Release};
 
 /// A release that is (or was) live in a color.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,6 +80,11 @@ pub struct AppState {
     /// The unfinished command, if one was interrupted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub journal: Option<JournalEntry>,
+    /// The release `deploy --no-switch` started and readied in the idle color, waiting for
+    /// `promote` or `abort`. Only a hint: it counts while an instance of that release runs
+    /// in that color and the router does not point at it ([`AppState::staged_in`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staged: Option<Deployment>,
 }
 
 impl AppState {
@@ -89,6 +94,7 @@ impl AppState {
     pub fn release_of(&self, color: Color, release_id: &str) -> Release {
         [self.live.as_ref(), self.previous.as_ref()]
             .into_iter()
+            .chain([self.staged.as_ref()])
             .flatten()
             .find(|d| d.color == color && d.release.id == release_id)
             .map_or_else(|| Release::reported(release_id), |d| d.release.clone())
@@ -98,12 +104,49 @@ impl AppState {
     /// `rollback` goes back to), unless it was in the same color: a color replaced by a newer
     /// release of itself is not something to go back to.
     pub fn go_live(&mut self, deployment: Deployment) {
+        if self
+            .staged
+            .as_ref()
+            .is_some_and(|s| s.color == deployment.color)
+        {
+            // What was staged there is live now, or was replaced.
+            self.staged = None;
+        }
         if let Some(old) = self.live.take() {
             if old.color != deployment.color {
                 self.previous = Some(old);
             }
         }
         self.live = Some(deployment);
+    }
+
+    /// The staged deployment, if it still stands: an instance of its release runs in its
+    /// color (`running` says which instances run) and is not `routed`.
+    pub fn staged_in<'i>(
+        &self,
+        running: impl IntoIterator<Item = &'i Instance>,
+        routed: Option<&Endpoint>,
+    ) -> Option<(&Deployment, &'i Instance)> {
+        let staged = self.staged.as_ref()?;
+        running
+            .into_iter()
+            .find(|i| {
+                i.color == staged.color
+                    && i.release == staged.release.id
+                    && Some(&i.endpoint) != routed
+            })
+            .map(|i| (staged, i))
+    }
+
+    /// Forgets the staged deployment if `removed` was its instance.
+    pub fn unstage(&mut self, removed: &Instance) {
+        if self
+            .staged
+            .as_ref()
+            .is_some_and(|s| s.color == removed.color && s.release.id == removed.release)
+        {
+            self.staged = None;
+        }
     }
 
     /// Records that nothing is live: the live deployment, if any, becomes `previous`, so that
@@ -443,6 +486,7 @@ mod tests {
             live: Some(deployed(Color::Green, "v2")),
             previous: Some(deployed(Color::Blue, "v1")),
             journal: None,
+            staged: None,
         };
         assert_eq!(
             state.release_of(Color::Blue, "v1").artifact.as_deref(),

@@ -50,7 +50,7 @@ impl World {
     }
 
     /// Whether the runtime said `instance` runs (`false` when it was not asked).
-    fn runs(&self, instance: &Instance) -> bool {
+    pub(super) fn runs(&self, instance: &Instance) -> bool {
         self.states
             .get(&instance.id)
             .is_some_and(InstanceState::is_running)
@@ -79,12 +79,14 @@ pub(super) enum Undo {
 impl Undo {
     /// What the repair of an interrupted `command` does with the instances of its color: a
     /// deploy's are removed, a rollback's are stopped (the next rollback can start them again),
-    /// a switch started nothing, a down is finished.
+    /// a switch started nothing, a down is finished. A staged deploy is undone like a deploy,
+    /// an abort finished like a down; a promote leaves the staged color staged.
     pub(super) fn of_interrupted(command: Command) -> Undo {
         match command {
-            Command::Deploy | Command::Down => Undo::Remove,
+            Command::Deploy | Command::Stage | Command::Down | Command::Abort => Undo::Remove,
             Command::Rollback => Undo::Stop,
-            Command::Switch | Command::Status | Command::Repair => Undo::Leave,
+            // A promote started nothing: before its switch, the staged color stays staged.
+            Command::Switch | Command::Promote | Command::Status | Command::Repair => Undo::Leave,
         }
     }
 }
@@ -277,7 +279,7 @@ fn repair(world: &World, state: &AppState, journal: &JournalEntry) -> Plan {
         ..Plan::default()
     };
     let undo = Undo::of_interrupted(journal.command);
-    let switched = journal.command != Command::Down && world.live_color() == Some(color);
+    let switched = journal.command.routes() && world.live_color() == Some(color);
 
     // It was routing back after a failure when it died: finish routing back, if the color it
     // came from still runs.

@@ -91,6 +91,7 @@ async fn state_round_trips_and_a_missing_file_is_the_default() {
             started_at: "2026-11-25T10:00:00Z".into(),
             pid: 42,
         }),
+        staged: None,
     };
     let started = Instant::now();
     store.save(&state).await.unwrap();
