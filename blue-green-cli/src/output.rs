@@ -56,6 +56,9 @@ pub struct HumanObserver {
     terminal: bool,
     spinner: Mutex<Option<ProgressBar>>,
     repeats: Mutex<Option<Repeats>>,
+    /// The step at work, for the probe lines: the watch after the switch shows only its
+    /// failed probes (a healthy one every interval for minutes says nothing).
+    step: Mutex<Option<Step>>,
     pause: Option<PauseHook>,
 }
 
@@ -91,6 +94,7 @@ impl HumanObserver {
             terminal: false,
             spinner: Mutex::new(None),
             repeats: Mutex::new(None),
+            step: Mutex::new(None),
             pause,
         }
     }
@@ -221,6 +225,7 @@ impl Observer for HumanObserver {
                 self.line(&format!("{command} {app}{release}"));
             }
             Event::StepStarted { step, color } => {
+                *self.step.lock().unwrap_or_else(|p| p.into_inner()) = Some(*step);
                 self.start_spinner(step_label(*step, *color));
             }
             Event::StepFinished {
@@ -264,7 +269,15 @@ impl Observer for HumanObserver {
                 elapsed_ms,
             } => {
                 let reason = reason.as_deref().unwrap_or("unhealthy");
-                self.set_spinner_message(format!("{} {color}: probe #{attempt}", Step::Ready));
+                let step = self
+                    .step
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .unwrap_or(Step::Ready);
+                self.set_spinner_message(format!("{step} {color}: probe #{attempt}"));
+                if step == Step::Watch && *healthy && !self.verbose {
+                    return;
+                }
                 if !*healthy {
                     let mut repeats = self.repeats.lock().unwrap_or_else(|p| p.into_inner());
                     if let Some(r) = repeats.as_mut() {

@@ -49,6 +49,8 @@ pub enum Step {
     PostDeploy,
     /// The `on_failure` hook (after a failed deploy was restored).
     OnFailure,
+    /// Keep probing the new color after the switch, the old one still running.
+    Watch,
 }
 
 impl Step {
@@ -72,6 +74,7 @@ impl Step {
             Step::PostSwitch => "post_switch",
             Step::PostDeploy => "post_deploy",
             Step::OnFailure => "on_failure",
+            Step::Watch => "watch",
         }
     }
 }

@@ -4,7 +4,7 @@
 //! - a property test runs random sequences of deploy / stage (`deploy --no-switch`) / promote /
 //!   abort / rollback / switch / down / status / repair, with a failure or a hang injected at a random call of the runtime, probe, router,
 //!   store or a deploy hook (every hook point is configured, `rollback_on_post_switch_failure`
-//!   either way), and checks the invariants after every command; and that `status` never changes
+//!   either way, with or without a watch after the switch), and checks the invariants after every command; and that `status` never changes
 //!   anything, whatever it hits;
 //! - crash-recovery tests "kill the process" right after each journaled step (every call hangs
 //!   from then on and the command's future is dropped), then check that `status` reports what
@@ -29,7 +29,7 @@ use tokio::sync::Notify;
 
 type FakeEngine = Engine<FakeRuntime, FakeProbe, FakeRouter, FakeStore>;
 
-fn config(keep: KeepPrevious, rollback: bool) -> EngineConfig {
+fn config(keep: KeepPrevious, rollback: bool, watch: bool) -> EngineConfig {
     let mut config = EngineConfig::new(AppName::new("web").unwrap());
     config.readiness.interval = Duration::from_millis(500);
     config.readiness.timeout = Duration::from_secs(1);
@@ -38,18 +38,21 @@ fn config(keep: KeepPrevious, rollback: bool) -> EngineConfig {
     config.switch.stop_timeout = Duration::from_secs(2);
     config.switch.keep_previous = keep;
     config.switch.rollback_on_post_switch_failure = rollback;
+    if watch {
+        config.switch.watch = Duration::from_secs(2);
+    }
     config
 }
 
 /// An engine over `world` with a hook at every point (a deploy runs them; faults hit them as
 /// any other call).
 fn engine(world: &FakeWorld, keep: KeepPrevious) -> FakeEngine {
-    engine_with(world, keep, false)
+    engine_with(world, keep, false, false)
 }
 
-fn engine_with(world: &FakeWorld, keep: KeepPrevious, rollback: bool) -> FakeEngine {
+fn engine_with(world: &FakeWorld, keep: KeepPrevious, rollback: bool, watch: bool) -> FakeEngine {
     Engine::new(
-        config(keep, rollback),
+        config(keep, rollback, watch),
         world.runtime(),
         world.probe(),
         world.router(),
@@ -193,6 +196,7 @@ fn interrupt() -> impl Strategy<Value = Interrupt> {
         Step::PostSwitch,
         Step::PostDeploy,
         Step::OnFailure,
+        Step::Watch,
     ]);
     prop_oneof![
         6 => Just(Interrupt::None),
@@ -248,7 +252,7 @@ type Ended = Option<Result<Option<Color>, Error>>;
 /// the step `interrupt` names.
 async fn run(
     world: &FakeWorld,
-    (keep, rollback): (KeepPrevious, bool),
+    (keep, rollback, watch): (KeepPrevious, bool, bool),
     op: &Op,
     n: usize,
     interrupt: Interrupt,
@@ -256,18 +260,19 @@ async fn run(
     let cancel = CancellationToken::new();
     let died = Arc::new(Notify::new());
     let (trigger, w, signal) = (cancel.clone(), world.clone(), died.clone());
-    let engine = engine_with(world, keep, rollback).with_observer(Arc::new(move |e: &Event| {
-        if let Event::StepStarted { step, .. } = e {
-            match interrupt {
-                Interrupt::Cancel(at) if at == *step => trigger.cancel(),
-                Interrupt::Crash(at) if at == *step => {
-                    w.crash();
-                    signal.notify_one();
+    let engine =
+        engine_with(world, keep, rollback, watch).with_observer(Arc::new(move |e: &Event| {
+            if let Event::StepStarted { step, .. } = e {
+                match interrupt {
+                    Interrupt::Cancel(at) if at == *step => trigger.cancel(),
+                    Interrupt::Crash(at) if at == *step => {
+                        w.crash();
+                        signal.notify_one();
+                    }
+                    _ => {}
                 }
-                _ => {}
             }
-        }
-    }));
+        }));
     let command = async {
         match op {
             Op::Deploy => engine
@@ -301,7 +306,7 @@ async fn run(
 
 async fn check_sequence(
     seeded: bool,
-    (keep, rollback): (KeepPrevious, bool),
+    (keep, rollback, watch): (KeepPrevious, bool, bool),
     ops: Vec<(Op, Option<Injected>, Interrupt)>,
     seen: &Mutex<Seen>,
 ) -> Result<(), TestCaseError> {
@@ -309,7 +314,7 @@ async fn check_sequence(
     if seeded {
         world.seed_live(Color::Blue, "v0");
     }
-    let engine = engine_with(&world, keep, rollback);
+    let engine = engine_with(&world, keep, rollback, watch);
     for (n, (op, fault, interrupt)) in ops.iter().enumerate() {
         let target_before = world.router_target();
         let routed_before = routed_id(&world);
@@ -320,7 +325,7 @@ async fn check_sequence(
             world.fault_nth(f.call, f.nth, f.fault);
         }
 
-        let ended = run(&world, (keep, rollback), op, n + 1, *interrupt).await;
+        let ended = run(&world, (keep, rollback, watch), op, n + 1, *interrupt).await;
         world.revive();
         if let Op::Status = op {
             // Reads do not write, whatever fault it hit.
@@ -523,7 +528,7 @@ fn invariants_hold_under_injected_failures() {
     let seen = Mutex::new(Seen::default());
     let strategy = (
         any::<bool>(),
-        (keep(), any::<bool>()),
+        (keep(), any::<bool>(), any::<bool>()),
         proptest::collection::vec((op(), injected(), interrupt()), 1..8),
     );
     let result = runner.run(&strategy, |(seeded, setup, ops)| {

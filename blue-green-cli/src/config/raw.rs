@@ -127,6 +127,8 @@ pub struct RawSwitch {
     pub stop_timeout: Option<Str>,
     pub keep_previous: Option<Str>,
     pub rollback_on_post_switch_failure: Option<Spanned<bool>>,
+    pub watch: Option<Str>,
+    pub watch_failures: Option<Spanned<i64>>,
 }
 
 /// `[hooks]`: one table per hook point.

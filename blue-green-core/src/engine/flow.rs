@@ -430,10 +430,36 @@ async fn bring_up<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
         ));
     }
 
+    // The watch: the old color still runs, so a failure can route back to it. An interrupt
+    // ends the watch early and keeps the new color live: it was asked for after the switch.
+    let mut interrupt_spent = false;
+    let watch = !eng.config().switch.watch.is_zero() && change.retire_old;
+    if let (true, Some(old)) = (watch, change.old.as_ref()) {
+        match run.step(Step::Watch, here, true, eng.watch(&inst)).await {
+            Ok(()) => {}
+            Err(Error::Cancelled { .. }) => {
+                interrupt_spent = true;
+                run.warn(format!(
+                    "the watch was ended by an interrupt: {color} stays live, and {} is drained and retired as usual",
+                    old.color
+                ));
+            }
+            Err(e) => {
+                run.switched = false;
+                return Err(restore(run, &change, Some(&inst), true, e).await);
+            }
+        }
+    }
+
     if let (true, Some(old)) = (change.retire_old, change.old.as_ref()) {
         let old_color = old.color;
         match run
-            .step(Step::Drain, Some(old_color), true, eng.drain(&old.endpoint))
+            .step(
+                Step::Drain,
+                Some(old_color),
+                !interrupt_spent,
+                eng.drain(&old.endpoint),
+            )
             .await
         {
             Ok(warnings) => {

@@ -29,6 +29,7 @@ mod readiness;
 mod reconcile;
 mod recover;
 mod run;
+mod watch;
 
 use std::sync::Arc;
 

@@ -61,6 +61,17 @@ pub struct SwitchPolicy {
     /// and fails the deploy; otherwise the failure is a warning and the new color stays live.
     #[serde(default)]
     pub rollback_on_post_switch_failure: bool,
+    /// After the switch (and `post_switch`), keep the old color running and probe the new one
+    /// for this long before the drain; a failure routes back. Zero: no watch.
+    #[serde(default)]
+    pub watch: Duration,
+    /// Unhealthy probes in a row that fail the watch.
+    #[serde(default = "default_watch_failures")]
+    pub watch_failures: u32,
+}
+
+fn default_watch_failures() -> u32 {
+    2
 }
 
 impl Default for SwitchPolicy {
@@ -70,6 +81,8 @@ impl Default for SwitchPolicy {
             stop_timeout: Duration::from_secs(30),
             keep_previous: KeepPrevious::Stopped,
             rollback_on_post_switch_failure: false,
+            watch: Duration::ZERO,
+            watch_failures: default_watch_failures(),
         }
     }
 }

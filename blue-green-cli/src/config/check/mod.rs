@@ -199,6 +199,24 @@ impl<'a> Checker<'a> {
                 .rollback_on_post_switch_failure
                 .as_ref()
                 .map_or(d.rollback_on_post_switch_failure, |b| *b.get_ref()),
+            watch: self.duration(s.watch.as_ref(), "switch.watch", d.watch, true),
+            watch_failures: match &s.watch_failures {
+                None => d.watch_failures,
+                Some(n) => match u32::try_from(*n.get_ref()) {
+                    Ok(n) if (1..=100).contains(&n) => n,
+                    _ => {
+                        self.bad(
+                            n.span(),
+                            "switch.watch_failures",
+                            format!(
+                                "{} is not allowed: expected a number of probes from 1 to 100",
+                                n.get_ref()
+                            ),
+                        );
+                        d.watch_failures
+                    }
+                },
+            },
             keep_previous: match &s.keep_previous {
                 None => d.keep_previous,
                 Some(k) => match k.get_ref().as_str() {

@@ -336,7 +336,7 @@ fn finish(world: &World, state: &AppState, journal: &JournalEntry, plan: &mut Pl
     // drained now, before anything may stop or clear it.
     let undrained = matches!(
         journal.step,
-        Step::Switch | Step::Verify | Step::PostSwitch | Step::Drain
+        Step::Switch | Step::Verify | Step::PostSwitch | Step::Watch | Step::Drain
     );
     if let Some(from) = journal.from {
         if undrained {
