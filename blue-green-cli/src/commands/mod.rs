@@ -260,7 +260,9 @@ async fn watch_signals(cancel: CancellationToken) {
     if interrupted().await.is_err() {
         return;
     }
-    eprintln!("interrupted: rolling back (interrupt again to exit at once)");
+    eprintln!(
+        "interrupted: rolling back (during the watch after a switch: ending the watch, the new color stays live); interrupt again to exit at once"
+    );
     cancel.cancel();
     if interrupted().await.is_ok() {
         eprintln!("interrupted twice: exiting now; the next blue-green command repairs leftovers");

@@ -435,9 +435,14 @@ async fn bring_up<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
     let mut interrupt_spent = false;
     let watch = !eng.config().switch.watch.is_zero() && change.retire_old;
     if let (true, Some(old)) = (watch, change.old.as_ref()) {
-        match run.step(Step::Watch, here, true, eng.watch(&inst)).await {
-            Ok(()) => {}
-            Err(Error::Cancelled { .. }) => {
+        let cancel = run.cancel_token();
+        // Not cancellable as a step: an interrupt ends the watch itself, successfully.
+        match run
+            .step(Step::Watch, here, false, eng.watch(&inst, &cancel))
+            .await
+        {
+            Ok(false) => {}
+            Ok(true) => {
                 interrupt_spent = true;
                 run.warn(format!(
                     "the watch was ended by an interrupt: {color} stays live, and {} is drained and retired as usual",

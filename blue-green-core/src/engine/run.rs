@@ -195,6 +195,11 @@ impl<'e, R: Runtime, P: HealthProbe, T: Router, S: StateStore> Run<'e, R, P, T, 
         self.warn(message);
     }
 
+    /// The command's cancellation token, for a step that handles an interrupt itself.
+    pub(super) fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
     pub(super) fn cancelled(&self) -> bool {
         self.cancel.is_cancelled()
     }

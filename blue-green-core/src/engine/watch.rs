@@ -3,6 +3,7 @@
 //! row end it with an error, and the flow routes back to the old color.
 
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::error::{ComponentError, Error};
 use crate::events::{millis, Event, Step};
@@ -16,9 +17,22 @@ use super::Engine;
 
 impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
     /// Probes `instance` every readiness interval (each attempt under the readiness timeout)
-    /// until the watch time has passed. Fails when the runtime says it exited, or after
+    /// until the watch time has passed, or `cancel` fires: then it ends at once with
+    /// `Ok(true)` (the new color stays live). Fails when the runtime says it exited, or after
     /// `watch_failures` unhealthy answers in a row.
-    pub(super) async fn watch(&self, instance: &Instance) -> Result<(), Error> {
+    pub(super) async fn watch(
+        &self,
+        instance: &Instance,
+        cancel: &CancellationToken,
+    ) -> Result<bool, Error> {
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => Ok(true),
+            watched = self.watch_until_end(instance) => watched.map(|()| false),
+        }
+    }
+
+    async fn watch_until_end(&self, instance: &Instance) -> Result<(), Error> {
         let readiness = &self.config.readiness;
         let switch = &self.config.switch;
         let needed = switch.watch_failures.max(1);
