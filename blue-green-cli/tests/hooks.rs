@@ -309,7 +309,7 @@ fn config_error(extra: &str) -> (i32, String) {
         .unwrap()
         .current_dir(dir.path())
         .env_remove("BLUE_GREEN_CONFIG")
-        .arg("validate")
+        .args(["validate", "--config-only"])
         .output()
         .unwrap();
     (
@@ -342,4 +342,22 @@ fn hook_config_errors_name_the_key_and_line() {
     let (code, err) = config_error("\n[switch]\nrollback_on_post_switch_failure = \"yes\"\n");
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("rollback_on_post_switch_failure"), "{err}");
+}
+
+#[test]
+fn watch_config_errors_name_the_key_and_line() {
+    let (code, err) = config_error("\n[switch]\nwatch = \"two minutes\"\n");
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("line 12") && err.contains("switch.watch") && err.contains("two minutes"),
+        "{err}"
+    );
+    let (code, err) = config_error("\n[switch]\nwatch = \"2m\"\nwatch_failures = 0\n");
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("line 13") && err.contains("switch.watch_failures"),
+        "{err}"
+    );
+    let (code, err) = config_error("\n[switch]\nwatch = \"2m\"\nwatch_failures = 3\n");
+    assert_eq!(code, 0, "{err}");
 }
