@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use assert_cmd::Command;
-use blue_green_testkit::docker::{containers_with_prefix, demo_app_image, DockerCleanup};
+use blue_green_testkit::docker::containers_with_prefix;
+
+mod common;
+use common::DemoApp;
 use serde_json::Value;
 
 /// A smoke test against the new color's own endpoint, as a `pre_switch` hook would run one.
@@ -24,60 +27,25 @@ fn logging(point: &str) -> String {
 }
 
 struct Project {
-    dir: tempfile::TempDir,
-    image: String,
-    cleanup: DockerCleanup,
+    app: DemoApp,
 }
 
 impl Project {
     async fn new(name: &str) -> Project {
-        let cleanup = DockerCleanup::new(name).await;
-        let image = demo_app_image(&cleanup).await;
-        let dir = tempfile::Builder::new()
-            .prefix("bg-hooks-")
-            .tempdir()
-            .expect("temp dir");
         Project {
-            dir,
-            image,
-            cleanup,
+            app: DemoApp::new(name).await,
         }
     }
 
     /// Writes the config with `extra` (the `[switch]` and `[hooks]` tables) appended.
     fn write(&self, extra: &str) -> PathBuf {
-        let text = format!(
-            r#"app = "{app}"
-state_dir = "state"
-
-[runtime]
-kind = "docker"
-image = "{image}"
-container_port = 8080
-
-[health]
-kind = "http"
-path = "/health"
-expect_body = "{{color}} {{release}}"
-interval = "100ms"
-timeout = "1s"
-deadline = "30s"
-
-[router]
-kind = "none"
-{extra}"#,
-            app = self.cleanup.prefix(),
-            image = self.image,
-        );
-        let path = self.dir.path().join("blue-green.toml");
-        std::fs::write(&path, text).expect("write config");
-        path
+        self.app.write_config(extra)
     }
 
     fn run(&self, args: &[&str]) -> Output {
         Command::cargo_bin("blue-green")
             .expect("binary")
-            .current_dir(self.dir.path())
+            .current_dir(self.app.dir.path())
             .env_remove("BLUE_GREEN_CONFIG")
             .env_remove(blue_green_cli::test_hooks::PAUSE_ENV)
             .env_remove("RUST_LOG")
@@ -88,7 +56,7 @@ kind = "none"
     }
 
     fn log(&self) -> Vec<String> {
-        std::fs::read_to_string(self.dir.path().join("hooks.log"))
+        std::fs::read_to_string(self.app.dir.path().join("hooks.log"))
             .unwrap_or_default()
             .lines()
             .map(str::to_string)
@@ -110,7 +78,7 @@ kind = "none"
 
     async fn containers(&self) -> Vec<String> {
         let mut names: Vec<String> =
-            containers_with_prefix(self.cleanup.docker(), self.cleanup.prefix())
+            containers_with_prefix(self.app.cleanup.docker(), self.app.cleanup.prefix())
                 .await
                 .into_keys()
                 .collect();
@@ -151,7 +119,7 @@ fn assert_exit(out: &Output, code: i32, what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hooks_see_the_deploy_and_their_output_and_outcome_are_kept() {
     let p = Project::new("hooks-env").await;
-    let app = p.cleanup.prefix().to_string();
+    let app = p.app.cleanup.prefix().to_string();
     p.write(&hooks_table(&[
         (
             "pre_deploy",

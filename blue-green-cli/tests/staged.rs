@@ -11,56 +11,28 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use blue_green_cli::test_hooks::{pause_marker, PAUSE_ENV};
-use blue_green_testkit::docker::{containers_with_prefix, demo_app_image, DockerCleanup};
+use blue_green_testkit::docker::containers_with_prefix;
+
+mod common;
+use common::DemoApp;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_blue-green");
 
 struct Project {
-    dir: tempfile::TempDir,
-    cleanup: DockerCleanup,
+    app: DemoApp,
 }
 
 impl Project {
     async fn new(name: &str) -> Project {
-        let cleanup = DockerCleanup::new(name).await;
-        let image = demo_app_image(&cleanup).await;
-        let dir = tempfile::Builder::new()
-            .prefix("bg-staged-")
-            .tempdir()
-            .expect("temp dir");
-        let config = format!(
-            r#"app = "{app}"
-state_dir = "state"
-
-[runtime]
-kind = "docker"
-image = "{image}"
-container_port = 8080
-
-[health]
-kind = "http"
-path = "/health"
-expect_body = "{{color}} {{release}}"
-interval = "100ms"
-timeout = "1s"
-deadline = "30s"
-
-[router]
-kind = "none"
-
-[switch]
-drain = "500ms"
-"#,
-            app = cleanup.prefix(),
-        );
-        std::fs::write(dir.path().join("blue-green.toml"), config).expect("write config");
-        Project { dir, cleanup }
+        let app = DemoApp::new(name).await;
+        app.write_config("\n[switch]\ndrain = \"500ms\"\n");
+        Project { app }
     }
 
     fn command(&self, args: &[&str]) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(BIN);
-        cmd.current_dir(self.dir.path())
+        cmd.current_dir(self.app.dir.path())
             .env_remove("BLUE_GREEN_CONFIG")
             .env_remove(PAUSE_ENV)
             .env_remove("RUST_LOG")
@@ -98,11 +70,11 @@ drain = "500ms"
     }
 
     fn state_dir(&self) -> PathBuf {
-        self.dir.path().join("state")
+        self.app.dir.path().join("state")
     }
 
     async fn containers(&self) -> usize {
-        containers_with_prefix(self.cleanup.docker(), self.cleanup.prefix())
+        containers_with_prefix(self.app.cleanup.docker(), self.app.cleanup.prefix())
             .await
             .len()
     }

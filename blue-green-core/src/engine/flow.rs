@@ -12,7 +12,7 @@ use crate::model::{Color, Endpoint, Instance, InstanceState, Release};
 use crate::probe::HealthProbe;
 use crate::router::Router;
 use crate::runtime::Runtime;
-use crate::state::{Deployment, JournalEntry, StateStore};
+use crate::state::{AppState, Deployment, JournalEntry, StateStore};
 
 use super::calls::{describe, now_rfc3339};
 use super::plan::{Undo, World};
@@ -215,11 +215,7 @@ pub(super) async fn promote<R: Runtime, P: HealthProbe, T: Router, S: StateStore
     run: &mut Run<'_, R, P, T, S>,
 ) -> Result<Option<Switched>, Error> {
     let world = reconciled(run).await?;
-    let Some((staged, inst)) = run
-        .state
-        .staged_in(&world.instances, world.target.as_ref())
-        .map(|(d, i)| (d.clone(), i.clone()))
-    else {
+    let Some((staged, inst)) = world.staged(&run.state) else {
         return Ok(None);
     };
     let color = staged.color;
@@ -380,7 +376,9 @@ async fn bring_up<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
         }
     }
     if change.stage_only {
-        return Ok(record_staged(run, &change, &inst).await);
+        // The end of `deploy --no-switch`: the router was not touched.
+        let staged = record(run, &change, &inst, |state, d| state.staged = Some(d)).await;
+        return Ok((staged, change.old.as_ref().map(|o| o.color)));
     }
 
     let switched = run
@@ -482,33 +480,21 @@ async fn bring_up<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
     }
 
     // Record: the new color is live, the old one is what `rollback` goes back to.
-    let began = Instant::now();
-    let _ = run.write_journal(Step::Record).await;
-    run.emit(Event::StepStarted {
-        step: Step::Record,
-        color: here,
-    });
-    let live = Deployment {
-        color,
-        release: change.release.clone(),
-        endpoint: inst.endpoint.clone(),
-        since: now_rfc3339(),
-    };
-    run.state.go_live(live.clone());
-    run.save_final().await;
-    run.end_step(Step::Record, here, began, Ok(()));
+    let live = record(run, &change, &inst, AppState::go_live).await;
     // Recorded: nothing after this is journaled.
     run.journal = None;
     run.hook_or_warn(HookPoint::PostDeploy).await;
     Ok((live, change.old.as_ref().map(|o| o.color)))
 }
 
-/// Records `inst` as staged: the end of `deploy --no-switch`. The router was not touched.
-async fn record_staged<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
+/// The `record` step: saves the deployment of `inst` (by `keep`: as live, or as staged) and
+/// clears the journal. A failed save is a warning (`save_final`).
+async fn record<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
     run: &mut Run<'_, R, P, T, S>,
     change: &Switchover,
     inst: &Instance,
-) -> Switched {
+    keep: fn(&mut AppState, Deployment),
+) -> Deployment {
     let here = Some(change.color);
     let began = Instant::now();
     let _ = run.write_journal(Step::Record).await;
@@ -516,16 +502,16 @@ async fn record_staged<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
         step: Step::Record,
         color: here,
     });
-    let staged = Deployment {
+    let deployment = Deployment {
         color: change.color,
         release: change.release.clone(),
         endpoint: inst.endpoint.clone(),
         since: now_rfc3339(),
     };
-    run.state.staged = Some(staged.clone());
+    keep(&mut run.state, deployment.clone());
     run.save_final().await;
     run.end_step(Step::Record, here, began, Ok(()));
-    (staged, change.old.as_ref().map(|o| o.color))
+    deployment
 }
 
 /// Stops the old color (unless kept running) and removes it (when so configured). Failures

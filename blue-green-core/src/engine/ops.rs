@@ -117,11 +117,7 @@ pub(super) async fn abort<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
     run: &mut Run<'_, R, P, T, S>,
 ) -> Result<Option<Vec<Instance>>, Error> {
     let world = run.reconcile().await?;
-    let Some((staged, _)) = run
-        .state
-        .staged_in(&world.instances, world.target.as_ref())
-        .map(|(d, i)| (d.clone(), i.clone()))
-    else {
+    let Some((staged, _)) = world.staged(&run.state) else {
         return Ok(None);
     };
     let color = staged.color;

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 
 use crate::events::{Command, Step};
 use crate::model::{Color, Endpoint, Instance, InstanceState, Release};
-use crate::state::{AppState, JournalEntry};
+use crate::state::{AppState, Deployment, JournalEntry};
 
 use super::calls::describe;
 
@@ -47,6 +47,14 @@ impl World {
     /// stop or remove.
     pub(super) fn idle_of(&self, color: Color) -> Vec<Instance> {
         idle(&self.instances, color, self.target.as_ref())
+    }
+
+    /// The staged deployment of `state` and its instance, if it still stands here (its
+    /// instance is in the runtime's list and not routed).
+    pub(super) fn staged(&self, state: &AppState) -> Option<(Deployment, Instance)> {
+        state
+            .staged_in(&self.instances, self.target.as_ref())
+            .map(|(d, i)| (d.clone(), i.clone()))
     }
 
     /// Whether the runtime said `instance` runs (`false` when it was not asked).
