@@ -17,7 +17,8 @@ use common::DemoApp;
 use serde_json::Value;
 
 /// A smoke test against the new color's own endpoint, as a `pre_switch` hook would run one.
-const SMOKE: &str = r#"wget -qO- "http://$BLUE_GREEN_ENDPOINT/health""#;
+/// (busybox's wget: scripts/test installs busybox-static for the test images.)
+const SMOKE: &str = r#"busybox wget -qO- "http://$BLUE_GREEN_ENDPOINT/health""#;
 
 /// Appends what a hook was told to `hooks.log` beside the config.
 fn logging(point: &str) -> String {

@@ -119,13 +119,13 @@ fn endpoint(v: &Value) -> String {
     format!("{}:{}", v["host"].as_str().expect("host"), v["port"])
 }
 
-/// GET http://ENDPOINT/ with wget (a plain HTTP client on this machine), its body.
+/// GET http://ENDPOINT/ with busybox's wget (scripts/test installs busybox-static), its body.
 async fn get(endpoint: &str) -> String {
-    let out = tokio::process::Command::new("wget")
-        .args(["-qO-", &format!("http://{endpoint}/")])
+    let out = tokio::process::Command::new("busybox")
+        .args(["wget", "-qO-", &format!("http://{endpoint}/")])
         .output()
         .await
-        .expect("wget is installed");
+        .expect("busybox is installed (scripts/test installs busybox-static)");
     text(&out.stdout)
 }
 
