@@ -249,7 +249,8 @@ async fn a_failing_post_switch_hook_routes_back_when_asked() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("live traffic now goes to blue"),
+        stderr.contains("live traffic now goes to blue")
+            && stderr.contains("live traffic went back to the old color"),
         "routed back: {stderr}"
     );
     let status = p.status();
