@@ -77,8 +77,22 @@ pub enum Command {
 Examples:
   blue-green deploy --release v1.4.2
   blue-green deploy --image registry.local/web:1.4.2      # release id: the tag, 1.4.2
-  blue-green deploy --release \"$(git rev-parse --short HEAD)\" --json > deploy.ndjson")]
+  blue-green deploy --release \"$(git rev-parse --short HEAD)\" --json > deploy.ndjson
+  blue-green deploy --release v1.4.3 --no-switch         # stage it; then `promote` or `abort`")]
     Deploy(DeployArgs),
+
+    /// Switch live traffic to the staged color (`deploy --no-switch`).
+    ///
+    /// Re-checks its readiness, switches the router, verifies, runs the post_switch hook,
+    /// drains and retires the old color like a deploy, records, runs post_deploy. A failure
+    /// leaves the live color serving and the staged one staged. With nothing staged it changes
+    /// nothing and exits 0 (safe to run twice).
+    Promote,
+
+    /// Stop and remove the staged color (`deploy --no-switch`); the router is not touched.
+    ///
+    /// With nothing staged it changes nothing and exits 0 (safe to run twice).
+    Abort,
 
     /// Show the live color, its release, every instance and its state, and the router target.
     ///
@@ -156,6 +170,12 @@ pub struct DeployArgs {
     /// to compose as ${BLUE_GREEN_IMAGE}, which the compose files must use.
     #[arg(short, long, value_name = "IMAGE")]
     pub image: Option<String>,
+
+    /// Stage the release: start it in the idle color, wait until it is ready and run the
+    /// pre_switch hook, then stop, leaving live traffic where it is. The staged color answers
+    /// at its own endpoint; `promote` switches to it, `abort` removes it.
+    #[arg(long)]
+    pub no_switch: bool,
 }
 
 /// A color on the command line.

@@ -1,6 +1,8 @@
 //! Turns a checked [`Config`] into the engine's components: a runtime, a probe, a router and a
 //! state store, as trait objects. No deploy logic lives here.
 
+use std::sync::Arc;
+
 use blue_green_core::{
     CommandProbe, Engine, FileStore, HealthProbe, HttpProbe, NoneRouter, Router, Runtime, TcpProbe,
 };
@@ -156,5 +158,6 @@ impl Components {
             self.router,
             self.store,
         )
+        .with_hooks(Arc::new(config.hooks.clone()))
     }
 }

@@ -90,7 +90,22 @@ impl Failure {
                 }
             }
         }
+        // A watch or post_switch hook failure came after the switch: the old color, which kept
+        // running, serves again.
+        let after_switch = matches!(
+            self,
+            Failure::Engine(e) if matches!(
+                e.as_ref(),
+                blue_green_core::Error::Step {
+                    step: blue_green_core::Step::Watch | blue_green_core::Step::PostSwitch,
+                    ..
+                }
+            )
+        );
         let hint = match self.class() {
+            ExitClass::Failed if after_switch => {
+                "live traffic went back to the old color, which kept running; the new one was removed"
+            }
             ExitClass::Failed => "nothing that was serving changed",
             ExitClass::Usage if matches!(self, Failure::Config(_)) => {
                 "nothing was started or written; fix the config and run `blue-green validate`"

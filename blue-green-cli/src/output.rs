@@ -56,6 +56,9 @@ pub struct HumanObserver {
     terminal: bool,
     spinner: Mutex<Option<ProgressBar>>,
     repeats: Mutex<Option<Repeats>>,
+    /// The step at work, for the probe lines: the watch after the switch shows only its
+    /// failed probes (a healthy one every interval for minutes says nothing).
+    step: Mutex<Option<Step>>,
     pause: Option<PauseHook>,
 }
 
@@ -91,6 +94,7 @@ impl HumanObserver {
             terminal: false,
             spinner: Mutex::new(None),
             repeats: Mutex::new(None),
+            step: Mutex::new(None),
             pause,
         }
     }
@@ -169,6 +173,26 @@ fn step_label(step: Step, color: Option<blue_green_core::Color>) -> String {
     }
 }
 
+/// How many of a hook's last output lines the progress shows (`--verbose`: all of them).
+const HOOK_LINES: usize = 10;
+
+/// A hook's output as the progress shows it: its last lines, after a line that says how many
+/// were left out (the JSON events and `--verbose` have them all).
+fn folded(output: &str, verbose: bool) -> Vec<String> {
+    let lines: Vec<&str> = output.lines().collect();
+    let keep = if verbose { lines.len() } else { HOOK_LINES };
+    let skipped = lines.len().saturating_sub(keep);
+    let mut shown = Vec::with_capacity(keep + 1);
+    if skipped > 0 {
+        shown.push(format!(
+            "... {skipped} earlier line{} (--verbose or --json shows them)",
+            if skipped == 1 { "" } else { "s" }
+        ));
+    }
+    shown.extend(lines[skipped..].iter().map(|l| l.to_string()));
+    shown
+}
+
 /// Seconds with one decimal, for people.
 pub fn secs(ms: u64) -> String {
     format!("{:.1}s", ms as f64 / 1000.0)
@@ -201,6 +225,7 @@ impl Observer for HumanObserver {
                 self.line(&format!("{command} {app}{release}"));
             }
             Event::StepStarted { step, color } => {
+                *self.step.lock().unwrap_or_else(|p| p.into_inner()) = Some(*step);
                 self.start_spinner(step_label(*step, *color));
             }
             Event::StepFinished {
@@ -244,7 +269,15 @@ impl Observer for HumanObserver {
                 elapsed_ms,
             } => {
                 let reason = reason.as_deref().unwrap_or("unhealthy");
-                self.set_spinner_message(format!("{} {color}: probe #{attempt}", Step::Ready));
+                let step = self
+                    .step
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .unwrap_or(Step::Ready);
+                self.set_spinner_message(format!("{step} {color}: probe #{attempt}"));
+                if step == Step::Watch && *healthy && !self.verbose {
+                    return;
+                }
                 if !*healthy {
                     let mut repeats = self.repeats.lock().unwrap_or_else(|p| p.into_inner());
                     if let Some(r) = repeats.as_mut() {
@@ -294,6 +327,18 @@ impl Observer for HumanObserver {
                 ));
             }
             Event::Drained { left: None, .. } => {}
+            Event::HookFinished {
+                hook,
+                status,
+                output,
+                ..
+            } => {
+                self.stop_spinner();
+                self.line(&format!("       {hook} hook {status}"));
+                for line in folded(output, self.verbose) {
+                    self.line(&format!("       | {line}"));
+                }
+            }
             Event::CommandFinished { .. } => {
                 self.flush_repeats();
                 self.stop_spinner();
@@ -415,6 +460,22 @@ mod tests {
         assert_eq!(secs(0), "0.0s");
         assert_eq!(secs(1249), "1.2s");
         assert_eq!(secs(61_000), "61.0s");
+    }
+
+    #[test]
+    fn hook_output_is_folded_to_its_last_lines() {
+        let output: String = (1..=12).map(|n| format!("line {n}\n")).collect();
+        let shown = folded(&output, false);
+        assert_eq!(shown.len(), 11);
+        assert_eq!(
+            shown[0],
+            "... 2 earlier lines (--verbose or --json shows them)"
+        );
+        assert_eq!(shown[1], "line 3");
+        assert_eq!(shown[10], "line 12");
+        assert_eq!(folded(&output, true).len(), 12);
+        assert_eq!(folded("one\n", false), ["one"]);
+        assert!(folded("", false).is_empty());
     }
 
     /// A writer the test can read back.

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::hooks::HookPoint;
 use crate::model::{Color, Endpoint};
 
 /// A step of a command, in the order a deploy runs them. Also the unit of the journal: each step
@@ -38,6 +39,18 @@ pub enum Step {
     Restore,
     /// Write the outcome to state and history.
     Record,
+    /// The `pre_deploy` hook (before the new color starts).
+    PreDeploy,
+    /// The `pre_switch` hook (the new color is ready, not yet routed to).
+    PreSwitch,
+    /// The `post_switch` hook (the new color is live, the old one still runs).
+    PostSwitch,
+    /// The `post_deploy` hook (after the deploy was recorded).
+    PostDeploy,
+    /// The `on_failure` hook (after a failed deploy was restored).
+    OnFailure,
+    /// Keep probing the new color after the switch, the old one still running.
+    Watch,
 }
 
 impl Step {
@@ -56,6 +69,12 @@ impl Step {
             Step::Remove => "remove",
             Step::Restore => "restore",
             Step::Record => "record",
+            Step::PreDeploy => "pre_deploy",
+            Step::PreSwitch => "pre_switch",
+            Step::PostSwitch => "post_switch",
+            Step::PostDeploy => "post_deploy",
+            Step::OnFailure => "on_failure",
+            Step::Watch => "watch",
         }
     }
 }
@@ -83,9 +102,24 @@ pub enum Command {
     Status,
     /// `repair`
     Repair,
+    /// `deploy --no-switch`: start and ready a release in the idle color, leave the router.
+    Stage,
+    /// `promote`: switch to the staged color.
+    Promote,
+    /// `abort`: remove the staged color.
+    Abort,
 }
 
 impl Command {
+    /// Whether the command points the router somewhere new (deploy, rollback, switch,
+    /// promote): what a repair of its journal looks for.
+    pub fn routes(self) -> bool {
+        matches!(
+            self,
+            Command::Deploy | Command::Rollback | Command::Switch | Command::Promote
+        )
+    }
+
     /// The lowercase name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -95,6 +129,9 @@ impl Command {
             Command::Down => "down",
             Command::Status => "status",
             Command::Repair => "repair",
+            Command::Stage => "stage",
+            Command::Promote => "promote",
+            Command::Abort => "abort",
         }
     }
 }
@@ -203,6 +240,23 @@ pub enum Event {
         /// How many of those the router closed, when it can close them.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         cut: Option<u64>,
+    },
+    /// A hook ran to its end (or could not be run, or overran its timeout: then `success` is
+    /// false and `status` says why). Its step's `StepFinished` or `StepFailed` follows.
+    HookFinished {
+        /// Which hook.
+        hook: HookPoint,
+        /// The color the deploy brings up.
+        color: Color,
+        /// Whether it succeeded.
+        success: bool,
+        /// How it ended: "exited with code 0", "did not finish within 5s and was killed".
+        status: String,
+        /// What it printed (stdout, then stderr; the end of it when it printed a lot).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        output: String,
+        /// How long it ran, in milliseconds.
+        elapsed_ms: u64,
     },
     /// A command ended.
     CommandFinished {

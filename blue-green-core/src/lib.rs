@@ -32,6 +32,7 @@
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod hooks;
 #[cfg(feature = "mocks")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mocks")))]
 pub mod mocks;
@@ -47,13 +48,15 @@ pub mod testing;
 
 pub use engine::{
     DeployReport, DownReport, DownTarget, Engine, EngineConfig, IfLive, InstanceStatus,
-    KeepPrevious, Leftover, ReadinessPolicy, RepairReport, Status, SwitchPolicy, Timeouts,
+    KeepPrevious, Leftover, ReadinessPolicy, RepairReport, StageReport, Status, SwitchPolicy,
+    Timeouts,
 };
 pub use error::{
     ComponentError, ComponentErrorKind, Error, ExitClass, Leftovers, LockHolder,
     NotReady as NotReadyDetail,
 };
 pub use events::{Command, Event, NoopObserver, Observer, Step};
+pub use hooks::{CommandHooks, HookCommand, HookContext, HookOutput, HookPoint, Hooks, NoHooks};
 pub use model::{
     AppName, Artifact, Color, Endpoint, Health, Instance, InstanceState, Release, ReleaseId,
 };
@@ -64,8 +67,8 @@ pub use router::{NoneRouter, RouteReceipt, Router};
 pub use runtime::{instance_env, Runtime, COLOR_ENV, RELEASE_ENV};
 pub use state::file::FileStore;
 pub use state::{
-    AppState, DeployRecord, Deployment, JournalEntry, Lock, LockError, Outcome, StateStore,
-    StepTiming,
+    AppState, DeployRecord, Deployment, HookRecord, JournalEntry, Lock, LockError, Outcome,
+    StateStore, StepTiming,
 };
 /// The time types of the saved state and history ([`Deployment::since`],
 /// [`DeployRecord::started_at`], ...), re-exported so that an embedder that builds or reads them

@@ -978,6 +978,7 @@ fn green_live_blue_previous(listed: Vec<Instance>) -> Mocks {
             ..deployment(&blue())
         }),
         journal: None,
+        staged: None,
     };
     Mocks::new(state, Some(green().endpoint), listed)
 }

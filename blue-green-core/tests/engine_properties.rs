@@ -1,9 +1,10 @@
 //! The engine's invariants (DESIGN.md) under injected failures and crashes, with the in-memory
 //! fakes of the `testing` feature on tokio's paused clock:
 //!
-//! - a property test runs random sequences of deploy / rollback / switch / down / status /
-//!   repair, with a failure or a hang injected at a random call of the runtime, probe, router or
-//!   store, and checks the invariants after every command; and that `status` never changes
+//! - a property test runs random sequences of deploy / stage (`deploy --no-switch`) / promote /
+//!   abort / rollback / switch / down / status / repair, with a failure or a hang injected at a random call of the runtime, probe, router,
+//!   store or a deploy hook (every hook point is configured, `rollback_on_post_switch_failure`
+//!   either way, with or without a watch after the switch), and checks the invariants after every command; and that `status` never changes
 //!   anything, whatever it hits;
 //! - crash-recovery tests "kill the process" right after each journaled step (every call hangs
 //!   from then on and the command's future is dropped), then check that `status` reports what
@@ -28,7 +29,7 @@ use tokio::sync::Notify;
 
 type FakeEngine = Engine<FakeRuntime, FakeProbe, FakeRouter, FakeStore>;
 
-fn config(keep: KeepPrevious) -> EngineConfig {
+fn config(keep: KeepPrevious, rollback: bool, watch: bool) -> EngineConfig {
     let mut config = EngineConfig::new(AppName::new("web").unwrap());
     config.readiness.interval = Duration::from_millis(500);
     config.readiness.timeout = Duration::from_secs(1);
@@ -36,17 +37,28 @@ fn config(keep: KeepPrevious) -> EngineConfig {
     config.switch.drain = Duration::from_secs(1);
     config.switch.stop_timeout = Duration::from_secs(2);
     config.switch.keep_previous = keep;
+    config.switch.rollback_on_post_switch_failure = rollback;
+    if watch {
+        config.switch.watch = Duration::from_secs(2);
+    }
     config
 }
 
+/// An engine over `world` with a hook at every point (a deploy runs them; faults hit them as
+/// any other call).
 fn engine(world: &FakeWorld, keep: KeepPrevious) -> FakeEngine {
+    engine_with(world, keep, false, false)
+}
+
+fn engine_with(world: &FakeWorld, keep: KeepPrevious, rollback: bool, watch: bool) -> FakeEngine {
     Engine::new(
-        config(keep),
+        config(keep, rollback, watch),
         world.runtime(),
         world.probe(),
         world.router(),
         world.store(),
     )
+    .with_hooks(Arc::new(world.hooks()))
 }
 
 fn paused_runtime() -> tokio::runtime::Runtime {
@@ -141,6 +153,9 @@ async fn status_only_reads(engine: &FakeEngine, world: &FakeWorld) -> Result<Sta
 #[derive(Debug, Clone)]
 enum Op {
     Deploy,
+    Stage,
+    Promote,
+    Abort,
     Rollback,
     Switch(Color),
     Down,
@@ -176,6 +191,12 @@ fn interrupt() -> impl Strategy<Value = Interrupt> {
         Step::Remove,
         Step::Restore,
         Step::Record,
+        Step::PreDeploy,
+        Step::PreSwitch,
+        Step::PostSwitch,
+        Step::PostDeploy,
+        Step::OnFailure,
+        Step::Watch,
     ]);
     prop_oneof![
         6 => Just(Interrupt::None),
@@ -187,6 +208,9 @@ fn interrupt() -> impl Strategy<Value = Interrupt> {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => Just(Op::Deploy),
+        2 => Just(Op::Stage),
+        2 => Just(Op::Promote),
+        1 => Just(Op::Abort),
         2 => Just(Op::Rollback),
         1 => prop_oneof![Just(Color::Blue), Just(Color::Green)].prop_map(Op::Switch),
         1 => Just(Op::Down),
@@ -228,7 +252,7 @@ type Ended = Option<Result<Option<Color>, Error>>;
 /// the step `interrupt` names.
 async fn run(
     world: &FakeWorld,
-    keep: KeepPrevious,
+    (keep, rollback, watch): (KeepPrevious, bool, bool),
     op: &Op,
     n: usize,
     interrupt: Interrupt,
@@ -236,24 +260,31 @@ async fn run(
     let cancel = CancellationToken::new();
     let died = Arc::new(Notify::new());
     let (trigger, w, signal) = (cancel.clone(), world.clone(), died.clone());
-    let engine = engine(world, keep).with_observer(Arc::new(move |e: &Event| {
-        if let Event::StepStarted { step, .. } = e {
-            match interrupt {
-                Interrupt::Cancel(at) if at == *step => trigger.cancel(),
-                Interrupt::Crash(at) if at == *step => {
-                    w.crash();
-                    signal.notify_one();
+    let engine =
+        engine_with(world, keep, rollback, watch).with_observer(Arc::new(move |e: &Event| {
+            if let Event::StepStarted { step, .. } = e {
+                match interrupt {
+                    Interrupt::Cancel(at) if at == *step => trigger.cancel(),
+                    Interrupt::Crash(at) if at == *step => {
+                        w.crash();
+                        signal.notify_one();
+                    }
+                    _ => {}
                 }
-                _ => {}
             }
-        }
-    }));
+        }));
     let command = async {
         match op {
             Op::Deploy => engine
                 .deploy(Release::new(format!("v{n}")).unwrap(), &cancel)
                 .await
                 .map(|r| Some(r.live.color)),
+            Op::Stage => engine
+                .stage(Release::new(format!("v{n}")).unwrap(), &cancel)
+                .await
+                .map(|_| None),
+            Op::Promote => engine.promote(&cancel).await.map(|r| Some(r.live.color)),
+            Op::Abort => engine.abort().await.map(|_| None),
             Op::Rollback => engine.rollback(&cancel).await.map(|r| Some(r.live.color)),
             Op::Switch(color) => engine
                 .switch(*color, &cancel)
@@ -275,7 +306,7 @@ async fn run(
 
 async fn check_sequence(
     seeded: bool,
-    keep: KeepPrevious,
+    (keep, rollback, watch): (KeepPrevious, bool, bool),
     ops: Vec<(Op, Option<Injected>, Interrupt)>,
     seen: &Mutex<Seen>,
 ) -> Result<(), TestCaseError> {
@@ -283,7 +314,7 @@ async fn check_sequence(
     if seeded {
         world.seed_live(Color::Blue, "v0");
     }
-    let engine = engine(&world, keep);
+    let engine = engine_with(&world, keep, rollback, watch);
     for (n, (op, fault, interrupt)) in ops.iter().enumerate() {
         let target_before = world.router_target();
         let routed_before = routed_id(&world);
@@ -294,7 +325,7 @@ async fn check_sequence(
             world.fault_nth(f.call, f.nth, f.fault);
         }
 
-        let ended = run(&world, keep, op, n + 1, *interrupt).await;
+        let ended = run(&world, (keep, rollback, watch), op, n + 1, *interrupt).await;
         world.revive();
         if let Op::Status = op {
             // Reads do not write, whatever fault it hit.
@@ -497,11 +528,11 @@ fn invariants_hold_under_injected_failures() {
     let seen = Mutex::new(Seen::default());
     let strategy = (
         any::<bool>(),
-        keep(),
+        (keep(), any::<bool>(), any::<bool>()),
         proptest::collection::vec((op(), injected(), interrupt()), 1..8),
     );
-    let result = runner.run(&strategy, |(seeded, keep, ops)| {
-        paused_runtime().block_on(check_sequence(seeded, keep, ops, &seen))
+    let result = runner.run(&strategy, |(seeded, setup, ops)| {
+        paused_runtime().block_on(check_sequence(seeded, setup, ops, &seen))
     });
     if let Err(e) = result {
         panic!("{e}");
@@ -628,7 +659,14 @@ async fn check_recovery(world: &FakeWorld, step: Step, expect_live: Color) {
 
 #[tokio::test(start_paused = true)]
 async fn a_crash_before_the_switch_is_undone_by_the_next_command() {
-    for step in [Step::Clear, Step::Start, Step::Ready, Step::Switch] {
+    for step in [
+        Step::Clear,
+        Step::PreDeploy,
+        Step::Start,
+        Step::Ready,
+        Step::PreSwitch,
+        Step::Switch,
+    ] {
         let world = crash_deploy_at(step, KeepPrevious::Stopped, |_| {}).await;
         assert_eq!(
             world.routed_instance().unwrap().instance.color,
@@ -643,6 +681,7 @@ async fn a_crash_before_the_switch_is_undone_by_the_next_command() {
 async fn a_crash_after_the_switch_is_recorded_by_the_next_command() {
     for step in [
         Step::Verify,
+        Step::PostSwitch,
         Step::Drain,
         Step::Stop,
         Step::Remove,
@@ -726,7 +765,7 @@ async fn a_crash_during_down_is_finished_by_the_next_command() {
 
 #[tokio::test(start_paused = true)]
 async fn a_crash_between_switch_and_drain_drains_the_old_color_before_anything_stops_it() {
-    for step in [Step::Verify, Step::Drain] {
+    for step in [Step::Verify, Step::PostSwitch, Step::Drain] {
         let world = crash_deploy_at(step, KeepPrevious::Stopped, |_| {}).await;
         let before = world.calls().len();
         let engine = engine(&world, KeepPrevious::Stopped);

@@ -42,7 +42,7 @@ pub async fn run(cli: &Cli, config: Result<Config, config::ConfigError>) -> i32 
         (_, Ok(config)) => {
             let result = dispatch(cli, config.clone(), printer).await;
             if let Err(f) = &result {
-                if matches!(name, "deploy" | "switch" | "rollback") {
+                if matches!(name, "deploy" | "switch" | "rollback" | "promote") {
                     hints = explain::explain(&config, f).await;
                 }
             }
@@ -81,6 +81,8 @@ pub async fn run(cli: &Cli, config: Result<Config, config::ConfigError>) -> i32 
 fn command_name(c: &Command) -> &'static str {
     match c {
         Command::Deploy(_) => "deploy",
+        Command::Promote => "promote",
+        Command::Abort => "abort",
         Command::Status => "status",
         Command::Repair => "repair",
         Command::Rollback => "rollback",
@@ -101,8 +103,47 @@ async fn dispatch(cli: &Cli, config: Config, printer: Printer) -> Result<(), Fai
             let release = release_for(args, &config).await?;
             let engine = engine(&config, printer, true).await?;
             let started = Instant::now();
+            if args.no_switch {
+                let report =
+                    with_cancel(|c| async move { engine.stage(release, &c).await }).await?;
+                let staged = &report.staged;
+                let live = report
+                    .live
+                    .map(|c| format!("{c} stays live"))
+                    .unwrap_or_else(|| "nothing is live".into());
+                let human = format!(
+                    "deploy --no-switch done in {}: release {} is staged in {} at {}; {live}. `blue-green promote` switches to it, `blue-green abort` removes it",
+                    secs(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)),
+                    staged.release.id,
+                    staged.color,
+                    staged.endpoint,
+                );
+                printer.success("deploy", json!({ "report": report }), &human, false);
+                return Ok(());
+            }
             let report = with_cancel(|c| async move { engine.deploy(release, &c).await }).await?;
             changed(printer, "deploy", &report, started);
+            Ok(())
+        }
+        Command::Promote => {
+            let engine = engine(&config, printer, true).await?;
+            let started = Instant::now();
+            let report = with_cancel(|c| async move { engine.promote(&c).await }).await?;
+            changed(printer, "promote", &report, started);
+            Ok(())
+        }
+        Command::Abort => {
+            let engine = engine(&config, printer, true).await?;
+            let report = engine.abort().await?;
+            let human = match report.removed.first() {
+                Some(inst) => format!(
+                    "aborted: removed the staged {} (release {})",
+                    inst.color,
+                    one_line(&inst.release)
+                ),
+                None => "nothing is staged: nothing to abort".to_string(),
+            };
+            printer.success("abort", json!({ "report": report }), &human, false);
             Ok(())
         }
         Command::Rollback => {
@@ -244,7 +285,9 @@ async fn watch_signals(cancel: CancellationToken) {
     if interrupted().await.is_err() {
         return;
     }
-    eprintln!("interrupted: rolling back (interrupt again to exit at once)");
+    eprintln!(
+        "interrupted: rolling back (during the watch after a switch: ending the watch, the new color stays live); interrupt again to exit at once"
+    );
     cancel.cancel();
     if interrupted().await.is_ok() {
         eprintln!("interrupted twice: exiting now; the next blue-green command repairs leftovers");

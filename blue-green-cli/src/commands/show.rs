@@ -47,14 +47,29 @@ pub(super) fn status_text(s: &Status, unserved: Option<&str>) -> String {
         .as_ref()
         .map_or("nowhere".to_string(), ToString::to_string);
     let _ = writeln!(out, "router   -> {target}");
+    if let Some(staged) = &s.staged {
+        let _ = writeln!(
+            out,
+            "staged   {}, release {} at {} since {}: `blue-green promote` switches to it, `blue-green abort` removes it",
+            staged.color,
+            staged.release.id,
+            staged.endpoint,
+            short_time(staged.since)
+        );
+    }
     if s.instances.is_empty() {
         let _ = writeln!(out, "instances: none");
     } else {
         let _ = writeln!(out, "instances:");
         for i in &s.instances {
+            let is_staged = s
+                .staged
+                .as_ref()
+                .is_some_and(|d| d.color == i.instance.color && d.release.id == i.instance.release);
             let live = match (i.live, unserved) {
                 (true, None) => "  LIVE",
                 (true, Some(_)) => "  ROUTED IN THE FILE ONLY",
+                (false, _) if is_staged => "  STAGED",
                 _ => "",
             };
             let _ = writeln!(

@@ -15,7 +15,7 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use blue_green_core::{AppName, EngineConfig, HttpProbeConfig};
+use blue_green_core::{AppName, CommandHooks, EngineConfig, HttpProbeConfig};
 use blue_green_docker::{ComposeConfig, DockerConfig, SwarmConfig};
 use blue_green_router::caddy::CaddyConfig;
 use blue_green_router::haproxy::HaproxyConfig;
@@ -38,6 +38,8 @@ pub struct Config {
     pub router: RouterConfig,
     /// Readiness, switch and timeouts for the engine.
     pub engine: EngineConfig,
+    /// `[hooks]`: the programs a deploy runs at its hook points.
+    pub hooks: CommandHooks,
 }
 
 /// `[runtime]`.

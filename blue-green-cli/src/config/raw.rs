@@ -24,6 +24,8 @@ pub struct RawConfig {
     pub switch: Option<RawSwitch>,
     #[serde(default)]
     pub timeouts: Option<RawTimeouts>,
+    #[serde(default)]
+    pub hooks: Option<RawHooks>,
 }
 
 /// `blue = "..."`, `green = "..."`.
@@ -141,6 +143,28 @@ pub struct RawSwitch {
     pub drain: Option<Str>,
     pub stop_timeout: Option<Str>,
     pub keep_previous: Option<Str>,
+    pub rollback_on_post_switch_failure: Option<Spanned<bool>>,
+    pub watch: Option<Str>,
+    pub watch_failures: Option<Spanned<i64>>,
+}
+
+/// `[hooks]`: one table per hook point.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHooks {
+    pub pre_deploy: Option<Spanned<RawHook>>,
+    pub pre_switch: Option<Spanned<RawHook>>,
+    pub post_switch: Option<Spanned<RawHook>>,
+    pub post_deploy: Option<Spanned<RawHook>>,
+    pub on_failure: Option<Spanned<RawHook>>,
+}
+
+/// `[hooks.pre_deploy]` and the others: an argv and its timeout.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHook {
+    pub command: Spanned<Vec<Str>>,
+    pub timeout: Option<Str>,
 }
 
 /// `[timeouts]`.

@@ -7,11 +7,12 @@ use tokio::time::Instant;
 
 use crate::error::Error;
 use crate::events::{Event, Step};
+use crate::hooks::{HookContext, HookPoint};
 use crate::model::{Color, Endpoint, Instance, InstanceState, Release};
 use crate::probe::HealthProbe;
 use crate::router::Router;
 use crate::runtime::Runtime;
-use crate::state::{Deployment, JournalEntry, StateStore};
+use crate::state::{AppState, Deployment, JournalEntry, StateStore};
 
 use super::calls::{describe, now};
 use super::plan::{Undo, World};
@@ -42,6 +43,11 @@ struct Switchover {
     old_target: Option<Endpoint>,
     /// Drain, stop and keep the old color by policy (deploy, rollback), or leave it (switch).
     retire_old: bool,
+    /// Stop once the new instance is ready (and its `pre_switch` hook passed), and record it
+    /// as staged instead of switching (`deploy --no-switch`).
+    stage_only: bool,
+    /// Run the `pre_switch` hook (it ran already when a staged color is promoted).
+    pre_switch_hook: bool,
 }
 
 fn journal_for<R, P, T, S>(
@@ -82,9 +88,12 @@ async fn reconciled<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
     Ok(world)
 }
 
+/// `deploy` (`stage_only: false`), or `deploy --no-switch` (`stage_only: true`: start, ready
+/// and `pre_switch`, then record the new color as staged and leave the router).
 pub(super) async fn deploy<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
     run: &mut Run<'_, R, P, T, S>,
     release: Release,
+    stage_only: bool,
 ) -> Result<Switched, Error> {
     let world = reconciled(run).await?;
     let from = world.live_color();
@@ -96,7 +105,20 @@ pub(super) async fn deploy<R: Runtime, P: HealthProbe, T: Router, S: StateStore>
     run.from = from;
     run.to = Some(color);
     run.journal = Some(journal_for(run, color, Some(release.clone()), from));
+    let app = run.engine.config().app.clone();
+    run.enable_hooks(
+        HookContext::new(app, color, release.id.to_string()),
+        world.live.as_ref(),
+    );
 
+    if let Some((staged, _)) = run.state.staged_in(&world.instances, world.target.as_ref()) {
+        run.warn(format!(
+            "release {} staged in {color} is replaced by this deploy",
+            staged.release.id
+        ));
+    }
+    // Whatever was staged in this slot goes with the clear below.
+    run.state.staged = None;
     let leftovers = world.idle_of(color);
     if !leftovers.is_empty() {
         clear(run, color, leftovers).await?;
@@ -109,6 +131,8 @@ pub(super) async fn deploy<R: Runtime, P: HealthProbe, T: Router, S: StateStore>
         old: world.live.clone(),
         old_target: world.target.clone(),
         retire_old: true,
+        stage_only,
+        pre_switch_hook: true,
     };
     bring_up(run, change).await
 }
@@ -177,8 +201,47 @@ pub(super) async fn rollback<R: Runtime, P: HealthProbe, T: Router, S: StateStor
         old: world.live.clone(),
         old_target: world.target.clone(),
         retire_old: true,
+        stage_only: false,
+        pre_switch_hook: false,
     };
     bring_up(run, change).await
+}
+
+/// `promote`: switch to the staged color (re-checking its readiness first), verify, then
+/// retire the old color as a deploy does, with the deploy's `post_switch` and `post_deploy`
+/// hooks. With nothing staged it changes nothing: `Ok(None)` (a second promote, or one after
+/// a crash whose repair finished the first).
+pub(super) async fn promote<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
+    run: &mut Run<'_, R, P, T, S>,
+) -> Result<Option<Switched>, Error> {
+    let world = reconciled(run).await?;
+    let Some((staged, inst)) = world.staged(&run.state) else {
+        return Ok(None);
+    };
+    let color = staged.color;
+    let from = world.live_color();
+    run.release = Some(staged.release.id.to_string());
+    run.from = from;
+    run.to = Some(color);
+    run.journal = Some(journal_for(run, color, Some(staged.release.clone()), from));
+    let app = run.engine.config().app.clone();
+    run.enable_hooks(
+        HookContext::new(app, color, staged.release.id.to_string()),
+        world.live.as_ref(),
+    );
+    let change = Switchover {
+        color,
+        bring: Bring::Existing(inst),
+        // A failed promote leaves the staged color staged: `promote` again, or `abort`.
+        undo: Undo::Leave,
+        release: staged.release,
+        old: world.live.clone(),
+        old_target: world.target.clone(),
+        retire_old: true,
+        stage_only: false,
+        pre_switch_hook: false,
+    };
+    bring_up(run, change).await.map(Some)
 }
 
 pub(super) async fn switch<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
@@ -223,6 +286,8 @@ pub(super) async fn switch<R: Runtime, P: HealthProbe, T: Router, S: StateStore>
         old: world.live.clone(),
         old_target: world.target.clone(),
         retire_old: false,
+        stage_only: false,
+        pre_switch_hook: false,
     };
     bring_up(run, change).await
 }
@@ -245,9 +310,10 @@ async fn clear<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
             Ok(())
         })
         .await;
-    if result.is_err() {
+    match &result {
+        Ok(()) => leftovers.iter().for_each(|inst| run.state.unstage(inst)),
         // Nothing was started: only the journal must go.
-        run.save_final().await;
+        Err(_) => run.save_final().await,
     }
     result
 }
@@ -261,6 +327,18 @@ async fn bring_up<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
     let color = change.color;
     let here = Some(color);
 
+    // `pre_deploy` runs before a release starts: not for a staged color being promoted.
+    let fresh = matches!(change.bring, Bring::Start(_));
+    let pre_deployed = if fresh {
+        run.hook(HookPoint::PreDeploy, true).await
+    } else {
+        Ok(())
+    };
+    if let Err(e) = pre_deployed {
+        // Nothing was started: only the journal must go.
+        run.save_final().await;
+        return Err(e);
+    }
     let started = match &change.bring {
         Bring::Start(release) => {
             run.step(Step::Start, here, true, async {
@@ -285,11 +363,22 @@ async fn bring_up<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
         Err(e) => return Err(restore(run, &change, None, false, e).await),
     };
 
+    run.hooks_see(&inst.endpoint);
     if let Err(e) = run
         .step(Step::Ready, here, true, eng.wait_ready(&inst))
         .await
     {
         return Err(restore(run, &change, Some(&inst), false, e).await);
+    }
+    if change.pre_switch_hook {
+        if let Err(e) = run.hook(HookPoint::PreSwitch, true).await {
+            return Err(restore(run, &change, Some(&inst), false, e).await);
+        }
+    }
+    if change.stage_only {
+        // The end of `deploy --no-switch`: the router was not touched.
+        let staged = record(run, &change, &inst, |state, d| state.staged = Some(d)).await;
+        return Ok((staged, change.old.as_ref().map(|o| o.color)));
     }
 
     let switched = run
@@ -320,11 +409,60 @@ async fn bring_up<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
         return Err(restore(run, &change, Some(&inst), true, e).await);
     }
     run.switched = true;
+    if let Err(e) = run.hook(HookPoint::PostSwitch, true).await {
+        // The old color still runs (it is drained after this hook): going back is possible
+        // when there was one.
+        let back = eng.config().switch.rollback_on_post_switch_failure
+            || matches!(e, Error::Cancelled { .. });
+        if back && change.old.is_some() {
+            run.switched = false;
+            return Err(restore(run, &change, Some(&inst), true, e).await);
+        }
+        run.warn(format!(
+            "{e}; {color} stays live{}",
+            if change.old.is_some() {
+                " (`[switch] rollback_on_post_switch_failure = true` routes back instead)"
+            } else {
+                ": there was no color before it to go back to"
+            }
+        ));
+    }
+
+    // The watch: the old color still runs, so a failure can route back to it. An interrupt
+    // ends the watch early and keeps the new color live: it was asked for after the switch.
+    let mut interrupt_spent = false;
+    let watch = !eng.config().switch.watch.is_zero() && change.retire_old;
+    if let (true, Some(old)) = (watch, change.old.as_ref()) {
+        let cancel = run.cancel_token();
+        // Not cancellable as a step: an interrupt ends the watch itself, successfully.
+        match run
+            .step(Step::Watch, here, false, eng.watch(&inst, &cancel))
+            .await
+        {
+            Ok(false) => {}
+            Ok(true) => {
+                interrupt_spent = true;
+                run.warn(format!(
+                    "the watch was ended by an interrupt: {color} stays live, and {} is drained and retired as usual",
+                    old.color
+                ));
+            }
+            Err(e) => {
+                run.switched = false;
+                return Err(restore(run, &change, Some(&inst), true, e).await);
+            }
+        }
+    }
 
     if let (true, Some(old)) = (change.retire_old, change.old.as_ref()) {
         let old_color = old.color;
         match run
-            .step(Step::Drain, Some(old_color), true, eng.drain(&old.endpoint))
+            .step(
+                Step::Drain,
+                Some(old_color),
+                !interrupt_spent,
+                eng.drain(&old.endpoint),
+            )
             .await
         {
             Ok(warnings) => {
@@ -342,22 +480,38 @@ async fn bring_up<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
     }
 
     // Record: the new color is live, the old one is what `rollback` goes back to.
+    let live = record(run, &change, &inst, AppState::go_live).await;
+    // Recorded: nothing after this is journaled.
+    run.journal = None;
+    run.hook_or_warn(HookPoint::PostDeploy).await;
+    Ok((live, change.old.as_ref().map(|o| o.color)))
+}
+
+/// The `record` step: saves the deployment of `inst` (by `keep`: as live, or as staged) and
+/// clears the journal. A failed save is a warning (`save_final`).
+async fn record<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
+    run: &mut Run<'_, R, P, T, S>,
+    change: &Switchover,
+    inst: &Instance,
+    keep: fn(&mut AppState, Deployment),
+) -> Deployment {
+    let here = Some(change.color);
     let began = Instant::now();
     let _ = run.write_journal(Step::Record).await;
     run.emit(Event::StepStarted {
         step: Step::Record,
         color: here,
     });
-    let live = Deployment {
-        color,
+    let deployment = Deployment {
+        color: change.color,
         release: change.release.clone(),
         endpoint: inst.endpoint.clone(),
         since: now(),
     };
-    run.state.go_live(live.clone());
+    keep(&mut run.state, deployment.clone());
     run.save_final().await;
     run.end_step(Step::Record, here, began, Ok(()));
-    Ok((live, change.old.as_ref().map(|o| o.color)))
+    deployment
 }
 
 /// Stops the old color (unless kept running) and removes it (when so configured). Failures

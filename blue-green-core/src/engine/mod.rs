@@ -21,6 +21,7 @@
 
 mod calls;
 mod flow;
+mod hook;
 mod ops;
 mod plan;
 mod policy;
@@ -28,6 +29,7 @@ mod readiness;
 mod reconcile;
 mod recover;
 mod run;
+mod watch;
 
 use std::sync::Arc;
 
@@ -38,6 +40,7 @@ pub use policy::{KeepPrevious, ReadinessPolicy, SwitchPolicy, Timeouts};
 
 use crate::error::{Error, LockHolder};
 use crate::events::{Command, NoopObserver, Observer};
+use crate::hooks::{Hooks, NoHooks};
 use crate::model::{AppName, Color, Endpoint, Instance, InstanceState, Release};
 use crate::probe::HealthProbe;
 use crate::router::Router;
@@ -109,6 +112,20 @@ pub struct DeployReport {
     pub warnings: Vec<String>,
 }
 
+/// The result of [`Engine::stage`] (`deploy --no-switch`).
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct StageReport {
+    /// The staged deployment: its color, release and the endpoint where it answers.
+    pub staged: Deployment,
+    /// The color live now (unchanged), if any.
+    pub live: Option<Color>,
+    /// Each step and its time.
+    pub steps: Vec<StepTiming>,
+    /// Warnings that did not fail the command.
+    pub warnings: Vec<String>,
+}
+
 /// The result of `down`.
 #[derive(Debug, Clone, Serialize)]
 #[non_exhaustive]
@@ -168,6 +185,9 @@ pub struct Status {
     pub deployment: Option<Deployment>,
     /// The router's target.
     pub router_target: Option<Endpoint>,
+    /// The staged deployment (`deploy --no-switch`), while it stands: its instance runs and
+    /// the router does not point at it.
+    pub staged: Option<Deployment>,
     /// Every instance the runtime has for this app.
     pub instances: Vec<InstanceStatus>,
     /// What is left to repair. `status` changes nothing: [`Engine::repair`] repairs these, and
@@ -193,6 +213,7 @@ pub struct Engine<R, P, T, S> {
     router: T,
     store: S,
     observer: Arc<dyn Observer>,
+    hooks: Arc<dyn Hooks>,
 }
 
 impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
@@ -205,7 +226,15 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
             router,
             store,
             observer: Arc::new(NoopObserver),
+            hooks: Arc::new(NoHooks),
         }
+    }
+
+    /// Runs `hooks` at the points of a deploy ([`HookPoint`](crate::HookPoint)); without
+    /// this, an engine runs none.
+    pub fn with_hooks(mut self, hooks: Arc<dyn Hooks>) -> Self {
+        self.hooks = hooks;
+        self
     }
 
     /// Sends every event to `observer`.
@@ -242,8 +271,55 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
         let mut run = self
             .begin(Command::Deploy, Some(release.id.to_string()), cancel)
             .await?;
-        let result = flow::deploy(&mut run, release).await;
+        let result = flow::deploy(&mut run, release, false).await;
+        if let Err(error) = &result {
+            run.on_failure(error).await;
+        }
         run.finish_switch(result).await
+    }
+
+    /// Stages `release` (`deploy --no-switch`): like [`Engine::deploy`] up to and including
+    /// readiness and the `pre_switch` hook, then records the new color as staged and leaves the
+    /// router as it is. The staged color runs beside the live one, reachable at its own
+    /// endpoint, until [`Engine::promote`] switches to it or [`Engine::abort`] removes it. A
+    /// failure removes what was started, as a deploy's does.
+    pub async fn stage(
+        &self,
+        release: Release,
+        cancel: &CancellationToken,
+    ) -> Result<StageReport, Error> {
+        let mut run = self
+            .begin(Command::Stage, Some(release.id.to_string()), cancel)
+            .await?;
+        let result = flow::deploy(&mut run, release, true).await;
+        if let Err(error) = &result {
+            run.on_failure(error).await;
+        }
+        run.finish_stage(result).await
+    }
+
+    /// Switches to the staged color: re-checks its readiness, switches, verifies, runs the
+    /// `post_switch` hook, drains and retires the old color, records, runs `post_deploy`. Same
+    /// failure guarantees as [`Engine::deploy`], except that a failure leaves the staged color
+    /// staged (promote again, or abort). With nothing staged it changes nothing and reports
+    /// the live deployment (a second promote); with nothing staged and nothing live it is
+    /// [`Error::Usage`].
+    pub async fn promote(&self, cancel: &CancellationToken) -> Result<DeployReport, Error> {
+        let mut run = self.begin(Command::Promote, None, cancel).await?;
+        let result = flow::promote(&mut run).await;
+        if let Err(error) = &result {
+            run.on_failure(error).await;
+        }
+        run.finish_promote(result).await
+    }
+
+    /// Stops and removes the staged color and forgets it; the router is not touched. With
+    /// nothing staged it changes nothing (a second abort).
+    pub async fn abort(&self) -> Result<DownReport, Error> {
+        let never = CancellationToken::new();
+        let mut run = self.begin(Command::Abort, None, &never).await?;
+        let result = ops::abort(&mut run).await;
+        run.finish_abort(result).await
     }
 
     /// Routes back to the previous color (the one recorded as `previous`): probes it if it is

@@ -51,35 +51,7 @@ pub(super) async fn down<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
         if doomed.is_empty() {
             continue;
         }
-        run.journal = Some(crate::state::JournalEntry {
-            command: Command::Down,
-            step: Step::Stop,
-            color,
-            release: None,
-            from: live,
-            started_at: run.started_at,
-            pid: std::process::id(),
-        });
-        // `--force` is the one way to stop what the router points at: the user asked for it.
-        let routed = if force { None } else { run.target.clone() };
-        run.step(Step::Stop, Some(color), false, async {
-            for inst in &doomed {
-                eng.stop_unless_routed(inst, routed.as_ref())
-                    .await
-                    .map_err(|e| eng.step_error(Step::Stop, color, e))?;
-            }
-            Ok(())
-        })
-        .await?;
-        run.step(Step::Remove, Some(color), false, async {
-            for inst in &doomed {
-                eng.rt_remove(inst)
-                    .await
-                    .map_err(|e| eng.step_error(Step::Remove, color, e))?;
-            }
-            Ok(())
-        })
-        .await?;
+        take_down(run, Command::Down, color, &doomed, force, live).await?;
         if Some(color) == live {
             run.state.retire_live();
             run.warn(format!(
@@ -90,6 +62,80 @@ pub(super) async fn down<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
     }
     run.save_final().await;
     Ok(removed)
+}
+
+/// Stops and removes `doomed` (the instances of `color`), journaled as `command`: `down` and
+/// `abort`. Only with `force` may it stop what the router points at.
+async fn take_down<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
+    run: &mut Run<'_, R, P, T, S>,
+    command: Command,
+    color: Color,
+    doomed: &[Instance],
+    force: bool,
+    live: Option<Color>,
+) -> Result<(), Error> {
+    let eng = run.engine;
+    run.journal = Some(crate::state::JournalEntry {
+        command,
+        step: Step::Stop,
+        color,
+        release: None,
+        from: live,
+        started_at: run.started_at,
+        pid: std::process::id(),
+    });
+    // `--force` is the one way to stop what the router points at: the user asked for it.
+    let routed = if force { None } else { run.target.clone() };
+    run.step(Step::Stop, Some(color), false, async {
+        for inst in doomed {
+            eng.stop_unless_routed(inst, routed.as_ref())
+                .await
+                .map_err(|e| eng.step_error(Step::Stop, color, e))?;
+        }
+        Ok(())
+    })
+    .await?;
+    run.step(Step::Remove, Some(color), false, async {
+        for inst in doomed {
+            eng.rt_remove(inst)
+                .await
+                .map_err(|e| eng.step_error(Step::Remove, color, e))?;
+        }
+        Ok(())
+    })
+    .await?;
+    for inst in doomed {
+        run.state.unstage(inst);
+    }
+    Ok(())
+}
+
+/// `abort`: stops and removes the staged color (never what the router points at) and forgets
+/// it. With nothing staged it changes nothing (`None`): a second abort, or one after a crash
+/// whose repair finished the first.
+pub(super) async fn abort<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
+    run: &mut Run<'_, R, P, T, S>,
+) -> Result<Option<Vec<Instance>>, Error> {
+    let world = run.reconcile().await?;
+    let Some((staged, _)) = world.staged(&run.state) else {
+        return Ok(None);
+    };
+    let color = staged.color;
+    run.release = Some(staged.release.id.to_string());
+    run.from = Some(color);
+    let doomed = world.idle_of(color);
+    take_down(
+        run,
+        Command::Abort,
+        color,
+        &doomed,
+        false,
+        world.live_color(),
+    )
+    .await?;
+    run.state.staged = None;
+    run.save_final().await;
+    Ok(Some(doomed))
 }
 
 /// `repair`: reconcile under the lock (which repairs what an interrupted command left and makes
@@ -222,11 +268,18 @@ async fn look<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
             state: state.clone(),
         });
     }
+    let staged = state
+        .staged_in(
+            world.instances.iter().filter(|i| world.runs(i)),
+            world.target.as_ref(),
+        )
+        .map(|(d, _)| d.clone());
     Ok(Status {
         app,
         live: world.live_color(),
         deployment: state.live.clone(),
         router_target: world.target.clone(),
+        staged,
         instances,
         leftovers,
         in_progress,

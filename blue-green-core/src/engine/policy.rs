@@ -57,6 +57,21 @@ pub struct SwitchPolicy {
     pub stop_timeout: Duration,
     /// What to do with the old color.
     pub keep_previous: KeepPrevious,
+    /// Whether a failing `post_switch` hook routes back to the old color (still running then)
+    /// and fails the deploy; otherwise the failure is a warning and the new color stays live.
+    #[serde(default)]
+    pub rollback_on_post_switch_failure: bool,
+    /// After the switch (and `post_switch`), keep the old color running and probe the new one
+    /// for this long before the drain; a failure routes back. Zero: no watch.
+    #[serde(default)]
+    pub watch: Duration,
+    /// Unhealthy probes in a row that fail the watch.
+    #[serde(default = "default_watch_failures")]
+    pub watch_failures: u32,
+}
+
+fn default_watch_failures() -> u32 {
+    2
 }
 
 impl Default for SwitchPolicy {
@@ -65,6 +80,9 @@ impl Default for SwitchPolicy {
             drain: Duration::from_secs(10),
             stop_timeout: Duration::from_secs(30),
             keep_previous: KeepPrevious::Stopped,
+            rollback_on_post_switch_failure: false,
+            watch: Duration::ZERO,
+            watch_failures: default_watch_failures(),
         }
     }
 }

@@ -231,6 +231,7 @@ mod tests {
             live: Some(deployed(&blue)),
             previous: Some(deployed(&green)),
             journal: None,
+            staged: None,
         };
         let warning = align_live(
             &mut state,

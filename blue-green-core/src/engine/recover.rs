@@ -84,10 +84,16 @@ impl<'e, R: Runtime, P: HealthProbe, T: Router, S: StateStore> Run<'e, R, P, T, 
                     .stop_unless_routed(inst, self.target.as_ref())
                     .await
                     .map_err(|e| left_in(inst, e)),
-                Action::Remove(inst) => eng
-                    .remove_unless_routed(inst, self.target.as_ref())
-                    .await
-                    .map_err(|e| left_in(inst, e)),
+                Action::Remove(inst) => {
+                    let removed = eng
+                        .remove_unless_routed(inst, self.target.as_ref())
+                        .await
+                        .map_err(|e| left_in(inst, e));
+                    if removed.is_ok() {
+                        self.state.unstage(inst);
+                    }
+                    removed
+                }
                 Action::RecordLive {
                     color,
                     release,
@@ -107,14 +113,18 @@ impl<'e, R: Runtime, P: HealthProbe, T: Router, S: StateStore> Run<'e, R, P, T, 
                         command: journal.command,
                         release: journal.release.as_ref().map(|r| r.id.to_string()),
                         from: journal.from,
-                        to: (journal.command != crate::events::Command::Down)
-                            .then_some(journal.color),
+                        to: (!matches!(
+                            journal.command,
+                            crate::events::Command::Down | crate::events::Command::Abort
+                        ))
+                        .then_some(journal.color),
                         outcome: Outcome::Interrupted,
                         error: Some(format!("{note} (at its {} step)", journal.step)),
                         started_at: journal.started_at,
                         finished_at: now(),
                         steps: Vec::new(),
                         warnings: Vec::new(),
+                        hooks: Vec::new(),
                     };
                     if let Err(e) = eng.store_append(&record).await {
                         self.warn(format!(

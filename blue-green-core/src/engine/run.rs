@@ -8,18 +8,19 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, LockHolder};
 use crate::events::{millis, Command, Event, Step};
+use crate::hooks::HookContext;
 use crate::model::{Color, Endpoint, Instance};
 use crate::probe::HealthProbe;
 use crate::router::Router;
 use crate::runtime::Runtime;
 use crate::state::{
-    AppState, DeployRecord, Deployment, JournalEntry, Lock, LockError, Outcome, StateStore,
-    StepTiming,
+    AppState, DeployRecord, Deployment, HookRecord, JournalEntry, Lock, LockError, Outcome,
+    StateStore, StepTiming,
 };
 
 use super::calls::now;
 use super::recover::Unrepaired;
-use super::{DeployReport, DownReport, Engine, RepairReport};
+use super::{DeployReport, DownReport, Engine, RepairReport, StageReport};
 
 /// What a command that changes what serves returns to [`Run::finish_switch`]: the deployment
 /// now live and the color live before.
@@ -51,6 +52,13 @@ pub(super) struct Run<'e, R, P, T, S> {
     pub(super) release: Option<String>,
     pub(super) from: Option<Color>,
     pub(super) to: Option<Color>,
+    /// What hooks are told; `None` for a command that runs no hooks.
+    pub(super) hook_context: Option<HookContext>,
+    /// The hooks run so far and how each ended, for the history line.
+    pub(super) hooks: Vec<HookRecord>,
+    /// Whether the command leaves a history line: not when it found nothing to do (a second
+    /// `promote` or `abort`).
+    pub(super) record_history: bool,
     _lock: Lock,
 }
 
@@ -97,6 +105,9 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
             release,
             from: None,
             to: None,
+            hook_context: None,
+            hooks: Vec::new(),
+            record_history: true,
             _lock: lock,
         };
         if let Some(old) = run._lock.taken_over_from.clone() {
@@ -182,6 +193,11 @@ impl<'e, R: Runtime, P: HealthProbe, T: Router, S: StateStore> Run<'e, R, P, T, 
     pub(super) fn note_repair(&mut self, message: String) {
         self.repaired.push(message.clone());
         self.warn(message);
+    }
+
+    /// The command's cancellation token, for a step that handles an interrupt itself.
+    pub(super) fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
     }
 
     pub(super) fn cancelled(&self) -> bool {
@@ -323,7 +339,7 @@ impl<'e, R: Runtime, P: HealthProbe, T: Router, S: StateStore> Run<'e, R, P, T, 
             Err(e) => (Self::outcome_of(e), Some(e.to_string())),
         };
         let usage = matches!(result, Err(Error::Usage { .. }));
-        if !usage && self.command != Command::Repair {
+        if !usage && self.record_history && self.command != Command::Repair {
             let record = DeployRecord {
                 command: self.command,
                 release: self.release.clone(),
@@ -335,6 +351,7 @@ impl<'e, R: Runtime, P: HealthProbe, T: Router, S: StateStore> Run<'e, R, P, T, 
                 finished_at: now(),
                 steps: self.steps.clone(),
                 warnings: self.warnings.clone(),
+                hooks: self.hooks.clone(),
             };
             if let Err(e) = self.engine.store_append(&record).await {
                 self.warn(format!("could not append to the history: {e}"));
@@ -369,6 +386,59 @@ impl<'e, R: Runtime, P: HealthProbe, T: Router, S: StateStore> Run<'e, R, P, T, 
             steps: std::mem::take(&mut self.steps),
             warnings: std::mem::take(&mut self.warnings),
         })
+    }
+
+    pub(super) async fn finish_stage(
+        mut self,
+        result: Result<Switched, Error>,
+    ) -> Result<StageReport, Error> {
+        self.finish(&result).await;
+        let (staged, live) = result?;
+        Ok(StageReport {
+            staged,
+            live,
+            steps: std::mem::take(&mut self.steps),
+            warnings: std::mem::take(&mut self.warnings),
+        })
+    }
+
+    /// A promote that found nothing staged reports the live deployment, unchanged, and leaves
+    /// no history line.
+    pub(super) async fn finish_promote(
+        mut self,
+        result: Result<Option<Switched>, Error>,
+    ) -> Result<DeployReport, Error> {
+        let result = match result {
+            Ok(None) => match self.state.live.clone() {
+                Some(live) => {
+                    self.record_history = false;
+                    self.warn(format!(
+                        "nothing is staged: {} (release {}) stays live; `deploy --no-switch` stages a release",
+                        live.color, live.release.id
+                    ));
+                    Ok((live, self.state.previous.as_ref().map(|d| d.color)))
+                }
+                None => Err(Error::Usage {
+                    app: self.engine.config().app.clone(),
+                    message: "nothing is staged and nothing is live: `deploy --no-switch` stages a release".into(),
+                }),
+            },
+            Ok(Some(switched)) => Ok(switched),
+            Err(e) => Err(e),
+        };
+        self.finish_switch(result).await
+    }
+
+    pub(super) async fn finish_abort(
+        mut self,
+        result: Result<Option<Vec<Instance>>, Error>,
+    ) -> Result<DownReport, Error> {
+        if let Ok(None) = result {
+            self.record_history = false;
+            self.warn("nothing is staged: there is nothing to abort".into());
+        }
+        self.finish_down(result.map(Option::unwrap_or_default))
+            .await
     }
 
     pub(super) async fn finish_repair(

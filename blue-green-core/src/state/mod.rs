@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ComponentError, LockHolder};
 use crate::events::{Command, Step};
-use crate::model::{Color, Endpoint, Release};
+use crate::hooks::HookPoint;
+use crate::model::{Color, Endpoint, Instance, Release};
 
 /// A release that is (or was) live in a color.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +84,11 @@ pub struct AppState {
     /// The unfinished command, if one was interrupted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub journal: Option<JournalEntry>,
+    /// The release `deploy --no-switch` started and readied in the idle color, waiting for
+    /// `promote` or `abort`. Only a hint: it counts while an instance of that release runs
+    /// in that color and the router does not point at it ([`AppState::staged_in`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staged: Option<Deployment>,
 }
 
 impl AppState {
@@ -92,6 +98,7 @@ impl AppState {
     pub fn release_of(&self, color: Color, release_id: &str) -> Release {
         [self.live.as_ref(), self.previous.as_ref()]
             .into_iter()
+            .chain([self.staged.as_ref()])
             .flatten()
             .find(|d| d.color == color && d.release.id == release_id)
             .map_or_else(|| Release::reported(release_id), |d| d.release.clone())
@@ -101,12 +108,49 @@ impl AppState {
     /// `rollback` goes back to), unless it was in the same color: a color replaced by a newer
     /// release of itself is not something to go back to.
     pub fn go_live(&mut self, deployment: Deployment) {
+        if self
+            .staged
+            .as_ref()
+            .is_some_and(|s| s.color == deployment.color)
+        {
+            // What was staged there is live now, or was replaced.
+            self.staged = None;
+        }
         if let Some(old) = self.live.take() {
             if old.color != deployment.color {
                 self.previous = Some(old);
             }
         }
         self.live = Some(deployment);
+    }
+
+    /// The staged deployment, if it still stands: an instance of its release runs in its
+    /// color (`running` says which instances run) and is not `routed`.
+    pub fn staged_in<'i>(
+        &self,
+        running: impl IntoIterator<Item = &'i Instance>,
+        routed: Option<&Endpoint>,
+    ) -> Option<(&Deployment, &'i Instance)> {
+        let staged = self.staged.as_ref()?;
+        running
+            .into_iter()
+            .find(|i| {
+                i.color == staged.color
+                    && i.release == staged.release.id
+                    && Some(&i.endpoint) != routed
+            })
+            .map(|i| (staged, i))
+    }
+
+    /// Forgets the staged deployment if `removed` was its instance.
+    pub fn unstage(&mut self, removed: &Instance) {
+        if self
+            .staged
+            .as_ref()
+            .is_some_and(|s| s.color == removed.color && s.release.id == removed.release)
+        {
+            self.staged = None;
+        }
     }
 
     /// Records that nothing is live: the live deployment, if any, becomes `previous`, so that
@@ -203,6 +247,32 @@ pub struct DeployRecord {
     /// short): kept, so that a slow deploy can be explained later.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// The hooks the command ran and how each ended.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<HookRecord>,
+}
+
+/// How one hook of a command ended, as the history keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct HookRecord {
+    /// Which hook.
+    pub hook: HookPoint,
+    /// Whether it succeeded.
+    pub success: bool,
+    /// How it ended: "exited with code 2", "did not finish within 5s and was killed".
+    pub status: String,
+}
+
+impl HookRecord {
+    /// A record of `hook`.
+    pub fn new(hook: HookPoint, success: bool, status: impl Into<String>) -> Self {
+        HookRecord {
+            hook,
+            success,
+            status: status.into(),
+        }
+    }
 }
 
 impl DeployRecord {
@@ -230,6 +300,7 @@ impl DeployRecord {
             finished_at,
             steps: Vec::new(),
             warnings: Vec::new(),
+            hooks: Vec::new(),
         }
     }
 }
@@ -418,6 +489,7 @@ mod tests {
             live: Some(deployed(Color::Green, "v2")),
             previous: Some(deployed(Color::Blue, "v1")),
             journal: None,
+            staged: None,
         };
         assert_eq!(
             state.release_of(Color::Blue, "v1").artifact.as_deref(),

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::error::{ComponentError, LockHolder};
+use crate::error::{ComponentError, ComponentErrorKind, LockHolder};
+use crate::hooks::{HookContext, HookOutput, HookPoint, Hooks};
 use crate::model::{Color, Endpoint, Health, Instance, InstanceState, Release};
 use crate::probe::HealthProbe;
 use crate::router::{RouteReceipt, Router};
@@ -328,5 +329,71 @@ impl StateStore for FakeStore {
     async fn history(&self) -> Result<Vec<DeployRecord>, ComponentError> {
         self.world.enter(FakeCall::History, String::new()).await?;
         Ok(self.world.lock().history.clone())
+    }
+}
+
+/// Fake [`Hooks`]: a hook at every [`HookPoint`] (or at the points given to
+/// [`FakeWorld::hooks_at`]), each a call [`FakeCall::Hook`] that a fault can hit. A
+/// [`Fault::Fail`](super::Fault::Fail) of kind `Failed` is a hook that ran and exited with
+/// code 1; another kind is a hook that could not be run; a hang overruns. The world flags a
+/// `pre_switch` hook that sees an instance that is not running and ready, or one the router
+/// already points at, and a `post_switch` hook that sees one the router does not point at.
+#[derive(Debug, Clone)]
+pub struct FakeHooks {
+    pub(super) world: FakeWorld,
+    pub(super) points: Vec<HookPoint>,
+}
+
+/// The timeout of every fake hook.
+const FAKE_HOOK_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[async_trait]
+impl Hooks for FakeHooks {
+    fn timeout(&self, point: HookPoint) -> Option<Duration> {
+        self.points.contains(&point).then_some(FAKE_HOOK_TIMEOUT)
+    }
+
+    async fn run(
+        &self,
+        point: HookPoint,
+        context: &HookContext,
+    ) -> Result<HookOutput, ComponentError> {
+        let entered = self
+            .world
+            .enter(FakeCall::Hook, format!("{point}, {}", context.color))
+            .await;
+        {
+            let mut w = self.world.lock();
+            let routed = context.endpoint.is_some() && w.target == context.endpoint;
+            let seen = context.endpoint.as_ref().and_then(|e| w.at(e)).cloned();
+            let broken = match point {
+                HookPoint::PreSwitch => match &seen {
+                    Some(i) if i.state.is_running() && i.ready && !routed => None,
+                    _ => Some(format!(
+                        "the pre_switch hook ran against {:?}, which is not a running, ready, unrouted instance",
+                        context.endpoint
+                    )),
+                },
+                HookPoint::PostSwitch if !routed => Some(format!(
+                    "the post_switch hook ran against {:?}, which the router does not point at",
+                    context.endpoint
+                )),
+                _ => None,
+            };
+            w.violations.extend(broken);
+        }
+        match entered {
+            Ok(()) => Ok(HookOutput::new(
+                true,
+                "exited with code 0",
+                format!("{point} ran\n"),
+            )),
+            Err(e) if e.kind == ComponentErrorKind::Failed => Ok(HookOutput::new(
+                false,
+                "exited with code 1",
+                format!("{point} failed, as the test asked\n"),
+            )),
+            Err(e) => Err(e),
+        }
     }
 }

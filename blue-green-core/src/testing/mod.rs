@@ -60,7 +60,7 @@ use crate::state::{AppState, DeployRecord, Deployment};
 
 mod fakes;
 
-pub use fakes::{FakeProbe, FakeRouter, FakeRuntime, FakeStore};
+pub use fakes::{FakeHooks, FakeProbe, FakeRouter, FakeRuntime, FakeStore};
 
 /// Every method of the four components, to name a call when injecting a fault or counting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -99,11 +99,13 @@ pub enum FakeCall {
     AppendHistory,
     /// [`StateStore::history`](crate::StateStore::history)
     History,
+    /// [`Hooks::run`](crate::Hooks::run)
+    Hook,
 }
 
 impl FakeCall {
     /// Every call, in the order above.
-    pub const ALL: [FakeCall; 17] = [
+    pub const ALL: [FakeCall; 18] = [
         FakeCall::Start,
         FakeCall::State,
         FakeCall::Stop,
@@ -121,6 +123,7 @@ impl FakeCall {
         FakeCall::Save,
         FakeCall::AppendHistory,
         FakeCall::History,
+        FakeCall::Hook,
     ];
 }
 
@@ -282,6 +285,20 @@ impl FakeWorld {
     pub fn store(&self) -> FakeStore {
         FakeStore {
             world: self.clone(),
+        }
+    }
+
+    /// Hooks at every point ([`crate::HookPoint::ALL`]), for
+    /// [`Engine::with_hooks`](crate::Engine::with_hooks).
+    pub fn hooks(&self) -> FakeHooks {
+        self.hooks_at(&crate::HookPoint::ALL)
+    }
+
+    /// Hooks at the given points only.
+    pub fn hooks_at(&self, points: &[crate::HookPoint]) -> FakeHooks {
+        FakeHooks {
+            world: self.clone(),
+            points: points.to_vec(),
         }
     }
 

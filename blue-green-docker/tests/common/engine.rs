@@ -40,6 +40,7 @@ pub fn engine_config(app: AppName) -> EngineConfig {
         drain: Duration::from_secs(1),
         stop_timeout: Duration::from_secs(10),
         keep_previous: KeepPrevious::Stopped,
+        ..SwitchPolicy::default()
     };
     config
 }

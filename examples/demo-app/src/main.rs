@@ -18,6 +18,7 @@
 //! | `START_DELAY_MS` | wait this long before listening (a slow start) |
 //! | `CRASH_ON_START=1` | print why and exit with code 1 at once |
 //! | `NEVER_HEALTHY=1` | `/health` answers 503 |
+//! | `UNHEALTHY_AFTER_TRAFFIC_MS` | `/health` answers 503 from this long after the first request to another path (live traffic: probes only ask `/health`), to test the watch after a switch |
 //! | `SIGTERM_MODE` | `graceful` (default): stop accepting, finish in-flight requests, exit 0; `abort`: exit at once with code 143 |
 //! | `IGNORE_SIGTERM=1` | ignore SIGTERM (a process that refuses to stop) |
 //!
@@ -84,8 +85,12 @@ struct Settings {
     start_delay: Duration,
     crash_on_start: bool,
     never_healthy: bool,
+    unhealthy_after_traffic: Option<Duration>,
     sigterm: SigtermMode,
 }
+
+/// When the first request to a path other than `/health` came (`UNHEALTHY_AFTER_TRAFFIC_MS`).
+static FIRST_TRAFFIC: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SigtermMode {
@@ -115,6 +120,12 @@ fn settings() -> Result<Settings, String> {
         ),
         Err(_) => Duration::ZERO,
     };
+    let unhealthy_after_traffic = match std::env::var("UNHEALTHY_AFTER_TRAFFIC_MS") {
+        Ok(ms) => Some(Duration::from_millis(ms.parse().map_err(|_| {
+            format!("UNHEALTHY_AFTER_TRAFFIC_MS={ms} is not a number of milliseconds")
+        })?)),
+        Err(_) => None,
+    };
     let sigterm = if env_flag("IGNORE_SIGTERM") {
         SigtermMode::Ignore
     } else {
@@ -136,6 +147,7 @@ fn settings() -> Result<Settings, String> {
         start_delay,
         crash_on_start: env_flag("CRASH_ON_START"),
         never_healthy: env_flag("NEVER_HEALTHY"),
+        unhealthy_after_traffic,
         sigterm,
     })
 }
@@ -425,12 +437,23 @@ fn respond(request: &Request, settings: &Settings) -> (&'static str, String) {
         .split_once('?')
         .unwrap_or((request.target.as_str(), ""));
     let who = format!("{} {}", settings.color, settings.release);
+    if path != "/health" {
+        FIRST_TRAFFIC.get_or_init(std::time::Instant::now);
+    }
+    let failing_since_traffic = settings
+        .unhealthy_after_traffic
+        .is_some_and(|after| FIRST_TRAFFIC.get().is_some_and(|t| t.elapsed() >= after));
     match (request.method.as_str(), path) {
         ("GET", "/health") => {
             if settings.never_healthy {
                 (
                     "503 Service Unavailable",
                     format!("{who} unhealthy (NEVER_HEALTHY=1)"),
+                )
+            } else if failing_since_traffic {
+                (
+                    "503 Service Unavailable",
+                    format!("{who} unhealthy (UNHEALTHY_AFTER_TRAFFIC_MS)"),
                 )
             } else {
                 ("200 OK", who)

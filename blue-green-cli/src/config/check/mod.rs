@@ -19,12 +19,13 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use blue_green_core::{
-    AppName, EngineConfig, HttpProbeConfig, KeepPrevious, ReadinessPolicy, SwitchPolicy, Timeouts,
+    AppName, CommandHooks, EngineConfig, HookCommand, HookPoint, HttpProbeConfig, KeepPrevious,
+    ReadinessPolicy, SwitchPolicy, Timeouts,
 };
 use regex::Regex;
 use toml::Spanned;
 
-use super::raw::{RawConfig, RawSwitch, RawTimeouts, Str};
+use super::raw::{RawConfig, RawHooks, RawSwitch, RawTimeouts, Str};
 use super::{Config, ConfigError, HealthConfig, Problem, Source};
 
 fn pattern(re: &str) -> Regex {
@@ -45,6 +46,9 @@ static HOST_HEADER: LazyLock<Regex> =
     LazyLock::new(|| pattern(r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$"));
 static HEADER_NAME: LazyLock<Regex> = LazyLock::new(|| pattern(r"^[A-Za-z0-9-]+$"));
 static URL_PATH: LazyLock<Regex> = LazyLock::new(|| pattern(r"^/[\x21-\x7e]*$"));
+
+/// How long a hook may run unless its `timeout` says otherwise: long enough for a migration.
+pub(crate) const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(300);
 
 const RESERVED_ENV: [&str; 2] = ["BLUE_GREEN_COLOR", "BLUE_GREEN_RELEASE"];
 
@@ -133,6 +137,7 @@ impl<'a> Checker<'a> {
             swarm.stop_grace_period = Some(switch.stop_timeout);
         }
         let timeouts = self.timeouts(raw.timeouts.as_ref());
+        let hooks = self.hooks(raw.hooks.as_ref());
 
         if !self.problems.is_empty() {
             self.problems.sort_by_key(|p| p.line);
@@ -156,7 +161,41 @@ impl<'a> Checker<'a> {
             health,
             router,
             engine,
+            hooks,
         })
+    }
+
+    // ---- hooks ---------------------------------------------------------------------------
+
+    /// `[hooks]`: each point's argv (with `{config_dir}` filled in), run in the config file's
+    /// directory, with its timeout (default [`DEFAULT_HOOK_TIMEOUT`]).
+    fn hooks(&mut self, raw: Option<&RawHooks>) -> CommandHooks {
+        let mut hooks = CommandHooks::new();
+        let Some(h) = raw else { return hooks };
+        let points = [
+            (HookPoint::PreDeploy, &h.pre_deploy),
+            (HookPoint::PreSwitch, &h.pre_switch),
+            (HookPoint::PostSwitch, &h.post_switch),
+            (HookPoint::PostDeploy, &h.post_deploy),
+            (HookPoint::OnFailure, &h.on_failure),
+        ];
+        for (point, hook) in points {
+            let Some(hook) = hook else { continue };
+            let hook = hook.get_ref();
+            let key = format!("hooks.{point}");
+            let argv = self.argv(&hook.command, &format!("{key}.command"), false);
+            let timeout = self.duration(
+                hook.timeout.as_ref(),
+                &format!("{key}.timeout"),
+                DEFAULT_HOOK_TIMEOUT,
+                false,
+            );
+            // The checks above report what `HookCommand::new` would refuse, with the line.
+            if let Ok(command) = HookCommand::new(argv, timeout) {
+                hooks = hooks.with(point, command.current_dir(self.dir));
+            }
+        }
+        hooks
     }
 
     // ---- switch, timeouts ----------------------------------------------------------------
@@ -183,6 +222,28 @@ impl<'a> Checker<'a> {
                     );
                 }
                 t
+            },
+            rollback_on_post_switch_failure: s
+                .rollback_on_post_switch_failure
+                .as_ref()
+                .map_or(d.rollback_on_post_switch_failure, |b| *b.get_ref()),
+            watch: self.duration(s.watch.as_ref(), "switch.watch", d.watch, true),
+            watch_failures: match &s.watch_failures {
+                None => d.watch_failures,
+                Some(n) => match u32::try_from(*n.get_ref()) {
+                    Ok(n) if (1..=100).contains(&n) => n,
+                    _ => {
+                        self.bad(
+                            n.span(),
+                            "switch.watch_failures",
+                            format!(
+                                "{} is not allowed: expected a number of probes from 1 to 100",
+                                n.get_ref()
+                            ),
+                        );
+                        d.watch_failures
+                    }
+                },
             },
             keep_previous: match &s.keep_previous {
                 None => d.keep_previous,

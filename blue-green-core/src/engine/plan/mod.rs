@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 
 use crate::events::{Command, Step};
 use crate::model::{Color, Endpoint, Instance, InstanceState, Release};
-use crate::state::{AppState, JournalEntry};
+use crate::state::{AppState, Deployment, JournalEntry};
 
 use super::calls::describe;
 
@@ -49,8 +49,16 @@ impl World {
         idle(&self.instances, color, self.target.as_ref())
     }
 
+    /// The staged deployment of `state` and its instance, if it still stands here (its
+    /// instance is in the runtime's list and not routed).
+    pub(super) fn staged(&self, state: &AppState) -> Option<(Deployment, Instance)> {
+        state
+            .staged_in(&self.instances, self.target.as_ref())
+            .map(|(d, i)| (d.clone(), i.clone()))
+    }
+
     /// Whether the runtime said `instance` runs (`false` when it was not asked).
-    fn runs(&self, instance: &Instance) -> bool {
+    pub(super) fn runs(&self, instance: &Instance) -> bool {
         self.states
             .get(&instance.id)
             .is_some_and(InstanceState::is_running)
@@ -79,12 +87,14 @@ pub(super) enum Undo {
 impl Undo {
     /// What the repair of an interrupted `command` does with the instances of its color: a
     /// deploy's are removed, a rollback's are stopped (the next rollback can start them again),
-    /// a switch started nothing, a down is finished.
+    /// a switch started nothing, a down is finished. A staged deploy is undone like a deploy,
+    /// an abort finished like a down; a promote leaves the staged color staged.
     pub(super) fn of_interrupted(command: Command) -> Undo {
         match command {
-            Command::Deploy | Command::Down => Undo::Remove,
+            Command::Deploy | Command::Stage | Command::Down | Command::Abort => Undo::Remove,
             Command::Rollback => Undo::Stop,
-            Command::Switch | Command::Status | Command::Repair => Undo::Leave,
+            // A promote started nothing: before its switch, the staged color stays staged.
+            Command::Switch | Command::Promote | Command::Status | Command::Repair => Undo::Leave,
         }
     }
 }
@@ -280,7 +290,7 @@ fn repair(world: &World, state: &AppState, journal: &JournalEntry) -> Plan {
         ..Plan::default()
     };
     let undo = Undo::of_interrupted(journal.command);
-    let switched = journal.command != Command::Down && world.live_color() == Some(color);
+    let switched = journal.command.routes() && world.live_color() == Some(color);
 
     // It was routing back after a failure when it died: finish routing back, if the color it
     // came from still runs.
@@ -335,7 +345,10 @@ fn finish(world: &World, state: &AppState, journal: &JournalEntry, plan: &mut Pl
     // Died between the switch and the end of the drain: the old color may still have requests
     // in flight (and nginx's old workers may still send it new ones for a moment), so it is
     // drained now, before anything may stop or clear it.
-    let undrained = matches!(journal.step, Step::Switch | Step::Verify | Step::Drain);
+    let undrained = matches!(
+        journal.step,
+        Step::Switch | Step::Verify | Step::PostSwitch | Step::Watch | Step::Drain
+    );
     if let Some(from) = journal.from {
         if undrained {
             for inst in world.idle_of(from).into_iter().filter(|i| world.runs(i)) {

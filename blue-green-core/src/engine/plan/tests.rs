@@ -64,6 +64,7 @@ fn journaled(command: Command, step: Step) -> AppState {
     AppState {
         live: Some(deployed(&blue1())),
         previous: None,
+        staged: None,
         journal: Some(JournalEntry {
             command,
             step,

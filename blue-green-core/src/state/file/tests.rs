@@ -43,6 +43,7 @@ fn record(release: &str) -> DeployRecord {
             ok: true,
         }],
         warnings: Vec::new(),
+        hooks: Vec::new(),
     }
 }
 
@@ -90,6 +91,7 @@ async fn state_round_trips_and_a_missing_file_is_the_default() {
             started_at: time::macros::datetime!(2026-11-25 10:00 UTC),
             pid: 42,
         }),
+        staged: None,
     };
     let started = Instant::now();
     store.save(&state).await.unwrap();
