@@ -18,18 +18,27 @@ pub const NAME: &str = "blue-green (proxy)";
 const NGINX_NAME: &str = "blue-green";
 
 /// A running `blue-green proxy run`; killed on drop.
-struct ProxyProcess {
+pub(crate) struct ProxyProcess {
     child: tokio::process::Child,
-    port: u16,
+    /// The port it listens on, on 127.0.0.1.
+    pub(crate) port: u16,
 }
 
 impl ProxyProcess {
-    async fn start(binary: &Path, dir: &Path) -> Result<ProxyProcess, String> {
+    /// Starts the proxy with its control socket `dir/proxy.sock`, its log in `dir/proxy.log`,
+    /// its routes in `dir/proxy.json` if `state`, and `extra` flags.
+    pub(crate) async fn start(
+        binary: &Path,
+        dir: &Path,
+        state: bool,
+        extra: &[&str],
+    ) -> Result<ProxyProcess, String> {
         let port = free_port()?;
         let socket = dir.join("proxy.sock");
         let log = std::fs::File::create(dir.join("proxy.log"))
             .map_err(|e| format!("could not create the proxy's log: {e}"))?;
-        let child = tokio::process::Command::new(binary)
+        let mut command = tokio::process::Command::new(binary);
+        command
             .args([
                 "proxy",
                 "run",
@@ -38,8 +47,11 @@ impl ProxyProcess {
                 "--control",
             ])
             .arg(&socket)
-            .arg("--state")
-            .arg(dir.join("proxy.json"))
+            .args(extra);
+        if state {
+            command.arg("--state").arg(dir.join("proxy.json"));
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .kill_on_drop(true)
@@ -59,7 +71,7 @@ impl ProxyProcess {
     }
 
     /// The proxy's peak and current resident memory, KiB (`VmHWM`, `VmRSS`).
-    fn memory_kib(&self) -> (Option<u64>, Option<u64>) {
+    pub(crate) fn memory_kib(&self) -> (Option<u64>, Option<u64>) {
         let Some(pid) = self.child.id() else {
             return (None, None);
         };
@@ -103,7 +115,7 @@ pub async fn run(
     let dir = tmp.join("proxy");
     std::fs::create_dir_all(&dir)
         .map_err(|e| format!("could not create {}: {e}", dir.display()))?;
-    let proxy = ProxyProcess::start(binary, &dir).await?;
+    let proxy = ProxyProcess::start(binary, &dir, true, &[]).await?;
     let config = OursConfig {
         app: format!("{prefix}-px"),
         dir: dir.clone(),

@@ -38,6 +38,7 @@ mod routes;
 mod serve;
 mod state;
 mod target;
+mod upstream;
 
 pub use config::{Limits, PauseLimits, ProxyConfig};
 pub use control::ControlClient;

@@ -105,6 +105,22 @@ pub struct RunArgs {
     /// Keep X-Forwarded-* headers that clients send (only behind a proxy you trust).
     #[arg(long)]
     pub trust_forwarded_headers: bool,
+    /// Threads that serve traffic (default: one per CPU). With 1, everything runs on one
+    /// thread with no work-stealing between threads: the leanest and, for one core's worth of
+    /// traffic, the fastest.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+}
+
+/// The serving threads `command` asks for, if it is `proxy run --threads N`; the binary builds
+/// its async runtime with them.
+pub fn threads(command: &crate::cli::Command) -> Option<usize> {
+    match command {
+        crate::cli::Command::Proxy(ProxyArgs {
+            command: ProxyCommand::Run(run),
+        }) => run.threads.map(usize::from),
+        _ => None,
+    }
 }
 
 /// The name of a proxy command, for its result line.
