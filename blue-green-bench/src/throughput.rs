@@ -43,7 +43,8 @@ pub struct ThroughputArgs {
     /// wrk runs per target (direct, nginx, proxy, taken in turn); medians are reported.
     #[arg(long, default_value_t = 3)]
     pub wrk_rounds: usize,
-    /// Client connections held open through the proxy for its memory figure.
+    /// Client connections held open through the proxy for its memory figure; each sends one
+    /// request first (--wrk-connections of them at a time).
     #[arg(long, default_value_t = 1000)]
     pub open_connections: usize,
     /// Switches (route_to, then verified through the proxy) timed over the control socket.
@@ -176,6 +177,7 @@ pub async fn run(args: &ThroughputArgs, binary: &Path) -> Result<ThroughputRepor
                 "-t1".into(),
                 format!("-c{}", args.wrk_connections),
                 "-d2s".into(),
+                "--latency".into(),
             ],
             *port,
         )
@@ -203,10 +205,10 @@ pub async fn run(args: &ThroughputArgs, binary: &Path) -> Result<ThroughputRepor
         "throughput: opening {} client connections to the proxy and to nginx",
         args.open_connections
     );
-    let held = open_connections(proxy.port, args.open_connections).await?;
+    let held = open_connections(proxy.port, args.open_connections, args.wrk_connections).await?;
     let (peak, with_open) = proxy.memory_kib();
     drop(held);
-    let held = open_connections(nginx.port(), args.open_connections).await?;
+    let held = open_connections(nginx.port(), args.open_connections, args.wrk_connections).await?;
     let nginx_rss = group_rss_kib(nginx.pid());
     drop(held);
 
@@ -327,12 +329,19 @@ fn summarize(name: &str, runs: Vec<WrkRun>) -> WrkSummary {
     }
 }
 
-/// Opens `n` client connections to `127.0.0.1:{port}`, each with one request answered, and
-/// keeps them open (kept alive) until the returned streams are dropped.
-async fn open_connections(port: u16, n: usize) -> Result<Vec<TcpStream>, String> {
+/// Opens `n` client connections to `127.0.0.1:{port}`, each with one request answered (at
+/// most `concurrent` at a time, as wrk's load has them), and keeps them open (kept alive)
+/// until the returned streams are dropped.
+async fn open_connections(port: u16, n: usize, concurrent: u32) -> Result<Vec<TcpStream>, String> {
     let mut tasks = tokio::task::JoinSet::new();
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrent as usize));
     for _ in 0..n {
+        let permits = permits.clone();
         tasks.spawn(async move {
+            let _permit = permits
+                .acquire_owned()
+                .await
+                .map_err(|e| format!("the connection limit closed: {e}"))?;
             let mut stream = TcpStream::connect(("127.0.0.1", port))
                 .await
                 .map_err(|e| format!("could not connect to 127.0.0.1:{port}: {e}"))?;

@@ -21,10 +21,10 @@ use tokio::time::Instant;
 
 use blue_green_core::Endpoint;
 
-/// Idle connections kept per target; more are closed when their response ends. Enough for a
-/// few hundred concurrent requests to reuse connections, small enough that a target that
-/// stops getting traffic holds little.
-const MAX_IDLE: usize = 256;
+/// Idle connections kept per target (nginx's `keepalive 64`); more are closed when their
+/// response ends. Each idle one holds its buffers and a task, so a burst of a thousand
+/// concurrent requests does not leave a thousand behind.
+const MAX_IDLE: usize = 64;
 /// An idle connection unused for this long is closed instead of reused (the upstream may have
 /// closed it on its side by then).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
