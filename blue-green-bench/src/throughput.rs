@@ -145,14 +145,7 @@ pub async fn run(args: &ThroughputArgs, binary: &Path) -> Result<ThroughputRepor
     let nginx = NginxHarness::start(UPSTREAM, &blue.endpoint()).await?;
     crate::replace_upstream(&nginx, &nginx_upstream(&blue.endpoint())).await?;
 
-    let dir = tmp.path().join("proxy");
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| format!("could not create {}: {e}", dir.display()))?;
-    let proxy = ProxyProcess::start(binary, &dir, true, &["--threads", "1"]).await?;
-    let router = ProxyRouter::new(dir.join("proxy.sock"), "bench").with_verify(
-        VerifyRequest::new(&format!("http://127.0.0.1:{}/health", proxy.port))
-            .map_err(|e| e.to_string())?,
-    );
+    let (proxy, router) = start_proxy(binary, &tmp.path().join("proxy"), true).await?;
     router
         .route_to(&blue.endpoint())
         .await
@@ -215,14 +208,7 @@ pub async fn run(args: &ThroughputArgs, binary: &Path) -> Result<ThroughputRepor
     eprintln!("throughput: {} switches with a state file", args.switches);
     let mut switch = vec![time_switches(&router, &blue, &green, args.switches, true).await?];
     drop(proxy);
-    let dir = tmp.path().join("proxy-memory-only");
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| format!("could not create {}: {e}", dir.display()))?;
-    let proxy = ProxyProcess::start(binary, &dir, false, &["--threads", "1"]).await?;
-    let router = ProxyRouter::new(dir.join("proxy.sock"), "bench").with_verify(
-        VerifyRequest::new(&format!("http://127.0.0.1:{}/health", proxy.port))
-            .map_err(|e| e.to_string())?,
-    );
+    let (proxy, router) = start_proxy(binary, &tmp.path().join("proxy-memory-only"), false).await?;
     eprintln!(
         "throughput: {} switches without a state file",
         args.switches
@@ -243,6 +229,21 @@ pub async fn run(args: &ThroughputArgs, binary: &Path) -> Result<ThroughputRepor
     };
     println!("{}", render(&report));
     Ok(report)
+}
+
+/// `blue-green proxy run --threads 1` in `dir` (its routes in a state file if `state`), and a
+/// router for its app `bench` that verifies through it.
+async fn start_proxy(
+    binary: &Path,
+    dir: &Path,
+    state: bool,
+) -> Result<(ProxyProcess, ProxyRouter), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("could not create {}: {e}", dir.display()))?;
+    let proxy = ProxyProcess::start(binary, dir, state, &["--threads", "1"]).await?;
+    let verify = VerifyRequest::new(&format!("http://127.0.0.1:{}/health", proxy.port))
+        .map_err(|e| e.to_string())?;
+    let router = ProxyRouter::new(dir.join("proxy.sock"), "bench").with_verify(verify);
+    Ok((proxy, router))
 }
 
 /// nginx's upstream file for this phase: the upstream with kept-alive connections (as a tuned
