@@ -293,3 +293,24 @@ fn status_text(status: &Status) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<crate::cli::Cli, clap::Error> {
+        crate::cli::Cli::try_parse_from(std::iter::once("blue-green").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn proxy_run_threads_pick_the_runtime_and_zero_is_refused() {
+        let one = parse(&["proxy", "run", "--threads", "1"]).unwrap();
+        assert_eq!(threads(&one.command), Some(1));
+        let default = parse(&["proxy", "run"]).unwrap();
+        assert_eq!(threads(&default.command), None);
+        let status = parse(&["proxy", "status"]).unwrap();
+        assert_eq!(threads(&status.command), None);
+        assert!(parse(&["proxy", "run", "--threads", "0"]).is_err());
+    }
+}
