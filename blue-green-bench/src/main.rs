@@ -15,7 +15,9 @@ mod child;
 mod load;
 mod ours;
 mod report;
+mod proxy_process;
 mod router_phase;
+mod throughput;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -109,6 +111,9 @@ struct Args {
     /// Give up on one deploy after this long.
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     deploy_timeout: Duration,
+    /// The throughput phase (`--throughput` and its knobs).
+    #[command(flatten)]
+    throughput: throughput::ThroughputArgs,
 }
 
 /// What the demo app does on SIGTERM (its `SIGTERM_MODE`).
@@ -152,6 +157,10 @@ async fn main() {
 async fn run(args: &Args) -> Result<(), String> {
     if args.deploys == 0 || args.clients == 0 {
         return Err("--deploys and --clients must be at least 1".into());
+    }
+    if args.throughput.throughput {
+        let report = throughput::run(&args.throughput, &blue_green_binary(args).await?).await?;
+        return write_json(args, &report).await;
     }
     let tmp = tempfile::Builder::new()
         .prefix("blue-green-bench-")
@@ -205,8 +214,13 @@ async fn run(args: &Args) -> Result<(), String> {
     if let Some(routers) = router_phase::router_comparison(&comparison.phases) {
         println!("{routers}");
     }
+    write_json(args, &comparison).await
+}
+
+/// Writes `figures` to `--json FILE`, if given.
+async fn write_json(args: &Args, figures: &impl serde::Serialize) -> Result<(), String> {
     if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&comparison)
+        let json = serde_json::to_string_pretty(figures)
             .map_err(|e| format!("could not serialize the figures: {e}"))?;
         tokio::fs::write(path, json)
             .await

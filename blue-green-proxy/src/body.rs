@@ -14,6 +14,7 @@ use hyper::{Response, StatusCode};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::target::InFlight;
+use crate::upstream::Lease;
 
 /// Any error inside a body.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -23,20 +24,54 @@ pub(crate) type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// An upstream body passed through frame by frame (never buffered whole), carrying the request's
 /// in-flight guard until its last frame, and ending with an error (which aborts the client's
-/// response) when the target is cut.
+/// response) when the target is cut. It also holds the upstream connection the body comes on,
+/// and gives it back to the target's pool once the body has ended cleanly (a body that is cut,
+/// fails or is dropped half-read takes its connection with it: it cannot be reused).
 pub(crate) struct GuardedBody {
     inner: Incoming,
     guard: Option<InFlight>,
-    cut: Pin<Box<WaitForCancellationFutureOwned>>,
+    lease: Option<Lease>,
+    /// Wakes the body when the target is cut; made the first time the body has to wait, so a
+    /// response that is there at once (most are) never registers one.
+    cut: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
 }
 
 impl GuardedBody {
-    pub(crate) fn new(inner: Incoming, guard: InFlight) -> GuardedBody {
-        let cut = Box::pin(guard.token().clone().cancelled_owned());
+    pub(crate) fn new(inner: Incoming, guard: InFlight, lease: Lease) -> GuardedBody {
         GuardedBody {
             inner,
             guard: Some(guard),
-            cut,
+            lease: Some(lease),
+            cut: None,
+        }
+    }
+
+    /// Ends the body at a cut: counted as cut, its connection closed.
+    fn cut(&mut self) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.lease = None;
+        if let Some(mut guard) = self.guard.take() {
+            guard.mark_cut();
+        }
+        Poll::Ready(Some(Err(
+            "the response was cut at the drain deadline".into()
+        )))
+    }
+
+    /// The body has ended cleanly: its connection goes back to the pool, and the request out
+    /// of the in-flight count.
+    fn finish(&mut self) {
+        if let (Some(guard), Some(lease)) = (&self.guard, self.lease.take()) {
+            guard.target().pool.put(lease);
+        }
+        self.guard = None;
+    }
+}
+
+impl Drop for GuardedBody {
+    fn drop(&mut self) {
+        // A body with nothing to read (`Content-Length: 0`, `204`) may never be polled.
+        if self.guard.is_some() && self.inner.is_end_stream() {
+            self.finish();
         }
     }
 }
@@ -50,23 +85,34 @@ impl Body for GuardedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        if this.guard.is_some() && this.cut.as_mut().poll(cx).is_ready() {
-            if let Some(mut guard) = this.guard.take() {
-                guard.mark_cut();
-            }
-            return Poll::Ready(Some(Err(
-                "the response was cut at the drain deadline".into()
-            )));
+        if this
+            .guard
+            .as_ref()
+            .is_some_and(|g| g.token().is_cancelled())
+        {
+            return this.cut();
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                let Some(guard) = &this.guard else {
+                    return Poll::Pending;
+                };
+                let cut = this
+                    .cut
+                    .get_or_insert_with(|| Box::pin(guard.token().clone().cancelled_owned()));
+                if cut.as_mut().poll(cx).is_ready() {
+                    return this.cut();
+                }
+                Poll::Pending
+            }
             Poll::Ready(None) => {
                 // Done: out of the in-flight count now, not when hyper drops the body.
-                this.guard = None;
+                this.finish();
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
             Poll::Ready(Some(Err(e))) => {
+                this.lease = None;
                 if let Some(guard) = this.guard.take() {
                     guard.mark_error();
                 }
@@ -84,9 +130,9 @@ impl Body for GuardedBody {
     }
 }
 
-/// A guarded upstream body as a [`ProxyBody`].
-pub(crate) fn streamed(inner: Incoming, guard: InFlight) -> ProxyBody {
-    UnsyncBoxBody::new(GuardedBody::new(inner, guard))
+/// A guarded upstream body, on the connection `lease`, as a [`ProxyBody`].
+pub(crate) fn streamed(inner: Incoming, guard: InFlight, lease: Lease) -> ProxyBody {
+    UnsyncBoxBody::new(GuardedBody::new(inner, guard, lease))
 }
 
 /// An empty body.

@@ -8,7 +8,7 @@ use hyper::body::Incoming;
 use hyper::header::{
     HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
-use hyper::http::uri::{PathAndQuery, Scheme};
+use hyper::http::uri::PathAndQuery;
 use hyper::upgrade::OnUpgrade;
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
@@ -18,6 +18,7 @@ use crate::gate::Admit;
 use crate::proxy::Shared;
 use crate::routes::{request_host, NoRoute};
 use crate::target::InFlight;
+use crate::upstream::{Lease, UpstreamError};
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -25,10 +26,37 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// The client connection a request came on, as the forwarding headers name it. Made once per
+/// connection, so that a request does not format its peer's address again.
+#[derive(Debug, Clone)]
+pub(crate) struct Peer {
+    /// The client's IP address as `X-Forwarded-For` carries it.
+    forwarded_for: HeaderValue,
+}
+
+impl Peer {
+    pub(crate) fn new(addr: SocketAddr) -> Peer {
+        let ip = addr.ip().to_canonical().to_string();
+        Peer {
+            // An IP address is always a valid header value.
+            forwarded_for: HeaderValue::from_str(&ip)
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+        }
+    }
+}
+
+/// What a request waiting for its upstream's answer ends with.
+enum Answer {
+    /// The target was cut at its drain deadline.
+    Cut,
+    /// The upstream's answer, or why there is none; `None`: not within the response timeout.
+    Upstream(Option<Result<(Response<Incoming>, Lease), UpstreamError>>),
+}
+
 /// Answers one client request.
 pub(crate) async fn handle(
     shared: Arc<Shared>,
-    peer: SocketAddr,
+    peer: &Peer,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     if req.uri().path() == shared.config.health_path {
@@ -39,17 +67,16 @@ pub(crate) async fn handle(
         Admit::Maintenance => return body::maintenance(),
         Admit::Refused(reason) => return body::error(StatusCode::SERVICE_UNAVAILABLE, reason),
     }
-    let authority = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            req.headers()
-                .get(HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        });
-    let host = authority.as_deref().and_then(request_host);
+    // HTTP/2 names the host in the authority, HTTP/1.1 in `Host`. Kept as a header value, so
+    // that the usual request (HTTP/1.1, lowercase host) copies no bytes for it.
+    let authority = match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => req.headers().get(HOST).cloned(),
+    };
+    let host = authority
+        .as_ref()
+        .and_then(|a| a.to_str().ok())
+        .and_then(request_host);
     // Bound to the target current now; a switch after this line does not move it.
     let guard = match shared.routes.bind(host.as_deref()) {
         Ok(guard) => guard,
@@ -75,98 +102,98 @@ pub(crate) async fn handle(
 async fn forward(
     shared: &Shared,
     mut guard: InFlight,
-    peer: SocketAddr,
-    authority: Option<String>,
+    peer: &Peer,
+    authority: Option<HeaderValue>,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = req.into_parts();
     let upgrade = wants_upgrade(&parts.headers, parts.version)
         .then(|| parts.extensions.remove::<OnUpgrade>())
         .flatten();
-    let upgrade_to = parts.headers.get(UPGRADE).cloned();
+    let upgrade_to = upgrade
+        .as_ref()
+        .and_then(|_| parts.headers.get(UPGRADE).cloned());
 
     strip_hop_by_hop(&mut parts.headers);
-    if let (Some(_), Some(proto)) = (&upgrade, upgrade_to) {
+    if let Some(proto) = upgrade_to {
         parts
             .headers
             .insert(CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(UPGRADE, proto);
     }
-    if let Some(authority) = &authority {
-        if let Ok(v) = HeaderValue::from_str(authority) {
-            parts.headers.insert(HOST, v.clone());
-            if !shared.config.trust_forwarded_headers
-                || !parts.headers.contains_key(X_FORWARDED_HOST)
-            {
-                parts.headers.insert(X_FORWARDED_HOST, v);
+    let trust = shared.config.trust_forwarded_headers;
+    match authority {
+        Some(v) => {
+            if !trust || !parts.headers.contains_key(X_FORWARDED_HOST) {
+                parts.headers.insert(X_FORWARDED_HOST, v.clone());
             }
+            parts.headers.insert(HOST, v);
+        }
+        // HTTP/1.1 requires a `Host`; a client that sent none gets the target's.
+        None => {
+            parts
+                .headers
+                .insert(HOST, guard.target().host_header.clone());
         }
     }
-    forwarded_for(
-        &mut parts.headers,
-        peer,
-        shared.config.trust_forwarded_headers,
-    );
-    if !shared.config.trust_forwarded_headers || !parts.headers.contains_key(X_FORWARDED_PROTO) {
+    forwarded_for(&mut parts.headers, peer, trust);
+    if !trust || !parts.headers.contains_key(X_FORWARDED_PROTO) {
         parts
             .headers
             .insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
-    let path = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    parts.uri = match Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(guard.target().authority.clone())
-        .path_and_query(path)
-        .build()
-    {
-        Ok(uri) => uri,
-        Err(e) => {
-            return body::error(
-                StatusCode::BAD_REQUEST,
-                format!("the request's path cannot be forwarded: {e}"),
-            )
-        }
-    };
+    // Upstreams get the origin form (`/path?query`); an HTTP/2 or absolute-form request's
+    // scheme and authority are dropped (the authority went into `Host` above).
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        parts.uri = Uri::from(
+            parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
+    }
     // Upstreams are spoken to in HTTP/1.1, whatever the client used.
     parts.version = Version::HTTP_11;
 
-    let endpoint = guard.target().endpoint.clone();
     let timeout = shared.config.limits.upstream_response_timeout;
-    let token = guard.token().clone();
-    let sent = shared.client.request(Request::from_parts(parts, body));
-    let answer = tokio::select! {
-        biased;
-        _ = token.cancelled() => {
-            guard.mark_cut();
-            return body::error(StatusCode::SERVICE_UNAVAILABLE, format!("the request to {endpoint} was cut at the drain deadline"));
+    let answer = {
+        let target = guard.target();
+        let sent = target.pool.send(
+            &target.endpoint,
+            shared.config.limits.upstream_connect_timeout,
+            Request::from_parts(parts, body),
+        );
+        tokio::select! {
+            biased;
+            _ = guard.token().cancelled() => Answer::Cut,
+            answer = tokio::time::timeout(timeout, sent) => Answer::Upstream(answer.ok()),
         }
-        answer = tokio::time::timeout(timeout, sent) => answer,
     };
-    let mut res = match answer {
-        Ok(Ok(res)) => res,
-        Ok(Err(e)) => {
-            guard.mark_error();
+    let endpoint = &guard.target().endpoint;
+    let (mut res, lease) = match answer {
+        Answer::Upstream(Some(Ok(answer))) => answer,
+        Answer::Cut => {
+            let why = format!("the request to {endpoint} was cut at the drain deadline");
+            guard.mark_cut();
+            return body::error(StatusCode::SERVICE_UNAVAILABLE, why);
+        }
+        Answer::Upstream(Some(Err(e))) => {
             let why = if e.is_connect() {
-                format!(
-                    "could not connect to the upstream {endpoint}: {}",
-                    cause(&e)
-                )
+                format!("could not connect to the upstream {endpoint}: {e}")
             } else {
-                format!("the upstream {endpoint} failed: {}", cause(&e))
+                format!("the upstream {endpoint} failed: {e}")
             };
+            guard.mark_error();
             tracing::warn!("{why}");
             return body::error(StatusCode::BAD_GATEWAY, why);
         }
-        Err(_) => {
-            guard.mark_error();
+        Answer::Upstream(None) => {
             let why = format!(
                 "the upstream {endpoint} sent no response within {:.1}s",
                 timeout.as_secs_f64()
             );
+            guard.mark_error();
             tracing::warn!("{why}");
             return body::error(StatusCode::GATEWAY_TIMEOUT, why);
         }
@@ -174,6 +201,8 @@ async fn forward(
 
     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_side) = upgrade {
+            // The upstream connection becomes the tunnel: it is not given back to the pool.
+            drop(lease);
             let upstream_side = hyper::upgrade::on(&mut res);
             tokio::spawn(pipe(client_side, upstream_side, guard));
             let (parts, _) = res.into_parts();
@@ -182,7 +211,7 @@ async fn forward(
     }
     let (mut parts, incoming) = res.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, body::streamed(incoming, guard))
+    Response::from_parts(parts, body::streamed(incoming, guard, lease))
 }
 
 /// Copies bytes both ways between an upgraded client and upstream connection until either side
@@ -251,24 +280,22 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-fn forwarded_for(headers: &mut HeaderMap, peer: SocketAddr, trust: bool) {
-    let ip = peer.ip().to_canonical().to_string();
-    let value = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) if trust => format!("{prior}, {ip}"),
-        _ => ip,
+fn forwarded_for(headers: &mut HeaderMap, peer: &Peer, trust: bool) {
+    let prior = headers
+        .get(X_FORWARDED_FOR)
+        .and_then(|v| v.to_str().ok())
+        .filter(|_| trust);
+    let value = match prior {
+        Some(prior) => {
+            let ip = peer.forwarded_for.to_str().unwrap_or_default();
+            match HeaderValue::from_str(&format!("{prior}, {ip}")) {
+                Ok(v) => v,
+                Err(_) => return,
+            }
+        }
+        None => peer.forwarded_for.clone(),
     };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert(X_FORWARDED_FOR, v);
-    }
-}
-
-/// The innermost cause of a client error, which says what actually happened (refused, reset).
-fn cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut inner = e;
-    while let Some(next) = inner.source() {
-        inner = next;
-    }
-    inner.to_string()
+    headers.insert(X_FORWARDED_FOR, value);
 }
 
 #[cfg(test)]
@@ -302,9 +329,13 @@ mod tests {
         let peer: SocketAddr = "10.0.0.9:5000".parse().unwrap();
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("6.6.6.6"));
-        forwarded_for(&mut h, peer, false);
+        forwarded_for(&mut h, &Peer::new(peer), false);
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.9");
-        forwarded_for(&mut h, "[::ffff:127.0.0.1]:1".parse().unwrap(), true);
+        forwarded_for(
+            &mut h,
+            &Peer::new("[::ffff:127.0.0.1]:1".parse().unwrap()),
+            true,
+        );
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.9, 127.0.0.1");
     }
 }

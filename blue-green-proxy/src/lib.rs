@@ -12,8 +12,9 @@
 //! - **Router**: [`ProxyRouter`] (over the socket) and [`EmbeddedRouter`] (in-process)
 //!   implement [`blue_green_core::Router`], so the engine switches and drains through it.
 //!
-//! Built on hyper 1 and hyper-util: HTTP/1.1 and HTTP/2 cleartext from clients, pooled
-//! HTTP/1.1 keep-alive to upstreams, bodies streamed, never buffered whole.
+//! Built on hyper 1 and hyper-util: HTTP/1.1 and HTTP/2 cleartext from clients, HTTP/1.1
+//! keep-alive to upstreams over hyper's own connections pooled per target, bodies streamed,
+//! never buffered whole.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -38,6 +39,7 @@ mod routes;
 mod serve;
 mod state;
 mod target;
+mod upstream;
 
 pub use config::{Limits, PauseLimits, ProxyConfig};
 pub use control::ControlClient;

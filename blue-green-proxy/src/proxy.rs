@@ -6,10 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use blue_green_core::Endpoint;
-use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -36,7 +33,6 @@ pub(crate) struct Shared {
     pub(crate) routes: Routes,
     pub(crate) targets: Targets,
     pub(crate) gate: Gate,
-    pub(crate) client: Client<HttpConnector, Incoming>,
     pub(crate) server: auto::Builder<TokioExecutor>,
     /// Serialises changes (target sets, mode changes) with their state-file writes.
     changes: tokio::sync::Mutex<()>,
@@ -298,19 +294,11 @@ impl Proxy {
             },
             None => (RouteTable::default(), Mode::Serving),
         };
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.limits.upstream_connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
         let shared = Arc::new(Shared {
             server: serve::builder(&config.limits),
             routes: Routes::new(table),
             targets,
             gate: Gate::new(mode, config.pause.clone()),
-            client,
             changes: tokio::sync::Mutex::new(()),
             config,
         });

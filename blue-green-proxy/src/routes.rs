@@ -5,6 +5,7 @@
 //! a switch never waits for a request, and every request that saw the old table is already
 //! counted on the old target when the swap returns: the drain cannot miss it.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
@@ -154,16 +155,23 @@ pub(crate) fn check_host(host: &str) -> Result<String, Error> {
 }
 
 /// The host a request names (its `Host` header or, in HTTP/2, its authority), normalised for
-/// lookup: no port, lowercase, no trailing dot.
-pub(crate) fn request_host(authority: &str) -> Option<String> {
+/// lookup: no port, lowercase, no trailing dot. Borrowed when it already is (the usual case),
+/// so a request copies nothing to find its app.
+pub(crate) fn request_host(authority: &str) -> Option<Cow<'_, str>> {
     let host = if let Some(rest) = authority.strip_prefix('[') {
         // An IPv6 literal; the table has no such names, so it only picks the default app.
         rest.split(']').next().unwrap_or_default()
     } else {
         authority.rsplit_once(':').map_or(authority, |(h, _)| h)
     };
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
-    (!host.is_empty()).then_some(host)
+    let host = host.trim_end_matches('.');
+    if host.is_empty() {
+        None
+    } else if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Some(Cow::Owned(host.to_ascii_lowercase()))
+    } else {
+        Some(Cow::Borrowed(host))
+    }
 }
 
 /// The current route table behind a lock held only for pointer reads and swaps.

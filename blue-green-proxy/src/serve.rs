@@ -72,10 +72,12 @@ async fn connection(
     let service = {
         let shared = shared.clone();
         let started = started.clone();
+        let client = forward::Peer::new(peer);
         service_fn(move |req| {
             started.store(true, Ordering::Relaxed);
             let shared = shared.clone();
-            async move { Ok::<_, Infallible>(forward::handle(shared, peer, req).await) }
+            let client = client.clone();
+            async move { Ok::<_, Infallible>(forward::handle(shared, &client, req).await) }
         })
     };
     let conn = shared

@@ -2,8 +2,10 @@
 //! proxy killed at any moment and started again serves the same targets at once.
 
 use std::fs;
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::Path;
+
+use blue_green_core::state::atomic::write_atomic;
 
 use serde::{Deserialize, Serialize};
 
@@ -62,34 +64,20 @@ pub(crate) fn load(path: &Path) -> Result<Option<SavedState>, Error> {
     Ok(Some(state))
 }
 
-/// Replaces the state file with `state`: a temporary file in the same directory, flushed to
-/// disk, renamed over the old one, then the directory flushed. Blocking: call it from
-/// `spawn_blocking`.
+/// Replaces the state file with `state`, with the one atomic replacement of
+/// `blue-green-core` (a temporary file flushed to disk, renamed over the old one, the
+/// directory flushed): a proxy killed or a machine that loses power at any moment keeps the
+/// old routes or the new ones, never half. Blocking: call it from `spawn_blocking`.
 pub(crate) fn save(path: &Path, state: &SavedState) -> Result<(), Error> {
     let io_err = |source| Error::StateIo {
         path: path.to_path_buf(),
         action: "writing",
         source,
     };
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
     let mut bytes = serde_json::to_vec_pretty(state)
         .map_err(|e| io_err(io::Error::new(io::ErrorKind::InvalidData, e)))?;
     bytes.push(b'\n');
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".proxy-state.")
-        .suffix(".tmp")
-        .tempfile_in(&dir)
-        .map_err(io_err)?;
-    tmp.write_all(&bytes).map_err(io_err)?;
-    tmp.as_file().sync_all().map_err(io_err)?;
-    tmp.persist(path).map_err(|e| io_err(e.error))?;
-    fs::File::open(&dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err)?;
-    Ok(())
+    write_atomic(path, &bytes).map_err(io_err)
 }
 
 #[cfg(test)]

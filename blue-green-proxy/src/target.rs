@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use blue_green_core::Endpoint;
+use hyper::header::HeaderValue;
 use hyper::http::uri::Authority;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -14,13 +15,15 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
+use crate::upstream::Pool;
 
 /// One upstream endpoint and its counters. Lives as long as the proxy (a handful per app), so
 /// its counters survive switches back and forth.
 #[derive(Debug)]
 pub(crate) struct Target {
     pub(crate) endpoint: Endpoint,
-    pub(crate) authority: Authority,
+    /// `host:port` as a `Host` header, for a client that sent none.
+    pub(crate) host_header: HeaderValue,
     in_flight: AtomicU64,
     requests: AtomicU64,
     errors: AtomicU64,
@@ -31,22 +34,27 @@ pub(crate) struct Target {
     /// token it was given when it started. Replaced after each cut, so a target that is routed
     /// to again starts clean.
     cancel: Mutex<CancellationToken>,
+    /// Its idle keep-alive connections.
+    pub(crate) pool: Pool,
 }
 
 impl Target {
     fn new(endpoint: Endpoint) -> Result<Target, Error> {
-        let authority: Authority = endpoint.to_string().parse().map_err(|e| {
+        let invalid = |e: &dyn std::fmt::Display| {
             Error::Invalid(format!("`{endpoint}` cannot be an upstream address: {e}"))
-        })?;
+        };
+        let authority: Authority = endpoint.to_string().parse().map_err(|e| invalid(&e))?;
+        let host_header = HeaderValue::from_str(authority.as_str()).map_err(|e| invalid(&e))?;
         Ok(Target {
             endpoint,
-            authority,
+            host_header,
             in_flight: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             cut: AtomicU64::new(0),
             idle: Notify::new(),
             cancel: Mutex::new(CancellationToken::new()),
+            pool: Pool::default(),
         })
     }
 

@@ -105,6 +105,22 @@ pub struct RunArgs {
     /// Keep X-Forwarded-* headers that clients send (only behind a proxy you trust).
     #[arg(long)]
     pub trust_forwarded_headers: bool,
+    /// Threads that serve traffic (default: one per CPU). With 1, everything runs on one
+    /// thread with no work-stealing between threads: the leanest and, for one core's worth of
+    /// traffic, the fastest.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+}
+
+/// The serving threads `command` asks for, if it is `proxy run --threads N`; the binary builds
+/// its async runtime with them.
+pub fn threads(command: &crate::cli::Command) -> Option<usize> {
+    match command {
+        crate::cli::Command::Proxy(ProxyArgs {
+            command: ProxyCommand::Run(run),
+        }) => run.threads.map(usize::from),
+        _ => None,
+    }
 }
 
 /// The name of a proxy command, for its result line.
@@ -276,4 +292,25 @@ fn status_text(status: &Status) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<crate::cli::Cli, clap::Error> {
+        crate::cli::Cli::try_parse_from(std::iter::once("blue-green").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn proxy_run_threads_pick_the_runtime_and_zero_is_refused() {
+        let one = parse(&["proxy", "run", "--threads", "1"]).unwrap();
+        assert_eq!(threads(&one.command), Some(1));
+        let default = parse(&["proxy", "run"]).unwrap();
+        assert_eq!(threads(&default.command), None);
+        let status = parse(&["proxy", "status"]).unwrap();
+        assert_eq!(threads(&status.command), None);
+        assert!(parse(&["proxy", "run", "--threads", "0"]).is_err());
+    }
 }
