@@ -9,8 +9,8 @@ pub(crate) mod proxy;
 mod router;
 mod runtime;
 
-pub(crate) use caddy::check_caddy;
-pub(crate) use haproxy::check_haproxy;
+pub use caddy::check_caddy;
+pub use haproxy::check_haproxy;
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
