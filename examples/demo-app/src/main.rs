@@ -20,6 +20,9 @@
 //! | `NEVER_HEALTHY=1` | `/health` answers 503 |
 //! | `SIGTERM_MODE` | `graceful` (default): stop accepting, finish in-flight requests, exit 0; `abort`: exit at once with code 143 |
 //! | `IGNORE_SIGTERM=1` | ignore SIGTERM (a process that refuses to stop) |
+//! | `LOG_FLOOD=1` | write 4 KiB log lines to stdout and stderr without end (about 4 MB/s together) |
+//! | `CLOSE_LISTENER=1` | open the listener, close it at once, and keep running (a server whose accept loop died) |
+//! | `BROKEN_ROOT=1` | `/` answers 500 while `/health` stays 200 (a health check that lies) |
 //!
 //! # Endpoints
 //!
@@ -85,6 +88,9 @@ struct Settings {
     crash_on_start: bool,
     never_healthy: bool,
     sigterm: SigtermMode,
+    log_flood: bool,
+    close_listener: bool,
+    broken_root: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,6 +143,9 @@ fn settings() -> Result<Settings, String> {
         crash_on_start: env_flag("CRASH_ON_START"),
         never_healthy: env_flag("NEVER_HEALTHY"),
         sigterm,
+        log_flood: env_flag("LOG_FLOOD"),
+        close_listener: env_flag("CLOSE_LISTENER"),
+        broken_root: env_flag("BROKEN_ROOT"),
     })
 }
 
@@ -156,6 +165,9 @@ fn main() {
         std::process::exit(1);
     }
     install_signal_handlers(settings.sigterm);
+    if settings.log_flood {
+        spawn_log_flood();
+    }
     if !settings.start_delay.is_zero() {
         println!(
             "demo-app: waiting {} ms before listening (START_DELAY_MS)",
@@ -202,6 +214,14 @@ fn serve(settings: Arc<Settings>) -> io::Result<()> {
         "demo-app: {} {} listening on {local}",
         settings.color, settings.release
     );
+    if settings.close_listener {
+        drop(listener);
+        println!("demo-app: closed the listener (CLOSE_LISTENER=1), still running");
+        while !SHUTDOWN.load(Ordering::SeqCst) {
+            std::thread::sleep(POLL);
+        }
+        return Ok(());
+    }
     spawn_accept_waker(local);
 
     let in_flight = Arc::new(AtomicUsize::new(0));
@@ -236,6 +256,19 @@ fn serve(settings: Arc<Settings>) -> io::Result<()> {
     }
     println!("demo-app: all requests done, exiting");
     Ok(())
+}
+
+/// `LOG_FLOOD=1`: a release whose logs never stop, so that a test can check that nothing
+/// reads them whole.
+fn spawn_log_flood() {
+    std::thread::spawn(|| {
+        let line = format!("demo-app: LOG_FLOOD {}\n", "x".repeat(4096));
+        loop {
+            let _ = io::stdout().write_all(line.as_bytes());
+            let _ = io::stderr().write_all(line.as_bytes());
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    });
 }
 
 /// `accept` blocks and a signal handler cannot wake it portably, so a thread watches the flag
@@ -436,6 +469,10 @@ fn respond(request: &Request, settings: &Settings) -> (&'static str, String) {
                 ("200 OK", who)
             }
         }
+        ("GET", "/") if settings.broken_root => (
+            "500 Internal Server Error",
+            format!("{who} broken (BROKEN_ROOT=1)\n"),
+        ),
         ("GET", "/") => ("200 OK", format!("demo-app {who}\n")),
         ("GET" | "POST", "/slow") => {
             let ms = query
