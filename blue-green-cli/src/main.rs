@@ -6,10 +6,11 @@
 mod cli;
 mod commands;
 mod components;
-mod config;
 mod failure;
 mod output;
 
+// The config reader lives in the library, so that the fuzz targets reach it.
+use blue_green_cli::config;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 

@@ -8,7 +8,12 @@
 //!   history), and `repair` or the next `deploy` repairs it;
 //! - a release that crash-loops under a restart policy; one that never gets healthy;
 //! - nginx's config test failing; an old container that ignores SIGTERM;
-//! - ten deploys started at once.
+//! - ten deploys started at once;
+//! - hostile releases: one that writes logs without end, one that closes its listener but
+//!   keeps running, one whose `/health` answers while `/` fails;
+//! - the state directory (a small tmpfs the test mounts) filled up while a deploy waits for
+//!   its new color, or read-only when a deploy starts: the error names the directory, and the
+//!   next deploy after the space is back succeeds.
 //!
 //! In every case no request through nginx may fail. Needs Docker and nginx; fails with a clear
 //! message when either is missing. Every container and image carries the test's prefix and is
@@ -39,6 +44,8 @@ struct Tweaks {
     test_command: Option<Vec<String>>,
     /// `switch.keep_previous` (default `stopped`).
     keep_previous: Option<&'static str>,
+    /// `health.path` (default `/health`).
+    health_path: Option<&'static str>,
 }
 
 /// One app with its own nginx, image, config and state, and everything torn down on drop.
@@ -114,7 +121,7 @@ container_port = 8080
 {restart}
 [health]
 kind = "http"
-path = "/health"
+path = "{health_path}"
 expect_body = "{{color}} {{release}}"
 interval = "100ms"
 timeout = "1s"
@@ -142,6 +149,7 @@ keep_previous = "{keep}"
             reload = list(&self.nginx.reload_command()),
             verify = self.nginx.url("/health"),
             keep = tweaks.keep_previous.unwrap_or("stopped"),
+            health_path = tweaks.health_path.unwrap_or("/health"),
         );
         let path = self.dir.path().join(file);
         std::fs::write(&path, text).expect("write config");
@@ -766,4 +774,268 @@ async fn ten_deploys_at_once_one_runs_the_others_exit_3() {
     let winner = winner.expect("a winner");
     assert_eq!(stage.served().await, format!("green v2-{winner}"));
     assert_no_failed_requests(&load.stop().await);
+}
+
+// --- Hostile releases ----------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_that_floods_its_logs_fails_with_a_bounded_report_or_deploys() {
+    let stage = Stage::new("fi-logflood").await;
+    let flooding_sick = demo_app_image_with_env(
+        &stage.cleanup,
+        "floodsick",
+        &[("LOG_FLOOD", "1"), ("NEVER_HEALTHY", "1")],
+    )
+    .await;
+    let flooding = demo_app_image_with_env(&stage.cleanup, "flood", &[("LOG_FLOOD", "1")]).await;
+    stage.deploy("v1", &[]).await;
+    let load = stage.load().await;
+
+    // Never healthy: the failure report quotes the logs, which never stop.
+    let started = Instant::now();
+    let out = stage
+        .run(&["deploy", "--release", "v2", "--image", &flooding_sick])
+        .await;
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("LOG_FLOOD"),
+        "the report quotes the release's logs: {stderr}"
+    );
+    assert!(
+        out.stderr.len() < 256 * 1024,
+        "the report quotes a bounded part of the logs, not {} bytes",
+        out.stderr.len()
+    );
+    // The readiness deadline is 8 s and the stop timeout 2 s; reading the logs adds little.
+    assert!(
+        took < Duration::from_secs(60),
+        "the failed deploy took {took:?}"
+    );
+    assert_eq!(stage.served().await, "blue v1");
+    let status = stage.status().await;
+    assert_eq!(status["live"], "blue", "{status}");
+    assert!(!running(&status, "green"), "{status}");
+
+    // Healthy but flooding: deployed like any release.
+    stage.deploy("v3", &["--image", &flooding]).await;
+    assert_eq!(stage.served().await, "green v3");
+    assert_no_failed_requests(&load.stop().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_that_closes_its_listener_but_runs_is_refused_and_blue_serves_on() {
+    let stage = Stage::new("fi-nolisten").await;
+    let deaf = demo_app_image_with_env(&stage.cleanup, "deaf", &[("CLOSE_LISTENER", "1")]).await;
+    stage.deploy("v1", &[]).await;
+    let load = stage.load().await;
+
+    let out = stage
+        .run(&["deploy", "--release", "v2", "--image", &deaf])
+        .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("not ready"),
+        "the error says the release never got ready: {stderr}"
+    );
+    assert_eq!(stage.served().await, "blue v1");
+    let status = stage.status().await;
+    assert_eq!(status["live"], "blue", "{status}");
+    assert!(
+        !running(&status, "green"),
+        "the process that kept running was stopped: {status}"
+    );
+    assert_no_failed_requests(&load.stop().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_whose_health_answers_but_root_fails_is_refused_by_a_probe_of_root() {
+    let stage = Stage::new("fi-liar").await;
+    let liar = demo_app_image_with_env(&stage.cleanup, "liar", &[("BROKEN_ROOT", "1")]).await;
+    // The probe asks `/`, the page users get, not only `/health`.
+    let config = stage.write_config(
+        "probe-root.toml",
+        &Tweaks {
+            health_path: Some("/"),
+            ..Tweaks::default()
+        },
+    );
+    let out = stage
+        .run_with(&config, &["deploy", "--release", "v1"])
+        .await;
+    assert!(out.status.success(), "the first deploy failed");
+    let load = stage.load().await;
+
+    let out = stage
+        .run_with(&config, &["deploy", "--release", "v2", "--image", &liar])
+        .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("500"),
+        "the error quotes the answer: {stderr}"
+    );
+    assert_eq!(stage.served().await, "blue v1");
+    let status = stage.status().await;
+    assert_eq!(status["live"], "blue", "{status}");
+    assert!(!running(&status, "green"), "{status}");
+    assert_no_failed_requests(&load.stop().await);
+}
+
+// --- The state directory full or read-only -------------------------------------------------
+
+/// A small tmpfs mounted (by `mount(8)`, as root) on the stage's state directory; unmounted on
+/// drop, also when the test fails.
+struct StateTmpfs {
+    dir: PathBuf,
+}
+
+impl StateTmpfs {
+    fn mount(dir: &std::path::Path) -> StateTmpfs {
+        std::fs::create_dir_all(dir).expect("create the state directory");
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=512k,mode=0700", "bg-fi-state"])
+            .arg(dir)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run mount(8) (this test needs it, as root): {e}"));
+        assert!(
+            out.status.success(),
+            "this test mounts a tmpfs and needs root: mount said {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        StateTmpfs {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn remount(&self, mode: &str) {
+        let out = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,{mode}")])
+            .arg(&self.dir)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "remount {mode}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Fills it up: a file that grows until the space runs out.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let path = self.dir.join("filler");
+        let mut file = std::fs::File::create(&path).expect("create the filler");
+        let chunk = vec![0u8; 4096];
+        loop {
+            if let Err(e) = file.write_all(&chunk).and_then(|()| file.sync_all()) {
+                assert_eq!(e.raw_os_error(), Some(28), "ENOSPC expected: {e}");
+                return path;
+            }
+        }
+    }
+}
+
+impl Drop for StateTmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+/// How a test breaks the state directory.
+#[derive(Debug, Clone, Copy)]
+enum StateFault {
+    /// Filled up while the deploy waits for its new color.
+    Full,
+    /// Remounted read-only before the deploy: the kernel refuses to remount a file system
+    /// read-only while a file on it is open for writing (EBUSY), and a running deploy holds
+    /// its lock file open.
+    ReadOnly,
+}
+
+/// A deploy is started with a release that takes 3 s to listen, and `fault` breaks the state
+/// directory. The deploy must fail with exit 4 and name the directory, blue serves on, and
+/// once the directory is usable again the next deploy succeeds.
+async fn state_directory_broken_during_a_deploy(fault: StateFault) {
+    let name = match fault {
+        StateFault::Full => "fi-statefull",
+        StateFault::ReadOnly => "fi-statero",
+    };
+    let stage = Stage::new(name).await;
+    let tmpfs = StateTmpfs::mount(&stage.state_dir());
+    let slow =
+        demo_app_image_with_env(&stage.cleanup, "slowstart", &[("START_DELAY_MS", "3000")]).await;
+    stage.deploy("v1", &[]).await;
+    let load = stage.load().await;
+
+    if let StateFault::ReadOnly = fault {
+        tmpfs.remount("ro");
+    }
+    let child = stage
+        .command(
+            &stage.config(),
+            &["deploy", "--release", "v2", "--image", &slow],
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn deploy");
+    let filler = match fault {
+        StateFault::Full => {
+            let until = Instant::now() + Duration::from_secs(60);
+            while stage
+                .journal()
+                .and_then(|j| j["step"].as_str().map(String::from))
+                != Some("ready".into())
+            {
+                assert!(
+                    Instant::now() < until,
+                    "the deploy did not reach its ready step within 60s"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Some(tmpfs.fill())
+        }
+        StateFault::ReadOnly => None,
+    };
+    let out = tokio::time::timeout(COMMAND_DEADLINE, child.wait_with_output())
+        .await
+        .expect("the deploy ends")
+        .expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!(
+        "deploy with the state directory {fault:?}: {}\n{stderr}",
+        out.status
+    );
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    let dir = stage.state_dir().display().to_string();
+    assert!(stderr.contains(&dir), "the error names {dir}: {stderr}");
+    assert_eq!(stage.served().await, "blue v1");
+
+    match filler {
+        Some(filler) => std::fs::remove_file(filler).expect("remove the filler"),
+        None => tmpfs.remount("rw"),
+    }
+    let status = stage.status().await;
+    assert_eq!(status["live"], "blue", "{status}");
+    assert!(!running(&status, "green"), "{status}");
+    stage.deploy("v3", &[]).await;
+    assert_eq!(stage.served().await, "green v3");
+    assert_no_failed_requests(&load.stop().await);
+    // `tmpfs`, declared after `stage`, is unmounted before the stage's directory goes.
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_directory_that_fills_up_during_a_deploy_fails_it_naming_the_directory() {
+    state_directory_broken_during_a_deploy(StateFault::Full).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_state_directory_fails_the_deploy_naming_the_directory() {
+    state_directory_broken_during_a_deploy(StateFault::ReadOnly).await;
 }

@@ -340,7 +340,18 @@ impl FromStr for Endpoint {
         } else {
             s.rsplit_once(':').ok_or_else(bad)?
         };
-        if host.is_empty() {
+        // A host with a `:` is an IPv6 address; any other is a name or an IPv4 address of
+        // `[A-Za-z0-9._-]`. Anything else would not read back from what `Display` writes
+        // (found by fuzzing: `a]:b:80`) and no router could use it.
+        let host_ok = if host.contains(':') {
+            host.parse::<std::net::Ipv6Addr>().is_ok()
+        } else {
+            !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        };
+        if !host_ok {
             return Err(bad());
         }
         let port: u16 = port.parse().map_err(|_| bad())?;
@@ -561,6 +572,33 @@ mod tests {
         assert_eq!(v6.to_string(), "[::1]:80");
         for bad in ["", "host", ":80", "h:0", "h:99999", "h:x"] {
             assert!(bad.parse::<Endpoint>().is_err(), "{bad} should be refused");
+        }
+    }
+
+    /// Regression (fuzz target `router_input`): a host that `Display` cannot write back, such
+    /// as `[a]b]:80` or `a?b:80`, was taken; every endpoint taken must read back as itself.
+    #[test]
+    fn endpoint_hosts_that_do_not_read_back_are_refused() {
+        for bad in [
+            "3?4q&:qq]:3?4q&:34",
+            "[a]b]:80",
+            "[[a]:80",
+            "a b:80",
+            "a/b:80",
+            "[x:y]:80",
+            "a:b:80",
+        ] {
+            assert!(bad.parse::<Endpoint>().is_err(), "{bad} should be refused");
+        }
+        for good in [
+            "127.0.0.1:8081",
+            "[::1]:80",
+            "::1:80",
+            "app_blue-1.internal:8080",
+            "[fe80::1:2]:443",
+        ] {
+            let endpoint: Endpoint = good.parse().unwrap();
+            assert_eq!(endpoint.to_string().parse::<Endpoint>().unwrap(), endpoint);
         }
     }
 

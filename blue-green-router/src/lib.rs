@@ -37,6 +37,10 @@
 #[cfg(feature = "caddy")]
 pub mod caddy;
 pub mod error;
+/// Entry points for the fuzz targets in `fuzz/`; not a stable API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 #[cfg(feature = "haproxy")]
 pub mod haproxy;
 #[cfg(feature = "nginx")]

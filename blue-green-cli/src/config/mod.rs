@@ -9,7 +9,7 @@ mod check;
 pub use check::proxy::DEFAULT_CONTROL as DEFAULT_PROXY_CONTROL;
 mod raw;
 
-pub(crate) use check::{check_caddy, check_haproxy};
+pub use check::{check_caddy, check_haproxy};
 
 use std::fmt;
 use std::ops::Range;

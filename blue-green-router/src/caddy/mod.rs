@@ -47,7 +47,7 @@
 //! `caddy run --resume` so that a restart keeps the switch (`caddy reload --config FILE` or a
 //! start from the config file alone puts the file's upstream back).
 
-mod admin;
+pub(crate) mod admin;
 
 use std::time::Duration;
 

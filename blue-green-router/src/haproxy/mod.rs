@@ -48,7 +48,7 @@
 //! switch keeps talking to the old color through the drain, and `cut` closes it.
 
 mod api;
-mod servers;
+pub(crate) mod servers;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};

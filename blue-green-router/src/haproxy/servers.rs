@@ -197,7 +197,9 @@ pub(crate) fn parse_sessions(text: &str) -> Result<HashMap<String, u64>, String>
         if matches!(*name, "FRONTEND" | "BACKEND") {
             continue;
         }
-        sessions.insert(name.to_string(), count(scur)? + count(qcur)?);
+        // Saturating: a count near u64::MAX from a broken answer must not panic (debug) or
+        // wrap to a small number (release) and end a drain early.
+        sessions.insert(name.to_string(), count(scur)?.saturating_add(count(qcur)?));
     }
     Ok(sessions)
 }
@@ -270,5 +272,13 @@ mod tests {
         assert_eq!(sessions.get("green"), Some(&3));
         assert_eq!(sessions.get("BACKEND"), None);
         assert!(parse_sessions("No such proxy.\n").is_err());
+    }
+
+    /// Regression (seen while writing the fuzz target `router_input`): `scur + qcur` of an
+    /// answer with counts near `u64::MAX` overflowed.
+    #[test]
+    fn huge_counts_saturate_instead_of_overflowing() {
+        let text = format!("# pxname,svname,qcur,scur\napp,blue,{},1\n", u64::MAX);
+        assert_eq!(parse_sessions(&text).unwrap().get("blue"), Some(&u64::MAX));
     }
 }

@@ -57,7 +57,7 @@ mod command;
 mod config;
 mod private;
 mod switch;
-mod upstream;
+pub(crate) mod upstream;
 mod verify;
 mod workers;
 

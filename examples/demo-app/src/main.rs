@@ -21,6 +21,9 @@
 //! | `UNHEALTHY_AFTER_TRAFFIC_MS` | `/health` answers 503 from this long after the first request to another path (live traffic: probes only ask `/health`), to test the watch after a switch |
 //! | `SIGTERM_MODE` | `graceful` (default): stop accepting, finish in-flight requests, exit 0; `abort`: exit at once with code 143 |
 //! | `IGNORE_SIGTERM=1` | ignore SIGTERM (a process that refuses to stop) |
+//! | `LOG_FLOOD=1` | write 4 KiB log lines to stdout and stderr without end (about 4 MB/s together) |
+//! | `CLOSE_LISTENER=1` | open the listener, close it at once, and keep running (a server whose accept loop died) |
+//! | `BROKEN_ROOT=1` | `/` answers 500 while `/health` stays 200 (a health check that lies) |
 //!
 //! # Endpoints
 //!
@@ -87,6 +90,9 @@ struct Settings {
     never_healthy: bool,
     unhealthy_after_traffic: Option<Duration>,
     sigterm: SigtermMode,
+    log_flood: bool,
+    close_listener: bool,
+    broken_root: bool,
 }
 
 /// When the first request to a path other than `/health` came (`UNHEALTHY_AFTER_TRAFFIC_MS`).
@@ -149,6 +155,9 @@ fn settings() -> Result<Settings, String> {
         never_healthy: env_flag("NEVER_HEALTHY"),
         unhealthy_after_traffic,
         sigterm,
+        log_flood: env_flag("LOG_FLOOD"),
+        close_listener: env_flag("CLOSE_LISTENER"),
+        broken_root: env_flag("BROKEN_ROOT"),
     })
 }
 
@@ -168,6 +177,9 @@ fn main() {
         std::process::exit(1);
     }
     install_signal_handlers(settings.sigterm);
+    if settings.log_flood {
+        spawn_log_flood();
+    }
     if !settings.start_delay.is_zero() {
         println!(
             "demo-app: waiting {} ms before listening (START_DELAY_MS)",
@@ -214,6 +226,14 @@ fn serve(settings: Arc<Settings>) -> io::Result<()> {
         "demo-app: {} {} listening on {local}",
         settings.color, settings.release
     );
+    if settings.close_listener {
+        drop(listener);
+        println!("demo-app: closed the listener (CLOSE_LISTENER=1), still running");
+        while !SHUTDOWN.load(Ordering::SeqCst) {
+            std::thread::sleep(POLL);
+        }
+        return Ok(());
+    }
     spawn_accept_waker(local);
 
     let in_flight = Arc::new(AtomicUsize::new(0));
@@ -248,6 +268,19 @@ fn serve(settings: Arc<Settings>) -> io::Result<()> {
     }
     println!("demo-app: all requests done, exiting");
     Ok(())
+}
+
+/// `LOG_FLOOD=1`: a release whose logs never stop, so that a test can check that nothing
+/// reads them whole.
+fn spawn_log_flood() {
+    std::thread::spawn(|| {
+        let line = format!("demo-app: LOG_FLOOD {}\n", "x".repeat(4096));
+        loop {
+            let _ = io::stdout().write_all(line.as_bytes());
+            let _ = io::stderr().write_all(line.as_bytes());
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    });
 }
 
 /// `accept` blocks and a signal handler cannot wake it portably, so a thread watches the flag
@@ -459,6 +492,10 @@ fn respond(request: &Request, settings: &Settings) -> (&'static str, String) {
                 ("200 OK", who)
             }
         }
+        ("GET", "/") if settings.broken_root => (
+            "500 Internal Server Error",
+            format!("{who} broken (BROKEN_ROOT=1)\n"),
+        ),
         ("GET", "/") => ("200 OK", format!("demo-app {who}\n")),
         ("GET" | "POST", "/slow") => {
             let ms = query

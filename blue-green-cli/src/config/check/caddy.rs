@@ -50,7 +50,7 @@ impl Checker<'_> {
 
 /// `validate`'s look at Caddy, changing nothing: the admin API answers and the `@id` is on a
 /// reverse_proxy handler.
-pub(crate) async fn check_caddy(config: &CaddyConfig) -> Result<String, String> {
+pub async fn check_caddy(config: &CaddyConfig) -> Result<String, String> {
     let router = CaddyRouter::new(config.clone()).map_err(|e| e.message)?;
     router.check().await.map_err(|e| e.message)
 }

@@ -255,7 +255,7 @@ impl Checker<'_> {
 
 /// `validate`'s look at HAProxy, changing nothing: the socket answers at `level admin`, the
 /// backend has both servers.
-pub(crate) async fn check_haproxy(config: &HaproxyConfig) -> Result<String, String> {
+pub async fn check_haproxy(config: &HaproxyConfig) -> Result<String, String> {
     let router = HaproxyRouter::new(config.clone()).map_err(|e| e.message)?;
     router.check().await.map_err(|e| e.message)
 }

@@ -10,8 +10,8 @@ mod router;
 mod runtime;
 mod swarm;
 
-pub(crate) use caddy::check_caddy;
-pub(crate) use haproxy::check_haproxy;
+pub use caddy::check_caddy;
+pub use haproxy::check_haproxy;
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
