@@ -14,8 +14,8 @@ mod baseline;
 mod child;
 mod load;
 mod ours;
-mod report;
 mod proxy_process;
+mod report;
 mod router_phase;
 mod throughput;
 
