@@ -156,7 +156,8 @@ impl Haproxy {
             .await;
             match reloaded {
                 Ok(()) => return,
-                Err(e) if e.contains("exited") => panic!("HAProxy died on reload: {e}"),
+                // The master itself, not the word in its log ("Former worker ... exited").
+                Err(e) if self.process.exited().is_some() => panic!("HAProxy died on reload: {e}"),
                 Err(e) => last = e,
             }
         }
