@@ -195,20 +195,8 @@ impl Command {
     ///
     /// Dropping the returned future before it finishes kills the group with SIGKILL at once.
     pub async fn run(&self, timeout: Duration) -> Result<Output, RunError> {
-        let mut command = tokio::process::Command::new(&self.program);
-        command
-            .args(&self.args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // The leader, should the group kill miss it; tokio reaps it in the background.
-            .kill_on_drop(true);
-        #[cfg(unix)]
-        command.process_group(0);
-        if let Some(dir) = &self.dir {
-            command.current_dir(dir);
-        }
+        let mut command = self.tokio_command();
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = match command.spawn() {
             Ok(child) => child,
             Err(source) => return Err(self.start_error(source).await),
@@ -275,6 +263,25 @@ impl Command {
         // hands the leader to tokio's background reaper.
         let _ = child.start_kill();
         let _ = alongside(stdout, stderr, child.wait()).await;
+    }
+
+    /// The program with its arguments, environment and directory, stdin closed, leading a
+    /// process group of its own, and killed if dropped (the leader, should the group kill miss
+    /// it; tokio reaps it in the background): what [`run`](Command::run) and
+    /// [`spawn`](Command::spawn) both start.
+    fn tokio_command(&self) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(&self.program);
+        command
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        #[cfg(unix)]
+        command.process_group(0);
+        if let Some(dir) = &self.dir {
+            command.current_dir(dir);
+        }
+        command
     }
 
     fn program_text(&self) -> String {

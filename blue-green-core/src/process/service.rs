@@ -44,20 +44,10 @@ impl Command {
     /// # Ok(()) }
     /// ```
     pub async fn spawn(&self) -> Result<Service, RunError> {
-        let mut command = tokio::process::Command::new(&self.program);
-        command
-            .args(&self.args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit())
-            // Should the reaping task be dropped (its runtime shut down), the leader dies too.
-            .kill_on_drop(true);
-        #[cfg(unix)]
-        command.process_group(0);
-        if let Some(dir) = &self.dir {
-            command.current_dir(dir);
-        }
+        // kill_on_drop: should the reaping task be dropped (its runtime shut down), the leader
+        // dies too.
+        let mut command = self.tokio_command();
+        command.stdout(Stdio::inherit()).stderr(Stdio::inherit());
         let mut child = match command.spawn() {
             Ok(child) => child,
             Err(source) => return Err(self.start_error(source).await),
