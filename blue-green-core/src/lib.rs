@@ -63,7 +63,7 @@ pub use model::{
 pub use probe::{CommandProbe, HealthProbe, TcpProbe};
 #[cfg(feature = "http-probe")]
 pub use probe::{HttpProbe, HttpProbeConfig, StatusMatch};
-pub use router::{NoneRouter, RouteReceipt, Router};
+pub use router::{NoneRouter, Responses, RouteReceipt, Router, Split};
 pub use runtime::{instance_env, Runtime, COLOR_ENV, RELEASE_ENV};
 pub use state::file::FileStore;
 pub use state::{

@@ -96,6 +96,11 @@ pub fn demo_app_binary() -> &'static Path {
 /// Builds an image tagged `tag` from a context of `files` (name, contents, mode) and a
 /// Dockerfile text, through the Docker API (no registry, no docker CLI). Panics with the
 /// builder's output on failure.
+///
+/// The build does not use the layer cache: tests run in parallel and each removes its own
+/// images when it ends, and a build that picked up a cached layer of an image being removed
+/// at that moment failed with "unknown parent image ID". These images are a `COPY` onto
+/// `scratch`, so building them afresh costs next to nothing.
 pub async fn build_image(
     docker: &Docker,
     tag: &str,
@@ -121,6 +126,7 @@ pub async fn build_image(
 
     let options = BuildImageOptionsBuilder::new()
         .t(tag)
+        .nocache(true)
         .rm(true)
         .forcerm(true)
         .build();

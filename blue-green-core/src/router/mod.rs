@@ -67,7 +67,78 @@ impl fmt::Debug for RouteReceipt {
     }
 }
 
+/// A gradual shift's share: `percent` of new requests (1 to 99) go to `next`, the rest to
+/// `current`, which stays the live target until the shift ends with
+/// [`Router::route_to`]`(next)`.
+///
+/// ```
+/// use blue_green_core::{Endpoint, Split};
+///
+/// let split = Split::new(Endpoint::new("127.0.0.1", 8081), Endpoint::new("127.0.0.1", 8082), 10)
+///     .unwrap();
+/// assert_eq!(split.percent(), 10);
+/// assert!(Split::new(Endpoint::new("a", 1), Endpoint::new("b", 2), 100).is_err());
+/// assert!(Split::new(Endpoint::new("a", 1), Endpoint::new("a", 1), 50).is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Split {
+    current: Endpoint,
+    next: Endpoint,
+    percent: u8,
+}
+
+impl Split {
+    /// A split sending `percent` (1 to 99) of new requests to `next`. 0 and 100 are not splits
+    /// (route to one endpoint instead), and both endpoints must differ.
+    pub fn new(current: Endpoint, next: Endpoint, percent: u8) -> Result<Split, ComponentError> {
+        if !(1..=99).contains(&percent) {
+            return Err(ComponentError::invalid(format!(
+                "a traffic split sends 1 to 99 percent to the new color, not {percent}"
+            )));
+        }
+        if current == next {
+            return Err(ComponentError::invalid(format!(
+                "a traffic split needs two different endpoints, got {current} twice"
+            )));
+        }
+        Ok(Split {
+            current,
+            next,
+            percent,
+        })
+    }
+
+    /// The live target, which keeps `100 - percent` of new requests.
+    pub fn current(&self) -> &Endpoint {
+        &self.current
+    }
+
+    /// The new target, which gets `percent` of new requests.
+    pub fn next(&self) -> &Endpoint {
+        &self.next
+    }
+
+    /// The share of new requests that go to [`Split::next`], 1 to 99.
+    pub fn percent(&self) -> u8 {
+        self.percent
+    }
+}
+
+/// Responses a router counted for one endpoint since it began routing there, for the watch
+/// after a switch: the engine compares two readings, so only the differences matter.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Responses {
+    /// Every response sent to a client for a request routed to the endpoint.
+    pub total: u64,
+    /// Those that were errors: a 5xx from the endpoint, or the router's own 502/504 for it.
+    pub errors: u64,
+}
+
 /// Sends the app's live traffic to one endpoint.
+///
+/// A router may also split traffic between two endpoints for a gradual shift
+/// ([`Router::can_split`], [`Router::split`]); while it does, [`Router::target`] names the split's
+/// `current` endpoint, and [`Router::route_to`] ends any split.
 ///
 /// ```
 /// use std::sync::Mutex;
@@ -95,10 +166,54 @@ pub trait Router: Send + Sync {
     /// "live"). `None` when it routes nowhere yet.
     async fn target(&self) -> Result<Option<Endpoint>, ComponentError>;
 
-    /// Sends new requests to `endpoint`. Returns once the router has taken the change, with a
-    /// receipt that the engine hands back to [`Router::verify`]; on error the previous target
-    /// must still be in place.
+    /// Sends all new requests to `endpoint`, ending any [`Split`] in place. Returns once the
+    /// router has taken the change, with a receipt that the engine hands back to
+    /// [`Router::verify`]; on error the previous target (or split) must still be in place.
     async fn route_to(&self, endpoint: &Endpoint) -> Result<RouteReceipt, ComponentError>;
+
+    /// Whether this router can split traffic ([`Router::split`]). The engine refuses a gradual
+    /// shift before anything starts when it cannot. The default is `false`.
+    fn can_split(&self) -> bool {
+        false
+    }
+
+    /// Sends [`Split::percent`] of new requests to [`Split::next`] and the rest to
+    /// [`Split::current`], replacing any split in place; a client that already went to one of
+    /// the two keeps going there where the router can tell (a sticky cookie). On error the
+    /// previous target or split must still be in place. The default refuses: the router cannot
+    /// split.
+    async fn split(&self, split: &Split) -> Result<RouteReceipt, ComponentError> {
+        Err(ComponentError::invalid(format!(
+            "this router cannot split traffic (asked for {}% to {}); deploy without steps",
+            split.percent(),
+            split.next()
+        )))
+    }
+
+    /// The split in place, if any, as the router itself says. Recovery uses it to find a
+    /// gradual shift that a killed command left half-way. The default (a router that cannot
+    /// split) has none.
+    async fn current_split(&self) -> Result<Option<Split>, ComponentError> {
+        Ok(None)
+    }
+
+    /// Makes `endpoint` reachable through the router beside the live target, for a staged
+    /// deploy waiting for its promotion (the built-in proxy: at a preview host name), or ends
+    /// the preview when `None`. Returns where the preview is reachable (for example
+    /// `http://preview.example.com`), `None` when the router has no preview (the default: the
+    /// staged color is reachable at its own endpoint only).
+    async fn preview(&self, endpoint: Option<&Endpoint>) -> Result<Option<String>, ComponentError> {
+        let _ = endpoint;
+        Ok(None)
+    }
+
+    /// The responses the router counted for `endpoint` ([`Responses`]), if it counts them; the
+    /// watch after a switch fails when the share of errors between two readings passes its
+    /// threshold. `None` (the default) means the router does not count: the watch probes only.
+    async fn responses(&self, endpoint: &Endpoint) -> Result<Option<Responses>, ComponentError> {
+        let _ = endpoint;
+        Ok(None)
+    }
 
     /// Checks that requests through the router now reach `instance` (for example: the router's
     /// public URL answers with the instance's color), after the switch that gave `receipt`.
@@ -152,6 +267,27 @@ macro_rules! forward_router {
             }
             async fn route_to(&self, endpoint: &Endpoint) -> Result<RouteReceipt, ComponentError> {
                 (**self).route_to(endpoint).await
+            }
+            fn can_split(&self) -> bool {
+                (**self).can_split()
+            }
+            async fn split(&self, split: &Split) -> Result<RouteReceipt, ComponentError> {
+                (**self).split(split).await
+            }
+            async fn current_split(&self) -> Result<Option<Split>, ComponentError> {
+                (**self).current_split().await
+            }
+            async fn preview(
+                &self,
+                endpoint: Option<&Endpoint>,
+            ) -> Result<Option<String>, ComponentError> {
+                (**self).preview(endpoint).await
+            }
+            async fn responses(
+                &self,
+                endpoint: &Endpoint,
+            ) -> Result<Option<Responses>, ComponentError> {
+                (**self).responses(endpoint).await
             }
             async fn verify(
                 &self,
