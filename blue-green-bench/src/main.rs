@@ -16,6 +16,7 @@ mod load;
 mod ours;
 mod proxy_process;
 mod report;
+mod resources;
 mod router_phase;
 mod throughput;
 
@@ -30,6 +31,7 @@ use crate::baseline::{Baseline, BaselineConfig};
 use crate::load::{LoadConfig, RunningLoad, Sample};
 use crate::ours::{OursConfig, RuntimeKind};
 use crate::report::{Comparison, DeployFigures, LoadSummary, PhaseReport};
+use crate::resources::ResourceProbe;
 use crate::router_phase::RouterKind;
 use blue_green_core::Endpoint;
 use blue_green_testkit::docker::{demo_app_image, DockerCleanup};
@@ -108,6 +110,11 @@ struct Args {
     /// Use this image instead of building the demo app's.
     #[arg(long)]
     image: Option<String>,
+    /// Sample the resources (the router's processes, memory and file descriptors, the app's
+    /// containers and networks, the state directory) after every this many deploys, and after
+    /// the first and the last. 0: a tenth of `--deploys`. For a soak: `--deploys 500`.
+    #[arg(long, default_value_t = 0)]
+    sample_every: usize,
     /// Give up on one deploy after this long.
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     deploy_timeout: Duration,
@@ -286,7 +293,10 @@ async fn run_ours(
         args,
         binary,
         &config_path,
-        nginx.port(),
+        RouterAt {
+            port: nginx.port(),
+            pid: Some(nginx.pid()),
+        },
         RouterKind::Nginx.phase_name(),
         false,
         || {
@@ -311,7 +321,7 @@ pub(crate) async fn deploys_under_load(
     args: &Args,
     binary: &Path,
     config_path: &Path,
-    port: u16,
+    router: RouterAt,
     name: &str,
     drain_as_it_was: bool,
     method: impl FnOnce() -> String,
@@ -343,7 +353,20 @@ pub(crate) async fn deploys_under_load(
             first.stderr.trim()
         ));
     }
-    let load = RunningLoad::start(&load_config(args, port))?;
+    let docker = blue_green_testkit::docker::docker().await;
+    let app = app_of(config_path)?;
+    let probe = ResourceProbe {
+        router_pid: router.pid,
+        state_dir: config_path.with_file_name("state"),
+        prefix: app,
+        docker: &docker,
+    };
+    let every = match args.sample_every {
+        0 => (args.deploys / 10).max(1),
+        n => n,
+    };
+    let mut resources = Vec::new();
+    let load = RunningLoad::start(&load_config(args, router.port))?;
     let mut deploys: Vec<(DeployFigures, (Duration, Duration))> = Vec::new();
     for k in 1..=args.deploys {
         tokio::time::sleep(args.gap).await;
@@ -361,12 +384,60 @@ pub(crate) async fn deploys_under_load(
             figures.overhead_ms = Some(figures.wall_ms as i64 - ready as i64 - drain as i64);
         }
         progress(name, k, args.deploys, &figures);
+        if resources::sampled(k, args.deploys, every) {
+            resources.push(probe.sample(k, figures.peak_rss_kib).await);
+        }
         deploys.push((figures, window));
     }
     tokio::time::sleep(args.gap).await;
     let samples = load.stop().await;
     let method = method();
-    Ok(finish_phase(name, &method, samples, deploys))
+    let mut report = finish_phase(name, &method, samples, deploys);
+    report.resources = resources;
+    report.history_ms = time_history(binary, &config_arg).await;
+    Ok(report)
+}
+
+/// The `app` of a config file the bench wrote (`app = "..."` on its first line).
+fn app_of(config_path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(config_path)
+        .map_err(|e| format!("could not read {}: {e}", config_path.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| format!("{} is not TOML: {e}", config_path.display()))?;
+    table
+        .get("app")
+        .and_then(|a| a.as_str())
+        .map(str::to_string)
+        .ok_or_else(|| format!("{} has no app", config_path.display()))
+}
+
+/// How long `blue-green history` takes over what the phase recorded, milliseconds; `None` if
+/// it failed.
+async fn time_history(binary: &Path, config_arg: &str) -> Option<u64> {
+    let binary = binary.to_path_buf();
+    let config_arg = config_arg.to_string();
+    let run = tokio::task::spawn_blocking(move || {
+        ours::run_cli(
+            &binary,
+            &["history", "-c", &config_arg],
+            &[],
+            Duration::from_secs(60),
+        )
+    })
+    .await
+    .ok()?
+    .ok()?;
+    (run.code == Some(0)).then_some(run.wall.as_millis() as u64)
+}
+
+/// The router a phase deploys through: where the load goes, and its main process for the
+/// resource samples.
+pub(crate) struct RouterAt {
+    /// The port it serves the app on, on 127.0.0.1.
+    pub port: u16,
+    /// Its main process (nginx's master, the proxy, HAProxy's master, Caddy).
+    pub pid: Option<u32>,
 }
 
 /// Leaves nothing running after a phase: both colors down, whatever happened before.
@@ -482,6 +553,8 @@ fn finish_phase(
         method: method.to_string(),
         load: LoadSummary::from_samples(&samples),
         deploys,
+        resources: Vec::new(),
+        history_ms: None,
     }
 }
 

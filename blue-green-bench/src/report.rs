@@ -141,6 +141,10 @@ pub struct PhaseReport {
     pub load: LoadSummary,
     /// Each deploy.
     pub deploys: Vec<DeployFigures>,
+    /// What the run left growing, sampled along it (blue-green phases only).
+    pub resources: Vec<crate::resources::ResourceSample>,
+    /// How long `blue-green history` took at the end of the phase, milliseconds.
+    pub history_ms: Option<u64>,
 }
 
 impl PhaseReport {
@@ -268,7 +272,7 @@ impl PhaseReport {
             });
             let _ = writeln!(
                 out,
-                "overhead, medians: verify through nginx {verify:.0} ms, switch (write, nginx -t, reload) {switch:.0} ms, stop {stop:.0} ms, everything else (process start, config, lock, reconcile, clear, record) {:.0} ms",
+                "overhead, medians: verify through the router {verify:.0} ms, switch {switch:.0} ms, stop {stop:.0} ms, everything else (process start, config, lock, reconcile, clear, record) {:.0} ms",
                 rest.unwrap_or(0.0)
             );
         }
@@ -284,6 +288,13 @@ impl PhaseReport {
                 own as f64 / 1024.0,
                 tree as f64 / 1024.0
             );
+        }
+        if !self.resources.is_empty() {
+            out.push_str(&crate::resources::render(
+                &self.name,
+                &self.resources,
+                self.history_ms,
+            ));
         }
         out
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::ours::{toml_str, OursConfig};
 use crate::report::{median, DeployFigures, PhaseReport};
-use crate::{deploys_under_load, free_port, take_down, Args};
+use crate::{deploys_under_load, free_port, take_down, Args, RouterAt};
 
 /// The name of the nginx phase, for the router comparison.
 pub const NGINX_NAME: &str = "blue-green";
@@ -310,7 +310,10 @@ pub async fn run(
         args,
         binary,
         &config_path,
-        router.port,
+        RouterAt {
+            port: router.port,
+            pid: router.child.id(),
+        },
         kind.phase_name(),
         kind.counts_in_flight(),
         || {
@@ -447,6 +450,8 @@ mod tests {
                 ..Default::default()
             },
             deploys: Vec::new(),
+            resources: Vec::new(),
+            history_ms: None,
         };
         let table =
             router_comparison(&[phase(RouterKind::Caddy, 3), phase(RouterKind::Nginx, 0)]).unwrap();
