@@ -145,7 +145,7 @@ pub enum Error {
 
     /// A release command did not finish within its timeout; its container was killed and
     /// removed.
-    #[error("the release command `{command}` in {container} did not finish within {}s: it was killed and its container removed; make it finish sooner or raise `release_timeout` in [runtime]", .timeout.as_secs_f64())]
+    #[error("ran the release command `{command}` in {container}, which did not finish within {}s: it was killed and its container removed; make it finish sooner or raise `release_timeout` in [runtime]", .timeout.as_secs_f64())]
     ReleaseTimeout {
         /// The command, as a person reads it.
         command: String,

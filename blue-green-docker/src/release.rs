@@ -182,7 +182,14 @@ impl Hooks for ReleaseCommand {
         }
         self.run_release(context).await.map_err(|e| {
             let mut error = ComponentError::from(e);
-            error.message = format!("the release command `{}`: {}", self.shown(), error.message);
+            // A timeout says itself which command ran; other errors say it could not run.
+            if !matches!(error.origin::<Error>(), Some(Error::ReleaseTimeout { .. })) {
+                error.message = format!(
+                    "could not run the release command `{}`: {}",
+                    self.shown(),
+                    error.message
+                );
+            }
             error
         })
     }

@@ -242,7 +242,7 @@ async fn a_missing_image_fails_naming_the_image() {
     assert!(
         error
             .message
-            .starts_with("the release command `--print-env X`: ")
+            .starts_with("could not run the release command `--print-env X`: ")
             && error.message.contains(&format!("image `{MISSING}`")),
         "{error}"
     );
@@ -280,7 +280,10 @@ async fn a_hanging_release_command_times_out_and_is_removed() {
     let error = result.expect_err("it overran");
     assert_eq!(error.kind, ComponentErrorKind::Timeout, "{error}");
     assert!(
-        error.message.contains("did not finish within 4s")
+        error
+            .message
+            .starts_with("ran the release command `--sleep 600000` in container ")
+            && error.message.contains("did not finish within 4s")
             && error.message.contains("killed and its container removed"),
         "{error}"
     );
