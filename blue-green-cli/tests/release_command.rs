@@ -254,3 +254,77 @@ fn release_command_config_errors_name_the_key_and_line() {
         "{err}"
     );
 }
+
+/// One compose file for both colors, the image from `--image`.
+const COMPOSE_FILE: &str = r#"services:
+  api:
+    image: ${BLUE_GREEN_IMAGE}
+    environment:
+      BLUE_GREEN_COLOR: ${BLUE_GREEN_COLOR}
+      BLUE_GREEN_RELEASE: ${BLUE_GREEN_RELEASE}
+      GREETING: from-compose
+    ports:
+      - "127.0.0.1::8080"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compose_runs_the_release_command_with_compose_run_v1() {
+    compose_release_command("v1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compose_runs_the_release_command_with_compose_run_v2() {
+    compose_release_command("v2").await;
+}
+
+async fn compose_release_command(tool: &str) {
+    let app = DemoApp::new(&format!("release-cli-compose-{tool}")).await;
+    let prefix = app.cleanup.prefix().to_string();
+    std::fs::write(app.dir.path().join("docker-compose.yml"), COMPOSE_FILE).unwrap();
+    let config = format!(
+        r#"app = "{prefix}"
+state_dir = "state"
+
+[runtime]
+kind = "compose"
+tool = "{tool}"
+file = "docker-compose.yml"
+service = "api"
+container_port = 8080
+release_command = ["--print-env", "BLUE_GREEN_COLOR", "BLUE_GREEN_RELEASE", "GREETING"]
+
+[health]
+path = "/health"
+expect_body = "{{color}} {{release}}"
+interval = "100ms"
+deadline = "60s"
+
+[router]
+kind = "none"
+"#
+    );
+    std::fs::write(app.dir.path().join("blue-green.toml"), config).unwrap();
+    let out = run(&app, &["deploy", "--release", "v1", "--image", &app.image]);
+    assert_exit(&out, 0, "deploy");
+    let progress = text(&out.stderr);
+    assert!(
+        progress.contains(&format!(
+            "pre_deploy hook ran the release command `--print-env BLUE_GREEN_COLOR BLUE_GREEN_RELEASE GREETING` in a one-off container of service `api` (compose project {prefix}-blue), which exited with code 0"
+        )),
+        "{progress}"
+    );
+    for line in [
+        "| BLUE_GREEN_COLOR=blue",
+        "| BLUE_GREEN_RELEASE=v1",
+        "| GREETING=from-compose",
+    ] {
+        assert_eq!(progress.matches(line).count(), 1, "{line}: {progress}");
+    }
+    let status = result(&app, "status")["status"].clone();
+    assert_eq!(status["live"], "blue", "{status}");
+    let left = containers(&app).await;
+    assert!(
+        left == [format!("{prefix}-blue-api-1")] || left == [format!("{prefix}-blue_api_1")],
+        "blue's service container only, no one-off: {left:?}"
+    );
+}
