@@ -4,10 +4,11 @@
 use std::sync::Arc;
 
 use blue_green_core::{
-    CommandProbe, Engine, FileStore, HealthProbe, HttpProbe, NoneRouter, Router, Runtime, TcpProbe,
+    Chain, CommandProbe, Engine, FileStore, HealthProbe, Hooks, HttpProbe, NoneRouter, Release,
+    Router, Runtime, TcpProbe,
 };
 use blue_green_docker::{
-    ComposeRuntime, ContainerHealthProbe, DockerRuntime, ExecProbe, SwarmRuntime,
+    ComposeRuntime, ContainerHealthProbe, DockerRuntime, ExecProbe, ReleaseCommand, SwarmRuntime,
 };
 use blue_green_router::caddy::CaddyRouter;
 use blue_green_router::haproxy::HaproxyRouter;
@@ -149,8 +150,11 @@ impl Components {
         })
     }
 
-    /// The engine over these components.
-    pub fn engine(self, config: &Config) -> CliEngine {
+    /// The engine over these components, for a deploy of `release` when there is one: the
+    /// release command runs in that release's image (`--image`), which the engine's hook
+    /// context does not carry.
+    pub fn engine_for(self, config: &Config, release: Option<&Release>) -> CliEngine {
+        let hooks = hooks(config, &self.concrete, release);
         Engine::new(
             config.engine.clone(),
             self.runtime,
@@ -158,6 +162,27 @@ impl Components {
             self.router,
             self.store,
         )
-        .with_hooks(Arc::new(config.hooks.clone()))
+        .with_hooks(hooks)
     }
+}
+
+/// The `[hooks]`, followed at `pre_deploy` by the release command when there is one: the
+/// user's hook (a backup, a go/no-go check) first, so that a failing check means nothing was
+/// migrated; the migration last, right before the new color starts.
+fn hooks(config: &Config, runtime: &ConcreteRuntime, release: Option<&Release>) -> Arc<dyn Hooks> {
+    let hooks = config.hooks.clone();
+    let Some(command) = &config.release_command else {
+        return Arc::new(hooks);
+    };
+    let task = match runtime {
+        ConcreteRuntime::Docker(r) => ReleaseCommand::docker(r, command.clone()),
+        ConcreteRuntime::Compose(r) => ReleaseCommand::compose(r, command.clone()),
+        // The config check refuses `release_command` for swarm, with the key and line.
+        ConcreteRuntime::Swarm(_) => return Arc::new(hooks),
+    };
+    let task = match release {
+        Some(release) => task.for_release(release),
+        None => task,
+    };
+    Arc::new(Chain::new(hooks, task))
 }

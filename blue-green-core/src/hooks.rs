@@ -222,7 +222,8 @@ impl Hooks for NoHooks {
 }
 
 /// How much of a hook's output is kept, per stream: the end, where a failing program says why.
-const HOOK_OUTPUT_LIMIT: usize = 16 * 1024;
+/// Other [`Hooks`] implementations (a release command in a container) keep as much.
+pub const HOOK_OUTPUT_LIMIT: usize = 16 * 1024;
 
 /// One hook program: an argv (never a shell line), its timeout, its working directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -347,6 +348,77 @@ impl Hooks for CommandHooks {
     }
 }
 
+/// Two [`Hooks`] as one: at each point, `first`'s hook, then, if it succeeded, `then`'s.
+///
+/// The CLI chains the user's `[hooks]` with the Docker runtimes' release command this way, so
+/// that the engine keeps one `pre_deploy` step (one event, one history record, one meaning of
+/// a failure) whatever runs in it. The timeout at a point is the sum of both; the output is
+/// both outputs in order; the status says how each ended ("exited with code 0, then ...").
+/// When `first` fails (or cannot run), `then` does not run and `first`'s result is the result.
+///
+/// ```
+/// use std::time::Duration;
+/// use blue_green_core::hooks::{Chain, CommandHooks, HookCommand, HookPoint, Hooks};
+///
+/// let backup = CommandHooks::new().with(
+///     HookPoint::PreDeploy,
+///     HookCommand::new(vec!["./backup-db".into()], Duration::from_secs(60)).unwrap(),
+/// );
+/// let migrate = CommandHooks::new().with(
+///     HookPoint::PreDeploy,
+///     HookCommand::new(vec!["./migrate".into()], Duration::from_secs(300)).unwrap(),
+/// );
+/// let both = Chain::new(backup, migrate);
+/// assert_eq!(both.timeout(HookPoint::PreDeploy), Some(Duration::from_secs(360)));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Chain<A, B> {
+    first: A,
+    then: B,
+}
+
+impl<A: Hooks, B: Hooks> Chain<A, B> {
+    /// `first`'s hooks, each followed by `then`'s at the same point.
+    pub fn new(first: A, then: B) -> Self {
+        Chain { first, then }
+    }
+}
+
+#[async_trait]
+impl<A: Hooks, B: Hooks> Hooks for Chain<A, B> {
+    fn timeout(&self, point: HookPoint) -> Option<Duration> {
+        match (self.first.timeout(point), self.then.timeout(point)) {
+            (Some(a), Some(b)) => Some(a.saturating_add(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    async fn run(
+        &self,
+        point: HookPoint,
+        context: &HookContext,
+    ) -> Result<HookOutput, ComponentError> {
+        if self.first.timeout(point).is_none() {
+            return self.then.run(point, context).await;
+        }
+        let first = self.first.run(point, context).await?;
+        if !first.success || self.then.timeout(point).is_none() {
+            return Ok(first);
+        }
+        let then = self.then.run(point, context).await?;
+        let mut output = first.output;
+        if !output.is_empty() && !output.ends_with('\n') {
+            output.push('\n');
+        }
+        output.push_str(&then.output);
+        Ok(HookOutput {
+            success: then.success,
+            status: format!("{}, then {}", first.status, then.status),
+            output,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -378,5 +450,80 @@ mod tests {
         assert!(HookCommand::new(vec!["a".into(), "b\0".into()], t).is_err());
         assert!(HookCommand::new(vec!["a".into()], Duration::ZERO).is_err());
         assert!(HookCommand::new(vec!["a".into()], t).is_ok());
+    }
+
+    /// Records what ran, and answers with a fixed outcome.
+    struct Fixed {
+        success: bool,
+        said: &'static str,
+        ran: std::sync::Mutex<u32>,
+    }
+
+    impl Fixed {
+        fn new(success: bool, said: &'static str) -> Self {
+            Fixed {
+                success,
+                said,
+                ran: std::sync::Mutex::new(0),
+            }
+        }
+    }
+
+    #[async_trait]
+    impl Hooks for Fixed {
+        fn timeout(&self, point: HookPoint) -> Option<Duration> {
+            (point == HookPoint::PreDeploy).then_some(Duration::from_secs(10))
+        }
+
+        async fn run(
+            &self,
+            _point: HookPoint,
+            _context: &HookContext,
+        ) -> Result<HookOutput, ComponentError> {
+            *self.ran.lock().unwrap() += 1;
+            let code = if self.success { 0 } else { 3 };
+            Ok(HookOutput::new(
+                self.success,
+                format!("exited with code {code}"),
+                self.said,
+            ))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_chain_runs_the_second_hook_only_after_the_first_succeeded() {
+        let both = Chain::new(
+            Fixed::new(true, "backed up"),
+            Fixed::new(false, "migration 7 failed\n"),
+        );
+        assert_eq!(
+            both.timeout(HookPoint::PreDeploy),
+            Some(Duration::from_secs(20))
+        );
+        assert_eq!(both.timeout(HookPoint::PostDeploy), None);
+        let out = both.run(HookPoint::PreDeploy, &context()).await.unwrap();
+        assert!(!out.success);
+        assert_eq!(out.status, "exited with code 0, then exited with code 3");
+        assert_eq!(out.output, "backed up\nmigration 7 failed\n");
+
+        let stopped = Chain::new(Fixed::new(false, "no backup"), Fixed::new(true, "migrated"));
+        let out = stopped.run(HookPoint::PreDeploy, &context()).await.unwrap();
+        assert_eq!((out.success, out.output.as_str()), (false, "no backup"));
+        assert_eq!(*stopped.then.ran.lock().unwrap(), 0, "the second never ran");
+
+        // A point only one side has a hook at is that side's alone.
+        let only_second = Chain::new(CommandHooks::new(), Fixed::new(true, "migrated"));
+        assert_eq!(
+            only_second.timeout(HookPoint::PreDeploy),
+            Some(Duration::from_secs(10))
+        );
+        let out = only_second
+            .run(HookPoint::PreDeploy, &context())
+            .await
+            .unwrap();
+        assert_eq!(
+            (out.success, out.status.as_str()),
+            (true, "exited with code 0")
+        );
     }
 }

@@ -56,7 +56,9 @@ pub use error::{
     NotReady as NotReadyDetail,
 };
 pub use events::{Command, Event, NoopObserver, Observer, Step};
-pub use hooks::{CommandHooks, HookCommand, HookContext, HookOutput, HookPoint, Hooks, NoHooks};
+pub use hooks::{
+    Chain, CommandHooks, HookCommand, HookContext, HookOutput, HookPoint, Hooks, NoHooks,
+};
 pub use model::{
     AppName, Artifact, Color, Endpoint, Health, Instance, InstanceState, Release, ReleaseId,
 };

@@ -113,12 +113,23 @@ impl DockerRuntime {
         &self.app
     }
 
+    /// How it runs containers.
+    pub(crate) fn config(&self) -> &DockerConfig {
+        &self.config
+    }
+
+    /// The limit of one Docker API call.
+    pub(crate) fn api_timeout(&self) -> Duration {
+        self.api_timeout
+    }
+
     /// The container name for `color`: `{app}-{color}`.
     pub fn container_name(&self, color: Color) -> String {
         format!("{}-{}", self.app, color)
     }
 
-    fn image_for<'a>(&'a self, release: &'a Release) -> &'a str {
+    /// The image a release runs: its artifact, else the configured image.
+    pub(crate) fn image_for<'a>(&'a self, release: &'a Release) -> &'a str {
         release.artifact.as_deref().unwrap_or(&self.config.image)
     }
 
@@ -139,7 +150,7 @@ impl DockerRuntime {
     }
 
     /// Makes sure `image` is on this machine, pulling it if it is not.
-    async fn ensure_image(&self, image: &str) -> Result<(), Error> {
+    pub(crate) async fn ensure_image(&self, image: &str) -> Result<(), Error> {
         match call(
             || format!("to inspect image {image}"),
             self.api_timeout,
@@ -279,7 +290,8 @@ impl DockerRuntime {
             })
     }
 
-    async fn remove_by_id(&self, id: &str) -> Result<(), Error> {
+    /// Removes a container (killing it if it runs); one that is gone already is removed.
+    pub(crate) async fn remove_by_id(&self, id: &str) -> Result<(), Error> {
         let options = RemoveContainerOptionsBuilder::new()
             .force(true)
             .v(true)
@@ -465,6 +477,10 @@ impl DockerRuntime {
         .await?;
         let mut instances = Vec::new();
         for summary in summaries {
+            // A release command's one-off container is not an instance of a color.
+            if crate::release::is_release_task(summary.labels.as_ref()) {
+                continue;
+            }
             let Some(id) = summary.id else { continue };
             // Gone between list and inspect: nothing to reconcile.
             let Some(inspect) = container::inspect(&self.docker, &id, self.api_timeout).await?

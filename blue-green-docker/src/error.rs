@@ -143,6 +143,18 @@ pub enum Error {
         waiting: String,
     },
 
+    /// A release command did not finish within its timeout; its container was killed and
+    /// removed.
+    #[error("ran the release command `{command}` in {container}, which did not finish within {}s: it was killed and its container removed; make it finish sooner or raise `release_timeout` in [runtime]", .timeout.as_secs_f64())]
+    ReleaseTimeout {
+        /// The command, as a person reads it.
+        command: String,
+        /// Where it ran: "container web-release of image `web:2`".
+        container: String,
+        /// The limit it hit.
+        timeout: Duration,
+    },
+
     /// A color's service is gone (removed by hand?): it cannot be started again.
     #[error("service {service} no longer exists (was it removed by hand?); deploy again to start a new one")]
     ServiceGone {
@@ -193,7 +205,7 @@ impl From<Error> for ComponentError {
             Error::Unreachable { .. }
             | Error::ComposeMissing { .. }
             | Error::NotSwarmManager { .. } => ComponentErrorKind::Unreachable,
-            Error::Timeout { .. } => ComponentErrorKind::Timeout,
+            Error::Timeout { .. } | Error::ReleaseTimeout { .. } => ComponentErrorKind::Timeout,
             Error::Invalid(_) => ComponentErrorKind::Invalid,
             Error::ImageNotFound { .. }
             | Error::PortInUse { .. }

@@ -9,7 +9,9 @@
 //! - [`SwarmRuntime`]: a Docker Swarm service per color, N tasks over the swarm's nodes,
 //!   answering on the color's published port;
 //! - [`ContainerHealthProbe`] (the image's `HEALTHCHECK` status) and [`ExecProbe`] (a command
-//!   run inside the container).
+//!   run inside the container);
+//! - [`ReleaseCommand`]: a release command (migrations) run once before the new color starts,
+//!   in a one-off container of the new release, as a `pre_deploy` hook.
 //!
 //! Every instance gets `BLUE_GREEN_COLOR` and `BLUE_GREEN_RELEASE` in its environment (compose:
 //! also for `${...}` interpolation in the compose file). Errors are one [`Error`] enum whose
@@ -28,6 +30,7 @@ mod container;
 pub mod docker;
 pub mod error;
 pub mod probe;
+pub mod release;
 pub mod swarm;
 
 pub use compose::ComposeRuntime;
@@ -37,4 +40,5 @@ pub use config::{
 pub use docker::DockerRuntime;
 pub use error::Error;
 pub use probe::{ContainerHealthProbe, ExecProbe};
+pub use release::ReleaseCommand;
 pub use swarm::SwarmRuntime;

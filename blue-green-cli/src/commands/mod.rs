@@ -101,7 +101,9 @@ async fn dispatch(cli: &Cli, config: Config, printer: Printer) -> Result<(), Fai
         Command::History { limit } => history(&config, *limit, printer).await,
         Command::Deploy(args) => {
             let release = release_for(args, &config).await?;
-            let engine = engine(&config, printer, true).await?;
+            let engine = engine_and_runtime(&config, printer, true, Some(&release))
+                .await?
+                .0;
             let started = Instant::now();
             if args.no_switch {
                 let report =
@@ -198,7 +200,7 @@ async fn dispatch(cli: &Cli, config: Config, printer: Printer) -> Result<(), Fai
             Ok(())
         }
         Command::Status => {
-            let (engine, concrete) = engine_and_runtime(&config, printer, false).await?;
+            let (engine, concrete) = engine_and_runtime(&config, printer, false, None).await?;
             let status = engine.status().await?;
             // On a swarm, nodes that are not ready are where a color's tasks cannot run.
             let lost_nodes = match &concrete {
@@ -244,15 +246,17 @@ async fn dispatch(cli: &Cli, config: Config, printer: Printer) -> Result<(), Fai
 }
 
 async fn engine(config: &Config, printer: Printer, steps: bool) -> Result<CliEngine, Failure> {
-    Ok(engine_and_runtime(config, printer, steps).await?.0)
+    Ok(engine_and_runtime(config, printer, steps, None).await?.0)
 }
 
 /// The engine, and the runtime as built for what the [`Runtime`](blue_green_core::Runtime)
-/// trait does not say (a swarm's lost nodes).
+/// trait does not say (a swarm's lost nodes). `release`: the release a deploy brings up (its
+/// image is the one the release command runs in).
 async fn engine_and_runtime(
     config: &Config,
     printer: Printer,
     steps: bool,
+    release: Option<&Release>,
 ) -> Result<(CliEngine, ConcreteRuntime), Failure> {
     tracing::debug!(
         config = %config.path.display(),
@@ -263,7 +267,12 @@ async fn engine_and_runtime(
     let observer = printer.observer(steps, PauseHook::from_env(config.state_dir.clone()));
     let components = Components::build(config).await?;
     let concrete = components.concrete.clone();
-    Ok((components.engine(config).with_observer(observer), concrete))
+    Ok((
+        components
+            .engine_for(config, release)
+            .with_observer(observer),
+        concrete,
+    ))
 }
 
 /// Runs `work` with a cancellation token that Ctrl-C (or SIGTERM) cancels: the engine then

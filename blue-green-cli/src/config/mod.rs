@@ -15,7 +15,7 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use blue_green_core::{AppName, CommandHooks, EngineConfig, HttpProbeConfig};
+use blue_green_core::{AppName, CommandHooks, EngineConfig, HookCommand, HttpProbeConfig};
 use blue_green_docker::{ComposeConfig, DockerConfig, SwarmConfig};
 use blue_green_router::caddy::CaddyConfig;
 use blue_green_router::haproxy::HaproxyConfig;
@@ -40,6 +40,9 @@ pub struct Config {
     pub engine: EngineConfig,
     /// `[hooks]`: the programs a deploy runs at its hook points.
     pub hooks: CommandHooks,
+    /// `[runtime] release_command` and `release_timeout` (docker and compose): run once per
+    /// deploy in a one-off container of the new release, after the `pre_deploy` hook.
+    pub release_command: Option<HookCommand>,
 }
 
 /// `[runtime]`.

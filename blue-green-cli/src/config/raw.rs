@@ -70,6 +70,9 @@ pub struct RawRuntime {
     // more than one kind
     pub container_port: Option<Spanned<i64>>,
     pub env: Option<Spanned<BTreeMap<String, Str>>>,
+    // docker and compose: the release command
+    pub release_command: Option<Spanned<Vec<Str>>>,
+    pub release_timeout: Option<Str>,
 }
 
 /// `published_ports = { blue = 8081, green = 8082 }`.

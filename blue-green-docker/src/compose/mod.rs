@@ -21,6 +21,7 @@ use crate::docker::DEFAULT_API_TIMEOUT;
 use crate::error::Error;
 
 mod program;
+mod release;
 mod stderr;
 
 pub use program::{detect, ComposeProgram};
@@ -29,6 +30,9 @@ pub use program::{detect, ComposeProgram};
 pub const LABEL_COMPOSE_PROJECT: &str = "com.docker.compose.project";
 /// The label compose puts on a project's containers, naming the service.
 pub const LABEL_COMPOSE_SERVICE: &str = "com.docker.compose.service";
+
+/// The label compose puts on a container of `compose run` (`True`) and on the others (`False`).
+pub const LABEL_COMPOSE_ONEOFF: &str = "com.docker.compose.oneoff";
 
 /// How long one compose command (`up -d`, `port`) may take unless set otherwise; stops and
 /// downs get their grace period on top.
@@ -302,7 +306,18 @@ impl ComposeRuntime {
             )
             .await?;
         let mut found = Vec::new();
-        for id in summaries.into_iter().filter_map(|s| s.id) {
+        // A one-off container (`compose run`: a release command) is not the service's.
+        let one_off = |s: &ContainerSummary| {
+            s.labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_COMPOSE_ONEOFF))
+                .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        };
+        for id in summaries
+            .into_iter()
+            .filter(|s| !one_off(s))
+            .filter_map(|s| s.id)
+        {
             if let Some(inspect) = container::inspect(&self.docker, &id, self.api_timeout).await? {
                 found.push(inspect);
             }

@@ -38,6 +38,13 @@
 //!
 //! `demo-app --check` is a health check for images without curl (`HEALTHCHECK CMD
 //! ["/demo-app", "--check"]`): it asks `http://127.0.0.1:$PORT/health` and exits 0 on a 200.
+//!
+//! One-off tasks, for a release command run in a container of the image (whose entrypoint is
+//! the app, so the command is its arguments), instead of serving:
+//!
+//! - `demo-app --print-env NAME...`: prints `NAME=value` (or `NAME is not set`) per name, exits 0;
+//! - `demo-app --exit CODE TEXT...`: prints the text on stderr, exits with `CODE`;
+//! - `demo-app --sleep MS`: sleeps that long (ignoring SIGTERM, as a stuck migration might), exits 0.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -172,6 +179,10 @@ fn main() {
     if std::env::args().nth(1).as_deref() == Some("--check") {
         std::process::exit(check(settings.port));
     }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(code) = task(&args) {
+        std::process::exit(code);
+    }
     if settings.crash_on_start {
         eprintln!("demo-app: CRASH_ON_START=1 is set, exiting with code 1 as asked");
         std::process::exit(1);
@@ -190,6 +201,35 @@ fn main() {
     if let Err(e) = serve(Arc::new(settings)) {
         eprintln!("demo-app: {e}");
         std::process::exit(1);
+    }
+}
+
+/// Runs a one-off task named by `args` (see the crate documentation); its exit code, or
+/// `None` when `args` name no task.
+fn task(args: &[String]) -> Option<i32> {
+    let (name, rest) = args.split_first()?;
+    match name.as_str() {
+        "--print-env" => {
+            for var in rest {
+                match std::env::var(var) {
+                    Ok(value) => println!("{var}={value}"),
+                    Err(_) => println!("{var} is not set"),
+                }
+            }
+            Some(0)
+        }
+        "--exit" => {
+            let code = rest.first().and_then(|c| c.parse().ok()).unwrap_or(1);
+            eprintln!("{}", rest.get(1..).unwrap_or_default().join(" "));
+            Some(code)
+        }
+        "--sleep" => {
+            let ms = rest.first().and_then(|m| m.parse().ok()).unwrap_or(0);
+            println!("demo-app: sleeping {ms} ms");
+            std::thread::sleep(Duration::from_millis(ms));
+            Some(0)
+        }
+        _ => None,
     }
 }
 

@@ -138,6 +138,7 @@ impl<'a> Checker<'a> {
         }
         let timeouts = self.timeouts(raw.timeouts.as_ref());
         let hooks = self.hooks(raw.hooks.as_ref());
+        let release_command = self.release_command(raw.runtime.get_ref());
 
         if !self.problems.is_empty() {
             self.problems.sort_by_key(|p| p.line);
@@ -162,6 +163,7 @@ impl<'a> Checker<'a> {
             router,
             engine,
             hooks,
+            release_command,
         })
     }
 

@@ -4,14 +4,15 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::ops::Range;
 
-use blue_green_core::{AppName, Endpoint};
+use blue_green_core::{AppName, Endpoint, HookCommand};
 use blue_green_docker::{ComposeConfig, ComposeFiles, ComposeTool, DockerConfig, PerColor};
 use toml::Spanned;
 
 use super::super::raw::{RawPerColor, RawRuntime, Str};
 use super::super::RuntimeConfig;
 use super::{
-    Checker, COMPOSE_PROJECT, DOCKER_NAME, ENV_NAME, IMAGE, LABEL, RESERVED_ENV, SERVICE, SIGNAL,
+    Checker, COMPOSE_PROJECT, DEFAULT_HOOK_TIMEOUT, DOCKER_NAME, ENV_NAME, IMAGE, LABEL,
+    RESERVED_ENV, SERVICE, SIGNAL,
 };
 
 /// What kinds `docker` and `swarm` both give every container they run.
@@ -99,6 +100,21 @@ impl Checker<'_> {
                 self.docker(raw, endpoints).map(RuntimeConfig::Docker)
             }
             "swarm" => {
+                let release_keys: [(&str, Option<Range<usize>>); 2] = [
+                    (
+                        "release_command",
+                        r.release_command.as_ref().map(Spanned::span),
+                    ),
+                    (
+                        "release_timeout",
+                        r.release_timeout.as_ref().map(Spanned::span),
+                    ),
+                ];
+                self.refuse_keys(
+                    "runtime",
+                    &release_keys,
+                    "kind = \"docker\" or \"compose\", which run it in a one-off container (on a swarm, run the migration as a `[hooks] pre_deploy` command)",
+                );
                 self.refuse_keys("runtime", &compose_only, "kind = \"compose\"");
                 self.refuse_keys("runtime", &docker_only, "kind = \"docker\"");
                 self.swarm(raw).map(RuntimeConfig::Swarm)
@@ -112,6 +128,34 @@ impl Checker<'_> {
                 None
             }
         }
+    }
+
+    /// `release_command` and `release_timeout`: for kinds `docker` and `compose`, which can
+    /// run a one-off container of the new release (the kind itself refuses the keys for
+    /// `swarm`). The argv is the container's command, passed as it is (never through a shell).
+    pub(super) fn release_command(&mut self, r: &RawRuntime) -> Option<HookCommand> {
+        if !matches!(r.kind.get_ref().as_str(), "docker" | "compose") {
+            return None;
+        }
+        let Some(list) = &r.release_command else {
+            if let Some(t) = &r.release_timeout {
+                self.bad(
+                    t.span(),
+                    "runtime.release_timeout",
+                    "`release_timeout` is the limit of `release_command`, which is not set: set `release_command = [\"./migrate\", \"up\"]` or remove `release_timeout`",
+                );
+            }
+            return None;
+        };
+        let argv = self.argv(list, "runtime.release_command", false);
+        let timeout = self.duration(
+            r.release_timeout.as_ref(),
+            "runtime.release_timeout",
+            DEFAULT_HOOK_TIMEOUT,
+            false,
+        );
+        // The checks above report what `HookCommand::new` would refuse, with the line.
+        HookCommand::new(argv, timeout).ok()
     }
 
     fn compose(
