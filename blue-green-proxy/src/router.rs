@@ -259,10 +259,11 @@ impl ProxyRouter {
     }
 
     /// The same router, which makes a staged color reachable at `host` ([`Router::preview`]).
-    /// Checked like the app's hosts ([`host_name`](crate::host_name)).
-    pub fn with_preview_host(mut self, host: &str) -> Result<ProxyRouter, Error> {
-        self.preview_host = Some(crate::host_name(host)?);
-        Ok(self)
+    /// The proxy checks it like the app's hosts and refuses a name that is not one (a config
+    /// reader checks it first with [`host_name`](crate::host_name)).
+    pub fn with_preview_host(mut self, host: impl Into<String>) -> ProxyRouter {
+        self.preview_host = Some(host.into());
+        self
     }
 
     /// The same router, which gives the app these host names with every switch (none: the
@@ -448,10 +449,11 @@ impl EmbeddedRouter {
         }
     }
 
-    /// The same router, which makes a staged color reachable at `host` ([`Router::preview`]).
-    pub fn with_preview_host(mut self, host: &str) -> Result<EmbeddedRouter, Error> {
-        self.preview_host = Some(crate::host_name(host)?);
-        Ok(self)
+    /// The same router, which makes a staged color reachable at `host` ([`Router::preview`]);
+    /// the proxy refuses a name that is not a host name.
+    pub fn with_preview_host(mut self, host: impl Into<String>) -> EmbeddedRouter {
+        self.preview_host = Some(host.into());
+        self
     }
 
     /// The same router, which gives the app these host names with every switch.

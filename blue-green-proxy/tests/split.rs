@@ -300,10 +300,24 @@ async fn bad_splits_cookies_and_preview_hosts_are_refused_and_change_nothing() {
         .unwrap_err();
     assert_eq!(e.kind, ComponentErrorKind::Failed);
     assert!(e.message.contains("someone else changed it"), "{e}");
-    // A preview host that is not a host name is refused where it is configured.
+    // A preview host that is not a host name is refused, by both routers.
     for bad in ["*.example.com", "preview.example.com/x", "a;b", ""] {
-        assert!(ProxyRouter::new(&s.socket, "web").with_preview_host(bad).is_err(), "{bad}");
+        let e = ProxyRouter::new(&s.socket, "web")
+            .with_preview_host(bad)
+            .preview(Some(&green))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, ComponentErrorKind::Invalid, "{bad}: {e}");
+        let e = s
+            .proxy
+            .router("web")
+            .with_preview_host(bad)
+            .preview(Some(&green))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, ComponentErrorKind::Invalid, "{bad}: {e}");
     }
+    assert_eq!(std::fs::read(&s.state).unwrap(), state_before, "nothing was written");
 
     // A cookie that names neither side is ignored, and never sent back.
     router.split(&s.split(50)).await.unwrap();
@@ -321,7 +335,7 @@ async fn bad_splits_cookies_and_preview_hosts_are_refused_and_change_nothing() {
 async fn the_preview_host_reaches_the_staged_color_and_other_hosts_are_untouched() {
     let s = Setup::start().await;
     let addr = s.addr();
-    let router = s.router().with_preview_host("Preview.Example").unwrap();
+    let router = s.router().with_preview_host("Preview.Example");
     router.route_to(&s.blue.endpoint()).await.unwrap();
     let url = router.preview(Some(&s.green.endpoint())).await.unwrap();
     assert_eq!(url, Some(format!("http://preview.example:{}", addr.port())));
@@ -345,7 +359,7 @@ async fn the_preview_host_reaches_the_staged_color_and_other_hosts_are_untouched
     assert_eq!(fresh_get(addr, "/", "preview.example").await.unwrap().0, 404);
 
     // In-process, the same.
-    let embedded = s.proxy.router("web").with_preview_host("staged.example").unwrap();
+    let embedded = s.proxy.router("web").with_preview_host("staged.example");
     let url = embedded.preview(Some(&s.green.endpoint())).await.unwrap();
     assert_eq!(url, Some(format!("http://staged.example:{}", addr.port())));
     assert_eq!(fresh_get(addr, "/", "staged.example").await.unwrap().1, "green\n");
