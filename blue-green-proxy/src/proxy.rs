@@ -303,11 +303,7 @@ impl ProxyHandle {
         )?;
         s.persist(s.saved(&next, s.gate.mode())).await?;
         s.routes.replace(next);
-        let info = s
-            .routes
-            .snapshot()
-            .app(app)
-            .and_then(|a| a.preview.clone());
+        let info = s.routes.snapshot().app(app).and_then(|a| a.preview.clone());
         match &info {
             Some(p) => tracing::info!("app {app}: preview {} -> {}", p.host, p.target.endpoint),
             None => tracing::info!("app {app}: no preview"),

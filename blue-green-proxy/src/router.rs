@@ -5,9 +5,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use blue_green_core::{
-    ComponentError, Endpoint, Instance, Responses, RouteReceipt, Router, Split,
-};
+use blue_green_core::{ComponentError, Endpoint, Instance, Responses, RouteReceipt, Router, Split};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::header::{HeaderValue, HOST};

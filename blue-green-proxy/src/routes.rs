@@ -560,7 +560,9 @@ mod tests {
             )
         };
         let ok = with("Preview.Example").unwrap();
-        assert!(matches!(ok.pick(Some("preview.example")), Some(Pick::Preview(a)) if a.name == "web"));
+        assert!(
+            matches!(ok.pick(Some("preview.example")), Some(Pick::Preview(a)) if a.name == "web")
+        );
         for (bad, why) in [
             ("web.example", "one of app web's own hosts"),
             ("other.example", "already served by app other"),
@@ -598,18 +600,30 @@ mod tests {
         );
         let cookie = |value: &str| {
             let mut h = HeaderMap::new();
-            h.insert(COOKIE, HeaderValue::from_str(&format!("bg-web={value}")).unwrap());
+            h.insert(
+                COOKIE,
+                HeaderValue::from_str(&format!("bg-web={value}")).unwrap(),
+            );
             h
         };
         for _ in 0..20 {
-            let b = routes.bind(Some("web.example"), &cookie(&green.sticky_id)).unwrap();
+            let b = routes
+                .bind(Some("web.example"), &cookie(&green.sticky_id))
+                .unwrap();
             assert_eq!(b.guard.target().endpoint, green.endpoint);
             assert!(b.set_cookie.is_none());
         }
         let mut seen = std::collections::HashSet::new();
         for _ in 0..200 {
-            let b = routes.bind(Some("web.example"), &cookie("<script>")).unwrap();
-            let set = b.set_cookie.expect("a new side is set").to_str().unwrap().to_string();
+            let b = routes
+                .bind(Some("web.example"), &cookie("<script>"))
+                .unwrap();
+            let set = b
+                .set_cookie
+                .expect("a new side is set")
+                .to_str()
+                .unwrap()
+                .to_string();
             assert!(!set.contains("script"), "{set}");
             assert!(set.contains(&b.guard.target().sticky_id), "{set}");
             assert!(set.ends_with("; Path=/; HttpOnly; SameSite=Lax"), "{set}");

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use blue_green_core::Endpoint;
 use hyper::header::HeaderValue;
-use hyper::StatusCode;
 use hyper::http::uri::Authority;
+use hyper::StatusCode;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio::time::Instant;

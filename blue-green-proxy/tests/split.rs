@@ -156,7 +156,10 @@ async fn a_20_percent_split_sends_about_a_fifth_of_new_clients_and_each_keeps_it
     assert_eq!(router.current_split().await.unwrap(), Some(s.split(50)));
     let blue_cookie = &cookies["blue\n"];
     for _ in 0..20 {
-        assert_eq!(get(s.addr(), "web.example", Some(blue_cookie)).await.body, "blue\n");
+        assert_eq!(
+            get(s.addr(), "web.example", Some(blue_cookie)).await.body,
+            "blue\n"
+        );
     }
 
     // The switch ends the split: everybody goes to green, cookies no longer matter.
@@ -210,7 +213,10 @@ async fn a_proxy_restarted_mid_split_serves_the_same_split() {
     assert_eq!(router.target().await.unwrap(), Some(blue.endpoint()));
     // The cookie given before the restart still names the same color.
     for _ in 0..10 {
-        assert_eq!(get(addr, "web.example", Some(&cookie)).await.body, first.body);
+        assert_eq!(
+            get(addr, "web.example", Some(&cookie)).await.body,
+            first.body
+        );
     }
     // And new clients are still split.
     let mut colors = std::collections::HashSet::new();
@@ -235,8 +241,18 @@ async fn bad_splits_cookies_and_preview_hosts_are_refused_and_change_nothing() {
     let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
         ("/v1/split", body("0", &blue), 400, "1 to 99 percent"),
         ("/v1/split", body("100", &blue), 400, "1 to 99 percent"),
-        ("/v1/split", body("300", &blue), 400, "not what this request takes"),
-        ("/v1/split", body("\"20\"", &blue), 400, "not what this request takes"),
+        (
+            "/v1/split",
+            body("300", &blue),
+            400,
+            "not what this request takes",
+        ),
+        (
+            "/v1/split",
+            body("\"20\"", &blue),
+            400,
+            "not what this request takes",
+        ),
         (
             "/v1/split",
             format!(r#"{{"app":"web","current":"{green}","next":"{blue}","percent":20}}"#)
@@ -286,9 +302,17 @@ async fn bad_splits_cookies_and_preview_hosts_are_refused_and_change_nothing() {
     for (path, body, status, why) in cases {
         let (got, answer) = control_raw(&s.socket, "PUT", path, body.clone()).await;
         assert_eq!(got, status, "{}: {answer}", String::from_utf8_lossy(&body));
-        assert!(answer.contains(why), "{}: {answer}", String::from_utf8_lossy(&body));
+        assert!(
+            answer.contains(why),
+            "{}: {answer}",
+            String::from_utf8_lossy(&body)
+        );
     }
-    assert_eq!(std::fs::read(&s.state).unwrap(), state_before, "nothing was written");
+    assert_eq!(
+        std::fs::read(&s.state).unwrap(),
+        state_before,
+        "nothing was written"
+    );
     assert_eq!(router.current_split().await.unwrap(), None);
     assert_eq!(router.target().await.unwrap(), Some(blue.clone()));
 
@@ -317,16 +341,28 @@ async fn bad_splits_cookies_and_preview_hosts_are_refused_and_change_nothing() {
             .unwrap_err();
         assert_eq!(e.kind, ComponentErrorKind::Invalid, "{bad}: {e}");
     }
-    assert_eq!(std::fs::read(&s.state).unwrap(), state_before, "nothing was written");
+    assert_eq!(
+        std::fs::read(&s.state).unwrap(),
+        state_before,
+        "nothing was written"
+    );
 
     // A cookie that names neither side is ignored, and never sent back.
     router.split(&s.split(50)).await.unwrap();
-    for bad in ["bg-web=<script>alert(1)</script>", "bg-web=", "bg-web=0123456789abcdef"] {
+    for bad in [
+        "bg-web=<script>alert(1)</script>",
+        "bg-web=",
+        "bg-web=0123456789abcdef",
+    ] {
         let a = get(s.addr(), "web.example", Some(bad)).await;
         assert_eq!(a.status, 200);
         assert_eq!(a.set_cookies.len(), 1, "{bad}: a new side is given");
         assert!(!a.set_cookies[0].contains("script"), "{:?}", a.set_cookies);
-        assert!(!a.set_cookies[0].contains("0123456789abcdef"), "{:?}", a.set_cookies);
+        assert!(
+            !a.set_cookies[0].contains("0123456789abcdef"),
+            "{:?}",
+            a.set_cookies
+        );
     }
     s.proxy.shutdown().await;
 }
@@ -340,8 +376,14 @@ async fn the_preview_host_reaches_the_staged_color_and_other_hosts_are_untouched
     let url = router.preview(Some(&s.green.endpoint())).await.unwrap();
     assert_eq!(url, Some(format!("http://preview.example:{}", addr.port())));
     for _ in 0..10 {
-        assert_eq!(fresh_get(addr, "/", "preview.example").await.unwrap(), (200, "green\n".into()));
-        assert_eq!(fresh_get(addr, "/", "web.example").await.unwrap(), (200, "blue\n".into()));
+        assert_eq!(
+            fresh_get(addr, "/", "preview.example").await.unwrap(),
+            (200, "green\n".into())
+        );
+        assert_eq!(
+            fresh_get(addr, "/", "web.example").await.unwrap(),
+            (200, "blue\n".into())
+        );
     }
     // The live target is unchanged, and a switch keeps the preview.
     assert_eq!(router.target().await.unwrap(), Some(s.blue.endpoint()));
@@ -351,18 +393,33 @@ async fn the_preview_host_reaches_the_staged_color_and_other_hosts_are_untouched
 
     // Ending the preview: the host picks nothing any more (no default app here).
     assert_eq!(router.preview(None).await.unwrap(), None);
-    assert_eq!(fresh_get(addr, "/", "preview.example").await.unwrap().0, 404);
-    assert_eq!(fresh_get(addr, "/", "web.example").await.unwrap().1, "blue\n");
+    assert_eq!(
+        fresh_get(addr, "/", "preview.example").await.unwrap().0,
+        404
+    );
+    assert_eq!(
+        fresh_get(addr, "/", "web.example").await.unwrap().1,
+        "blue\n"
+    );
 
     // Without a preview host, there is no preview.
-    assert_eq!(s.router().preview(Some(&s.green.endpoint())).await.unwrap(), None);
-    assert_eq!(fresh_get(addr, "/", "preview.example").await.unwrap().0, 404);
+    assert_eq!(
+        s.router().preview(Some(&s.green.endpoint())).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        fresh_get(addr, "/", "preview.example").await.unwrap().0,
+        404
+    );
 
     // In-process, the same.
     let embedded = s.proxy.router("web").with_preview_host("staged.example");
     let url = embedded.preview(Some(&s.green.endpoint())).await.unwrap();
     assert_eq!(url, Some(format!("http://staged.example:{}", addr.port())));
-    assert_eq!(fresh_get(addr, "/", "staged.example").await.unwrap().1, "green\n");
+    assert_eq!(
+        fresh_get(addr, "/", "staged.example").await.unwrap().1,
+        "green\n"
+    );
     s.proxy.shutdown().await;
 }
 
@@ -376,13 +433,27 @@ async fn responses_count_the_upstreams_5xx_and_the_proxys_own_502() {
         router.responses(&s.green.endpoint()).await.unwrap(),
         Some(Responses::default())
     );
-    for path in ["/", "/status?code=404", "/status?code=500", "/status?code=503"] {
+    for path in [
+        "/",
+        "/status?code=404",
+        "/status?code=500",
+        "/status?code=503",
+    ] {
         fresh_get(addr, path, "web.example").await.unwrap();
     }
-    let counted = Responses { total: 4, errors: 2 };
-    assert_eq!(router.responses(&s.green.endpoint()).await.unwrap(), Some(counted));
+    let counted = Responses {
+        total: 4,
+        errors: 2,
+    };
+    assert_eq!(
+        router.responses(&s.green.endpoint()).await.unwrap(),
+        Some(counted)
+    );
     let embedded = s.proxy.router("web");
-    assert_eq!(embedded.responses(&s.green.endpoint()).await.unwrap(), Some(counted));
+    assert_eq!(
+        embedded.responses(&s.green.endpoint()).await.unwrap(),
+        Some(counted)
+    );
     // Blue answered nothing.
     assert_eq!(
         router.responses(&s.blue.endpoint()).await.unwrap(),
@@ -398,7 +469,10 @@ async fn responses_count_the_upstreams_5xx_and_the_proxys_own_502() {
     assert_eq!(fresh_get(addr, "/", "web.example").await.unwrap().0, 502);
     assert_eq!(
         router.responses(&gone).await.unwrap(),
-        Some(Responses { total: 1, errors: 1 })
+        Some(Responses {
+            total: 1,
+            errors: 1
+        })
     );
     s.proxy.shutdown().await;
 }

@@ -715,7 +715,10 @@ async fn a_split_sends_its_share_survives_a_reload_and_route_to_ends_it() {
     assert_eq!(router.current_split().await.unwrap(), Some(split));
     assert_eq!(router.target().await.unwrap(), Some(blue.endpoint()));
     let seen = colors_through(&haproxy.url("/"), 100).await;
-    assert!(seen.iter().any(|c| c == "green") && seen.iter().any(|c| c == "blue"), "{seen:?}");
+    assert!(
+        seen.iter().any(|c| c == "green") && seen.iter().any(|c| c == "blue"),
+        "{seen:?}"
+    );
 
     // Responses are counted per slot, with the 5xx the server answered.
     let before = router.responses(&green.endpoint()).await.unwrap().unwrap();

@@ -443,7 +443,10 @@ async fn a_split_weights_the_two_colors_reads_back_and_route_to_ends_it() {
     let split = blue_green_core::Split::new(blue.endpoint(), green.endpoint(), 20).unwrap();
     router.split(&split).await.unwrap();
     let file = std::fs::read_to_string(nginx.upstream_file()).unwrap();
-    assert!(file.contains(" weight=80") && file.contains(" weight=20"), "{file}");
+    assert!(
+        file.contains(" weight=80") && file.contains(" weight=20"),
+        "{file}"
+    );
     // The file reads back as the split, and the live target is its current.
     assert_eq!(router.current_split().await.unwrap(), Some(split.clone()));
     assert_eq!(router.target().await.unwrap(), Some(blue.endpoint()));
@@ -458,7 +461,10 @@ async fn a_split_weights_the_two_colors_reads_back_and_route_to_ends_it() {
         (40..=120).contains(&green_share),
         "{green_share} of 400 requests went to green with a 20% split"
     );
-    assert!(colors.iter().all(|c| c == "green" || c == "blue"), "{colors:?}");
+    assert!(
+        colors.iter().all(|c| c == "green" || c == "blue"),
+        "{colors:?}"
+    );
 
     // A later step replaces the split.
     let half = blue_green_core::Split::new(blue.endpoint(), green.endpoint(), 50).unwrap();
@@ -471,7 +477,10 @@ async fn a_split_weights_the_two_colors_reads_back_and_route_to_ends_it() {
     assert_eq!(router.current_split().await.unwrap(), None);
     assert_eq!(router.target().await.unwrap(), Some(green.endpoint()));
     let file = std::fs::read_to_string(nginx.upstream_file()).unwrap();
-    assert!(!file.contains("weight=") && !file.contains("split"), "{file}");
+    assert!(
+        !file.contains("weight=") && !file.contains("split"),
+        "{file}"
+    );
     assert_eq!(colors_through(&nginx, 20).await, ["green"; 20]);
 
     // A split to an endpoint that could add a directive is refused before the file changes.

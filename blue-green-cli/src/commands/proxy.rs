@@ -337,7 +337,10 @@ mod tests {
             text.contains("app web (web.example) -> 127.0.0.1:8081, 20% of new clients -> 127.0.0.1:8082 (sticky cookie bg-web); preview preview.example -> 127.0.0.1:8082\n"),
             "{text}"
         );
-        assert!(text.contains("responses 39 ") && text.contains("5xx 3"), "{text}");
+        assert!(
+            text.contains("responses 39 ") && text.contains("5xx 3"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -131,10 +131,9 @@ mod tests {
 
     #[test]
     fn a_split_takes_a_percent_that_fits_a_byte_and_no_other_fields() {
-        let ok: SetSplit = serde_json::from_str(
-            r#"{"app":"a","current":"h:1","next":"h:2","percent":20}"#,
-        )
-        .unwrap();
+        let ok: SetSplit =
+            serde_json::from_str(r#"{"app":"a","current":"h:1","next":"h:2","percent":20}"#)
+                .unwrap();
         assert_eq!(ok.percent, 20);
         for bad in [
             r#"{"app":"a","current":"h:1","next":"h:2","percent":300}"#,

@@ -196,8 +196,8 @@ async fn answer(handle: &ProxyHandle, req: Request<Incoming>) -> Answer {
         },
         (
             _,
-            "/v1/status" | "/v1/target" | "/v1/split" | "/v1/preview" | "/v1/pause" | "/v1/resume" | "/v1/maintenance"
-            | "/v1/drain" | "/v1/cut",
+            "/v1/status" | "/v1/target" | "/v1/split" | "/v1/preview" | "/v1/pause" | "/v1/resume"
+            | "/v1/maintenance" | "/v1/drain" | "/v1/cut",
         ) => Err(refuse(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{method} is not allowed on {path}"),

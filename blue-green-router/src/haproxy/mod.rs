@@ -593,19 +593,21 @@ impl Router for HaproxyRouter {
     /// next, and both get the split's weights and are made ready. On error, the slots are put
     /// back as they were.
     async fn split(&self, split: &Split) -> Result<RouteReceipt, ComponentError> {
-        let ip_of = |endpoint: &Endpoint| match validate::endpoint("HAProxy", endpoint)? {
+        let ip_of = |endpoint: &Endpoint| {
+            match validate::endpoint("HAProxy", endpoint)? {
             Host::Ip(ip) => Ok(ip),
             Host::Name(name) => Err(ComponentError::invalid(format!(
                 "cannot split HAProxy's traffic to `{endpoint}`: its runtime API sets a server's address as an IP address, and `{name}` is a name; give the endpoint as an IP address"
             ))),
+        }
         };
         ip_of(split.current())?;
         let next_ip = ip_of(split.next())?;
         let _changing = self.changing.lock().await;
         let before = self.servers().await?;
-        let Some(current) = (0..2).find(|&i| {
-            before[i].serving() && before[i].points_at_endpoint(split.current())
-        }) else {
+        let Some(current) =
+            (0..2).find(|&i| before[i].serving() && before[i].points_at_endpoint(split.current()))
+        else {
             return Err(ComponentError::failed(format!(
                 "cannot split HAProxy's backend `{}`: it does not route to {} now (`{}` is at {}, `{}` at {}); route there first",
                 self.backend(),

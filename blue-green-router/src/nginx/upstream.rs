@@ -316,7 +316,9 @@ pub(crate) fn parse_routing(text: &str, upstream: &str) -> Result<Option<Routing
 /// The split a marker line names, after `# blue-green split:`.
 fn parse_marker(rest: &str) -> Result<Split, String> {
     let words: Vec<&str> = rest.split_whitespace().collect();
-    let bad = || format!("has a split marker `{SPLIT_MARKER}{rest}` that is not `current HOST:PORT next HOST:PORT percent N`");
+    let bad = || {
+        format!("has a split marker `{SPLIT_MARKER}{rest}` that is not `current HOST:PORT next HOST:PORT percent N`")
+    };
     match words.as_slice() {
         ["current", current, "next", next, "percent", percent] => {
             let current: Endpoint = current.parse().map_err(|_| bad())?;
@@ -414,11 +416,23 @@ mod tests {
     fn a_split_file_that_does_not_match_its_marker_is_refused() {
         let text = render_split(&config(), &split(20)).unwrap();
         let cases = [
-            (text.replace("weight=80", "weight=70"), "not the split its marker names"),
-            (text.replace("percent 20", "percent 30"), "not the split its marker names"),
+            (
+                text.replace("weight=80", "weight=70"),
+                "not the split its marker names",
+            ),
+            (
+                text.replace("percent 20", "percent 30"),
+                "not the split its marker names",
+            ),
             (text.replace("percent 20", "percent 100"), "1 to 99 percent"),
-            (text.replace("percent 20", "percent x"), "not `current HOST:PORT"),
-            (text.replace("next [::1]:8082", "next nowhere"), "not `current HOST:PORT"),
+            (
+                text.replace("percent 20", "percent x"),
+                "not `current HOST:PORT",
+            ),
+            (
+                text.replace("next [::1]:8082", "next nowhere"),
+                "not `current HOST:PORT",
+            ),
             (
                 text.replace("    server [::1]:8082 weight=20 max_fails=0 backup;\n", ""),
                 "1 servers in its upstream block, but its marker",

@@ -141,13 +141,17 @@ impl Checker<'_> {
             }
             hosts
         });
-        let preview_host = r.preview_host.as_ref().and_then(|h| {
-            match blue_green_proxy::host_name(h.get_ref()) {
+        let preview_host = r
+            .preview_host
+            .as_ref()
+            .and_then(|h| match blue_green_proxy::host_name(h.get_ref()) {
                 Ok(name) if hosts.as_ref().is_some_and(|list| list.contains(&name)) => {
                     self.bad(
                         h.span(),
                         "router.preview_host",
-                        format!("`{name}` is also in `hosts`: the preview needs a host name of its own"),
+                        format!(
+                            "`{name}` is also in `hosts`: the preview needs a host name of its own"
+                        ),
                     );
                     None
                 }
@@ -156,8 +160,7 @@ impl Checker<'_> {
                     self.bad(h.span(), "router.preview_host", e.to_string());
                     None
                 }
-            }
-        });
+            });
         let verify = match &r.verify_url {
             Some(url) => {
                 let mut verify = match VerifyRequest::new(url.get_ref()) {
@@ -253,8 +256,10 @@ mod tests {
 
     #[test]
     fn a_preview_host_is_a_checked_host_name_of_its_own() {
-        let c = config("kind = \"proxy\"\nhosts = [\"web.example\"]\npreview_host = \"Preview.Example.com\"\n")
-            .unwrap();
+        let c = config(
+            "kind = \"proxy\"\nhosts = [\"web.example\"]\npreview_host = \"Preview.Example.com\"\n",
+        )
+        .unwrap();
         let RouterConfig::Proxy(p) = &c.router else {
             panic!()
         };
