@@ -137,6 +137,25 @@ impl LastSeen {
     fn set(&self, seen: Option<Option<Endpoint>>) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = seen;
     }
+
+    /// Notes the outcome of a change that leaves `target` as the app's target: remembered when
+    /// it went through, forgotten on error (read again next time rather than trust it).
+    fn changed<T>(
+        &self,
+        outcome: Result<T, Error>,
+        target: &Endpoint,
+    ) -> Result<RouteReceipt, ComponentError> {
+        match outcome {
+            Ok(_) => {
+                self.set(Some(Some(target.clone())));
+                Ok(RouteReceipt::new())
+            }
+            Err(e) => {
+                self.set(None);
+                Err(component(e))
+            }
+        }
+    }
 }
 
 fn expect_of(seen: &Option<Endpoint>) -> Expect {
@@ -309,17 +328,8 @@ impl Router for ProxyRouter {
             expect: Some(seen.as_ref().map(|e| e.to_string())),
             hosts: self.hosts.clone(),
         };
-        match self.control.set_target(&set).await {
-            Ok(_) => {
-                self.seen.set(Some(Some(endpoint.clone())));
-                Ok(RouteReceipt::new())
-            }
-            Err(e) => {
-                // Read again next time rather than trust what we had.
-                self.seen.set(None);
-                Err(component(e))
-            }
-        }
+        self.seen
+            .changed(self.control.set_target(&set).await, endpoint)
     }
 
     fn can_split(&self) -> bool {
@@ -335,16 +345,8 @@ impl Router for ProxyRouter {
             next: split.next().to_string(),
             percent: split.percent(),
         };
-        match self.control.set_split(&set).await {
-            Ok(_) => {
-                self.seen.set(Some(Some(split.current().clone())));
-                Ok(RouteReceipt::new())
-            }
-            Err(e) => {
-                self.seen.set(None);
-                Err(component(e))
-            }
-        }
+        self.seen
+            .changed(self.control.set_split(&set).await, split.current())
     }
 
     async fn current_split(&self) -> Result<Option<Split>, ComponentError> {
@@ -485,16 +487,8 @@ impl Router for EmbeddedRouter {
             expect: expect_of(&seen),
             hosts: self.hosts.clone(),
         };
-        match self.handle.set_target(&self.app, change).await {
-            Ok(_) => {
-                self.seen.set(Some(Some(endpoint.clone())));
-                Ok(RouteReceipt::new())
-            }
-            Err(e) => {
-                self.seen.set(None);
-                Err(component(e))
-            }
-        }
+        self.seen
+            .changed(self.handle.set_target(&self.app, change).await, endpoint)
     }
 
     fn can_split(&self) -> bool {
@@ -503,16 +497,10 @@ impl Router for EmbeddedRouter {
 
     /// Compare-and-set on the split's current target, as [`ProxyRouter`] does.
     async fn split(&self, split: &Split) -> Result<RouteReceipt, ComponentError> {
-        match self.handle.set_split(&self.app, split).await {
-            Ok(_) => {
-                self.seen.set(Some(Some(split.current().clone())));
-                Ok(RouteReceipt::new())
-            }
-            Err(e) => {
-                self.seen.set(None);
-                Err(component(e))
-            }
-        }
+        self.seen.changed(
+            self.handle.set_split(&self.app, split).await,
+            split.current(),
+        )
     }
 
     async fn current_split(&self) -> Result<Option<Split>, ComponentError> {
