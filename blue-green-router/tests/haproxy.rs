@@ -753,3 +753,27 @@ async fn a_split_sends_its_share_survives_a_reload_and_route_to_ends_it() {
     assert!(error.message.contains("does not route to"), "{error}");
     assert_eq!(haproxy.servers().await, servers);
 }
+
+#[tokio::test]
+async fn responses_count_haproxys_own_503_for_a_server_that_refuses_connections() {
+    let blue = ColorServer::start(Color::Blue, "v1").await.unwrap();
+    let haproxy = Haproxy::start(&blue.endpoint()).await.unwrap();
+    let mut config = haproxy.router_config();
+    config.verify = None;
+    let router = HaproxyRouter::new(config).unwrap();
+    // A port nothing listens on (bound, then closed).
+    let gone = Endpoint::new("127.0.0.1", free_port().unwrap());
+    router.route_to(&gone).await.unwrap();
+    let before = router.responses(&gone).await.unwrap().unwrap();
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    for _ in 0..3 {
+        let res = client.get(haproxy.url("/")).send().await.unwrap();
+        assert_eq!(res.status().as_u16(), 503);
+    }
+    let after = router.responses(&gone).await.unwrap().unwrap();
+    assert_eq!(
+        (after.total - before.total, after.errors - before.errors),
+        (3, 3),
+        "{before:?} -> {after:?}"
+    );
+}

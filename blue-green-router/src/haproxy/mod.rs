@@ -26,7 +26,8 @@
 //! percent of `p`. A switch drains the other slot, ending the split (the weights
 //! no longer matter with one slot serving). HAProxy splits per request unless the backend has cookie
 //! persistence (`cookie …  insert` and a `cookie` per server, see docs/configuration.md).
-//! [`Router::responses`] reads each slot's `hrsp_*` counters from `show stat`.
+//! [`Router::responses`] reads each slot's counters from `show stat`: `hrsp_*`, and `econ` and
+//! `eresp` for HAProxy's own error answers (which `hrsp_*` leave out).
 //!
 //! HAProxy forgets runtime changes when it reloads or restarts. With
 //! [`HaproxyConfig::state_file`], the router writes `show servers state BACKEND` to that file
