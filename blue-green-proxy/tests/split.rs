@@ -112,6 +112,9 @@ async fn a_20_percent_split_sends_about_a_fifth_of_new_clients_and_each_keeps_it
     assert_eq!(router.current_split().await.unwrap(), None);
     router.split(&s.split(20)).await.unwrap();
     assert_eq!(router.current_split().await.unwrap(), Some(s.split(20)));
+    let embedded = s.proxy.router("web");
+    assert!(embedded.can_split());
+    assert_eq!(embedded.current_split().await.unwrap(), Some(s.split(20)));
     // The split's current stays the live target.
     assert_eq!(router.target().await.unwrap(), Some(s.blue.endpoint()));
 
@@ -165,6 +168,7 @@ async fn a_20_percent_split_sends_about_a_fifth_of_new_clients_and_each_keeps_it
     // The switch ends the split: everybody goes to green, cookies no longer matter.
     router.route_to(&s.green.endpoint()).await.unwrap();
     assert_eq!(router.current_split().await.unwrap(), None);
+    assert_eq!(embedded.current_split().await.unwrap(), None);
     assert_eq!(router.target().await.unwrap(), Some(s.green.endpoint()));
     for _ in 0..20 {
         let a = get(s.addr(), "web.example", Some(blue_cookie)).await;

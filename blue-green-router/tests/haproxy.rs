@@ -719,6 +719,16 @@ async fn a_split_sends_its_share_survives_a_reload_and_route_to_ends_it() {
         seen.iter().any(|c| c == "green") && seen.iter().any(|c| c == "blue"),
         "{seen:?}"
     );
+    // A later step replaces the split.
+    let half = blue_green_core::Split::new(blue.endpoint(), green.endpoint(), 50).unwrap();
+    router.split(&half).await.unwrap();
+    assert_eq!(router.current_split().await.unwrap(), Some(half));
+    let seen = colors_through(&haproxy.url("/"), 100).await;
+    let greens = seen.iter().filter(|c| *c == "green").count();
+    assert!(
+        (35..=65).contains(&greens),
+        "{greens} of 100 to green at 50%"
+    );
 
     // Responses are counted per slot, with the 5xx the server answered.
     let before = router.responses(&green.endpoint()).await.unwrap().unwrap();
