@@ -1,3 +1,4 @@
+use super::split::split_weights;
 use super::*;
 use crate::validate::tests::INJECTIONS;
 
