@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, SET_COOKIE, TE, TRAILER,
+    TRANSFER_ENCODING, UPGRADE,
 };
 use hyper::http::uri::PathAndQuery;
 use hyper::upgrade::OnUpgrade;
@@ -16,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use crate::body::{self, ProxyBody};
 use crate::gate::Admit;
 use crate::proxy::Shared;
-use crate::routes::{request_host, NoRoute};
+use crate::routes::{request_host, Bound, NoRoute};
 use crate::target::InFlight;
 use crate::upstream::{Lease, UpstreamError};
 
@@ -78,8 +79,8 @@ pub(crate) async fn handle(
         .and_then(|a| a.to_str().ok())
         .and_then(request_host);
     // Bound to the target current now; a switch after this line does not move it.
-    let guard = match shared.routes.bind(host.as_deref()) {
-        Ok(guard) => guard,
+    let bound = match shared.routes.bind(host.as_deref(), req.headers()) {
+        Ok(bound) => bound,
         Err(NoRoute::UnknownHost(h)) => {
             return body::error(
                 StatusCode::NOT_FOUND,
@@ -96,7 +97,13 @@ pub(crate) async fn handle(
             )
         }
     };
-    forward(&shared, guard, peer, authority, req).await
+    let Bound { guard, set_cookie } = bound;
+    let mut res = forward(&shared, guard, peer, authority, req).await;
+    if let Some(cookie) = set_cookie {
+        // Appended: the upstream's own cookies stay.
+        res.headers_mut().append(SET_COOKIE, cookie);
+    }
+    res
 }
 
 async fn forward(
@@ -176,6 +183,7 @@ async fn forward(
         Answer::Cut => {
             let why = format!("the request to {endpoint} was cut at the drain deadline");
             guard.mark_cut();
+            guard.answered_for_proxy();
             return body::error(StatusCode::SERVICE_UNAVAILABLE, why);
         }
         Answer::Upstream(Some(Err(e))) => {
@@ -185,6 +193,7 @@ async fn forward(
                 format!("the upstream {endpoint} failed: {e}")
             };
             guard.mark_error();
+            guard.answered(StatusCode::BAD_GATEWAY);
             tracing::warn!("{why}");
             return body::error(StatusCode::BAD_GATEWAY, why);
         }
@@ -194,10 +203,12 @@ async fn forward(
                 timeout.as_secs_f64()
             );
             guard.mark_error();
+            guard.answered(StatusCode::GATEWAY_TIMEOUT);
             tracing::warn!("{why}");
             return body::error(StatusCode::GATEWAY_TIMEOUT, why);
         }
     };
+    guard.answered(res.status());
 
     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_side) = upgrade {

@@ -45,9 +45,11 @@ pub use config::{Limits, PauseLimits, ProxyConfig};
 pub use control::ControlClient;
 pub use error::Error;
 pub use gate::Mode;
-pub use proxy::{Drain, Expect, Proxy, ProxyHandle, Status, Switched, TargetChange};
+pub use proxy::{
+    Drain, Expect, PreviewAnswer, Proxy, ProxyHandle, SplitAnswer, Status, Switched, TargetChange,
+};
 pub use router::{EmbeddedRouter, ProxyRouter, VerifyRequest};
-pub use routes::AppInfo;
+pub use routes::{AppInfo, PreviewInfo, SplitInfo};
 pub use target::TargetStats;
 
 /// Checks a host name as the proxy keys its apps by (an exact name: letters, digits, `-` and

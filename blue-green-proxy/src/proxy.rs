@@ -2,10 +2,10 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use blue_green_core::Endpoint;
+use blue_green_core::{Endpoint, Split};
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use serde::{Deserialize, Serialize};
@@ -19,7 +19,7 @@ use crate::control;
 use crate::error::Error;
 use crate::gate::{Gate, Mode};
 use crate::router::EmbeddedRouter;
-use crate::routes::{AppInfo, RouteTable, Routes};
+use crate::routes::{AppInfo, RouteSpec, RouteTable, Routes};
 use crate::serve;
 use crate::state::{self, SavedState};
 use crate::target::{TargetStats, Targets};
@@ -34,6 +34,9 @@ pub(crate) struct Shared {
     pub(crate) targets: Targets,
     pub(crate) gate: Gate,
     pub(crate) server: auto::Builder<TokioExecutor>,
+    /// The addresses the listeners got (a port 0 picked), once bound: a preview's address
+    /// names the first one's port.
+    pub(crate) listening: OnceLock<Vec<SocketAddr>>,
     /// Serialises changes (target sets, mode changes) with their state-file writes.
     changes: tokio::sync::Mutex<()>,
 }
@@ -70,6 +73,33 @@ pub struct Switched {
     pub previous: Option<String>,
     /// Its target now.
     pub target: String,
+}
+
+/// The answer to a split change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitAnswer {
+    /// The app.
+    pub app: String,
+    /// Its target, which keeps `100 - percent` of new clients.
+    pub current: String,
+    /// The target that gets `percent` of new clients.
+    pub next: String,
+    /// The share of new clients sent to `next`.
+    pub percent: u8,
+}
+
+/// The answer to a preview change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviewAnswer {
+    /// The app.
+    pub app: String,
+    /// The preview host name, `None` once the preview ended.
+    pub host: Option<String>,
+    /// The staged target, `None` once the preview ended.
+    pub target: Option<String>,
+    /// Where the preview is reachable: `http://HOST` with the port of the proxy's first
+    /// listener unless it is 80.
+    pub url: Option<String>,
 }
 
 /// The proxy's status: its mode, apps and every target's counters.
@@ -159,7 +189,19 @@ impl ProxyHandle {
             .or_else(|| current.map(|a| a.hosts.clone()))
             .unwrap_or_default();
         let target = s.targets.get_or_add(&change.target)?;
-        let next = table.with_app(app, hosts, Some(target))?;
+        // A switch ends any split (its cookies no longer matter) and keeps a preview.
+        let preview = current
+            .and_then(|a| a.preview.as_ref())
+            .map(|p| (p.host.clone(), p.target.clone()));
+        let next = table.with_route(
+            app,
+            RouteSpec {
+                hosts,
+                target: Some(target),
+                split: None,
+                preview,
+            },
+        )?;
         s.persist(s.saved(&next, s.gate.mode())).await?;
         let previous = current_target.map(|e| e.to_string());
         s.routes.replace(next);
@@ -173,6 +215,120 @@ impl ProxyHandle {
             previous,
             target: change.target.to_string(),
         })
+    }
+
+    /// Sends `split.percent()` of `app`'s new clients to `split.next()` and the rest to
+    /// `split.current()`, replacing any split in place; a client keeps its side by a cookie
+    /// (`bg-<app>`) while the split lasts. Compare-and-set: the app's target must be
+    /// `split.current()` (else [`Error::Conflict`]). Written to the state file first, like a
+    /// switch; [`ProxyHandle::set_target`] ends the split.
+    pub async fn set_split(&self, app: &str, split: &Split) -> Result<SplitAnswer, Error> {
+        let s = &self.shared;
+        let _serial = s.changes.lock().await;
+        let table = s.routes.snapshot();
+        let target_of = |r: &crate::routes::AppRoute| r.target.as_ref().map(|t| t.endpoint.clone());
+        let route = match table.app(app) {
+            Some(r) if target_of(r).as_ref() == Some(split.current()) => r,
+            other => {
+                return Err(Error::Conflict {
+                    app: app.to_string(),
+                    expected: Some(split.current().to_string()),
+                    current: other.and_then(|r| target_of(r)).map(|e| e.to_string()),
+                })
+            }
+        };
+        let next_target = s.targets.get_or_add(split.next())?;
+        let next = table.with_route(
+            app,
+            RouteSpec {
+                split: Some((next_target, split.percent())),
+                ..RouteSpec::of(route)
+            },
+        )?;
+        s.persist(s.saved(&next, s.gate.mode())).await?;
+        s.routes.replace(next);
+        tracing::info!(
+            "app {app}: {}% of new clients to {}, the rest to {}",
+            split.percent(),
+            split.next(),
+            split.current()
+        );
+        Ok(SplitAnswer {
+            app: app.to_string(),
+            current: split.current().to_string(),
+            next: split.next().to_string(),
+            percent: split.percent(),
+        })
+    }
+
+    /// `app`'s split in place, if any.
+    pub fn split(&self, app: &str) -> Option<Split> {
+        let table = self.shared.routes.snapshot();
+        let route = table.app(app)?;
+        let (current, split) = (route.target.as_ref()?, route.split.as_ref()?);
+        Split::new(
+            current.endpoint.clone(),
+            split.next.endpoint.clone(),
+            split.percent,
+        )
+        .ok()
+    }
+
+    /// Makes `target` reachable at the preview host name `host` beside `app`'s live target
+    /// (a staged color), or, with `None`, ends `app`'s preview. The app must have a route
+    /// already; the host must be a host name no app has. Kept in the state file.
+    pub async fn set_preview(
+        &self,
+        app: &str,
+        preview: Option<(&str, &Endpoint)>,
+    ) -> Result<PreviewAnswer, Error> {
+        let s = &self.shared;
+        let _serial = s.changes.lock().await;
+        let table = s.routes.snapshot();
+        let Some(route) = table.app(app) else {
+            return Err(Error::Invalid(format!(
+                "app {app} has no route in the proxy yet, so it has no preview; deploy it once first"
+            )));
+        };
+        let preview = match preview {
+            Some((host, endpoint)) => Some((host.to_string(), s.targets.get_or_add(endpoint)?)),
+            None => None,
+        };
+        let next = table.with_route(
+            app,
+            RouteSpec {
+                preview,
+                ..RouteSpec::of(route)
+            },
+        )?;
+        s.persist(s.saved(&next, s.gate.mode())).await?;
+        s.routes.replace(next);
+        let info = s.routes.snapshot().app(app).and_then(|a| a.preview.clone());
+        match &info {
+            Some(p) => tracing::info!("app {app}: preview {} -> {}", p.host, p.target.endpoint),
+            None => tracing::info!("app {app}: no preview"),
+        }
+        Ok(PreviewAnswer {
+            app: app.to_string(),
+            url: info.as_ref().map(|p| self.preview_url(&p.host)),
+            host: info.as_ref().map(|p| p.host.clone()),
+            target: info.map(|p| p.target.endpoint.to_string()),
+        })
+    }
+
+    /// `http://HOST`, with the first listener's port unless it is 80.
+    fn preview_url(&self, host: &str) -> String {
+        let port = self
+            .shared
+            .listening
+            .get()
+            .and_then(|a| a.first())
+            .map(SocketAddr::port)
+            .or_else(|| self.shared.config.listen.first().map(SocketAddr::port));
+        match port {
+            Some(80) | None => format!("http://{host}"),
+            Some(port) => format!("http://{host}:{port}"),
+        }
     }
 
     /// Where `app`'s new requests go now.
@@ -299,6 +455,7 @@ impl Proxy {
             routes: Routes::new(table),
             targets,
             gate: Gate::new(mode, config.pause.clone()),
+            listening: OnceLock::new(),
             changes: tokio::sync::Mutex::new(()),
             config,
         });
@@ -317,7 +474,8 @@ impl Proxy {
             .iter()
             .zip(&shared.config.listen)
             .map(|(l, a)| l.local_addr().unwrap_or(*a))
-            .collect();
+            .collect::<Vec<_>>();
+        let _ = shared.listening.set(addrs.clone());
         let control_listener = match &shared.config.control {
             Some(path) => Some(control::server::bind(path).await?),
             None => None,
@@ -413,23 +571,29 @@ fn restore(path: &Path, saved: &SavedState, targets: &Targets) -> Result<RouteTa
     };
     let mut table = RouteTable::default();
     for app in &saved.apps {
-        let target = match &app.target {
-            Some(t) => {
-                let endpoint: Endpoint =
-                    t.parse().map_err(|e: blue_green_core::ComponentError| {
-                        corrupt(format!("app {}: {e}", app.app))
-                    })?;
-                Some(
-                    targets
-                        .get_or_add(&endpoint)
-                        .map_err(|e| corrupt(e.to_string()))?,
-                )
-            }
-            None => None,
+        let target_of = |t: &str| {
+            let endpoint: Endpoint = t.parse().map_err(|e: blue_green_core::ComponentError| {
+                corrupt(format!("app {}: {e}", app.app))
+            })?;
+            targets
+                .get_or_add(&endpoint)
+                .map_err(|e| corrupt(e.to_string()))
+        };
+        let spec = RouteSpec {
+            hosts: app.hosts.clone(),
+            target: app.target.as_deref().map(target_of).transpose()?,
+            split: match &app.split {
+                Some(s) => Some((target_of(&s.next)?, s.percent)),
+                None => None,
+            },
+            preview: match &app.preview {
+                Some(p) => Some((p.host.clone(), target_of(&p.target)?)),
+                None => None,
+            },
         };
         // Checked the same way as a change from the control socket.
         table = table
-            .with_app(&app.app, app.hosts.clone(), target)
+            .with_route(&app.app, spec)
             .map_err(|e| corrupt(e.to_string()))?;
     }
     Ok(table)

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use blue_green_core::{ComponentError, Endpoint, Instance, RouteReceipt, Router};
+use blue_green_core::{ComponentError, Endpoint, Instance, Responses, RouteReceipt, Router, Split};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::header::{HeaderValue, HOST};
@@ -13,9 +13,11 @@ use hyper::{Request, Uri};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::control::{ControlClient, SetTarget};
+use crate::control::{ControlClient, SetPreview, SetSplit, SetTarget};
 use crate::error::Error;
 use crate::proxy::{Expect, ProxyHandle, TargetChange};
+use crate::routes::AppInfo;
+use crate::target::TargetStats;
 
 /// A request through the proxy that [`Router::verify`] sends after a switch: it must be
 /// answered by the new instance.
@@ -135,6 +137,25 @@ impl LastSeen {
     fn set(&self, seen: Option<Option<Endpoint>>) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = seen;
     }
+
+    /// Notes the outcome of a change that leaves `target` as the app's target: remembered when
+    /// it went through, forgotten on error (read again next time rather than trust it).
+    fn changed<T>(
+        &self,
+        outcome: Result<T, Error>,
+        target: &Endpoint,
+    ) -> Result<RouteReceipt, ComponentError> {
+        match outcome {
+            Ok(_) => {
+                self.set(Some(Some(target.clone())));
+                Ok(RouteReceipt::new())
+            }
+            Err(e) => {
+                self.set(None);
+                Err(component(e))
+            }
+        }
+    }
 }
 
 fn expect_of(seen: &Option<Endpoint>) -> Expect {
@@ -171,6 +192,45 @@ async fn verify_routed(
     }
 }
 
+/// An endpoint the proxy reported for `app`, parsed.
+fn reported(app: &str, what: &str, text: &str) -> Result<Endpoint, ComponentError> {
+    text.parse::<Endpoint>().map_err(|e| {
+        ComponentError::failed(format!(
+            "the proxy reports {what} `{text}` for app {app} that is not an endpoint: {e}"
+        ))
+    })
+}
+
+/// The split an app's route holds, as the status reports it.
+fn split_of(info: Option<&AppInfo>) -> Result<Option<Split>, ComponentError> {
+    let Some(app) = info else { return Ok(None) };
+    let (Some(current), Some(split)) = (&app.target, &app.split) else {
+        return Ok(None);
+    };
+    let current = reported(&app.app, "a target", current)?;
+    let next = reported(&app.app, "a split's next target", &split.next)?;
+    Split::new(current, next, split.percent)
+        .map(Some)
+        .map_err(|e| {
+            ComponentError::failed(format!(
+                "the proxy reports a split for app {} that is not one: {}",
+                app.app, e.message
+            ))
+        })
+}
+
+/// The responses counted for `endpoint` (none yet when the proxy never routed there).
+fn responses_of(targets: &[TargetStats], endpoint: &Endpoint) -> Responses {
+    let key = endpoint.to_string();
+    targets
+        .iter()
+        .find(|t| t.endpoint == key)
+        .map_or(Responses::default(), |t| Responses {
+            total: t.responses,
+            errors: t.error_responses,
+        })
+}
+
 fn component(e: Error) -> ComponentError {
     let message = e.to_string();
     match e {
@@ -197,6 +257,7 @@ pub struct ProxyRouter {
     control: ControlClient,
     app: String,
     hosts: Option<Vec<String>>,
+    preview_host: Option<String>,
     verify: Option<VerifyRequest>,
     seen: LastSeen,
 }
@@ -208,9 +269,18 @@ impl ProxyRouter {
             control: ControlClient::new(socket),
             app: app.into(),
             hosts: None,
+            preview_host: None,
             verify: None,
             seen: LastSeen::default(),
         }
+    }
+
+    /// The same router, which makes a staged color reachable at `host` ([`Router::preview`]).
+    /// The proxy checks it like the app's hosts and refuses a name that is not one (a config
+    /// reader checks it first with [`host_name`](crate::host_name)).
+    pub fn with_preview_host(mut self, host: impl Into<String>) -> ProxyRouter {
+        self.preview_host = Some(host.into());
+        self
     }
 
     /// The same router, which gives the app these host names with every switch (none: the
@@ -238,12 +308,7 @@ impl Router for ProxyRouter {
         let status = self.control.status().await.map_err(component)?;
         let target = match status.apps.iter().find(|a| a.app == self.app) {
             Some(app) => match &app.target {
-                Some(t) => Some(t.parse::<Endpoint>().map_err(|e| {
-                    ComponentError::failed(format!(
-                        "the proxy reports a target `{t}` for app {} that is not an endpoint: {e}",
-                        self.app
-                    ))
-                })?),
+                Some(t) => Some(reported(&self.app, "a target", t)?),
                 None => None,
             },
             None => None,
@@ -263,17 +328,48 @@ impl Router for ProxyRouter {
             expect: Some(seen.as_ref().map(|e| e.to_string())),
             hosts: self.hosts.clone(),
         };
-        match self.control.set_target(&set).await {
-            Ok(_) => {
-                self.seen.set(Some(Some(endpoint.clone())));
-                Ok(RouteReceipt::new())
-            }
-            Err(e) => {
-                // Read again next time rather than trust what we had.
-                self.seen.set(None);
-                Err(component(e))
-            }
-        }
+        self.seen
+            .changed(self.control.set_target(&set).await, endpoint)
+    }
+
+    fn can_split(&self) -> bool {
+        true
+    }
+
+    /// Compare-and-set on the split's current target: the proxy refuses the split (and keeps
+    /// what it has) when the app's target is another.
+    async fn split(&self, split: &Split) -> Result<RouteReceipt, ComponentError> {
+        let set = SetSplit {
+            app: self.app.clone(),
+            current: split.current().to_string(),
+            next: split.next().to_string(),
+            percent: split.percent(),
+        };
+        self.seen
+            .changed(self.control.set_split(&set).await, split.current())
+    }
+
+    async fn current_split(&self) -> Result<Option<Split>, ComponentError> {
+        let status = self.control.status().await.map_err(component)?;
+        split_of(status.apps.iter().find(|a| a.app == self.app))
+    }
+
+    async fn preview(&self, endpoint: Option<&Endpoint>) -> Result<Option<String>, ComponentError> {
+        let Some(host) = &self.preview_host else {
+            return Ok(None);
+        };
+        let set = SetPreview {
+            app: self.app.clone(),
+            host: endpoint.map(|_| host.clone()),
+            target: endpoint.map(Endpoint::to_string),
+        };
+        let answer = self.control.set_preview(&set).await.map_err(component)?;
+        Ok(answer.url)
+    }
+
+    async fn responses(&self, endpoint: &Endpoint) -> Result<Option<Responses>, ComponentError> {
+        let status = self.control.status().await.map_err(component)?;
+        Ok(Some(responses_of(&status.targets, endpoint)))
     }
 
     async fn verify(
@@ -336,6 +432,7 @@ pub struct EmbeddedRouter {
     handle: ProxyHandle,
     app: String,
     hosts: Option<Vec<String>>,
+    preview_host: Option<String>,
     verify: Option<VerifyRequest>,
     seen: LastSeen,
 }
@@ -346,9 +443,17 @@ impl EmbeddedRouter {
             handle,
             app: app.to_string(),
             hosts: None,
+            preview_host: None,
             verify: None,
             seen: LastSeen::default(),
         }
+    }
+
+    /// The same router, which makes a staged color reachable at `host` ([`Router::preview`]);
+    /// the proxy refuses a name that is not a host name.
+    pub fn with_preview_host(mut self, host: impl Into<String>) -> EmbeddedRouter {
+        self.preview_host = Some(host.into());
+        self
     }
 
     /// The same router, which gives the app these host names with every switch.
@@ -382,16 +487,40 @@ impl Router for EmbeddedRouter {
             expect: expect_of(&seen),
             hosts: self.hosts.clone(),
         };
-        match self.handle.set_target(&self.app, change).await {
-            Ok(_) => {
-                self.seen.set(Some(Some(endpoint.clone())));
-                Ok(RouteReceipt::new())
-            }
-            Err(e) => {
-                self.seen.set(None);
-                Err(component(e))
-            }
-        }
+        self.seen
+            .changed(self.handle.set_target(&self.app, change).await, endpoint)
+    }
+
+    fn can_split(&self) -> bool {
+        true
+    }
+
+    /// Compare-and-set on the split's current target, as [`ProxyRouter`] does.
+    async fn split(&self, split: &Split) -> Result<RouteReceipt, ComponentError> {
+        self.seen.changed(
+            self.handle.set_split(&self.app, split).await,
+            split.current(),
+        )
+    }
+
+    async fn current_split(&self) -> Result<Option<Split>, ComponentError> {
+        Ok(self.handle.split(&self.app))
+    }
+
+    async fn preview(&self, endpoint: Option<&Endpoint>) -> Result<Option<String>, ComponentError> {
+        let Some(host) = &self.preview_host else {
+            return Ok(None);
+        };
+        let answer = self
+            .handle
+            .set_preview(&self.app, endpoint.map(|e| (host.as_str(), e)))
+            .await
+            .map_err(component)?;
+        Ok(answer.url)
+    }
+
+    async fn responses(&self, endpoint: &Endpoint) -> Result<Option<Responses>, ComponentError> {
+        Ok(Some(responses_of(&self.handle.status().targets, endpoint)))
     }
 
     async fn verify(

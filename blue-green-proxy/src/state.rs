@@ -95,6 +95,11 @@ mod tests {
                 app: "web".into(),
                 hosts: vec!["web.example".into()],
                 target: Some("127.0.0.1:8081".into()),
+                split: Some(crate::routes::SplitInfo {
+                    next: "127.0.0.1:8082".into(),
+                    percent: 20,
+                }),
+                preview: None,
             }],
         );
         save(&path, &state).unwrap();

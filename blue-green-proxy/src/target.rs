@@ -9,6 +9,7 @@ use std::time::Duration;
 use blue_green_core::Endpoint;
 use hyper::header::HeaderValue;
 use hyper::http::uri::Authority;
+use hyper::StatusCode;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -24,9 +25,14 @@ pub(crate) struct Target {
     pub(crate) endpoint: Endpoint,
     /// `host:port` as a `Host` header, for a client that sent none.
     pub(crate) host_header: HeaderValue,
+    /// What a split's sticky cookie names this target by: a digest of the endpoint, the same
+    /// in every proxy and after a restart, that does not show the address to clients.
+    pub(crate) sticky_id: String,
     in_flight: AtomicU64,
     requests: AtomicU64,
     errors: AtomicU64,
+    responses: AtomicU64,
+    error_responses: AtomicU64,
     cut: AtomicU64,
     /// Woken when `in_flight` drops to zero.
     idle: Notify,
@@ -45,12 +51,16 @@ impl Target {
         };
         let authority: Authority = endpoint.to_string().parse().map_err(|e| invalid(&e))?;
         let host_header = HeaderValue::from_str(authority.as_str()).map_err(|e| invalid(&e))?;
+        let sticky_id = sticky_id(&endpoint);
         Ok(Target {
             endpoint,
             host_header,
+            sticky_id,
             in_flight: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            responses: AtomicU64::new(0),
+            error_responses: AtomicU64::new(0),
             cut: AtomicU64::new(0),
             idle: Notify::new(),
             cancel: Mutex::new(CancellationToken::new()),
@@ -117,9 +127,22 @@ impl Target {
             in_flight: self.in_flight(),
             requests: self.requests.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
+            responses: self.responses.load(Ordering::Relaxed),
+            error_responses: self.error_responses.load(Ordering::Relaxed),
             cut: self.cut.load(Ordering::Relaxed),
         }
     }
+}
+
+/// The 16 hex digits of FNV-1a (64 bits) over `host:port`: stable (no per-process seed), so a
+/// cookie keeps naming the same target after a restart; not a secret, only not the address.
+fn sticky_id(endpoint: &Endpoint) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in endpoint.to_string().bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{hash:016x}")
 }
 
 /// One request or upgraded connection counted in its target's in-flight count. Dropping it
@@ -152,6 +175,22 @@ impl InFlight {
     pub(crate) fn mark_error(&self) {
         self.target.errors.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// Counts the response sent to the client for this request: `status` came from the
+    /// upstream or is the proxy's own `502`/`504` for it, and a `5xx` is an error response
+    /// (what the watch after a switch compares).
+    pub(crate) fn answered(&self, status: StatusCode) {
+        self.target.responses.fetch_add(1, Ordering::Relaxed);
+        if status.is_server_error() {
+            self.target.error_responses.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a response that is not the target's doing (the `503` of a cut at the drain
+    /// deadline): a response, but no error of the target.
+    pub(crate) fn answered_for_proxy(&self) {
+        self.target.responses.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl Drop for InFlight {
@@ -177,6 +216,14 @@ pub struct TargetStats {
     pub requests: u64,
     /// Requests that failed at the proxy: no answer from the upstream, a broken body.
     pub errors: u64,
+    /// Responses sent to clients for requests routed here (the upstream's, and the proxy's
+    /// own `502`/`504`/cut for them). Absent from a proxy older than this field: 0.
+    #[serde(default)]
+    pub responses: u64,
+    /// Those of [`TargetStats::responses`] that were errors: a `5xx` from the upstream, or the
+    /// proxy's own `502`/`504` for it.
+    #[serde(default)]
+    pub error_responses: u64,
     /// Requests and upgraded connections closed by a cut at a drain deadline.
     pub cut: u64,
 }
@@ -235,6 +282,28 @@ mod tests {
         drop(b);
         assert_eq!(t.stats().in_flight, 0);
         assert_eq!(t.stats().requests, 2);
+    }
+
+    #[test]
+    fn sticky_ids_are_stable_and_tell_endpoints_apart() {
+        let a = sticky_id(&Endpoint::new("127.0.0.1", 8081));
+        assert_eq!(a, sticky_id(&Endpoint::new("127.0.0.1", 8081)));
+        assert_ne!(a, sticky_id(&Endpoint::new("127.0.0.1", 8082)));
+        assert_eq!(a.len(), 16);
+        assert!(!a.contains("8081"));
+    }
+
+    #[test]
+    fn responses_count_5xx_as_errors_and_a_cut_as_neither() {
+        let t = target();
+        let g = t.enter();
+        g.answered(StatusCode::OK);
+        g.answered(StatusCode::NOT_FOUND);
+        g.answered(StatusCode::INTERNAL_SERVER_ERROR);
+        g.answered(StatusCode::BAD_GATEWAY);
+        g.answered_for_proxy();
+        let stats = t.stats();
+        assert_eq!((stats.responses, stats.error_responses), (5, 2));
     }
 
     #[tokio::test]

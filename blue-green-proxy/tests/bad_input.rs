@@ -9,13 +9,9 @@ use std::time::Duration;
 
 use blue_green_core::{Endpoint, Router};
 use blue_green_proxy::{Proxy, ProxyConfig, ProxyRouter};
-use bytes::Bytes;
-use common::{fresh_get, Upstream};
-use http_body_util::{BodyExt, Full};
-use hyper::Request;
-use hyper_util::rt::TokioIo;
+use common::{control_raw, fresh_get, Upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UnixStream};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// A client that keeps sending requests while a test misbehaves elsewhere, and counts failures.
@@ -164,30 +160,6 @@ async fn slowloris_clients_are_disconnected_after_the_header_timeout() {
 
     other.finish().await;
     proxy.shutdown().await;
-}
-
-/// Sends one control request with any method, path and body; returns status and body.
-async fn control_raw(
-    socket: &std::path::Path,
-    method: &str,
-    path: &str,
-    body: Vec<u8>,
-) -> (u16, String) {
-    let stream = UnixStream::connect(socket).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "proxy")
-        .body(Full::new(Bytes::from(body)))
-        .unwrap();
-    let res = sender.send_request(req).await.unwrap();
-    let status = res.status().as_u16();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 #[tokio::test]

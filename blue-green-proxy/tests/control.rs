@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use blue_green_core::{Color, ComponentErrorKind, Instance, RouteReceipt, Router};
+use blue_green_core::{Color, ComponentErrorKind, Instance, RouteReceipt, Router, Split};
 use blue_green_proxy::{ControlClient, Mode, Proxy, ProxyConfig, ProxyRouter, VerifyRequest};
 use common::{fresh_get, Upstream};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -246,6 +246,63 @@ async fn routes_and_mode_survive_a_restart() {
     again.shutdown().await;
 }
 
+/// Starts a child proxy with `env` (its state file and socket) and waits until it listens.
+async fn start_child(env: &[(&str, &str)]) -> (tokio::process::Child, std::net::SocketAddr) {
+    let mut proc = child(env).spawn().unwrap();
+    let mut lines = BufReader::new(proc.stdout.take().unwrap()).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            // The test harness prints its own text before ours on the same line.
+            if let Some(addr) = line.split("CHILD-LISTENS: ").nth(1) {
+                return addr.trim().parse::<std::net::SocketAddr>().unwrap();
+            }
+        }
+        panic!("the child proxy exited before listening");
+    })
+    .await
+    .expect("the child proxy starts");
+    (proc, addr)
+}
+
+#[tokio::test]
+async fn after_sigkill_mid_split_a_restarted_proxy_serves_the_same_split_and_preview() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("proxy.json");
+    let socket = dir.path().join("proxy.sock");
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let env = [
+        (CHILD_STATE, state.to_str().unwrap()),
+        (CHILD_SOCKET, socket.to_str().unwrap()),
+    ];
+    let (mut first, _) = start_child(&env).await;
+    let router = ProxyRouter::new(&socket, "web")
+        .with_hosts(vec!["web.example".into()])
+        .with_preview_host("preview.example");
+    router.route_to(&blue.endpoint()).await.unwrap();
+    router.preview(Some(&green.endpoint())).await.unwrap();
+    let split = Split::new(blue.endpoint(), green.endpoint(), 40).unwrap();
+    router.split(&split).await.unwrap();
+    first.start_kill().unwrap(); // SIGKILL
+    first.wait().await.unwrap();
+
+    let (mut second, addr) = start_child(&env).await;
+    let again = ProxyRouter::new(&socket, "web");
+    assert_eq!(again.current_split().await.unwrap(), Some(split));
+    assert_eq!(again.target().await.unwrap(), Some(blue.endpoint()));
+    assert_eq!(
+        fresh_get(addr, "/", "preview.example").await.unwrap(),
+        (200, "green\n".to_string())
+    );
+    let mut colors = std::collections::HashSet::new();
+    for _ in 0..60 {
+        colors.insert(fresh_get(addr, "/", "web.example").await.unwrap().1);
+    }
+    assert_eq!(colors.len(), 2, "the split serves both colors: {colors:?}");
+    second.start_kill().unwrap();
+    second.wait().await.unwrap();
+}
+
 #[tokio::test]
 async fn after_sigkill_a_restarted_proxy_serves_the_same_targets_at_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -258,24 +315,7 @@ async fn after_sigkill_a_restarted_proxy_serves_the_same_targets_at_once() {
         (CHILD_SOCKET, socket.to_str().unwrap()),
     ];
 
-    let start = |env| async move {
-        let mut proc = child(env).spawn().unwrap();
-        let mut lines = BufReader::new(proc.stdout.take().unwrap()).lines();
-        let addr = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                // The test harness prints its own text before ours on the same line.
-                if let Some(addr) = line.split("CHILD-LISTENS: ").nth(1) {
-                    return addr.trim().parse::<std::net::SocketAddr>().unwrap();
-                }
-            }
-            panic!("the child proxy exited before listening");
-        })
-        .await
-        .expect("the child proxy starts");
-        (proc, addr)
-    };
-
-    let (mut first, addr) = start(&env).await;
+    let (mut first, addr) = start_child(&env).await;
     let router = ProxyRouter::new(&socket, "web");
     router.route_to(&blue.endpoint()).await.unwrap();
     router.route_to(&green.endpoint()).await.unwrap();
@@ -283,7 +323,7 @@ async fn after_sigkill_a_restarted_proxy_serves_the_same_targets_at_once() {
     first.start_kill().unwrap(); // SIGKILL
     first.wait().await.unwrap();
 
-    let (mut second, addr) = start(&env).await;
+    let (mut second, addr) = start_child(&env).await;
     // The very first request after the restart goes to green.
     assert_eq!(
         fresh_get(addr, "/", "web").await.unwrap(),

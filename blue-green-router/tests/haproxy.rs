@@ -690,3 +690,100 @@ async fn a_websocket_stays_on_the_old_color_through_the_drain_until_it_is_cut() 
     blue_task.abort();
     green_task.abort();
 }
+
+#[tokio::test]
+async fn a_split_sends_its_share_survives_a_reload_and_route_to_ends_it() {
+    let blue = ColorServer::start(Color::Blue, "v1").await.unwrap();
+    let green = ColorServer::start(Color::Green, "v2").await.unwrap();
+    let mut haproxy = Haproxy::start(&blue.endpoint()).await.unwrap();
+    let router = HaproxyRouter::new(haproxy.router_config()).unwrap();
+    assert!(router.can_split());
+    assert_eq!(router.current_split().await.unwrap(), None);
+
+    let split = blue_green_core::Split::new(blue.endpoint(), green.endpoint(), 20).unwrap();
+    router.split(&split).await.unwrap();
+    assert_eq!(router.current_split().await.unwrap(), Some(split.clone()));
+    assert_eq!(router.target().await.unwrap(), Some(blue.endpoint()));
+    // HAProxy applies runtime changes at once: 400 new clients, weighted 161 to 40.
+    let seen = colors_through(&haproxy.url("/"), 400).await;
+    let greens = seen.iter().filter(|c| *c == "green").count();
+    eprintln!("a 20% split through HAProxy: {greens} of 400 requests went to green");
+    assert!((40..=120).contains(&greens), "{greens} of 400 to green");
+
+    // A reload keeps the split (the state file), and the router reads it back.
+    haproxy.reload().await;
+    assert_eq!(router.current_split().await.unwrap(), Some(split));
+    assert_eq!(router.target().await.unwrap(), Some(blue.endpoint()));
+    let seen = colors_through(&haproxy.url("/"), 100).await;
+    assert!(
+        seen.iter().any(|c| c == "green") && seen.iter().any(|c| c == "blue"),
+        "{seen:?}"
+    );
+    // A later step replaces the split.
+    let half = blue_green_core::Split::new(blue.endpoint(), green.endpoint(), 50).unwrap();
+    router.split(&half).await.unwrap();
+    assert_eq!(router.current_split().await.unwrap(), Some(half));
+    let seen = colors_through(&haproxy.url("/"), 100).await;
+    let greens = seen.iter().filter(|c| *c == "green").count();
+    assert!(
+        (35..=65).contains(&greens),
+        "{greens} of 100 to green at 50%"
+    );
+
+    // Responses are counted per slot, with the 5xx the server answered.
+    let before = router.responses(&green.endpoint()).await.unwrap().unwrap();
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut sent_to_green = 0;
+    while sent_to_green < 3 {
+        let res = client
+            .get(haproxy.url("/status?code=500"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 500);
+        if res.text().await.unwrap().starts_with("green") {
+            sent_to_green += 1;
+        }
+    }
+    let after = router.responses(&green.endpoint()).await.unwrap().unwrap();
+    assert_eq!(after.errors - before.errors, 3, "{before:?} -> {after:?}");
+    assert!(after.total >= before.total + 3, "{before:?} -> {after:?}");
+
+    // route_to ends the split: all new requests to green.
+    let receipt = router.route_to(&green.endpoint()).await.unwrap();
+    router.verify(&green.instance(), &receipt).await.unwrap();
+    assert_eq!(router.current_split().await.unwrap(), None);
+    assert_eq!(router.target().await.unwrap(), Some(green.endpoint()));
+    assert_eq!(colors_through(&haproxy.url("/"), 20).await, ["green"; 20]);
+
+    // A split from an endpoint HAProxy does not route to is refused, and changes nothing.
+    let servers = haproxy.servers().await;
+    let stale = blue_green_core::Split::new(blue.endpoint(), green.endpoint(), 50).unwrap();
+    let error = router.split(&stale).await.unwrap_err();
+    assert!(error.message.contains("does not route to"), "{error}");
+    assert_eq!(haproxy.servers().await, servers);
+}
+
+#[tokio::test]
+async fn responses_count_haproxys_own_503_for_a_server_that_refuses_connections() {
+    let blue = ColorServer::start(Color::Blue, "v1").await.unwrap();
+    let haproxy = Haproxy::start(&blue.endpoint()).await.unwrap();
+    let mut config = haproxy.router_config();
+    config.verify = None;
+    let router = HaproxyRouter::new(config).unwrap();
+    // A port nothing listens on (bound, then closed).
+    let gone = Endpoint::new("127.0.0.1", free_port().unwrap());
+    router.route_to(&gone).await.unwrap();
+    let before = router.responses(&gone).await.unwrap().unwrap();
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    for _ in 0..3 {
+        let res = client.get(haproxy.url("/")).send().await.unwrap();
+        assert_eq!(res.status().as_u16(), 503);
+    }
+    let after = router.responses(&gone).await.unwrap().unwrap();
+    assert_eq!(
+        (after.total - before.total, after.errors - before.errors),
+        (3, 3),
+        "{before:?} -> {after:?}"
+    );
+}

@@ -414,3 +414,84 @@ async fn a_private_nginx_starts_listening_and_one_that_cannot_listen_is_refused_
         "nginx still listens after stop"
     );
 }
+
+/// Polls through nginx (new connections) until `seen` holds for the colors of `n` requests in
+/// a row, or 10 s pass: a reload shows once the old workers stop taking connections.
+async fn wait_for_colors(nginx: &NginxHarness, n: usize, seen: impl Fn(&[String]) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let colors = colors_through(nginx, n).await;
+        if seen(&colors) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nginx did not show the change within 10 s; the last {n} answers: {colors:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_split_weights_the_two_colors_reads_back_and_route_to_ends_it() {
+    let blue = ColorServer::start(Color::Blue, "v1").await.unwrap();
+    let green = ColorServer::start(Color::Green, "v2").await.unwrap();
+    let nginx = NginxHarness::start("app", &blue.endpoint()).await.unwrap();
+    let router = NginxRouter::new(router_config(&nginx)).unwrap();
+    assert!(router.can_split());
+    assert_eq!(router.current_split().await.unwrap(), None);
+
+    let split = blue_green_core::Split::new(blue.endpoint(), green.endpoint(), 20).unwrap();
+    router.split(&split).await.unwrap();
+    let file = std::fs::read_to_string(nginx.upstream_file()).unwrap();
+    assert!(
+        file.contains(" weight=80") && file.contains(" weight=20"),
+        "{file}"
+    );
+    // The file reads back as the split, and the live target is its current.
+    assert_eq!(router.current_split().await.unwrap(), Some(split.clone()));
+    assert_eq!(router.target().await.unwrap(), Some(blue.endpoint()));
+
+    wait_for_colors(&nginx, 20, |c| c.iter().any(|c| c == "green")).await;
+    // 400 requests, each on a new connection: weighted round robin per worker gives 20%, and
+    // 10% to 30% leaves room for requests an old worker still took.
+    let colors = colors_through(&nginx, 400).await;
+    let green_share = colors.iter().filter(|c| *c == "green").count();
+    eprintln!("a 20% split through nginx: {green_share} of 400 requests went to green");
+    assert!(
+        (40..=120).contains(&green_share),
+        "{green_share} of 400 requests went to green with a 20% split"
+    );
+    assert!(
+        colors.iter().all(|c| c == "green" || c == "blue"),
+        "{colors:?}"
+    );
+
+    // A later step replaces the split.
+    let half = blue_green_core::Split::new(blue.endpoint(), green.endpoint(), 50).unwrap();
+    router.split(&half).await.unwrap();
+    assert_eq!(router.current_split().await.unwrap(), Some(half));
+
+    // route_to ends the split: one server again, and all requests go to green.
+    let receipt = router.route_to(&green.endpoint()).await.unwrap();
+    router.verify(&green.instance(), &receipt).await.unwrap();
+    assert_eq!(router.current_split().await.unwrap(), None);
+    assert_eq!(router.target().await.unwrap(), Some(green.endpoint()));
+    let file = std::fs::read_to_string(nginx.upstream_file()).unwrap();
+    assert!(
+        !file.contains("weight=") && !file.contains("split"),
+        "{file}"
+    );
+    assert_eq!(colors_through(&nginx, 20).await, ["green"; 20]);
+
+    // A split to an endpoint that could add a directive is refused before the file changes.
+    let before = std::fs::read(nginx.upstream_file()).unwrap();
+    let evil = blue_green_core::Split::new(
+        green.endpoint(),
+        Endpoint::new("evil;server 10.0.0.1", 80),
+        10,
+    )
+    .unwrap();
+    let error = router.split(&evil).await.unwrap_err();
+    assert_eq!(error.kind, ComponentErrorKind::Invalid, "{error}");
+    assert_eq!(std::fs::read(nginx.upstream_file()).unwrap(), before);
+}

@@ -277,18 +277,29 @@ fn status_text(status: &Status) -> String {
         } else {
             app.hosts.join(", ")
         };
-        let _ = writeln!(
+        let _ = write!(
             out,
             "app {} ({hosts}) -> {}",
             app.app,
             app.target.as_deref().unwrap_or("no target")
         );
+        if let Some(split) = &app.split {
+            let _ = write!(
+                out,
+                ", {}% of new clients -> {} (sticky cookie bg-{})",
+                split.percent, split.next, app.app
+            );
+        }
+        if let Some(preview) = &app.preview {
+            let _ = write!(out, "; preview {} -> {}", preview.host, preview.target);
+        }
+        out.push('\n');
     }
     for t in &status.targets {
         let _ = writeln!(
             out,
-            "  {:<22} in flight {:<5} requests {:<8} errors {:<5} cut {}",
-            t.endpoint, t.in_flight, t.requests, t.errors, t.cut
+            "  {:<22} in flight {:<5} requests {:<8} errors {:<5} cut {:<5} responses {:<8} 5xx {}",
+            t.endpoint, t.in_flight, t.requests, t.errors, t.cut, t.responses, t.error_responses
         );
     }
     out
@@ -301,6 +312,35 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<crate::cli::Cli, clap::Error> {
         crate::cli::Cli::try_parse_from(std::iter::once("blue-green").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn status_shows_a_split_a_preview_and_the_response_counters() {
+        let status: Status = serde_json::from_value(json!({
+            "mode": "serving",
+            "queued": 0,
+            "apps": [{
+                "app": "web",
+                "hosts": ["web.example"],
+                "target": "127.0.0.1:8081",
+                "split": { "next": "127.0.0.1:8082", "percent": 20 },
+                "preview": { "host": "preview.example", "target": "127.0.0.1:8082" }
+            }],
+            "targets": [{
+                "endpoint": "127.0.0.1:8082", "in_flight": 1, "requests": 40, "errors": 1,
+                "cut": 0, "responses": 39, "error_responses": 3
+            }]
+        }))
+        .unwrap();
+        let text = status_text(&status);
+        assert!(
+            text.contains("app web (web.example) -> 127.0.0.1:8081, 20% of new clients -> 127.0.0.1:8082 (sticky cookie bg-web); preview preview.example -> 127.0.0.1:8082\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("responses 39 ") && text.contains("5xx 3"),
+            "{text}"
+        );
     }
 
     #[test]

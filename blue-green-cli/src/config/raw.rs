@@ -137,6 +137,7 @@ pub struct RawRouter {
     // proxy
     pub control: Option<Str>,
     pub hosts: Option<Spanned<Vec<Str>>>,
+    pub preview_host: Option<Str>,
 }
 
 /// `[switch]`.

@@ -29,6 +29,36 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D:
     Option::<String>::deserialize(d).map(Some)
 }
 
+/// `PUT /v1/split`: split an app's new clients between its target and another, compare-and-set
+/// (the app's target must be `current`). Ended by a `PUT /v1/target`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetSplit {
+    /// The app.
+    pub app: String,
+    /// The app's target now, `host:port`, which keeps `100 - percent` of new clients.
+    pub current: String,
+    /// The new target, `host:port`.
+    pub next: String,
+    /// The share of new clients sent to `next`, 1 to 99.
+    pub percent: u8,
+}
+
+/// `PUT /v1/preview`: make a staged target reachable at a preview host name (`target` and
+/// `host` given), or end the app's preview (`target` null or absent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetPreview {
+    /// The app.
+    pub app: String,
+    /// The preview host name (an exact host name no app has); needed with `target`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// The staged target, `host:port`; absent or null ends the preview.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
 /// `POST /v1/maintenance`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -97,5 +127,24 @@ mod tests {
             none
         );
         assert!(serde_json::from_str::<SetTarget>(r#"{"app":"a","target":"h:1","x":1}"#).is_err());
+    }
+
+    #[test]
+    fn a_split_takes_a_percent_that_fits_a_byte_and_no_other_fields() {
+        let ok: SetSplit =
+            serde_json::from_str(r#"{"app":"a","current":"h:1","next":"h:2","percent":20}"#)
+                .unwrap();
+        assert_eq!(ok.percent, 20);
+        for bad in [
+            r#"{"app":"a","current":"h:1","next":"h:2","percent":300}"#,
+            r#"{"app":"a","current":"h:1","next":"h:2","percent":-1}"#,
+            r#"{"app":"a","current":"h:1","next":"h:2","percent":"20"}"#,
+            r#"{"app":"a","current":"h:1","next":"h:2"}"#,
+            r#"{"app":"a","current":"h:1","next":"h:2","percent":20,"sticky":false}"#,
+        ] {
+            assert!(serde_json::from_str::<SetSplit>(bad).is_err(), "{bad}");
+        }
+        let clear: SetPreview = serde_json::from_str(r#"{"app":"a"}"#).unwrap();
+        assert_eq!((clear.host, clear.target), (None, None));
     }
 }

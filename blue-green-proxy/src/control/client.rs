@@ -13,10 +13,11 @@ use serde::Serialize;
 use tokio::net::UnixStream;
 
 use super::api::{
-    CutAnswer, CutRequest, DrainWait, ErrorAnswer, Maintenance, ModeAnswer, SetTarget,
+    CutAnswer, CutRequest, DrainWait, ErrorAnswer, Maintenance, ModeAnswer, SetPreview, SetSplit,
+    SetTarget,
 };
 use crate::error::Error;
-use crate::proxy::{Drain, Status, Switched};
+use crate::proxy::{Drain, PreviewAnswer, SplitAnswer, Status, Switched};
 
 /// Largest answer read from the proxy.
 const MAX_ANSWER: usize = 4 * 1024 * 1024;
@@ -67,6 +68,19 @@ impl ControlClient {
     /// Sets an app's target, compare-and-set (see [`SetTarget::expect`]).
     pub async fn set_target(&self, set: &SetTarget) -> Result<Switched, Error> {
         self.call(Method::PUT, "/v1/target", Some(set), self.timeout)
+            .await
+    }
+
+    /// Splits an app's new clients between its target and another, compare-and-set (see
+    /// [`SetSplit`]).
+    pub async fn set_split(&self, set: &SetSplit) -> Result<SplitAnswer, Error> {
+        self.call(Method::PUT, "/v1/split", Some(set), self.timeout)
+            .await
+    }
+
+    /// Sets or ends an app's preview (see [`SetPreview`]).
+    pub async fn set_preview(&self, set: &SetPreview) -> Result<PreviewAnswer, Error> {
+        self.call(Method::PUT, "/v1/preview", Some(set), self.timeout)
             .await
     }
 

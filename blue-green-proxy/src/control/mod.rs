@@ -5,6 +5,8 @@
 //! |---|---|---|
 //! | `GET /v1/status` | | [`Status`](crate::Status) |
 //! | `PUT /v1/target` | [`SetTarget`] | [`Switched`](crate::Switched), `409` if `expect` does not match |
+//! | `PUT /v1/split` | [`SetSplit`] | [`SplitAnswer`](crate::SplitAnswer), `409` if `current` is not the app's target |
+//! | `PUT /v1/preview` | [`SetPreview`] | [`PreviewAnswer`](crate::PreviewAnswer) |
 //! | `POST /v1/pause`, `/v1/resume` | | [`ModeAnswer`] |
 //! | `POST /v1/maintenance` | [`Maintenance`] | [`ModeAnswer`] |
 //! | `POST /v1/drain` | [`DrainWait`] | [`Drain`](crate::Drain), once drained or at `within_ms` |
@@ -16,5 +18,8 @@ pub mod api;
 pub mod client;
 pub(crate) mod server;
 
-pub use api::{CutAnswer, CutRequest, DrainWait, ErrorAnswer, Maintenance, ModeAnswer, SetTarget};
+pub use api::{
+    CutAnswer, CutRequest, DrainWait, ErrorAnswer, Maintenance, ModeAnswer, SetPreview, SetSplit,
+    SetTarget,
+};
 pub use client::ControlClient;

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use blue_green_core::Endpoint;
+use blue_green_core::{Endpoint, Split};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -23,7 +23,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::api::{
-    CutAnswer, CutRequest, DrainWait, ErrorAnswer, Maintenance, ModeAnswer, SetTarget,
+    CutAnswer, CutRequest, DrainWait, ErrorAnswer, Maintenance, ModeAnswer, SetPreview, SetSplit,
+    SetTarget,
 };
 use crate::error::Error;
 use crate::gate::Mode;
@@ -149,6 +150,14 @@ async fn answer(handle: &ProxyHandle, req: Request<Incoming>) -> Answer {
             Ok(set) => set_target(handle, set).await,
             Err(e) => Err(e),
         },
+        (&Method::PUT, "/v1/split") => match body::<SetSplit>(req).await {
+            Ok(set) => set_split(handle, set).await,
+            Err(e) => Err(e),
+        },
+        (&Method::PUT, "/v1/preview") => match body::<SetPreview>(req).await {
+            Ok(set) => set_preview(handle, set).await,
+            Err(e) => Err(e),
+        },
         (&Method::POST, "/v1/pause") => set_mode(handle, Mode::Paused).await,
         (&Method::POST, "/v1/resume") => set_mode(handle, Mode::Serving).await,
         (&Method::POST, "/v1/maintenance") => match body::<Maintenance>(req).await {
@@ -187,8 +196,8 @@ async fn answer(handle: &ProxyHandle, req: Request<Incoming>) -> Answer {
         },
         (
             _,
-            "/v1/status" | "/v1/target" | "/v1/pause" | "/v1/resume" | "/v1/maintenance"
-            | "/v1/drain" | "/v1/cut",
+            "/v1/status" | "/v1/target" | "/v1/split" | "/v1/preview" | "/v1/pause" | "/v1/resume"
+            | "/v1/maintenance" | "/v1/drain" | "/v1/cut",
         ) => Err(refuse(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{method} is not allowed on {path}"),
@@ -213,12 +222,50 @@ async fn set_target(handle: &ProxyHandle, set: SetTarget) -> Result<Answer, Refu
         expect,
         hosts: set.hosts,
     };
-    match handle.set_target(&set.app, change).await {
-        Ok(switched) => Ok(json(StatusCode::OK, &switched)),
-        Err(e @ Error::Conflict { .. }) => Err(refuse(StatusCode::CONFLICT, e.to_string())),
-        Err(e @ Error::Invalid(_)) => Err(refuse(StatusCode::BAD_REQUEST, e.to_string())),
-        Err(e) => Err(refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
-    }
+    handle
+        .set_target(&set.app, change)
+        .await
+        .map(|switched| json(StatusCode::OK, &switched))
+        .map_err(refused)
+}
+
+async fn set_split(handle: &ProxyHandle, set: SetSplit) -> Result<Answer, Refused> {
+    let split = Split::new(endpoint(&set.current)?, endpoint(&set.next)?, set.percent)
+        .map_err(|e| refuse(StatusCode::BAD_REQUEST, e.message))?;
+    handle
+        .set_split(&set.app, &split)
+        .await
+        .map(|answer| json(StatusCode::OK, &answer))
+        .map_err(refused)
+}
+
+async fn set_preview(handle: &ProxyHandle, set: SetPreview) -> Result<Answer, Refused> {
+    let target = set.target.as_deref().map(endpoint).transpose()?;
+    let preview = match (&set.host, &target) {
+        (Some(host), Some(target)) => Some((host.as_str(), target)),
+        (None, Some(_)) => {
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                "a preview needs `host`, the host name it is reachable at".into(),
+            ))
+        }
+        (_, None) => None,
+    };
+    handle
+        .set_preview(&set.app, preview)
+        .await
+        .map(|answer| json(StatusCode::OK, &answer))
+        .map_err(refused)
+}
+
+/// A change the proxy refused, as the control API answers it.
+fn refused(e: Error) -> Refused {
+    let status = match e {
+        Error::Conflict { .. } => StatusCode::CONFLICT,
+        Error::Invalid(_) => StatusCode::BAD_REQUEST,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    refuse(status, e.to_string())
 }
 
 async fn set_mode(handle: &ProxyHandle, mode: Mode) -> Result<Answer, Refused> {

@@ -18,13 +18,14 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
 
 type Body = BoxBody<Bytes, Infallible>;
 
 /// A test upstream. Paths:
 /// - `GET /` (any other GET): `200`, body `{name}\n`;
 /// - `GET /slow?ms=N`: the same after N ms;
+/// - `GET /status?code=N`: status N (a valid one, else 400), body `{name}\n`;
 /// - `POST /echo`: `200`, body `{name}\n` followed by the request body;
 /// - `GET /headers`: `{name}\n` then the request's headers, `name: value` a line;
 /// - `GET /sse`: an event stream, `data: {name} N\n\n` every 50 ms, without end;
@@ -130,6 +131,16 @@ async fn answer(
             let mut out = format!("{who}\n").into_bytes();
             out.extend_from_slice(&body);
             Response::new(full(out))
+        }
+        (_, "/status") => {
+            let code = query
+                .strip_prefix("code=")
+                .and_then(|v| v.parse::<u16>().ok())
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .unwrap_or(StatusCode::BAD_REQUEST);
+            let mut res = Response::new(full(format!("{who}\n")));
+            *res.status_mut() = code;
+            res
         }
         (_, "/slow") => {
             let ms: u64 = query
@@ -266,4 +277,28 @@ pub async fn wait_for(within: Duration, mut cond: impl FnMut() -> bool) -> bool 
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     cond()
+}
+
+/// Sends one control request with any method, path and body; returns status and body.
+pub async fn control_raw(
+    socket: &std::path::Path,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> (u16, String) {
+    let stream = UnixStream::connect(socket).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "proxy")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let res = sender.send_request(req).await.unwrap();
+    let status = res.status().as_u16();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
 }

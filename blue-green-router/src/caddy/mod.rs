@@ -16,6 +16,11 @@
 //! upstreams back; [`Router::verify`] checks them and then requests a URL through Caddy until
 //! it answers for the new color.
 //!
+//! No gradual shift: [`Router::can_split`] keeps its default, `false`. Caddy's
+//! `reverse_proxy` has no weighted load balancing before 2.8 (`weighted_round_robin`), and the
+//! Caddy here is 2.6.2 (`caddy version`), so the engine refuses `[switch] steps` with this
+//! router before anything starts.
+//!
 //! What a switch does to open connections, measured here with Caddy 2.6.2 (tests/caddy.rs):
 //!
 //! - requests in flight finish normally, on the old color (the old config's server drains
@@ -348,6 +353,22 @@ mod tests {
         let mut c = good;
         c.timeout = Duration::ZERO;
         assert!(CaddyRouter::new(c).is_err());
+    }
+
+    #[tokio::test]
+    async fn caddy_2_6_cannot_split_and_refuses_a_split_without_calling_caddy() {
+        let router =
+            CaddyRouter::new(CaddyConfig::new("localhost:2019".parse().unwrap(), "app")).unwrap();
+        assert!(!router.can_split());
+        let split = blue_green_core::Split::new(
+            Endpoint::new("127.0.0.1", 8081),
+            Endpoint::new("127.0.0.1", 8082),
+            10,
+        )
+        .unwrap();
+        let error = router.split(&split).await.unwrap_err();
+        assert_eq!(error.kind, blue_green_core::ComponentErrorKind::Invalid);
+        assert_eq!(router.current_split().await.unwrap(), None);
     }
 
     #[tokio::test]

@@ -18,6 +18,17 @@
 //! (`shutdown sessions server app/blue`) and says how many. If a step fails, the steps before
 //! it are undone, so HAProxy routes as before.
 //!
+//! A gradual shift ([`Router::split`]) makes both slots ready, the new one with weight
+//! `2 × percent` and the live one with `2 × (100 − percent) + 1`: an odd weight marks the
+//! split's current (weights alone cannot: at 80 percent the new slot weighs more), so
+//! [`Router::target`] and [`Router::current_split`] read the split back from HAProxy (and from
+//! the state file after a reload); the share sent to the new slot is `2p / 201`, within half a
+//! percent of `p`. A switch drains the other slot, ending the split (the weights
+//! no longer matter with one slot serving). HAProxy splits per request unless the backend has cookie
+//! persistence (`cookie …  insert` and a `cookie` per server, see docs/configuration.md).
+//! [`Router::responses`] reads each slot's counters from `show stat`: `hrsp_*`, and `econ` and
+//! `eresp` for HAProxy's own error answers (which `hrsp_*` leave out).
+//!
 //! HAProxy forgets runtime changes when it reloads or restarts. With
 //! [`HaproxyConfig::state_file`], the router writes `show servers state BACKEND` to that file
 //! (atomically) after every change, and HAProxy loads it at start:
@@ -49,6 +60,7 @@
 
 mod api;
 pub(crate) mod servers;
+mod split;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -56,7 +68,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use blue_green_core::{ComponentError, Endpoint, Instance, RouteReceipt, Router};
+use blue_green_core::{ComponentError, Endpoint, Instance, Responses, RouteReceipt, Router, Split};
 
 use crate::validate::{self, Host};
 use crate::verify::{self, ProxyVerify};
@@ -467,6 +479,9 @@ impl Router for HaproxyRouter {
     async fn target(&self) -> Result<Option<Endpoint>, ComponentError> {
         let servers = self.servers().await?;
         let serving: Vec<&Server> = servers.iter().filter(|s| s.serving()).collect();
+        if let Some((current, _, _)) = Self::read_split(&servers) {
+            return Ok(servers[current].endpoint());
+        }
         match serving.as_slice() {
             [] => Ok(None),
             [one] => Ok(one.endpoint()),
@@ -547,6 +562,27 @@ impl Router for HaproxyRouter {
                 error.message
             ),
         ))
+    }
+
+    fn can_split(&self) -> bool {
+        true
+    }
+
+    /// The live slot must point at the split's current; the other slot is pointed at its
+    /// next, and both get the split's weights and are made ready. On error, the slots are put
+    /// back as they were.
+    async fn split(&self, split: &Split) -> Result<RouteReceipt, ComponentError> {
+        self.apply_split(split).await
+    }
+
+    async fn current_split(&self) -> Result<Option<Split>, ComponentError> {
+        self.read_current_split().await
+    }
+
+    /// The counters of the slots pointing at `endpoint`, since HAProxy started (a slot keeps
+    /// counting when it is pointed elsewhere; the watch compares two readings).
+    async fn responses(&self, endpoint: &Endpoint) -> Result<Option<Responses>, ComponentError> {
+        self.count_responses(endpoint).await.map(Some)
     }
 
     async fn verify(

@@ -167,20 +167,60 @@ pub(crate) fn parse_servers_state(text: &str, backend: &str) -> Result<Vec<Serve
 /// Requests in flight per server (`scur` + `qcur`) from the CSV answer to
 /// `show stat BACKEND 4 -1`. The error completes "HAProxy's answer to `show stat` …".
 pub(crate) fn parse_sessions(text: &str) -> Result<HashMap<String, u64>, String> {
+    // Saturating: a count near u64::MAX from a broken answer must not panic (debug) or wrap to
+    // a small number (release) and end a drain early.
+    Ok(parse_stat(text, &["scur", "qcur"])?
+        .into_iter()
+        .map(|(name, c)| (name, c[0].saturating_add(c[1])))
+        .collect())
+}
+
+/// Responses per server from the CSV answer to `show stat BACKEND 4 -1`, as `(total,
+/// errors)`: the responses the server sent (`hrsp_1xx` … `hrsp_5xx`, `hrsp_other`) and
+/// HAProxy's own error answers for it, which those columns leave out (measured with 2.6: a
+/// refused connection's `503` counts only in `econ`, a broken response only in `eresp`). The
+/// errors are the server's `5xx` and those. The error completes "HAProxy's answer to
+/// `show stat` …".
+pub(crate) fn parse_responses(text: &str) -> Result<HashMap<String, (u64, u64)>, String> {
+    let columns = [
+        "hrsp_5xx",
+        "econ",
+        "eresp",
+        "hrsp_1xx",
+        "hrsp_2xx",
+        "hrsp_3xx",
+        "hrsp_4xx",
+        "hrsp_other",
+    ];
+    let sum = |counts: &[u64]| counts.iter().fold(0u64, |s, n| s.saturating_add(*n));
+    Ok(parse_stat(text, &columns)?
+        .into_iter()
+        .map(|(name, c)| (name, (sum(&c), sum(&c[..3]))))
+        .collect())
+}
+
+/// The counts in `columns` (in that order; an empty field is 0) per server of the CSV answer
+/// to `show stat`, by the header line's names. The error completes "HAProxy's answer to
+/// `show stat` …".
+fn parse_stat(text: &str, columns: &[&str]) -> Result<HashMap<String, Vec<u64>>, String> {
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
     let header = lines
         .next()
         .and_then(|h| h.strip_prefix("# "))
         .ok_or_else(|| format!("is not the CSV it should be: {}", super::api::quote(text)))?;
-    let columns: Vec<&str> = header.split(',').collect();
+    let names: Vec<&str> = header.split(',').collect();
     let column = |name: &str| {
-        columns
+        names
             .iter()
             .position(|c| *c == name)
             .ok_or_else(|| format!("has no `{name}` column"))
     };
-    let (svname, scur, qcur) = (column("svname")?, column("scur")?, column("qcur")?);
-    let mut sessions = HashMap::new();
+    let svname = column("svname")?;
+    let at: Vec<usize> = columns
+        .iter()
+        .map(|c| column(c))
+        .collect::<Result<_, _>>()?;
+    let mut counts = HashMap::new();
     for line in lines {
         let fields: Vec<&str> = line.split(',').collect();
         let count = |i: usize| -> Result<u64, String> {
@@ -197,16 +237,32 @@ pub(crate) fn parse_sessions(text: &str) -> Result<HashMap<String, u64>, String>
         if matches!(*name, "FRONTEND" | "BACKEND") {
             continue;
         }
-        // Saturating: a count near u64::MAX from a broken answer must not panic (debug) or
-        // wrap to a small number (release) and end a drain early.
-        sessions.insert(name.to_string(), count(scur)?.saturating_add(count(qcur)?));
+        let row = at.iter().map(|&i| count(i)).collect::<Result<_, _>>()?;
+        counts.insert(name.to_string(), row);
     }
-    Ok(sessions)
+    Ok(counts)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_responses_and_5xx_per_server() {
+        let text = "# pxname,svname,scur,econ,eresp,hrsp_1xx,hrsp_2xx,hrsp_3xx,hrsp_4xx,hrsp_5xx,hrsp_other\napp,blue,0,2,1,0,90,1,2,7,0\napp,green,0,,,,,,,,\napp,BACKEND,0,2,1,0,90,1,2,7,0\n";
+        let responses = parse_responses(text).unwrap();
+        assert_eq!(responses.get("blue"), Some(&(103, 10)));
+        assert_eq!(responses.get("green"), Some(&(0, 0)));
+        assert_eq!(responses.get("BACKEND"), None);
+        assert!(parse_responses("# pxname,svname,scur\napp,blue,1\n")
+            .unwrap_err()
+            .contains("no `hrsp_5xx` column"));
+        assert!(parse_responses("app,blue,x,1\napp,green,x,2\n").is_err());
+        assert!(parse_responses(
+            "# pxname,svname,econ,eresp,hrsp_1xx,hrsp_2xx,hrsp_3xx,hrsp_4xx,hrsp_5xx,hrsp_other\napp,blue,0,0,a,0,0,0,0,0\n"
+        )
+        .is_err());
+    }
 
     /// Answers captured from HAProxy 2.6.12.
     const STATE: &str = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port\n3 app 1 blue 127.0.0.1 2 8 1 1 0 1 0 2 0 0 0 0 - 18081 - 0 0 - - 0\n3 app 2 green 127.0.0.1 2 4 1 1 0 1 0 0 8 0 0 0 localhost 18082 - 0 0 - - 0\n4 other 1 blue ::1 2 0 1 1 0 1 0 0 8 0 0 0 - 80 - 0 0 - - 0\n\n";

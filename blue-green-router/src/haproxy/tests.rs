@@ -1,3 +1,4 @@
+use super::split::split_weights;
 use super::*;
 use crate::validate::tests::INJECTIONS;
 
@@ -185,4 +186,36 @@ fn the_state_file_is_replaced_whole_and_readable_by_haproxy() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(leftovers, ["app.state"], "no temporary file is left");
+}
+
+#[test]
+fn a_split_reads_back_from_its_odd_and_even_weights_only() {
+    for percent in [1u8, 20, 50, 80, 99] {
+        let (current, next) = split_weights(percent);
+        assert!(current <= u32::from(MAX_WEIGHT) && next <= u32::from(MAX_WEIGHT));
+        let servers = [
+            server("blue", "127.0.0.1", 8081, READY, next),
+            server("green", "127.0.0.1", 8082, READY, current),
+        ];
+        assert_eq!(HaproxyRouter::read_split(&servers), Some((1, 0, percent)));
+        // The share the weights give is within half a percent of the percent.
+        let share = f64::from(next) / f64::from(current + next) * 100.0;
+        assert!(
+            (share - f64::from(percent)).abs() < 0.5,
+            "{percent}: {share}"
+        );
+    }
+    // Weights set by hand, one slot draining, or an even current are no split of ours.
+    for (a, a_admin, b) in [
+        (1, READY, 3),
+        (40, DRAIN, 161),
+        (40, READY, 160),
+        (0, READY, 201),
+    ] {
+        let servers = [
+            server("blue", "127.0.0.1", 8081, a_admin, a),
+            server("green", "127.0.0.1", 8082, READY, b),
+        ];
+        assert_eq!(HaproxyRouter::read_split(&servers), None, "{a} {b}");
+    }
 }

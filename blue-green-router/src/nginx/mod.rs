@@ -18,6 +18,12 @@
 //! strict pattern first ([`NginxConfig::validate`], once, when the router is built; the endpoint
 //! at each switch), so no input can add a directive of its own.
 //!
+//! A gradual shift ([`Router::split`]) writes two servers weighted `100 - percent` and
+//! `percent`, after a comment naming the split (`# blue-green split: current … next …
+//! percent N`), so that [`Router::target`] names the split's current and
+//! [`Router::current_split`] reads it back; a switch writes one server again. nginx splits per
+//! request: a client may see both colors while the split lasts.
+//!
 //! `nginx -s reload` returns before the new worker processes take over, so "reloaded" is not
 //! "routed": [`Router::verify`] polls a URL through nginx until it answers for the new color.
 //! Even then the old workers go on accepting new connections for a while: the nginx master
@@ -49,7 +55,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use blue_green_core::{ComponentError, Endpoint, Instance, RouteReceipt, Router};
+use blue_green_core::{ComponentError, Endpoint, Instance, RouteReceipt, Router, Split};
 
 use crate::Error;
 
@@ -129,6 +135,12 @@ impl NginxRouter {
     pub fn render(&self, endpoint: &Endpoint) -> Result<String, ComponentError> {
         upstream::render(&self.config, endpoint)
     }
+
+    /// The upstream file's content that splits new requests as `split` says: two servers with
+    /// `weight=` 100 − percent and percent, after a marker comment naming the split.
+    pub fn render_split(&self, split: &Split) -> Result<String, ComponentError> {
+        upstream::render_split(&self.config, split)
+    }
 }
 
 #[async_trait]
@@ -139,6 +151,20 @@ impl Router for NginxRouter {
 
     async fn route_to(&self, endpoint: &Endpoint) -> Result<RouteReceipt, ComponentError> {
         self.switch(endpoint).await
+    }
+
+    fn can_split(&self) -> bool {
+        true
+    }
+
+    /// Per request, not per client: open-source nginx has no sticky cookie in an upstream
+    /// block (see [`NginxRouter::render_split`] and docs/configuration.md).
+    async fn split(&self, split: &Split) -> Result<RouteReceipt, ComponentError> {
+        self.switch_split(split).await
+    }
+
+    async fn current_split(&self) -> Result<Option<Split>, ComponentError> {
+        self.read_split().await
     }
 
     async fn verify(

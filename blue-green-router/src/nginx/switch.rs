@@ -7,16 +7,31 @@ use std::io;
 use std::path::Path;
 
 use blue_green_core::state::atomic::write_atomic;
-use blue_green_core::{ComponentError, Endpoint, RouteReceipt};
+use blue_green_core::{ComponentError, Endpoint, RouteReceipt, Split};
 
 use super::command::run;
-use super::upstream::{parse_target, render};
+use super::upstream::{parse_routing, render, render_split, Routing};
 use super::verify::Reloaded;
 use super::NginxRouter;
 
 impl NginxRouter {
     /// Where the upstream file routes now; `None` when there is no file (or no upstream block).
+    /// During a split, the split's current endpoint.
     pub(super) async fn read_target(&self) -> Result<Option<Endpoint>, ComponentError> {
+        Ok(self.read_routing().await?.map(|r| r.target().clone()))
+    }
+
+    /// The split the upstream file holds, if any.
+    pub(super) async fn read_split(&self) -> Result<Option<Split>, ComponentError> {
+        Ok(match self.read_routing().await? {
+            Some(Routing::Split(split)) => Some(split),
+            _ => None,
+        })
+    }
+
+    /// What the upstream file routes to now; `None` when there is no file, no upstream block,
+    /// or only the placeholder written before the first deploy.
+    async fn read_routing(&self) -> Result<Option<Routing>, ComponentError> {
         let text = match tokio::fs::read_to_string(self.file()).await {
             Ok(text) => text,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -28,7 +43,7 @@ impl NginxRouter {
                 .with_source(e))
             }
         };
-        let target = parse_target(&text, &self.config.upstream).map_err(|why| {
+        let routing = parse_routing(&text, &self.config.upstream).map_err(|why| {
             ComponentError::failed(format!(
                 "cannot tell where nginx routes: the upstream file {} {why}; route again (for example `blue-green switch`) to rewrite it",
                 self.file().display()
@@ -36,14 +51,34 @@ impl NginxRouter {
         })?;
         // The placeholder written before the first deploy routes nowhere.
         let (host, port) = super::private::PLACEHOLDER_SERVER;
-        Ok(target.filter(|t| !(t.host == host && t.port == port)))
+        Ok(routing.filter(|r| !matches!(r, Routing::One(t) if t.host == host && t.port == port)))
     }
 
-    /// Writes, tests and reloads the file that routes to `endpoint`; on error nginx still
-    /// routes as before. The receipt carries nginx's workers as they were before the reload.
+    /// Writes, tests and reloads the file that routes to `endpoint` (ending any split); on
+    /// error nginx still routes as before. The receipt carries nginx's workers as they were
+    /// before the reload.
     pub(super) async fn switch(&self, endpoint: &Endpoint) -> Result<RouteReceipt, ComponentError> {
         // Everything is checked before the file is touched.
         let content = render(&self.config, endpoint)?;
+        self.apply(content, &format!("routing to {endpoint}")).await
+    }
+
+    /// Writes, tests and reloads the file that splits new requests as `split` says, the same
+    /// transaction as a switch.
+    pub(super) async fn switch_split(&self, split: &Split) -> Result<RouteReceipt, ComponentError> {
+        let content = render_split(&self.config, split)?;
+        let what = format!(
+            "sending {}% to {} and the rest to {}",
+            split.percent(),
+            split.next(),
+            split.current()
+        );
+        self.apply(content, &what).await
+    }
+
+    /// The transaction: write `content`, test, reload, restore on failure. `what` completes
+    /// "(…)" in errors: what the new file does.
+    async fn apply(&self, content: String, what: &str) -> Result<RouteReceipt, ComponentError> {
         let _switching = self.switching.lock().await;
         let file = self.file().display().to_string();
 
@@ -70,7 +105,7 @@ impl NginxRouter {
             {
                 let restored = self.restore(&previous).await;
                 return Err(failure.into_error(
-                    format!("rejected the new upstream file {file} (routing to {endpoint})"),
+                    format!("rejected the new upstream file {file} ({what})"),
                     restored,
                     false,
                 ));
@@ -100,9 +135,7 @@ impl NginxRouter {
                 (Err(why), _) => Err(why),
             };
             return Err(failure.into_error(
-                format!(
-                    "failed after writing the new upstream file {file} (routing to {endpoint})"
-                ),
+                format!("failed after writing the new upstream file {file} ({what})"),
                 restored,
                 true,
             ));

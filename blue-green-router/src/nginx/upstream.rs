@@ -6,13 +6,37 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use blue_green_core::{ComponentError, Endpoint};
+use blue_green_core::{ComponentError, Endpoint, Split};
 
 use super::NginxConfig;
 
 /// The first line of every file the router writes.
 pub(crate) const HEADER: &str =
     "# Managed by blue-green: rewritten on every switch; edits here will be lost.";
+
+/// The comment that marks a split file, before the upstream block: `# blue-green split: current
+/// HOST:PORT next HOST:PORT percent N`. It names which server is the live one (weights alone
+/// cannot: at 80 percent the new one weighs more), so the file reads back as the split.
+const SPLIT_MARKER: &str = "# blue-green split:";
+
+/// Where an upstream file routes: one server, or a split between two.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Routing {
+    /// All requests to one endpoint.
+    One(Endpoint),
+    /// A gradual shift: weighted between two.
+    Split(Split),
+}
+
+impl Routing {
+    /// The live endpoint: the one server, or the split's current.
+    pub(crate) fn target(&self) -> &Endpoint {
+        match self {
+            Routing::One(e) => e,
+            Routing::Split(s) => s.current(),
+        }
+    }
+}
 
 /// Directives accepted inside the upstream block (each followed by `[A-Za-z0-9._]+` arguments).
 pub(crate) const UPSTREAM_DIRECTIVES: &[&str] = &[
@@ -30,6 +54,34 @@ pub(crate) const UPSTREAM_DIRECTIVES: &[&str] = &[
 /// The upstream file's content that routes to `endpoint` with `config`'s name, options and
 /// directives (which [`NginxConfig::validate`] has checked); the endpoint is checked here.
 pub(crate) fn render(config: &NginxConfig, endpoint: &Endpoint) -> Result<String, ComponentError> {
+    let server = server_line(config, endpoint, None)?;
+    Ok(block(config, HEADER.to_string(), &[server]))
+}
+
+/// The upstream file's content that splits new requests: `server CURRENT weight=100-P` and
+/// `server NEXT weight=P`, after a marker naming the split. nginx picks a server per request
+/// (weighted round robin, or whatever balancing directive the config adds): there is no
+/// sticky cookie in open-source nginx's upstream block, so a client's requests may land on
+/// both colors while the split lasts (`ip_hash` among the directives keeps a client address
+/// on one server, weights included).
+pub(crate) fn render_split(config: &NginxConfig, split: &Split) -> Result<String, ComponentError> {
+    let percent = u16::from(split.percent());
+    let current = server_line(config, split.current(), Some(100 - percent))?;
+    let next = server_line(config, split.next(), Some(percent))?;
+    let head = format!(
+        "{HEADER}\n{SPLIT_MARKER} current {} next {} percent {percent}",
+        split.current(),
+        split.next()
+    );
+    Ok(block(config, head, &[current, next]))
+}
+
+/// `server HOST:PORT options…`, with `weight` given (replacing any `weight=` among the options).
+fn server_line(
+    config: &NginxConfig,
+    endpoint: &Endpoint,
+    weight: Option<u16>,
+) -> Result<String, ComponentError> {
     let host = render_host(&endpoint.host).map_err(ComponentError::invalid)?;
     if endpoint.port == 0 {
         return Err(ComponentError::invalid(format!(
@@ -37,18 +89,33 @@ pub(crate) fn render(config: &NginxConfig, endpoint: &Endpoint) -> Result<String
         )));
     }
     let mut server = format!("server {host}:{}", endpoint.port);
+    if let Some(w) = weight {
+        server.push_str(&format!(" weight={w}"));
+    }
     for option in &config.server_options {
+        if weight.is_some() && option.starts_with("weight=") {
+            continue;
+        }
         server.push(' ');
         server.push_str(option);
     }
-    let mut text = format!("{HEADER}\nupstream {} {{\n    {server};\n", config.upstream);
+    Ok(server)
+}
+
+fn block(config: &NginxConfig, head: String, servers: &[String]) -> String {
+    let mut text = format!("{head}\nupstream {} {{\n", config.upstream);
+    for server in servers {
+        text.push_str("    ");
+        text.push_str(server);
+        text.push_str(";\n");
+    }
     for directive in &config.upstream_directives {
         text.push_str("    ");
         text.push_str(directive);
         text.push_str(";\n");
     }
     text.push_str("}\n");
-    Ok(text)
+    text
 }
 
 /// `[A-Za-z0-9_.-]{1,128}`.
@@ -144,9 +211,22 @@ pub(crate) fn render_host(host: &str) -> Result<String, String> {
     }
 }
 
-/// The endpoint of the one `server` in `upstream NAME { … }`; `None` for a file without an
-/// upstream block. The error completes "the upstream file X …".
+/// The endpoint of the one `server` in `upstream NAME { … }` (or a split's current); `None`
+/// for a file without an upstream block. The error completes "the upstream file X …".
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn parse_target(text: &str, upstream: &str) -> Result<Option<Endpoint>, String> {
+    Ok(parse_routing(text, upstream)?.map(|r| r.target().clone()))
+}
+
+/// Where the file routes: its one `server`, or the split its marker names (whose two servers,
+/// in order and with their weights, must be there); `None` for a file without an upstream
+/// block. The error completes "the upstream file X …".
+pub(crate) fn parse_routing(text: &str, upstream: &str) -> Result<Option<Routing>, String> {
+    let marker = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(SPLIT_MARKER))
+        .map(parse_marker)
+        .transpose()?;
     // Tokens, with comments dropped and `;`, `{`, `}` as tokens of their own.
     let mut tokens = Vec::new();
     for line in text.lines() {
@@ -158,7 +238,10 @@ pub(crate) fn parse_target(text: &str, upstream: &str) -> Result<Option<Endpoint
         tokens.extend(spaced.split_whitespace().map(str::to_string));
     }
     if tokens.is_empty() {
-        return Ok(None);
+        return match marker {
+            Some(_) => Err("has a split marker but no upstream block".into()),
+            None => Ok(None),
+        };
     }
     let mut tokens = tokens.iter().map(String::as_str);
     match (tokens.next(), tokens.next(), tokens.next()) {
@@ -168,14 +251,18 @@ pub(crate) fn parse_target(text: &str, upstream: &str) -> Result<Option<Endpoint
         }
         _ => return Err(format!("does not start with `upstream {upstream} {{`")),
     }
-    let mut servers = Vec::new();
+    // Each server's address and its `weight=`, if any.
+    let mut servers: Vec<(&str, Option<&str>)> = Vec::new();
     let mut closed = false;
     let mut statement: Vec<&str> = Vec::new();
     for token in tokens {
         match token {
             ";" => {
                 if statement.first() == Some(&"server") {
-                    servers.push(statement.get(1).copied().unwrap_or_default());
+                    let weight = statement[1..]
+                        .iter()
+                        .find_map(|w| w.strip_prefix("weight="));
+                    servers.push((statement.get(1).copied().unwrap_or_default(), weight));
                 }
                 statement.clear();
             }
@@ -188,16 +275,58 @@ pub(crate) fn parse_target(text: &str, upstream: &str) -> Result<Option<Endpoint
     if !closed || !statement.is_empty() {
         return Err("is cut short: the upstream block is not closed".into());
     }
-    match servers.as_slice() {
-        [address] => address
+    let endpoint = |address: &str| {
+        address
             .parse::<Endpoint>()
-            .map(Some)
-            .map_err(|_| format!("has a server `{address}` that is not HOST:PORT")),
-        [] => Err("has no `server` in its upstream block".into()),
-        many => Err(format!(
-            "has {} servers in its upstream block; blue-green writes exactly one",
+            .map_err(|_| format!("has a server `{address}` that is not HOST:PORT"))
+    };
+    match (servers.as_slice(), marker) {
+        ([(address, _)], None) => endpoint(address).map(|e| Some(Routing::One(e))),
+        ([], _) => Err("has no `server` in its upstream block".into()),
+        ([(a, wa), (b, wb)], Some(split)) => {
+            let percent = split.percent().to_string();
+            let rest = (100 - split.percent()).to_string();
+            if endpoint(a)? == *split.current()
+                && endpoint(b)? == *split.next()
+                && *wa == Some(rest.as_str())
+                && *wb == Some(percent.as_str())
+            {
+                Ok(Some(Routing::Split(split)))
+            } else {
+                Err(format!(
+                    "has servers `{a}` and `{b}` that are not the split its marker names ({} weight={rest}, {} weight={percent})",
+                    split.current(),
+                    split.next()
+                ))
+            }
+        }
+        (_, Some(split)) => Err(format!(
+            "has {} servers in its upstream block, but its marker names a split between two ({} and {})",
+            servers.len(),
+            split.current(),
+            split.next()
+        )),
+        (many, None) => Err(format!(
+            "has {} servers in its upstream block; blue-green writes exactly one (or two, with a split marker)",
             many.len()
         )),
+    }
+}
+
+/// The split a marker line names, after `# blue-green split:`.
+fn parse_marker(rest: &str) -> Result<Split, String> {
+    let words: Vec<&str> = rest.split_whitespace().collect();
+    let bad = || {
+        format!("has a split marker `{SPLIT_MARKER}{rest}` that is not `current HOST:PORT next HOST:PORT percent N`")
+    };
+    match words.as_slice() {
+        ["current", current, "next", next, "percent", percent] => {
+            let current: Endpoint = current.parse().map_err(|_| bad())?;
+            let next: Endpoint = next.parse().map_err(|_| bad())?;
+            let percent: u8 = percent.parse().map_err(|_| bad())?;
+            Split::new(current, next, percent).map_err(|e| format!("{}: {}", bad(), e.message))
+        }
+        _ => Err(bad()),
     }
 }
 
@@ -240,6 +369,78 @@ mod tests {
         ] {
             let text = render(&c, &endpoint).unwrap();
             assert_eq!(parse_target(&text, "web_app-1.x"), Ok(Some(endpoint)));
+        }
+    }
+
+    fn split(percent: u8) -> Split {
+        Split::new(
+            Endpoint::new("127.0.0.1", 8081),
+            Endpoint::new("::1", 8082),
+            percent,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_split_renders_two_weighted_servers_and_parses_back_as_the_split() {
+        let mut c = config();
+        c.server_options.push("weight=5".into());
+        let text = render_split(&c, &split(20)).unwrap();
+        assert_eq!(
+            text,
+            format!(
+                "{HEADER}\n# blue-green split: current 127.0.0.1:8081 next [::1]:8082 percent 20\nupstream web_app-1.x {{\n    server 127.0.0.1:8081 weight=80 max_fails=0 backup;\n    server [::1]:8082 weight=20 max_fails=0 backup;\n    keepalive 16;\n    keepalive_timeout 60s;\n}}\n"
+            )
+        );
+        for percent in [1, 20, 50, 80, 99] {
+            let text = render_split(&c, &split(percent)).unwrap();
+            assert_eq!(
+                parse_routing(&text, "web_app-1.x"),
+                Ok(Some(Routing::Split(split(percent))))
+            );
+            // The live target is the split's current, even when the next one weighs more.
+            assert_eq!(
+                parse_target(&text, "web_app-1.x"),
+                Ok(Some(Endpoint::new("127.0.0.1", 8081)))
+            );
+        }
+        let one = render(&c, &Endpoint::new("127.0.0.1", 8082)).unwrap();
+        assert!(!one.contains("split"), "{one}");
+        assert_eq!(
+            parse_routing(&one, "web_app-1.x"),
+            Ok(Some(Routing::One(Endpoint::new("127.0.0.1", 8082))))
+        );
+    }
+
+    #[test]
+    fn a_split_file_that_does_not_match_its_marker_is_refused() {
+        let text = render_split(&config(), &split(20)).unwrap();
+        let cases = [
+            (
+                text.replace("weight=80", "weight=70"),
+                "not the split its marker names",
+            ),
+            (
+                text.replace("percent 20", "percent 30"),
+                "not the split its marker names",
+            ),
+            (text.replace("percent 20", "percent 100"), "1 to 99 percent"),
+            (
+                text.replace("percent 20", "percent x"),
+                "not `current HOST:PORT",
+            ),
+            (
+                text.replace("next [::1]:8082", "next nowhere"),
+                "not `current HOST:PORT",
+            ),
+            (
+                text.replace("    server [::1]:8082 weight=20 max_fails=0 backup;\n", ""),
+                "1 servers in its upstream block, but its marker",
+            ),
+        ];
+        for (bad, why) in cases {
+            let error = parse_routing(&bad, "web_app-1.x").unwrap_err();
+            assert!(error.contains(why), "{bad}: {error}");
         }
     }
 

@@ -22,6 +22,9 @@ pub struct ProxyRouterConfig {
     pub control: PathBuf,
     /// The app's host names; `None`: the proxy's default app.
     pub hosts: Option<Vec<String>>,
+    /// The host name a staged color is reachable at (`deploy --no-switch`), checked and
+    /// lowercased; `None`: the staged color is reachable at its own endpoint only.
+    pub preview_host: Option<String>,
     /// A request through the proxy after each switch, if configured.
     pub verify: Option<VerifyRequest>,
 }
@@ -32,6 +35,9 @@ impl ProxyRouterConfig {
         let mut router = ProxyRouter::new(self.control.clone(), app.as_str());
         if let Some(hosts) = &self.hosts {
             router = router.with_hosts(hosts.clone());
+        }
+        if let Some(host) = &self.preview_host {
+            router = router.with_preview_host(host.clone());
         }
         if let Some(v) = &self.verify {
             router = router.with_verify(v.clone());
@@ -60,10 +66,11 @@ impl ProxyRouterConfig {
 }
 
 /// The keys only `kind = "proxy"` takes.
-fn proxy_only_keys(r: &RawRouter) -> [(&'static str, Option<Range<usize>>); 2] {
+fn proxy_only_keys(r: &RawRouter) -> [(&'static str, Option<Range<usize>>); 3] {
     [
         ("control", r.control.as_ref().map(Spanned::span)),
         ("hosts", r.hosts.as_ref().map(Spanned::span)),
+        ("preview_host", r.preview_host.as_ref().map(Spanned::span)),
     ]
 }
 
@@ -134,6 +141,26 @@ impl Checker<'_> {
             }
             hosts
         });
+        let preview_host = r
+            .preview_host
+            .as_ref()
+            .and_then(|h| match blue_green_proxy::host_name(h.get_ref()) {
+                Ok(name) if hosts.as_ref().is_some_and(|list| list.contains(&name)) => {
+                    self.bad(
+                        h.span(),
+                        "router.preview_host",
+                        format!(
+                            "`{name}` is also in `hosts`: the preview needs a host name of its own"
+                        ),
+                    );
+                    None
+                }
+                Ok(name) => Some(name),
+                Err(e) => {
+                    self.bad(h.span(), "router.preview_host", e.to_string());
+                    None
+                }
+            });
         let verify = match &r.verify_url {
             Some(url) => {
                 let mut verify = match VerifyRequest::new(url.get_ref()) {
@@ -180,6 +207,7 @@ impl Checker<'_> {
         Some(RouterConfig::Proxy(ProxyRouterConfig {
             control,
             hosts,
+            preview_host,
             verify,
         }))
     }
@@ -223,7 +251,40 @@ mod tests {
             panic!()
         };
         assert_eq!(p.control, Path::new(super::DEFAULT_CONTROL));
-        assert!(p.hosts.is_none() && p.verify.is_none());
+        assert!(p.hosts.is_none() && p.verify.is_none() && p.preview_host.is_none());
+    }
+
+    #[test]
+    fn a_preview_host_is_a_checked_host_name_of_its_own() {
+        let c = config(
+            "kind = \"proxy\"\nhosts = [\"web.example\"]\npreview_host = \"Preview.Example.com\"\n",
+        )
+        .unwrap();
+        let RouterConfig::Proxy(p) = &c.router else {
+            panic!()
+        };
+        assert_eq!(p.preview_host.as_deref(), Some("preview.example.com"));
+        for (bad, why) in [
+            ("*.example.com", "not a host name"),
+            ("preview.example.com:8080", "not a host name"),
+            ("a;b", "not a host name"),
+            ("", "not a host name"),
+            ("WEB.example", "also in `hosts`"),
+        ] {
+            let e = config(&format!(
+                "kind = \"proxy\"\nhosts = [\"web.example\"]\npreview_host = \"{bad}\"\n"
+            ))
+            .unwrap_err();
+            assert!(
+                e.contains("router.preview_host") && e.contains(why) && e.contains("line 10"),
+                "{bad}: {e}"
+            );
+        }
+        let e = config("kind = \"none\"\npreview_host = \"p.example\"\n").unwrap_err();
+        assert!(
+            e.contains("router.preview_host") && e.contains("only applies to kind = \"proxy\""),
+            "{e}"
+        );
     }
 
     #[test]
