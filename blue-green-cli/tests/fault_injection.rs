@@ -7,7 +7,8 @@
 //!   lists what is left and changes nothing (same containers, router target, state and
 //!   history), and `repair` or the next `deploy` repairs it;
 //! - a release that crash-loops under a restart policy; one that never gets healthy;
-//! - nginx's config test failing; an old container that ignores SIGTERM;
+//! - nginx's config test failing; an old container that ignores SIGTERM; nginx's master
+//!   killed (SIGKILL) in the middle of a switch, then nginx started again;
 //! - ten deploys started at once;
 //! - hostile releases: one that writes logs without end, one that closes its listener but
 //!   keeps running, one whose `/health` answers while `/` fails;
@@ -1038,4 +1039,127 @@ async fn a_state_directory_that_fills_up_during_a_deploy_fails_it_naming_the_dir
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_only_state_directory_fails_the_deploy_naming_the_directory() {
     state_directory_broken_during_a_deploy(StateFault::ReadOnly).await;
+}
+
+/// A config test that, once `armed` exists, removes it, creates `parked` and waits until the
+/// test removes `parked`, then runs nginx's real test: the switch stops there — the new
+/// upstream file written, nginx not yet reloaded — for as long as the test needs. The paths
+/// are the test's own temporary files.
+fn gated_test_command(
+    stage: &Stage,
+    armed: &std::path::Path,
+    parked: &std::path::Path,
+) -> Vec<String> {
+    let mut argv: Vec<String> = vec![
+        "sh".into(),
+        "-c".into(),
+        r#"if [ -e "$1" ]; then rm -f "$1"; : > "$2"; while [ -e "$2" ]; do sleep 0.05; done; fi; shift 2; exec "$@""#.into(),
+        "gate".into(),
+        armed.display().to_string(),
+        parked.display().to_string(),
+    ];
+    argv.extend(stage.nginx.test_command());
+    argv
+}
+
+/// Waits (at most 60 s) until `marker` exists; panics with what `child` said if it ends first.
+async fn wait_for_marker(child: &mut tokio::process::Child, marker: &std::path::Path) {
+    let until = Instant::now() + Duration::from_secs(60);
+    while !marker.exists() {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            panic!("the command ended ({status}) before {}", marker.display());
+        }
+        assert!(
+            Instant::now() < until,
+            "the command did not reach {} within 60s",
+            marker.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_master_killed_during_a_switch_fails_it_with_exit_4_and_after_a_restart_the_next_deploy_succeeds(
+) {
+    let mut stage = Stage::new("fi-nginx-killed").await;
+    stage.deploy("v1", &[]).await;
+    let load = stage.load().await;
+    let armed = stage.dir.path().join("gate-armed");
+    let parked = stage.dir.path().join("gate-parked");
+    let gated = stage.write_config(
+        "gated.toml",
+        &Tweaks {
+            test_command: Some(gated_test_command(&stage, &armed, &parked)),
+            ..Tweaks::default()
+        },
+    );
+
+    std::fs::write(&armed, "").expect("arm the gate");
+    let mut deploy = stage
+        .command(&gated, &["deploy", "--release", "v2"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn deploy");
+    wait_for_marker(&mut deploy, &parked).await;
+    // Mid-switch: the upstream file routes to green, nginx is not reloaded yet.
+    let upstream = std::fs::read_to_string(stage.nginx.upstream_file()).expect("upstream file");
+    assert!(!upstream.contains(":9;"), "{upstream}");
+    stage.nginx.kill_master();
+    std::fs::remove_file(&parked).expect("let the switch go on");
+    let out = tokio::time::timeout(COMMAND_DEADLINE, deploy.wait_with_output())
+        .await
+        .expect("the deploy ends")
+        .expect("deploy output");
+    let said = String::from_utf8_lossy(&out.stderr);
+    eprintln!(
+        "$ blue-green deploy --release v2 (nginx's master killed mid-switch) -> {}\n{said}",
+        out.status
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "exit 4 (router unreachable): {said}"
+    );
+    assert!(said.contains("nginx is not running"), "{said}");
+    assert!(said.contains("previous file was restored"), "{said}");
+
+    // nginx's orphaned workers go on serving blue: nothing was lost so far.
+    assert_eq!(stage.served().await, "blue v1");
+    let down = load.snapshot();
+    assert_eq!(
+        down.failed, 0,
+        "requests failed before nginx was restarted: {down}"
+    );
+    let status = stage.status().await;
+    assert_eq!(status["live"], "blue", "{status}");
+    assert_eq!(status["leftovers"], serde_json::json!([]), "{status}");
+    assert!(
+        !running(&status, "green"),
+        "the failed deploy removed green: {status}"
+    );
+
+    // nginx started again (what is left of it stopped first): it routes by the restored file.
+    let restarting = Instant::now();
+    stage.nginx.restart().await.expect("nginx starts again");
+    let restart_took = restarting.elapsed();
+    stage.wait_until_served("blue v1").await;
+    let up = load
+        .wait_for(load.snapshot().total + 50, Duration::from_secs(20))
+        .await;
+    let lost_while_down = up.failed - down.failed;
+
+    stage.deploy("v2", &[]).await;
+    assert_eq!(stage.served().await, "green v2");
+    let end = load.stop().await;
+    eprintln!(
+        "nginx's master killed mid-switch: {} requests failed while nginx was stopped and started again ({restart_took:?}, the router itself down), {} otherwise; load: {end}",
+        lost_while_down,
+        end.failed - lost_while_down
+    );
+    assert_eq!(
+        end.failed - lost_while_down,
+        0,
+        "requests failed outside nginx's restart: {end}"
+    );
 }
