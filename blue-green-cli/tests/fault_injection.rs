@@ -25,7 +25,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use blue_green_cli::test_hooks::{pause_marker, PAUSE_ENV};
-use blue_green_core::Endpoint;
+use blue_green_core::{Endpoint, Router};
 use blue_green_testkit::docker::{demo_app_image, demo_app_image_with_env, DockerCleanup};
 use blue_green_testkit::load::{Load, LoadConfig, LoadReport};
 use blue_green_testkit::nginx::NginxHarness;
@@ -47,6 +47,9 @@ struct Tweaks {
     keep_previous: Option<&'static str>,
     /// `health.path` (default `/health`).
     health_path: Option<&'static str>,
+    /// `router.pid_file` = nginx's pid file (the router then watches nginx's workers, and
+    /// counts what they hold open to the old color when the drain ends).
+    pid_file: bool,
 }
 
 /// One app with its own nginx, image, config and state, and everything torn down on drop.
@@ -107,6 +110,14 @@ impl Stage {
             .restart_policy
             .map(|p| format!("restart_policy = {p:?}\n"))
             .unwrap_or_default();
+        let pid_file = if tweaks.pid_file {
+            format!(
+                "pid_file = {:?}\n",
+                self.nginx.pid_file().display().to_string()
+            )
+        } else {
+            String::new()
+        };
         let test = tweaks
             .test_command
             .clone()
@@ -136,7 +147,7 @@ server_options = ["max_fails=0"]
 test_command = {test}
 reload_command = {reload}
 verify_url = "{verify}"
-
+{pid_file}
 [switch]
 drain = "500ms"
 stop_timeout = "2s"
@@ -1161,5 +1172,81 @@ async fn nginx_master_killed_during_a_switch_fails_it_with_exit_4_and_after_a_re
         end.failed - lost_while_down,
         0,
         "requests failed outside nginx's restart: {end}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_reports_the_connections_nginx_still_held_open_to_the_old_color() {
+    let stage = Stage::new("fi-open-at-stop").await;
+    let config = stage.write_config(
+        "blue-green.toml",
+        &Tweaks {
+            pid_file: true,
+            ..Tweaks::default()
+        },
+    );
+    stage.deploy("v1", &[]).await;
+    let status = stage.status().await;
+    let blue = &instance(&status, "blue").expect("blue runs")["instance"]["endpoint"];
+    let blue = Endpoint::new(
+        blue["host"].as_str().expect("host"),
+        blue["port"].as_u64().expect("port") as u16,
+    );
+    // A request that outlasts the drain (500 ms): it stands for a WebSocket or a stream.
+    let long = {
+        let url = stage.nginx.url("/slow?ms=20000");
+        tokio::spawn(async move {
+            reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("client")
+                .get(url)
+                .send()
+                .await
+                .and_then(|r| r.error_for_status())
+                .map(|_| ())
+        })
+    };
+    let router = blue_green_router::NginxRouter::new(stage.nginx.router_config()).expect("router");
+    let until = Instant::now() + Duration::from_secs(10);
+    while router.open_connections(&blue).await.expect("count") != Some(1) {
+        assert!(
+            Instant::now() < until,
+            "nginx never held the long request open to blue"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let out = stage
+        .run_with(&config, &["--json", "deploy", "--release", "v2"])
+        .await;
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let drained: Vec<Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["event"] == "drained")
+        .collect();
+    assert_eq!(drained.len(), 1, "{stdout}");
+    assert_eq!(drained[0]["open"], 1, "{}", drained[0]);
+    assert_eq!(drained[0]["left"], Value::Null, "{}", drained[0]);
+    // The long request ended when blue stopped.
+    let ended = tokio::time::timeout(Duration::from_secs(30), long)
+        .await
+        .expect("the long request ends when blue stops")
+        .expect("its task");
+    assert!(ended.is_err(), "it did not end normally: {ended:?}");
+
+    // And in a person's terms.
+    stage.deploy("v3", &[]).await;
+    let text = stage
+        .run_with(&config, &["deploy", "--release", "v4"])
+        .await;
+    let said = String::from_utf8_lossy(&text.stderr);
+    assert!(text.status.success(), "{said}");
+    assert!(
+        said.contains("0 long-lived connections still open to blue when it stopped"),
+        "{said}"
     );
 }
