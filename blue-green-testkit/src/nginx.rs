@@ -250,12 +250,32 @@ fn stop_group(group: Pid) {
     }
     let until = Instant::now() + STOP_GRACE;
     while Instant::now() < until {
-        if rustix::process::test_kill_process_group(group).is_err() {
+        if !group_runs(group) {
             return;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
     let _ = rustix::process::kill_process_group(group, Signal::KILL);
+}
+
+/// Whether a process of `group` still runs. Exited workers stay zombies until init reaps them
+/// (whenever it does), so they do not count: they hold no socket any more.
+fn group_runs(group: Pid) -> bool {
+    let group = group.as_raw_nonzero().to_string();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+            return false;
+        };
+        // After the command name in parentheses: state (field 3), ppid, pgrp (field 5).
+        let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            return false;
+        };
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        fields.len() > 2 && !matches!(fields[0], "Z" | "X") && fields[2] == group
+    })
 }
 
 async fn wait_until_listening(child: &mut Child, port: u16, dir: &Path) -> Result<(), String> {
