@@ -8,7 +8,8 @@
 //!   history), and `repair` or the next `deploy` repairs it;
 //! - a release that crash-loops under a restart policy; one that never gets healthy;
 //! - nginx's config test failing; an old container that ignores SIGTERM; nginx's master
-//!   killed (SIGKILL) in the middle of a switch, then nginx started again;
+//!   killed (SIGKILL) in the middle of a switch (before or after the reload), then nginx
+//!   started again;
 //! - ten deploys started at once;
 //! - hostile releases: one that writes logs without end, one that closes its listener but
 //!   keeps running, one whose `/health` answers while `/` fails;
@@ -43,6 +44,8 @@ struct Tweaks {
     restart_policy: Option<&'static str>,
     /// Replace nginx's config test with this argv.
     test_command: Option<Vec<String>>,
+    /// Replace nginx's reload command with this argv.
+    reload_command: Option<Vec<String>>,
     /// `switch.keep_previous` (default `stopped`).
     keep_previous: Option<&'static str>,
     /// `health.path` (default `/health`).
@@ -158,7 +161,12 @@ keep_previous = "{keep}"
             image = self.image,
             upstream_file = self.nginx.upstream_file().display().to_string(),
             test = list(&test),
-            reload = list(&self.nginx.reload_command()),
+            reload = list(
+                &tweaks
+                    .reload_command
+                    .clone()
+                    .unwrap_or_else(|| self.nginx.reload_command())
+            ),
             verify = self.nginx.url("/health"),
             keep = tweaks.keep_previous.unwrap_or("stopped"),
             health_path = tweaks.health_path.unwrap_or("/health"),
@@ -1052,24 +1060,33 @@ async fn a_read_only_state_directory_fails_the_deploy_naming_the_directory() {
     state_directory_broken_during_a_deploy(StateFault::ReadOnly).await;
 }
 
-/// A config test that, once `armed` exists, removes it, creates `parked` and waits until the
-/// test removes `parked`, then runs nginx's real test: the switch stops there — the new
-/// upstream file written, nginx not yet reloaded — for as long as the test needs. The paths
-/// are the test's own temporary files.
-fn gated_test_command(
-    stage: &Stage,
+/// `command` (nginx's test or reload argv) behind a gate: once `armed` exists, it removes it,
+/// creates `parked` and waits until the test removes `parked`. With `first` the gate comes
+/// before the command (the switch stops with the new upstream file written, nginx not yet
+/// reloaded), otherwise after it (nginx reloaded, not yet verified), for as long as the test
+/// needs. The paths are the test's own temporary files.
+fn gated(
+    command: Vec<String>,
+    first: bool,
     armed: &std::path::Path,
     parked: &std::path::Path,
 ) -> Vec<String> {
+    let gate =
+        r#"if [ -e "$1" ]; then rm -f "$1"; : > "$2"; while [ -e "$2" ]; do sleep 0.05; done; fi"#;
+    let script = if first {
+        format!(r#"{gate}; shift 2; exec "$@""#)
+    } else {
+        format!(r#"a="$1"; p="$2"; shift 2; "$@" || exit $?; set -- "$a" "$p"; {gate}"#)
+    };
     let mut argv: Vec<String> = vec![
         "sh".into(),
         "-c".into(),
-        r#"if [ -e "$1" ]; then rm -f "$1"; : > "$2"; while [ -e "$2" ]; do sleep 0.05; done; fi; shift 2; exec "$@""#.into(),
+        script,
         "gate".into(),
         armed.display().to_string(),
         parked.display().to_string(),
     ];
-    argv.extend(stage.nginx.test_command());
+    argv.extend(command);
     argv
 }
 
@@ -1097,17 +1114,17 @@ async fn nginx_master_killed_during_a_switch_fails_it_with_exit_4_and_after_a_re
     let load = stage.load().await;
     let armed = stage.dir.path().join("gate-armed");
     let parked = stage.dir.path().join("gate-parked");
-    let gated = stage.write_config(
+    let gated_config = stage.write_config(
         "gated.toml",
         &Tweaks {
-            test_command: Some(gated_test_command(&stage, &armed, &parked)),
+            test_command: Some(gated(stage.nginx.test_command(), true, &armed, &parked)),
             ..Tweaks::default()
         },
     );
 
     std::fs::write(&armed, "").expect("arm the gate");
     let mut deploy = stage
-        .command(&gated, &["deploy", "--release", "v2"])
+        .command(&gated_config, &["deploy", "--release", "v2"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -1249,4 +1266,98 @@ async fn the_drain_reports_the_connections_nginx_still_held_open_to_the_old_colo
         said.contains("0 long-lived connections still open to blue when it stopped"),
         "{said}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_master_killed_after_the_reload_leaves_a_consistent_state_that_the_next_command_repairs(
+) {
+    let mut stage = Stage::new("fi-nginx-killed-late").await;
+    stage.deploy("v1", &[]).await;
+    let load = stage.load().await;
+    let armed = stage.dir.path().join("gate-armed");
+    let parked = stage.dir.path().join("gate-parked");
+    let gated_config = stage.write_config(
+        "gated.toml",
+        &Tweaks {
+            reload_command: Some(gated(stage.nginx.reload_command(), false, &armed, &parked)),
+            pid_file: true,
+            ..Tweaks::default()
+        },
+    );
+
+    std::fs::write(&armed, "").expect("arm the gate");
+    let mut deploy = stage
+        .command(&gated_config, &["deploy", "--release", "v2"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn deploy");
+    wait_for_marker(&mut deploy, &parked).await;
+    // Reloaded: once nginx's new workers serve green, its master dies before the verification.
+    stage.wait_until_served("green v2").await;
+    stage.nginx.kill_master();
+    std::fs::remove_file(&parked).expect("let the switch go on");
+    let out = tokio::time::timeout(COMMAND_DEADLINE, deploy.wait_with_output())
+        .await
+        .expect("the deploy ends")
+        .expect("deploy output");
+    let said = String::from_utf8_lossy(&out.stderr);
+    eprintln!(
+        "$ blue-green deploy --release v2 (nginx's master killed after the reload) -> {}\n{said}",
+        out.status
+    );
+    let down = load.snapshot();
+    let status = stage.status().await;
+    let served = stage.served().await;
+    eprintln!("after it: nginx serves `{served}`; status {status}; load {down}");
+    // The verification cannot watch the workers of a master that is gone, and routing back
+    // needs a reload that no master takes: exit 5, saying what is left. Nothing is
+    // half-done: the file routes to green, a ready color that runs and that nginx's orphaned
+    // workers serve, and status lists the interrupted deploy for the next command.
+    assert_eq!(out.status.code(), Some(5), "{said}");
+    assert!(said.contains("nginx is not running"), "{said}");
+    assert_eq!(served, "green v2");
+    assert_eq!(status["live"], "green", "{status}");
+    assert!(
+        running(&status, "green") && running(&status, "blue"),
+        "{status}"
+    );
+    assert_eq!(
+        status["leftovers"].as_array().map(Vec::len),
+        Some(1),
+        "{status}"
+    );
+
+    stage.nginx.restart().await.expect("nginx starts again");
+    let up = load
+        .wait_for(load.snapshot().total + 50, Duration::from_secs(20))
+        .await;
+    let lost_while_down = up.failed - down.failed;
+    let out = stage.run(&["repair"]).await;
+    assert!(
+        out.status.success(),
+        "repair: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The repair finishes what the deploy began to undo: back to blue, green removed.
+    let status = stage.status().await;
+    assert_eq!(status["live"], "blue", "{status}");
+    assert!(
+        running(&status, "blue") && !running(&status, "green"),
+        "{status}"
+    );
+    assert_eq!(status["leftovers"], serde_json::json!([]), "{status}");
+    stage.wait_until_served("blue v1").await;
+    stage.deploy("v3", &[]).await;
+    assert_eq!(stage.served().await, "green v3");
+    let end = load.stop().await;
+    eprintln!(
+        "nginx's master killed after the reload: {lost_while_down} requests failed while nginx was stopped and started again, {} otherwise; load: {end}",
+        end.failed - lost_while_down
+    );
+    assert_eq!(
+        down.failed, 0,
+        "requests failed before nginx's restart: {down}"
+    );
+    assert_eq!(end.failed - lost_while_down, 0, "{end}");
 }
