@@ -53,8 +53,9 @@ const ESTABLISHED: &str = "01";
 
 /// The connections that the workers of the nginx master named by `pid_file` hold open to
 /// `endpoint`. `Ok(None)` when they cannot be counted from here: the endpoint's host is a name
-/// rather than an address (or `localhost`), or the pid file names no nginx master that this
-/// `/proc` shows (nginx in a container). Blocking: run it off the async runtime.
+/// rather than an address (or `localhost`), the pid file names no nginx master that this
+/// `/proc` shows (nginx in a container), or the workers' open files are another user's.
+/// Blocking: run it off the async runtime.
 pub(super) fn open_to(
     proc_root: &Path,
     pid_file: &Path,
@@ -74,9 +75,15 @@ pub(super) fn open_to(
         match socket_inodes(&proc_root.join(worker.to_string()).join("fd")) {
             Ok(found) => inodes.extend(found),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            // Workers of another user (www-data, with blue-green not root): not countable from
+            // here, which is no fault of the deploy.
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                tracing::debug!("cannot count nginx's connections: worker {worker}'s open files: {e}");
+                return Ok(None);
+            }
             Err(e) => {
                 return Err(format!(
-                    "cannot read the open files of nginx's worker {worker} (run blue-green as nginx's user or root): {e}"
+                    "cannot read the open files of nginx's worker {worker}: {e}"
                 ))
             }
         }
