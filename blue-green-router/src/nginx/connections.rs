@@ -78,7 +78,9 @@ pub(super) fn open_to(
             // Workers of another user (www-data, with blue-green not root): not countable from
             // here, which is no fault of the deploy.
             Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-                tracing::debug!("cannot count nginx's connections: worker {worker}'s open files: {e}");
+                tracing::debug!(
+                    "cannot count nginx's connections: worker {worker}'s open files: {e}"
+                );
                 return Ok(None);
             }
             Err(e) => {
