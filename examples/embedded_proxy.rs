@@ -148,6 +148,7 @@ fn print_event(event: &Event) {
             elapsed_ms,
             left,
             cut,
+            ..
         } => println!(
             "   drained {endpoint} in {elapsed_ms} ms, left {}, cut {}",
             left.map_or("?".into(), |n| n.to_string()),

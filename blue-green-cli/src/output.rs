@@ -59,6 +59,8 @@ pub struct HumanObserver {
     /// The step at work, for the probe lines: the watch after the switch shows only its
     /// failed probes (a healthy one every interval for minutes says nothing).
     step: Mutex<Option<Step>>,
+    /// The color of the step at work, for the drain's line ("… still open to blue").
+    step_color: Mutex<Option<blue_green_core::Color>>,
     pause: Option<PauseHook>,
 }
 
@@ -95,6 +97,7 @@ impl HumanObserver {
             spinner: Mutex::new(None),
             repeats: Mutex::new(None),
             step: Mutex::new(None),
+            step_color: Mutex::new(None),
             pause,
         }
     }
@@ -226,6 +229,7 @@ impl Observer for HumanObserver {
             }
             Event::StepStarted { step, color } => {
                 *self.step.lock().unwrap_or_else(|p| p.into_inner()) = Some(*step);
+                *self.step_color.lock().unwrap_or_else(|p| p.into_inner()) = *color;
                 self.start_spinner(step_label(*step, *color));
             }
             Event::StepFinished {
@@ -315,6 +319,7 @@ impl Observer for HumanObserver {
                 elapsed_ms,
                 left: Some(left),
                 cut,
+                ..
             } => {
                 let what = match (left, cut) {
                     (0, _) => "nothing left in flight".to_string(),
@@ -324,6 +329,27 @@ impl Observer for HumanObserver {
                 self.line(&format!(
                     "       drained {endpoint}: {what} after {}",
                     secs(*elapsed_ms)
+                ));
+            }
+            // A router that counts only the connections still open (nginx): what the stop ends.
+            Event::Drained {
+                endpoint,
+                left: None,
+                open: Some(open),
+                ..
+            } => {
+                let to = self
+                    .step_color
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .map_or_else(|| endpoint.to_string(), |c| c.to_string());
+                let what = if *open == 1 {
+                    "connection"
+                } else {
+                    "connections"
+                };
+                self.line(&format!(
+                    "       {open} long-lived {what} still open to {to} when it stopped"
                 ));
             }
             Event::Drained { left: None, .. } => {}
@@ -545,6 +571,34 @@ mod tests {
                 "ok   ready green         2.5s",
             ]
         );
+    }
+
+    #[test]
+    fn the_drain_says_how_many_connections_were_still_open_to_the_old_color() {
+        let endpoint = blue_green_core::Endpoint::new("127.0.0.1", 8081);
+        let drained = |open| Event::Drained {
+            endpoint: endpoint.clone(),
+            elapsed_ms: 2000,
+            left: None,
+            cut: None,
+            open,
+        };
+        let started = Event::StepStarted {
+            step: Step::Drain,
+            color: Some(Color::Blue),
+        };
+        let text = render(&[started.clone(), drained(Some(3))], false, true);
+        assert_eq!(
+            text.trim(),
+            "3 long-lived connections still open to blue when it stopped"
+        );
+        let text = render(&[started, drained(Some(1))], false, true);
+        assert_eq!(
+            text.trim(),
+            "1 long-lived connection still open to blue when it stopped"
+        );
+        // A router that counts nothing says nothing.
+        assert_eq!(render(&[drained(None)], false, true), "");
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //!   lists what is left and changes nothing (same containers, router target, state and
 //!   history), and `repair` or the next `deploy` repairs it;
 //! - a release that crash-loops under a restart policy; one that never gets healthy;
-//! - nginx's config test failing; an old container that ignores SIGTERM;
+//! - nginx's config test failing; an old container that ignores SIGTERM; nginx's master
+//!   killed (SIGKILL) in the middle of a switch (before or after the reload), then nginx
+//!   started again;
 //! - ten deploys started at once;
 //! - hostile releases: one that writes logs without end, one that closes its listener but
 //!   keeps running, one whose `/health` answers while `/` fails;
@@ -24,7 +26,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use blue_green_cli::test_hooks::{pause_marker, PAUSE_ENV};
-use blue_green_core::Endpoint;
+use blue_green_core::{Endpoint, Router};
 use blue_green_testkit::docker::{demo_app_image, demo_app_image_with_env, DockerCleanup};
 use blue_green_testkit::load::{Load, LoadConfig, LoadReport};
 use blue_green_testkit::nginx::NginxHarness;
@@ -42,10 +44,15 @@ struct Tweaks {
     restart_policy: Option<&'static str>,
     /// Replace nginx's config test with this argv.
     test_command: Option<Vec<String>>,
+    /// Replace nginx's reload command with this argv.
+    reload_command: Option<Vec<String>>,
     /// `switch.keep_previous` (default `stopped`).
     keep_previous: Option<&'static str>,
     /// `health.path` (default `/health`).
     health_path: Option<&'static str>,
+    /// `router.pid_file` = nginx's pid file (the router then watches nginx's workers, and
+    /// counts what they hold open to the old color when the drain ends).
+    pid_file: bool,
 }
 
 /// One app with its own nginx, image, config and state, and everything torn down on drop.
@@ -106,6 +113,14 @@ impl Stage {
             .restart_policy
             .map(|p| format!("restart_policy = {p:?}\n"))
             .unwrap_or_default();
+        let pid_file = if tweaks.pid_file {
+            format!(
+                "pid_file = {:?}\n",
+                self.nginx.pid_file().display().to_string()
+            )
+        } else {
+            String::new()
+        };
         let test = tweaks
             .test_command
             .clone()
@@ -135,7 +150,7 @@ server_options = ["max_fails=0"]
 test_command = {test}
 reload_command = {reload}
 verify_url = "{verify}"
-
+{pid_file}
 [switch]
 drain = "500ms"
 stop_timeout = "2s"
@@ -146,7 +161,12 @@ keep_previous = "{keep}"
             image = self.image,
             upstream_file = self.nginx.upstream_file().display().to_string(),
             test = list(&test),
-            reload = list(&self.nginx.reload_command()),
+            reload = list(
+                &tweaks
+                    .reload_command
+                    .clone()
+                    .unwrap_or_else(|| self.nginx.reload_command())
+            ),
             verify = self.nginx.url("/health"),
             keep = tweaks.keep_previous.unwrap_or("stopped"),
             health_path = tweaks.health_path.unwrap_or("/health"),
@@ -1038,4 +1058,306 @@ async fn a_state_directory_that_fills_up_during_a_deploy_fails_it_naming_the_dir
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_only_state_directory_fails_the_deploy_naming_the_directory() {
     state_directory_broken_during_a_deploy(StateFault::ReadOnly).await;
+}
+
+/// `command` (nginx's test or reload argv) behind a gate: once `armed` exists, it removes it,
+/// creates `parked` and waits until the test removes `parked`. With `first` the gate comes
+/// before the command (the switch stops with the new upstream file written, nginx not yet
+/// reloaded), otherwise after it (nginx reloaded, not yet verified), for as long as the test
+/// needs. The paths are the test's own temporary files.
+fn gated(
+    command: Vec<String>,
+    first: bool,
+    armed: &std::path::Path,
+    parked: &std::path::Path,
+) -> Vec<String> {
+    let gate =
+        r#"if [ -e "$1" ]; then rm -f "$1"; : > "$2"; while [ -e "$2" ]; do sleep 0.05; done; fi"#;
+    let script = if first {
+        format!(r#"{gate}; shift 2; exec "$@""#)
+    } else {
+        format!(r#"a="$1"; p="$2"; shift 2; "$@" || exit $?; set -- "$a" "$p"; {gate}"#)
+    };
+    let mut argv: Vec<String> = vec![
+        "sh".into(),
+        "-c".into(),
+        script,
+        "gate".into(),
+        armed.display().to_string(),
+        parked.display().to_string(),
+    ];
+    argv.extend(command);
+    argv
+}
+
+/// Waits (at most 60 s) until `marker` exists; panics with what `child` said if it ends first.
+async fn wait_for_marker(child: &mut tokio::process::Child, marker: &std::path::Path) {
+    let until = Instant::now() + Duration::from_secs(60);
+    while !marker.exists() {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            panic!("the command ended ({status}) before {}", marker.display());
+        }
+        assert!(
+            Instant::now() < until,
+            "the command did not reach {} within 60s",
+            marker.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_master_killed_during_a_switch_fails_it_with_exit_4_and_after_a_restart_the_next_deploy_succeeds(
+) {
+    let mut stage = Stage::new("fi-nginx-killed").await;
+    stage.deploy("v1", &[]).await;
+    let load = stage.load().await;
+    let armed = stage.dir.path().join("gate-armed");
+    let parked = stage.dir.path().join("gate-parked");
+    let gated_config = stage.write_config(
+        "gated.toml",
+        &Tweaks {
+            test_command: Some(gated(stage.nginx.test_command(), true, &armed, &parked)),
+            ..Tweaks::default()
+        },
+    );
+
+    std::fs::write(&armed, "").expect("arm the gate");
+    let mut deploy = stage
+        .command(&gated_config, &["deploy", "--release", "v2"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn deploy");
+    wait_for_marker(&mut deploy, &parked).await;
+    // Mid-switch: the upstream file routes to green, nginx is not reloaded yet.
+    let upstream = std::fs::read_to_string(stage.nginx.upstream_file()).expect("upstream file");
+    assert!(!upstream.contains(":9;"), "{upstream}");
+    stage.nginx.kill_master();
+    std::fs::remove_file(&parked).expect("let the switch go on");
+    let out = tokio::time::timeout(COMMAND_DEADLINE, deploy.wait_with_output())
+        .await
+        .expect("the deploy ends")
+        .expect("deploy output");
+    let said = String::from_utf8_lossy(&out.stderr);
+    eprintln!(
+        "$ blue-green deploy --release v2 (nginx's master killed mid-switch) -> {}\n{said}",
+        out.status
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "exit 4 (router unreachable): {said}"
+    );
+    assert!(said.contains("nginx is not running"), "{said}");
+    assert!(said.contains("previous file was restored"), "{said}");
+
+    // nginx's orphaned workers go on serving blue: nothing was lost so far.
+    assert_eq!(stage.served().await, "blue v1");
+    let down = load.snapshot();
+    assert_eq!(
+        down.failed, 0,
+        "requests failed before nginx was restarted: {down}"
+    );
+    let status = stage.status().await;
+    assert_eq!(status["live"], "blue", "{status}");
+    assert_eq!(status["leftovers"], serde_json::json!([]), "{status}");
+    assert!(
+        !running(&status, "green"),
+        "the failed deploy removed green: {status}"
+    );
+
+    // nginx started again (what is left of it stopped first): it routes by the restored file.
+    let restarting = Instant::now();
+    stage.nginx.restart().await.expect("nginx starts again");
+    let restart_took = restarting.elapsed();
+    stage.wait_until_served("blue v1").await;
+    let up = load
+        .wait_for(load.snapshot().total + 50, Duration::from_secs(20))
+        .await;
+    let lost_while_down = up.failed - down.failed;
+
+    stage.deploy("v2", &[]).await;
+    assert_eq!(stage.served().await, "green v2");
+    let end = load.stop().await;
+    eprintln!(
+        "nginx's master killed mid-switch: {} requests failed while nginx was stopped and started again ({restart_took:?}, the router itself down), {} otherwise; load: {end}",
+        lost_while_down,
+        end.failed - lost_while_down
+    );
+    assert_eq!(
+        end.failed - lost_while_down,
+        0,
+        "requests failed outside nginx's restart: {end}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_reports_the_connections_nginx_still_held_open_to_the_old_color() {
+    let stage = Stage::new("fi-open-at-stop").await;
+    let config = stage.write_config(
+        "blue-green.toml",
+        &Tweaks {
+            pid_file: true,
+            ..Tweaks::default()
+        },
+    );
+    stage.deploy("v1", &[]).await;
+    let status = stage.status().await;
+    let blue = &instance(&status, "blue").expect("blue runs")["instance"]["endpoint"];
+    let blue = Endpoint::new(
+        blue["host"].as_str().expect("host"),
+        blue["port"].as_u64().expect("port") as u16,
+    );
+    // A request that outlasts the drain (500 ms): it stands for a WebSocket or a stream.
+    let long = {
+        let url = stage.nginx.url("/slow?ms=20000");
+        tokio::spawn(async move {
+            reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("client")
+                .get(url)
+                .send()
+                .await
+                .and_then(|r| r.error_for_status())
+                .map(|_| ())
+        })
+    };
+    let router = blue_green_router::NginxRouter::new(stage.nginx.router_config()).expect("router");
+    let until = Instant::now() + Duration::from_secs(10);
+    while router.open_connections(&blue).await.expect("count") != Some(1) {
+        assert!(
+            Instant::now() < until,
+            "nginx never held the long request open to blue"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let out = stage
+        .run_with(&config, &["--json", "deploy", "--release", "v2"])
+        .await;
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let drained: Vec<Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["event"] == "drained")
+        .collect();
+    assert_eq!(drained.len(), 1, "{stdout}");
+    assert_eq!(drained[0]["open"], 1, "{}", drained[0]);
+    assert_eq!(drained[0]["left"], Value::Null, "{}", drained[0]);
+    // The long request ended when blue stopped.
+    let ended = tokio::time::timeout(Duration::from_secs(30), long)
+        .await
+        .expect("the long request ends when blue stops")
+        .expect("its task");
+    assert!(ended.is_err(), "it did not end normally: {ended:?}");
+
+    // And in a person's terms.
+    stage.deploy("v3", &[]).await;
+    let text = stage
+        .run_with(&config, &["deploy", "--release", "v4"])
+        .await;
+    let said = String::from_utf8_lossy(&text.stderr);
+    assert!(text.status.success(), "{said}");
+    assert!(
+        said.contains("0 long-lived connections still open to blue when it stopped"),
+        "{said}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_master_killed_after_the_reload_leaves_a_consistent_state_that_the_next_command_repairs(
+) {
+    let mut stage = Stage::new("fi-nginx-killed-late").await;
+    stage.deploy("v1", &[]).await;
+    let load = stage.load().await;
+    let armed = stage.dir.path().join("gate-armed");
+    let parked = stage.dir.path().join("gate-parked");
+    let gated_config = stage.write_config(
+        "gated.toml",
+        &Tweaks {
+            reload_command: Some(gated(stage.nginx.reload_command(), false, &armed, &parked)),
+            pid_file: true,
+            ..Tweaks::default()
+        },
+    );
+
+    std::fs::write(&armed, "").expect("arm the gate");
+    let mut deploy = stage
+        .command(&gated_config, &["deploy", "--release", "v2"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn deploy");
+    wait_for_marker(&mut deploy, &parked).await;
+    // Reloaded: once nginx's new workers serve green, its master dies before the verification.
+    stage.wait_until_served("green v2").await;
+    stage.nginx.kill_master();
+    std::fs::remove_file(&parked).expect("let the switch go on");
+    let out = tokio::time::timeout(COMMAND_DEADLINE, deploy.wait_with_output())
+        .await
+        .expect("the deploy ends")
+        .expect("deploy output");
+    let said = String::from_utf8_lossy(&out.stderr);
+    eprintln!(
+        "$ blue-green deploy --release v2 (nginx's master killed after the reload) -> {}\n{said}",
+        out.status
+    );
+    let down = load.snapshot();
+    let status = stage.status().await;
+    let served = stage.served().await;
+    eprintln!("after it: nginx serves `{served}`; status {status}; load {down}");
+    // The verification cannot watch the workers of a master that is gone, and routing back
+    // needs a reload that no master takes: exit 5, saying what is left. Nothing is
+    // half-done: the file routes to green, a ready color that runs and that nginx's orphaned
+    // workers serve, and status lists the interrupted deploy for the next command.
+    assert_eq!(out.status.code(), Some(5), "{said}");
+    assert!(said.contains("nginx is not running"), "{said}");
+    assert_eq!(served, "green v2");
+    assert_eq!(status["live"], "green", "{status}");
+    assert!(
+        running(&status, "green") && running(&status, "blue"),
+        "{status}"
+    );
+    assert_eq!(
+        status["leftovers"].as_array().map(Vec::len),
+        Some(1),
+        "{status}"
+    );
+
+    stage.nginx.restart().await.expect("nginx starts again");
+    let up = load
+        .wait_for(load.snapshot().total + 50, Duration::from_secs(20))
+        .await;
+    let lost_while_down = up.failed - down.failed;
+    let out = stage.run(&["repair"]).await;
+    assert!(
+        out.status.success(),
+        "repair: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The repair finishes what the deploy began to undo: back to blue, green removed.
+    let status = stage.status().await;
+    assert_eq!(status["live"], "blue", "{status}");
+    assert!(
+        running(&status, "blue") && !running(&status, "green"),
+        "{status}"
+    );
+    assert_eq!(status["leftovers"], serde_json::json!([]), "{status}");
+    stage.wait_until_served("blue v1").await;
+    stage.deploy("v3", &[]).await;
+    assert_eq!(stage.served().await, "green v3");
+    let end = load.stop().await;
+    eprintln!(
+        "nginx's master killed after the reload: {lost_while_down} requests failed while nginx was stopped and started again, {} otherwise; load: {end}",
+        end.failed - lost_while_down
+    );
+    assert_eq!(
+        down.failed, 0,
+        "requests failed before nginx's restart: {down}"
+    );
+    assert_eq!(end.failed - lost_while_down, 0, "{end}");
 }

@@ -1,6 +1,7 @@
 //! The `blue-green` binary deploying through blue-green's own proxy (`blue-green proxy run`)
 //! with real Docker containers, under steady load: validate, three deploys and a rollback,
-//! with 0 failed requests and every drain ending with nothing left. Needs Docker; fails with a
+//! with 0 failed requests and every drain ending with nothing left; and the proxy killed and
+//! started again in the middle of a deploy (after the switch, before the drain). Needs Docker; fails with a
 //! clear message when it is missing. Containers and images carry the test's prefix and are
 //! removed on drop, also when the test fails; the proxy process is killed on drop.
 
@@ -83,28 +84,7 @@ async fn deploys_through_the_proxy_under_load_lose_no_request() {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
 
-    let mut proxy = tokio::process::Command::new(assert_cmd::cargo::cargo_bin("blue-green"))
-        .args(["proxy", "run", "--listen", &listen, "--control"])
-        .arg(&socket)
-        .arg("--state")
-        .arg(d.join("proxy.json"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start blue-green proxy run");
-    let began = Instant::now();
-    while !socket.exists() {
-        assert!(
-            began.elapsed() < Duration::from_secs(20),
-            "the proxy made its control socket"
-        );
-        assert!(
-            proxy.try_wait().expect("proxy state").is_none(),
-            "the proxy exited at start"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mut proxy = start_proxy(d, &listen).await;
 
     let config = format!(
         r#"app = "{app}"
@@ -209,6 +189,167 @@ keep_previous = "stopped"
     assert_eq!(errors, 0, "{status}");
 
     ok(d, &["down", "blue"]).await;
+    proxy.start_kill().expect("stop the proxy");
+    let _ = proxy.wait().await;
+}
+
+/// Starts `blue-green proxy run` on `listen` with the control socket and state file in `dir`,
+/// and waits (at most 20 s) until its control socket answers.
+async fn start_proxy(dir: &Path, listen: &str) -> tokio::process::Child {
+    let socket = dir.join("proxy.sock");
+    let mut proxy = tokio::process::Command::new(assert_cmd::cargo::cargo_bin("blue-green"))
+        .args(["proxy", "run", "--listen", listen, "--control"])
+        .arg(&socket)
+        .arg("--state")
+        .arg(dir.join("proxy.json"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start blue-green proxy run");
+    let began = Instant::now();
+    while tokio::net::UnixStream::connect(&socket).await.is_err() {
+        assert!(
+            began.elapsed() < Duration::from_secs(20),
+            "the proxy answers on its control socket"
+        );
+        assert!(
+            proxy.try_wait().expect("proxy state").is_none(),
+            "the proxy exited at start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_killed_and_started_again_during_a_switch_resumes_it_and_the_deploy_completes() {
+    let cleanup = DockerCleanup::new("cli-proxy-restart").await;
+    let app = cleanup.prefix().to_string();
+    let image = demo_app_image(&cleanup).await;
+    let dir = tempfile::Builder::new()
+        .prefix("bg-cli-proxy-restart-")
+        .tempdir()
+        .expect("temp dir");
+    let d = dir.path();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut proxy = start_proxy(d, &listen).await;
+    // After the switch, once armed: the deploy parks in its post_switch hook until the test
+    // removes `parked` (test-made paths only).
+    let armed = d.join("armed");
+    let parked = d.join("parked");
+    let gate = format!(
+        r#"if [ -e "{armed}" ]; then rm -f "{armed}"; : > "{parked}"; while [ -e "{parked}" ]; do sleep 0.05; done; fi"#,
+        armed = armed.display(),
+        parked = parked.display()
+    );
+    let config = format!(
+        r#"app = "{app}"
+
+[runtime]
+kind = "docker"
+image = "{image}"
+container_port = 8080
+
+[health]
+kind = "http"
+path = "/health"
+expect_body = "{{color}} {{release}}"
+interval = "100ms"
+deadline = "20s"
+
+[router]
+kind = "proxy"
+control = "{socket}"
+verify_url = "http://{listen}/health"
+
+[switch]
+drain = "5s"
+stop_timeout = "5s"
+keep_previous = "stopped"
+
+[hooks]
+post_switch = {{ command = ["sh", "-c", {gate:?}], timeout = "60s" }}
+"#,
+        socket = d.join("proxy.sock").display(),
+    );
+    std::fs::write(d.join("blue-green.toml"), config).expect("write config");
+    ok(d, &["deploy", "--release", "v1"]).await;
+    let base = format!("http://{listen}");
+    let load = Load::start(LoadConfig::new(base.clone()));
+    let warm = load.wait_for(50, Duration::from_secs(20)).await;
+    assert!(warm.total >= 50, "traffic flows through the proxy: {warm}");
+
+    std::fs::write(&armed, "").expect("arm the gate");
+    let deploy = tokio::process::Command::new(assert_cmd::cargo::cargo_bin("blue-green"))
+        .args(["--json", "deploy", "--release", "v2"])
+        .current_dir(d)
+        .env_remove("BLUE_GREEN_CONFIG")
+        .env_remove("BLUE_GREEN_PROXY_CONTROL")
+        .env_remove("BLUE_GREEN_TEST_PAUSE_AT")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn deploy");
+    let began = Instant::now();
+    while !parked.exists() {
+        assert!(
+            began.elapsed() < Duration::from_secs(60),
+            "the deploy did not reach its post_switch hook within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Switched to green and verified; blue still runs. The proxy dies (SIGKILL) and starts
+    // again from its state file.
+    let before = load.snapshot();
+    let restarting = Instant::now();
+    proxy.start_kill().expect("SIGKILL the proxy");
+    proxy.wait().await.expect("the proxy ends");
+    let mut proxy = start_proxy(d, &listen).await;
+    let restart_took = restarting.elapsed();
+    assert_eq!(
+        through_proxy(&format!("{base}/")).await,
+        "demo-app green v2"
+    );
+    let up = load
+        .wait_for(load.snapshot().total + 50, Duration::from_secs(20))
+        .await;
+    let lost_while_down = up.failed - before.failed;
+    std::fs::remove_file(&parked).expect("let the deploy go on");
+
+    let out = tokio::time::timeout(Duration::from_secs(120), deploy.wait_with_output())
+        .await
+        .expect("the deploy ends")
+        .expect("deploy output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!(
+        "$ blue-green --json deploy --release v2 (proxy restarted after the switch) -> {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "the deploy completes: {stdout}");
+    let drained = drains(&stdout);
+    assert_eq!(drained.len(), 1, "{stdout}");
+
+    // The next deploy goes through the restarted proxy as usual.
+    ok(d, &["deploy", "--release", "v3"]).await;
+    assert_eq!(through_proxy(&format!("{base}/")).await, "demo-app blue v3");
+    let end = load.stop().await;
+    eprintln!(
+        "the proxy killed and started again after a switch ({restart_took:?} down): {lost_while_down} requests failed while it was down, {} otherwise; drain: {drained:?}; load: {end}",
+        end.failed - lost_while_down
+    );
+    assert_eq!(
+        before.failed, 0,
+        "requests failed before the restart: {before}"
+    );
+    assert_eq!(
+        end.failed - lost_while_down,
+        0,
+        "requests failed outside the proxy's restart: {end}"
+    );
+    ok(d, &["down", "green"]).await;
     proxy.start_kill().expect("stop the proxy");
     let _ = proxy.wait().await;
 }

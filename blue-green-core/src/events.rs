@@ -240,6 +240,12 @@ pub enum Event {
         /// How many of those the router closed, when it can close them.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         cut: Option<u64>,
+        /// When the router cannot count requests in flight (`left` is `None`) but can count
+        /// the connections it still holds open to the endpoint (nginx): how many were open
+        /// when the drain time was over and the old color was stopped. Long-lived connections
+        /// (WebSockets, streams) that the stop ends.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        open: Option<u64>,
     },
     /// A hook ran to its end (or could not be run, or overran its timeout: then `success` is
     /// false and `status` says why). Its step's `StepFinished` or `StepFailed` follows.

@@ -66,6 +66,7 @@ mock! {
         async fn route_to(&self, endpoint: &Endpoint) -> Result<RouteReceipt, ComponentError>;
         async fn verify(&self, instance: &Instance, receipt: &RouteReceipt) -> Result<(), ComponentError>;
         async fn in_flight(&self, endpoint: &Endpoint) -> Result<Option<u64>, ComponentError>;
+        async fn open_connections(&self, endpoint: &Endpoint) -> Result<Option<u64>, ComponentError>;
         async fn cut(&self, endpoint: &Endpoint) -> Result<Option<u64>, ComponentError>;
     }
 }

@@ -249,6 +249,7 @@ impl Probe {
                     elapsed_ms,
                     left,
                     cut,
+                    ..
                 } => Some((endpoint.clone(), *elapsed_ms, *left, *cut)),
                 _ => None,
             })
@@ -704,6 +705,58 @@ async fn restore_that_fails_names_what_is_left() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_router_counting_only_open_connections_waits_the_whole_drain_and_reports_them() {
+    let mut m = Mocks::blue_live();
+    m.start_green();
+    m.running(green());
+    m.healthy(green(), 1);
+    m.route_ok(green().endpoint, 1);
+    m.router.expect_verify().returning(|_, _| Ok(()));
+    m.router
+        .expect_in_flight()
+        .with(eq(blue().endpoint))
+        .returning(|_| Ok(None));
+    // Asked once, after the drain time: such a count must not end the drain early.
+    m.router
+        .expect_open_connections()
+        .with(eq(blue().endpoint))
+        .times(1)
+        .returning(|_| Ok(Some(2)));
+    m.router.expect_cut().never();
+    m.rt.expect_stop().times(1).returning(|_, _| Ok(()));
+    let (engine, seen) = m.engine();
+
+    engine
+        .deploy(Release::new("v2").unwrap(), &go())
+        .await
+        .unwrap();
+
+    let drained: Vec<Event> = seen
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| matches!(e, Event::Drained { .. }))
+        .cloned()
+        .collect();
+    let [Event::Drained {
+        elapsed_ms,
+        left,
+        cut,
+        open,
+        ..
+    }] = drained.as_slice()
+    else {
+        panic!("one drain: {drained:?}")
+    };
+    assert_eq!((*left, *cut, *open), (None, None, Some(2)));
+    assert!(
+        *elapsed_ms >= 2000,
+        "drain ended at {elapsed_ms} ms, before its 2 s deadline"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn failed_stop_of_the_old_color_still_succeeds_with_a_warning() {
     let mut m = Mocks::blue_live();
     m.start_green();
@@ -712,6 +765,7 @@ async fn failed_stop_of_the_old_color_still_succeeds_with_a_warning() {
     m.route_ok(green().endpoint, 1);
     m.router.expect_verify().returning(|_, _| Ok(()));
     m.router.expect_in_flight().returning(|_| Ok(None));
+    m.router.expect_open_connections().returning(|_| Ok(None));
     m.rt.expect_stop()
         .with(eq(blue()), eq(Duration::from_secs(5)))
         .times(1)

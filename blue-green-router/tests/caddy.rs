@@ -530,3 +530,62 @@ async fn injection_attempts_in_every_field_change_nothing_in_caddy() {
     assert_eq!(caddy.config().await, before, "Caddy's config is untouched");
     assert_eq!(colors_through(&caddy.url("/"), 3).await, ["blue"; 3]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caddy_restarted_during_a_switch_resumes_the_new_color_losing_requests_only_while_down() {
+    let blue = ColorServer::start(Color::Blue, "v1").await.unwrap();
+    let green = ColorServer::start(Color::Green, "v2").await.unwrap();
+    let mut caddy = Caddy::start(&blue.endpoint(), AdminOn::Socket)
+        .await
+        .unwrap();
+    let router = std::sync::Arc::new(CaddyRouter::new(caddy.router_config()).unwrap());
+    let load = Load::start(LoadConfig::new(caddy.url("")));
+    let warm = load.wait_for(50, Duration::from_secs(20)).await;
+    assert!(warm.total >= 50, "no traffic through Caddy: {warm}");
+
+    let receipt = router.route_to(&green.endpoint()).await.unwrap();
+    let before = load.snapshot();
+    // Stopped right after the switch; the verification begins while Caddy is down.
+    let restarting = Instant::now();
+    caddy.stop();
+    let verifying = {
+        let router = router.clone();
+        let instance = green.instance();
+        tokio::spawn(async move { router.verify(&instance, &receipt).await })
+    };
+    // `caddy run --resume`: from the config it autosaved, with the switch in it.
+    caddy.run(true).await.expect("Caddy starts again");
+    let restart_took = restarting.elapsed();
+    let verified = verifying.await.expect("the verification task");
+    let up = load
+        .wait_for(load.snapshot().total + 50, Duration::from_secs(20))
+        .await;
+    let lost_while_down = up.failed - before.failed;
+    // The verification reads the handler through the admin API first: with nobody there it
+    // fails at once as unreachable (the deploy's exit 4).
+    let error = verified.expect_err("Caddy was down when the verification began");
+    assert_eq!(error.kind, ComponentErrorKind::Unreachable, "{error}");
+
+    // Resumed, Caddy routes to green, and the router reads green back (what the next
+    // command's reconcile reads).
+    assert_eq!(router.target().await.unwrap(), Some(green.endpoint()));
+    assert_eq!(colors_through(&caddy.url("/"), 5).await, ["green"; 5]);
+    // The engine's answer to a failed verification, routing back, works once Caddy is up.
+    let receipt = router.route_to(&blue.endpoint()).await.unwrap();
+    router.verify(&blue.instance(), &receipt).await.unwrap();
+    assert_eq!(colors_through(&caddy.url("/"), 5).await, ["blue"; 5]);
+    let end = load.stop().await;
+    eprintln!(
+        "Caddy restarted during a switch ({restart_took:?} down): {lost_while_down} requests failed while it was down, {} otherwise; load: {end}",
+        end.failed - lost_while_down
+    );
+    assert_eq!(
+        before.failed, 0,
+        "requests failed before the restart: {before}"
+    );
+    assert_eq!(
+        end.failed - lost_while_down,
+        0,
+        "requests failed outside Caddy's restart: {end}"
+    );
+}

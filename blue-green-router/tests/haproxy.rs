@@ -785,5 +785,93 @@ async fn responses_count_haproxys_own_503_for_a_server_that_refuses_connections(
         (after.total - before.total, after.errors - before.errors),
         (3, 3),
         "{before:?} -> {after:?}"
+
+impl Haproxy {
+    /// Stops HAProxy (SIGTERM to its process group: a hard stop, as `systemctl restart` sends)
+    /// and starts it again with the same config, port and state file; returns once it answers.
+    async fn restart(&mut self) -> Result<(), String> {
+        self.process.stop();
+        let config = self.dir.path().join("haproxy.cfg");
+        let config = config.to_str().ok_or("temporary path is not UTF-8")?;
+        let mut process = Process::spawn(
+            "haproxy",
+            HAPROXY,
+            &["-W", "-db", "-f", config],
+            self.dir.path(),
+            &[],
+        )?;
+        let socket = self.socket();
+        let port = self.port;
+        let log = self.dir.path().join("haproxy.log");
+        wait_until(&mut process, Duration::from_secs(15), &log, || {
+            let socket = socket.clone();
+            async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+                    && raw(&socket, "show info").await.contains("Pid:")
+            }
+        })
+        .await?;
+        self.process = process;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haproxy_restarted_during_a_switch_comes_back_on_the_new_color_losing_requests_only_while_down(
+) {
+    let blue = ColorServer::start(Color::Blue, "v1").await.unwrap();
+    let green = ColorServer::start(Color::Green, "v2").await.unwrap();
+    let mut haproxy = Haproxy::start(&blue.endpoint()).await.unwrap();
+    let router = std::sync::Arc::new(HaproxyRouter::new(haproxy.router_config()).unwrap());
+    let load = Load::start(LoadConfig::new(haproxy.url("")));
+    let warm = load.wait_for(50, Duration::from_secs(20)).await;
+    assert!(warm.total >= 50, "no traffic through HAProxy: {warm}");
+
+    let receipt = router.route_to(&green.endpoint()).await.unwrap();
+    let before = load.snapshot();
+    // Stopped right after the switch; the verification begins while HAProxy is down.
+    let restarting = Instant::now();
+    haproxy.process.stop();
+    let verifying = {
+        let router = router.clone();
+        let instance = green.instance();
+        tokio::spawn(async move { router.verify(&instance, &receipt).await })
+    };
+    haproxy.restart().await.expect("HAProxy starts again");
+    let restart_took = restarting.elapsed();
+    let verified = verifying.await.expect("the verification task");
+    let up = load
+        .wait_for(load.snapshot().total + 50, Duration::from_secs(20))
+        .await;
+    let lost_while_down = up.failed - before.failed;
+    // The verification asks HAProxy's admin socket first: with nobody there it fails at once
+    // as unreachable (the deploy's exit 4), naming the socket.
+    let error = verified.expect_err("HAProxy was down when the verification began");
+    assert_eq!(error.kind, ComponentErrorKind::Unreachable, "{error}");
+    assert!(error.message.contains("admin socket"), "{error}");
+
+    // HAProxy loaded the state file: it routes to green, and the router reads green back
+    // (what the next command's reconcile reads).
+    assert_eq!(router.target().await.unwrap(), Some(green.endpoint()));
+    assert_eq!(colors_through(&haproxy.url("/"), 5).await, ["green"; 5]);
+    // The engine's answer to a failed verification, routing back, works once HAProxy is up.
+    let receipt = router.route_to(&blue.endpoint()).await.unwrap();
+    router.verify(&blue.instance(), &receipt).await.unwrap();
+    assert_eq!(colors_through(&haproxy.url("/"), 5).await, ["blue"; 5]);
+    let end = load.stop().await;
+    eprintln!(
+        "HAProxy restarted during a switch ({restart_took:?} down): {lost_while_down} requests failed while it was down, {} otherwise; load: {end}",
+        end.failed - lost_while_down
+    );
+    assert_eq!(
+        before.failed, 0,
+        "requests failed before the restart: {before}"
+    );
+    assert_eq!(
+        end.failed - lost_while_down,
+        0,
+        "requests failed outside HAProxy's restart: {end}"
     );
 }

@@ -1,6 +1,9 @@
-//! A server-sent-events stream open through a real nginx at a switch: what happens to it.
-//! Measured, and printed with `--nocapture`: the stream goes on from the old color through
-//! nginx's old worker after the switch, and ends when the old color stops.
+//! A server-sent-events stream and WebSockets open through a real nginx at a switch: what
+//! happens to them. Measured, and printed with `--nocapture`: they go on from the old color
+//! through nginx's old worker after the switch, and end when the old color stops. Also what
+//! the router's count of open connections (the drain's report) sees, and misses.
+
+mod support;
 
 use std::time::{Duration, Instant};
 
@@ -149,5 +152,203 @@ async fn an_sse_stream_open_at_the_switch_goes_on_from_the_old_color_until_it_st
     );
     eprintln!(
         "SSE through nginx: the switch (reload, old workers stopped accepting) took {switch_took:?}; the open stream still delivered blue's events after new requests went to green ({after} read in the next 2 s, with those sent during the switch); it ended {ended:?} after blue stopped"
+    );
+}
+
+type WebSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Sends `text` and returns the answer, or `None` once the WebSocket no longer answers (closed,
+/// or silent for 2 s).
+async fn echo(socket: &mut WebSocket, text: &str) -> Option<String> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    socket.send(Message::text(text)).await.ok()?;
+    match tokio::time::timeout(Duration::from_secs(2), socket.next()).await {
+        Ok(Some(Ok(Message::Text(answer)))) => Some(answer.to_string()),
+        _ => None,
+    }
+}
+
+/// Waits until `router` counts `want` connections open to `endpoint`.
+async fn wait_open(router: &NginxRouter, endpoint: &Endpoint, want: u64) {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let open = router.open_connections(endpoint).await.expect("count");
+        if open == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "nginx still has {open:?} connections open to {endpoint}, not {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_open_at_the_switch_go_on_from_the_old_color_until_it_stops_and_are_counted() {
+    const SESSIONS: usize = 20;
+    let (ws_blue, blue_task) = support::websocket_server(Color::Blue).await;
+    let (ws_green, green_task) = support::websocket_server(Color::Green).await;
+    let nginx = NginxHarness::start("bg-test-ws", &ws_blue)
+        .await
+        .unwrap_or_else(|e| panic!("nginx did not start (is nginx installed?): {e}"));
+    // The echo servers answer WebSockets only: no verification through `/health`.
+    let mut config = nginx.router_config();
+    config.verify = None;
+    let router = NginxRouter::new(config).expect("router");
+    let url = format!("ws://127.0.0.1:{}/ws", nginx.port());
+
+    let mut sessions = Vec::new();
+    for n in 0..SESSIONS {
+        let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "WebSocket {n} through nginx: {e}; its error log: {}",
+                    nginx.error_log()
+                )
+            });
+        assert_eq!(
+            echo(&mut socket, "before").await.as_deref(),
+            Some("blue: before")
+        );
+        sessions.push(socket);
+    }
+    // Nothing else goes to blue, so nginx holds exactly the upgraded connections.
+    wait_open(&router, &ws_blue, SESSIONS as u64).await;
+
+    let switched = Instant::now();
+    router.route_to(&ws_green).await.expect("switch to green");
+    // New WebSockets go to green once nginx's new worker takes them...
+    let until = Instant::now() + Duration::from_secs(10);
+    let mut fresh = loop {
+        let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .expect("a new WebSocket through nginx");
+        if echo(&mut socket, "new").await.as_deref() == Some("green: new") {
+            break socket;
+        }
+        assert!(
+            Instant::now() < until,
+            "nginx never sent new WebSockets to green"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let switch_took = switched.elapsed();
+    // ...while every session open at the switch goes on with blue, through the old worker,
+    // and the router counts them (the drain's report).
+    let mut answered = 0;
+    let talking = Instant::now();
+    while talking.elapsed() < Duration::from_secs(2) {
+        for (n, socket) in sessions.iter_mut().enumerate() {
+            assert_eq!(
+                echo(socket, "after").await.as_deref(),
+                Some("blue: after"),
+                "session {n} after the switch"
+            );
+            answered += 1;
+        }
+    }
+    assert_eq!(
+        router.open_connections(&ws_blue).await.expect("count"),
+        Some(SESSIONS as u64)
+    );
+    assert_eq!(
+        router.open_connections(&ws_green).await.expect("count"),
+        Some(1)
+    );
+
+    // Blue stops (its server and every session it holds): the sessions end.
+    let stopped = Instant::now();
+    blue_task.abort();
+    let mut ended = Vec::new();
+    for (n, socket) in sessions.iter_mut().enumerate() {
+        use futures_util::StreamExt;
+        // The next thing a session sees is its end: a close, an error, or the stream's end.
+        match tokio::time::timeout(Duration::from_secs(5), socket.next()).await {
+            Err(_) => panic!("session {n} still open 5 s after blue stopped"),
+            Ok(None) | Ok(Some(Err(_))) => {}
+            Ok(Some(Ok(message))) if message.is_close() => {}
+            Ok(Some(Ok(message))) => panic!("session {n} got {message:?} after blue stopped"),
+        }
+        ended.push(stopped.elapsed());
+    }
+    let last_ended = ended.iter().max().copied().unwrap_or_default();
+    wait_open(&router, &ws_blue, 0).await;
+    assert_eq!(
+        echo(&mut fresh, "still").await.as_deref(),
+        Some("green: still")
+    );
+    green_task.abort();
+    eprintln!(
+        "WebSockets through nginx: {SESSIONS} sessions open on blue at the switch (reload until a new WebSocket reached green: {switch_took:?}); all {SESSIONS} went on answering from blue through nginx's old worker ({answered} echoes in the next 2 s), counted open by the router ({SESSIONS}); blue stopped: every session ended within {last_ended:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_still_sending_its_body_has_no_connection_to_the_old_color_yet() {
+    // Why nginx's count must not end a drain early: nginx reads a request's whole body before
+    // it connects to the upstream, so a request on its way to blue has no connection yet.
+    let blue = ColorServer::start(Color::Blue, "v1").await.expect("blue");
+    let green = ColorServer::start(Color::Green, "v2").await.expect("green");
+    let nginx = NginxHarness::start("bg-test-body", &blue.endpoint())
+        .await
+        .unwrap_or_else(|e| panic!("nginx did not start (is nginx installed?): {e}"));
+    let router = NginxRouter::new(nginx.router_config()).expect("router");
+
+    let stream = TcpStream::connect(("127.0.0.1", nginx.port()))
+        .await
+        .expect("connect to nginx");
+    let mut reader = BufReader::new(stream);
+    reader
+        .get_mut()
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: body\r\nContent-Length: 10\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("send the head");
+    // nginx says `100 Continue` when it begins reading the body: the request is in this
+    // (soon old) worker from here on.
+    let mut line = String::new();
+    tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line))
+        .await
+        .expect("an answer to Expect within 5 s")
+        .expect("read");
+    assert!(line.starts_with("HTTP/1.1 100"), "{line:?}");
+    reader
+        .get_mut()
+        .write_all(b"hello")
+        .await
+        .expect("half the body");
+
+    let receipt = router.route_to(&green.endpoint()).await.expect("switch");
+    let instance = blue_green_core::Instance::new(Color::Green, "v2", "green", green.endpoint());
+    router.verify(&instance, &receipt).await.expect("verified");
+    assert_eq!(
+        router
+            .open_connections(&blue.endpoint())
+            .await
+            .expect("count"),
+        Some(0),
+        "nginx has no connection to blue while it reads the body"
+    );
+
+    reader
+        .get_mut()
+        .write_all(b"world")
+        .await
+        .expect("the rest");
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), reader.read_to_string(&mut answer))
+        .await
+        .expect("an answer within 10 s")
+        .expect("read");
+    // After the blank line that ended the `100 Continue`.
+    let answer = answer.trim_start();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains("blue v1\nhelloworld"),
+        "the request went to blue after the count said 0: {answer}"
     );
 }

@@ -48,6 +48,9 @@ pub struct NginxHarness {
     child: Child,
     port: u16,
     upstream: String,
+    /// The process group of a master that [`NginxHarness::kill_master`] killed: its workers
+    /// live on in it until [`NginxHarness::restart`] or the drop stops them.
+    orphans: Option<Pid>,
 }
 
 impl NginxHarness {
@@ -100,6 +103,7 @@ impl NginxHarness {
                         child,
                         port,
                         upstream: upstream.to_string(),
+                        orphans: None,
                     })
                 }
                 Err(error) => {
@@ -117,6 +121,32 @@ impl NginxHarness {
     /// The master's process id; its workers are in the process group of the same id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Kills the master with SIGKILL, as a crash or the OOM killer would, and reaps it (as
+    /// init or systemd would, so its pid no longer exists). Its workers are left running, as
+    /// nginx leaves them: they go on serving with the config they had, but nothing reloads
+    /// them any more (`nginx -s reload` finds no master). Idempotent.
+    pub fn kill_master(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        self.orphans = i32::try_from(self.child.id()).ok().and_then(Pid::from_raw);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts nginx again with the same config, port and upstream file, as `systemctl restart
+    /// nginx` would: what is left of the previous nginx (a master, or the workers of a killed
+    /// one) is stopped first — SIGTERM to its process group, SIGKILL after the grace time —
+    /// so requests fail while it is down. Returns once the new master listens.
+    pub async fn restart(&mut self) -> Result<(), String> {
+        stop(&mut self.child);
+        if let Some(group) = self.orphans.take() {
+            stop_group(group);
+        }
+        self.child = spawn_master(self.dir.path())?;
+        wait_until_listening(&mut self.child, self.port, self.dir.path()).await
     }
 
     /// The loopback port nginx listens on.
@@ -204,7 +234,48 @@ impl NginxHarness {
 impl Drop for NginxHarness {
     fn drop(&mut self) {
         stop(&mut self.child);
+        if let Some(group) = self.orphans.take() {
+            stop_group(group);
+        }
     }
+}
+
+/// Stops the workers a killed master left in `group`: SIGTERM, then SIGKILL once the grace
+/// time is over, until the group is empty. The group's id is the killed master's pid, which
+/// the kernel does not give to a new process while the group has members.
+fn stop_group(group: Pid) {
+    if rustix::process::kill_process_group(group, Signal::TERM).is_err() {
+        // No member left.
+        return;
+    }
+    let until = Instant::now() + STOP_GRACE;
+    while Instant::now() < until {
+        if !group_runs(group) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = rustix::process::kill_process_group(group, Signal::KILL);
+}
+
+/// Whether a process of `group` still runs. Exited workers stay zombies until init reaps them
+/// (whenever it does), so they do not count: they hold no socket any more.
+fn group_runs(group: Pid) -> bool {
+    let group = group.as_raw_nonzero().to_string();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+            return false;
+        };
+        // After the command name in parentheses: state (field 3), ppid, pgrp (field 5).
+        let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            return false;
+        };
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        fields.len() > 2 && !matches!(fields[0], "Z" | "X") && fields[2] == group
+    })
 }
 
 async fn wait_until_listening(child: &mut Child, port: u16, dir: &Path) -> Result<(), String> {
@@ -317,6 +388,13 @@ http {{
     uwsgi_temp_path {d}/uwsgi;
     scgi_temp_path {d}/scgi;
 
+    # WebSockets: pass the client's `Upgrade` on, and `Connection: upgrade` with it; other
+    # requests send no `Connection` header, so the upstream keep-alive connections stay open.
+    map $http_upgrade $connection_upgrade {{
+        default upgrade;
+        \"\" \"\";
+    }}
+
     include {d}/upstream.conf;
 
     server {{
@@ -324,7 +402,8 @@ http {{
         location / {{
             proxy_pass http://{upstream};
             proxy_http_version 1.1;
-            proxy_set_header Connection \"\";
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
         }}
     }}
 }}

@@ -232,6 +232,18 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
         .await
     }
 
+    pub(super) async fn router_open_connections(
+        &self,
+        endpoint: &Endpoint,
+    ) -> Result<Option<u64>, ComponentError> {
+        within(
+            self.timeouts().router,
+            format!("the router counting connections open to {endpoint}"),
+            self.router.open_connections(endpoint),
+        )
+        .await
+    }
+
     pub(super) async fn router_cut(
         &self,
         endpoint: &Endpoint,

@@ -127,7 +127,8 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
     /// Waits until the router has no requests in flight to `endpoint`, or the drain time has
     /// passed; a router that cannot count makes it wait the whole drain time. At the deadline,
     /// what is left is cut by the router where it can ([`Router::cut`]). Emits
-    /// [`Event::Drained`] with how long it waited, what was left and what was cut, and returns
+    /// [`Event::Drained`] with how long it waited, what was left and what was cut (or, from a
+    /// router that cannot count requests, the connections still open), and returns
     /// warnings (requests cut or still in flight, a router that failed to answer); it never fails.
     pub(super) async fn drain(&self, endpoint: &Endpoint) -> Result<Vec<String>, Error> {
         let limit = self.config.switch.drain;
@@ -184,11 +185,23 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
                 )),
             }
         }
+        // A router that cannot count requests may count the connections still open (nginx):
+        // asked only now, for the report, since such a count must not end a drain early.
+        let mut open = None;
+        if left.is_none() {
+            match self.router_open_connections(endpoint).await {
+                Ok(counted) => open = counted,
+                Err(e) => warnings.push(format!(
+                    "could not count the connections still open to {endpoint}: {e}"
+                )),
+            }
+        }
         self.observer.on_event(&Event::Drained {
             endpoint: endpoint.clone(),
             elapsed_ms: millis(began.elapsed()),
             left,
             cut,
+            open,
         });
         Ok(warnings)
     }

@@ -234,6 +234,17 @@ pub trait Router: Send + Sync {
         Ok(None)
     }
 
+    /// How many connections the router still holds open to `endpoint` (WebSockets, streams),
+    /// if it can count them, for the drain's report only. The engine asks once, when the drain
+    /// time is over and just before it stops the old color, and only when
+    /// [`Router::in_flight`] said `None`: unlike an in-flight count, this one may miss a
+    /// request that is on its way (nginx reads a request's body before it connects), so it must
+    /// never end a drain early. `None` (the default) means it cannot count.
+    async fn open_connections(&self, endpoint: &Endpoint) -> Result<Option<u64>, ComponentError> {
+        let _ = endpoint;
+        Ok(None)
+    }
+
     /// Waits up to `within` until nothing is in flight to `endpoint`, then says how many are
     /// left, like [`Router::in_flight`]. The engine's drain calls this rather than polling, so
     /// a router that is told the moment its count reaches zero (blue-green's own proxy) ends
@@ -298,6 +309,12 @@ macro_rules! forward_router {
             }
             async fn in_flight(&self, endpoint: &Endpoint) -> Result<Option<u64>, ComponentError> {
                 (**self).in_flight(endpoint).await
+            }
+            async fn open_connections(
+                &self,
+                endpoint: &Endpoint,
+            ) -> Result<Option<u64>, ComponentError> {
+                (**self).open_connections(endpoint).await
             }
             async fn wait_idle(
                 &self,

@@ -53,6 +53,31 @@ impl CommandFailure {
     }
 }
 
+impl CommandFailure {
+    /// Whether the command's output shows that nginx itself is not running: `nginx -s reload`
+    /// found no pid file, or no process behind it (the master died).
+    pub(crate) fn nginx_is_down(&self) -> bool {
+        self.started
+            && (self.detail.contains("failed (3: No such process)")
+                || self
+                    .detail
+                    .contains(".pid\" failed (2: No such file or directory)")
+                || self.detail.contains("invalid PID number"))
+    }
+
+    /// The same failure as "unreachable", saying what to do, when [`Self::nginx_is_down`]:
+    /// the command then exits as for an unreachable environment.
+    pub(crate) fn unreachable_if_nginx_is_down(mut self) -> CommandFailure {
+        if self.nginx_is_down() {
+            self.kind = ComponentErrorKind::Unreachable;
+            self.detail.push_str(
+                " (nginx is not running: start it again, and it routes as the upstream file says; then run the command again)",
+            );
+        }
+        self
+    }
+}
+
 /// Runs `argv` (never through a shell) within `timeout`, through the core's one process
 /// runner: in its own process group, which is terminated (then killed) if it overruns or if
 /// this future is dropped, so no `nginx -s reload` is left running behind a cancelled switch.

@@ -49,7 +49,8 @@
 //! The module is split by job: `config` (the config types and their one check), `upstream`
 //! (rendering and reading the upstream block, pure functions), `switch` (the write, test,
 //! reload and restore transaction), `command` (running nginx's commands), `workers` (watching
-//! nginx's workers through `/proc`) and `verify` (verification through nginx).
+//! nginx's workers through `/proc`), `verify` (verification through nginx) and `connections`
+//! (counting what nginx still holds open to the old color when the drain ends).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -61,6 +62,7 @@ use crate::Error;
 
 mod command;
 mod config;
+mod connections;
 mod private;
 mod switch;
 pub(crate) mod upstream;
@@ -173,6 +175,12 @@ impl Router for NginxRouter {
         receipt: &RouteReceipt,
     ) -> Result<(), ComponentError> {
         self.verify_switch(instance, receipt).await
+    }
+
+    // No `in_flight`: a count of nginx's connections to the old color misses the requests on
+    // their way to it, so the drain waits its whole time; this count is for its report.
+    async fn open_connections(&self, endpoint: &Endpoint) -> Result<Option<u64>, ComponentError> {
+        self.count_open(endpoint).await
     }
 }
 

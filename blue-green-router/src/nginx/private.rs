@@ -129,6 +129,13 @@ http {{
     uwsgi_temp_path {d}/uwsgi;
     scgi_temp_path {d}/scgi;
 
+    # WebSockets: pass the client's `Upgrade` on, and `Connection: upgrade` with it; other
+    # requests send no `Connection` header, so the upstream keep-alive connections stay open.
+    map $http_upgrade $connection_upgrade {{
+        default upgrade;
+        \"\" \"\";
+    }}
+
     include {d}/upstream.conf;
 
     server {{
@@ -136,7 +143,8 @@ http {{
         location / {{
             proxy_pass http://{upstream};
             proxy_http_version 1.1;
-            proxy_set_header Connection \"\";
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
         }}
     }}
 }}

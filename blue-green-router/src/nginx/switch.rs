@@ -116,11 +116,15 @@ impl NginxRouter {
         // started new workers.
         let watch = self.watch_workers().await;
         if let Err(failure) = run(&self.config.reload_command, self.config.command_timeout).await {
+            // With no nginx running, a second reload fails the same way; nginx reads the
+            // restored file when it starts again.
+            let down = failure.nginx_is_down();
+            let failure = failure.unreachable_if_nginx_is_down();
             let restored = self.restore(&previous).await;
             // The reload may have gone through before failing (or timing out): reload again so
             // that nginx runs the restored file, not the new one.
             let reloaded = match &restored {
-                Ok(_) if failure.started => {
+                Ok(_) if failure.started && !down => {
                     run(&self.config.reload_command, self.config.command_timeout)
                         .await
                         .map_err(|again| again.detail)
@@ -137,7 +141,7 @@ impl NginxRouter {
             return Err(failure.into_error(
                 format!("failed after writing the new upstream file {file} ({what})"),
                 restored,
-                true,
+                !down,
             ));
         }
         Ok(watch.map_or_else(RouteReceipt::new, |w| RouteReceipt::with(Reloaded(w))))
@@ -263,6 +267,46 @@ mod tests {
             error.message.contains("did not finish within 200ms"),
             "{error}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_reload_that_finds_no_nginx_running_is_unreachable_and_restores_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("upstream.conf");
+        let before = b"upstream web_app-1.x { server 127.0.0.1:1; }\n".to_vec();
+        for said in [
+            "nginx: [alert] kill(4242, 1) failed (3: No such process)",
+            "nginx: [error] open() \"/run/nginx.pid\" failed (2: No such file or directory)",
+            "nginx: [error] config is bad",
+        ] {
+            std::fs::write(&file, &before).unwrap();
+            let mut c = config(dir.path());
+            c.reload_command = vec![
+                "sh".into(),
+                "-c".into(),
+                format!("echo '{said}' >&2; exit 1"),
+            ];
+            let router = NginxRouter::new(c).unwrap();
+            let error = router
+                .route_to(&Endpoint::new("127.0.0.1", 2))
+                .await
+                .unwrap_err();
+            assert_eq!(std::fs::read(&file).unwrap(), before, "{said}");
+            let down = !said.contains("config is bad");
+            let kind = if down {
+                ComponentErrorKind::Unreachable
+            } else {
+                ComponentErrorKind::Failed
+            };
+            assert_eq!(error.kind, kind, "{error}");
+            assert_eq!(
+                error
+                    .message
+                    .contains("nginx is not running: start it again"),
+                down,
+                "{error}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -67,27 +67,7 @@ impl WorkerWatch {
     }
 
     fn before_reload_blocking(proc_root: PathBuf, pid_file: &Path) -> Result<WorkerWatch, String> {
-        let text = std::fs::read_to_string(pid_file)
-            .map_err(|e| format!("cannot read the pid file {}: {e}", pid_file.display()))?;
-        let master: u32 = text.trim().parse().map_err(|_| {
-            format!(
-                "the pid file {} does not hold a process id: {:?}",
-                pid_file.display(),
-                text.trim()
-            )
-        })?;
-        let title = read_title(&proc_root, master).map_err(|e| {
-            format!(
-                "cannot read the command line of process {master} (from {}): {e}",
-                pid_file.display()
-            )
-        })?;
-        if !title.contains("master process") {
-            return Err(format!(
-                "process {master} (from {}) is not an nginx master here (its command line is {title:?}); nginx may run in another pid namespace",
-                pid_file.display()
-            ));
-        }
+        let master = read_master(&proc_root, pid_file)?;
         let children = children(&proc_root, master)
             .map_err(|e| format!("cannot list the children of nginx's master {master}: {e}"))?;
         let old: Vec<ProcessId> = children
@@ -199,6 +179,43 @@ impl Progress {
             }
         }
     }
+}
+
+/// The pid of the nginx master that `pid_file` names, once `/proc` shows that it is one here.
+/// The error says why not (for a debug log or a report).
+pub(super) fn read_master(proc_root: &Path, pid_file: &Path) -> Result<u32, String> {
+    let text = std::fs::read_to_string(pid_file)
+        .map_err(|e| format!("cannot read the pid file {}: {e}", pid_file.display()))?;
+    let master: u32 = text.trim().parse().map_err(|_| {
+        format!(
+            "the pid file {} does not hold a process id: {:?}",
+            pid_file.display(),
+            text.trim()
+        )
+    })?;
+    let title = read_title(proc_root, master).map_err(|e| {
+        format!(
+            "cannot read the command line of process {master} (from {}): {e}",
+            pid_file.display()
+        )
+    })?;
+    if !title.contains("master process") {
+        return Err(format!(
+            "process {master} (from {}) is not an nginx master here (its command line is {title:?}); nginx may run in another pid namespace",
+            pid_file.display()
+        ));
+    }
+    Ok(master)
+}
+
+/// The pids of `master`'s worker processes that still run, the ones shutting down after a
+/// reload included: those hold the long-lived connections opened before it.
+pub(super) fn worker_pids(proc_root: &Path, master: u32) -> io::Result<Vec<u32>> {
+    Ok(children(proc_root, master)?
+        .into_iter()
+        .filter(|c| !c.is_gone() && c.title.contains("worker process"))
+        .map(|c| c.id.pid)
+        .collect())
 }
 
 /// The command line of `pid`, NULs as spaces, trimmed; empty for a zombie.
