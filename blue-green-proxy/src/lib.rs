@@ -33,6 +33,7 @@ pub mod control;
 mod error;
 mod forward;
 mod gate;
+mod handover;
 mod proxy;
 mod router;
 mod routes;

@@ -20,6 +20,8 @@ use crate::proxy::{Drain, Status, Switched};
 
 /// Largest answer read from the proxy.
 const MAX_ANSWER: usize = 4 * 1024 * 1024;
+/// How long to wait before sending a change again that a handover refused.
+const HANDOVER_RETRY: Duration = Duration::from_millis(50);
 
 /// A client of a proxy's control socket. Each call opens its own connection and has a timeout.
 ///
@@ -123,6 +125,9 @@ impl ControlClient {
         .await
     }
 
+    /// One request, within `timeout`. A change refused with `503` (the proxy is handing its
+    /// sockets over to a new process, a matter of milliseconds) is sent again until the new
+    /// process takes it or the time is up.
     async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,
@@ -131,13 +136,28 @@ impl ControlClient {
         timeout: Duration,
     ) -> Result<T, Error> {
         let what = format!("{method} {path}");
-        match tokio::time::timeout(timeout, self.exchange(method, path, body, &what)).await {
-            Ok(answer) => answer,
-            Err(_) => Err(Error::ControlTimeout {
-                path: self.path.clone(),
-                what,
-                secs: timeout.as_secs_f64(),
-            }),
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let attempt = tokio::time::timeout_at(
+                deadline,
+                self.exchange(method.clone(), path, body, &what),
+            )
+            .await;
+            match attempt {
+                Ok(Err(Error::ControlRefused { status: 503, .. }))
+                    if tokio::time::Instant::now() + HANDOVER_RETRY < deadline =>
+                {
+                    tokio::time::sleep(HANDOVER_RETRY).await;
+                }
+                Ok(answer) => return answer,
+                Err(_) => {
+                    return Err(Error::ControlTimeout {
+                        path: self.path.clone(),
+                        what,
+                        secs: timeout.as_secs_f64(),
+                    })
+                }
+            }
         }
     }
 

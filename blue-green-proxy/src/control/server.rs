@@ -125,7 +125,9 @@ pub(crate) async fn serve(
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
                 .keep_alive(allowed);
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}
@@ -185,10 +187,11 @@ async fn answer(handle: &ProxyHandle, req: Request<Incoming>) -> Answer {
             },
             Err(e) => Err(e),
         },
+        (&Method::POST, "/v1/handover") => Ok(handover(handle, req).await),
         (
             _,
             "/v1/status" | "/v1/target" | "/v1/pause" | "/v1/resume" | "/v1/maintenance"
-            | "/v1/drain" | "/v1/cut",
+            | "/v1/drain" | "/v1/cut" | "/v1/handover",
         ) => Err(refuse(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{method} is not allowed on {path}"),
@@ -199,6 +202,12 @@ async fn answer(handle: &ProxyHandle, req: Request<Incoming>) -> Answer {
         )),
     };
     result.unwrap_or_else(Refused::answer)
+}
+
+/// `POST /v1/handover`: a new `blue-green proxy run --take-over` takes the sockets over (see
+/// the `handover` module).
+async fn handover(handle: &ProxyHandle, req: Request<Incoming>) -> Answer {
+    crate::handover::answer(handle.shared(), req).await
 }
 
 async fn set_target(handle: &ProxyHandle, set: SetTarget) -> Result<Answer, Refused> {
@@ -217,7 +226,15 @@ async fn set_target(handle: &ProxyHandle, set: SetTarget) -> Result<Answer, Refu
         Ok(switched) => Ok(json(StatusCode::OK, &switched)),
         Err(e @ Error::Conflict { .. }) => Err(refuse(StatusCode::CONFLICT, e.to_string())),
         Err(e @ Error::Invalid(_)) => Err(refuse(StatusCode::BAD_REQUEST, e.to_string())),
-        Err(e) => Err(refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        Err(e) => Err(refused(e)),
+    }
+}
+
+/// A failed change: `503` while a handover refuses changes (the client retries), else `500`.
+fn refused(e: Error) -> Refused {
+    match e {
+        Error::HandingOver => refuse(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        e => refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
@@ -226,7 +243,7 @@ async fn set_mode(handle: &ProxyHandle, mode: Mode) -> Result<Answer, Refused> {
         .set_mode(mode)
         .await
         .map(|()| json(StatusCode::OK, &ModeAnswer { mode }))
-        .map_err(|e| refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+        .map_err(refused)
 }
 
 fn endpoint(text: &str) -> Result<Endpoint, Refused> {
