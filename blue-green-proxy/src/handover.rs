@@ -162,7 +162,10 @@ impl Handover {
 // ---- the old process ----
 
 /// `POST /v1/handover` on the control socket: the start of a handover to a new process.
-pub(crate) async fn answer(shared: std::sync::Arc<Shared>, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+pub(crate) async fn answer(
+    shared: std::sync::Arc<Shared>,
+    mut req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let wants = req
         .headers()
         .get(UPGRADE)
@@ -180,7 +183,9 @@ pub(crate) async fn answer(shared: std::sync::Arc<Shared>, mut req: Request<Inco
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
-        match tokio::time::timeout(STEP_TIMEOUT * 2, give(&shared, on_upgrade, offer, sockets)).await {
+        match tokio::time::timeout(STEP_TIMEOUT * 2, give(&shared, on_upgrade, offer, sockets))
+            .await
+        {
             Ok(Ok(())) => {
                 tracing::info!("handed the listening sockets over to a new proxy process; finishing what is in flight");
                 shared.handover.handed_over.cancel();
@@ -190,7 +195,10 @@ pub(crate) async fn answer(shared: std::sync::Arc<Shared>, mut req: Request<Inco
                 shared.handover.thaw();
             }
             Err(_) => {
-                tracing::warn!("the new proxy process did not complete the handover within {}s; serving on", (STEP_TIMEOUT * 2).as_secs());
+                tracing::warn!(
+                    "the new proxy process did not complete the handover within {}s; serving on",
+                    (STEP_TIMEOUT * 2).as_secs()
+                );
                 shared.handover.thaw();
             }
         }
@@ -244,7 +252,9 @@ async fn give(
     offer: Offer,
     sockets: Sockets,
 ) -> Result<(), String> {
-    let upgraded = on_upgrade.await.map_err(|e| format!("the upgrade failed: {e}"))?;
+    let upgraded = on_upgrade
+        .await
+        .map_err(|e| format!("the upgrade failed: {e}"))?;
     let parts = upgraded
         .downcast::<TokioIo<UnixStream>>()
         .map_err(|_| "the control connection is not a Unix socket".to_string())?;
@@ -270,7 +280,11 @@ async fn give(
     write_all(&stream, &json).await?;
     match read_byte(&stream).await? {
         b'A' => {}
-        other => return Err(format!("the new process answered {other:?} instead of accepting")),
+        other => {
+            return Err(format!(
+                "the new process answered {other:?} instead of accepting"
+            ))
+        }
     }
     // The new process accepts on the sockets now: stop accepting here, then tell it.
     shared.handover.accepting.cancel();
@@ -333,7 +347,12 @@ pub(crate) async fn take(control: &Path, listen: &[SocketAddr]) -> Result<Taken,
         .map_err(|e| fail(e.to_string()))?;
     let res = tokio::time::timeout(STEP_TIMEOUT, sender.send_request(req))
         .await
-        .map_err(|_| fail(format!("no answer to the handover request within {}s", STEP_TIMEOUT.as_secs())))?
+        .map_err(|_| {
+            fail(format!(
+                "no answer to the handover request within {}s",
+                STEP_TIMEOUT.as_secs()
+            ))
+        })?
         .map_err(|e| fail(format!("the handover request failed: {e}")))?;
     if res.status() != StatusCode::SWITCHING_PROTOCOLS {
         let status = res.status();
@@ -380,13 +399,11 @@ pub(crate) async fn take(control: &Path, listen: &[SocketAddr]) -> Result<Taken,
         )));
     }
     let mut fds = fds.into_iter();
-    let mut offered: Vec<(SocketAddr, OwnedFd)> = offer
-        .listen
-        .iter()
-        .copied()
-        .zip(fds.by_ref())
-        .collect();
-    let control_fd = fds.next().ok_or_else(|| fail("no control socket came".into()))?;
+    let mut offered: Vec<(SocketAddr, OwnedFd)> =
+        offer.listen.iter().copied().zip(fds.by_ref()).collect();
+    let control_fd = fds
+        .next()
+        .ok_or_else(|| fail("no control socket came".into()))?;
     let mut listeners = Vec::new();
     for wanted in listen {
         let at = offered
@@ -427,7 +444,11 @@ pub(crate) async fn take(control: &Path, listen: &[SocketAddr]) -> Result<Taken,
 
 /// Tells the old process that this one accepts now, and waits for it to stop accepting.
 /// Changes are taken from then on.
-pub(crate) async fn commit(shared: &Shared, stream: UnixStream, control: &Path) -> Result<(), Error> {
+pub(crate) async fn commit(
+    shared: &Shared,
+    stream: UnixStream,
+    control: &Path,
+) -> Result<(), Error> {
     let fail = |message: String| Error::TakeOver {
         path: control.to_path_buf(),
         message,
@@ -438,7 +459,9 @@ pub(crate) async fn commit(shared: &Shared, stream: UnixStream, control: &Path) 
             shared.handover.thaw();
             Ok(())
         }
-        Ok(Ok(other)) => Err(fail(format!("the running proxy answered {other:?} instead of letting go"))),
+        Ok(Ok(other)) => Err(fail(format!(
+            "the running proxy answered {other:?} instead of letting go"
+        ))),
         Ok(Err(e)) => Err(fail(format!("the running proxy gave up the handover: {e}"))),
         Err(_) => Err(fail(format!(
             "the running proxy did not let go of its sockets within {}s",
@@ -523,8 +546,13 @@ async fn send_with_fds(
             if !control.push(SendAncillaryMessage::ScmRights(fds)) {
                 return Err(std::io::Error::other("the sockets do not fit one message"));
             }
-            rustix::net::sendmsg(stream, &[IoSlice::new(bytes)], &mut control, SendFlags::NOSIGNAL)
-                .map_err(std::io::Error::from)
+            rustix::net::sendmsg(
+                stream,
+                &[IoSlice::new(bytes)],
+                &mut control,
+                SendFlags::NOSIGNAL,
+            )
+            .map_err(std::io::Error::from)
         })
         .await
         .map_err(|e| format!("sending the sockets failed: {e}"))?;
@@ -553,7 +581,9 @@ async fn recv_with_fds(stream: &UnixStream) -> Result<([u8; 4], Vec<OwnedFd>), S
                 }
             }
             if msg.flags.contains(rustix::net::ReturnFlags::CTRUNC) {
-                return Err(std::io::Error::other("more sockets came than one handover carries"));
+                return Err(std::io::Error::other(
+                    "more sockets came than one handover carries",
+                ));
             }
             Ok(msg.bytes)
         })

@@ -370,7 +370,8 @@ impl Proxy {
         for l in taken.listen {
             listeners.push(TcpListener::from_std(l).map_err(bind_err)?);
         }
-        let control_listener = tokio::net::UnixListener::from_std(taken.control).map_err(bind_err)?;
+        let control_listener =
+            tokio::net::UnixListener::from_std(taken.control).map_err(bind_err)?;
         let mut proxy = Proxy::launch(
             config,
             Launch {
@@ -482,8 +483,12 @@ impl Proxy {
         let began = Instant::now();
         self.shared.handover.retire.cancel();
         let left = handover::wait_in_flight(&self.shared, grace).await;
-        self.shutdown_within(grace.saturating_sub(began.elapsed()).max(Duration::from_secs(1)))
-            .await;
+        self.shutdown_within(
+            grace
+                .saturating_sub(began.elapsed())
+                .max(Duration::from_secs(1)),
+        )
+        .await;
         left
     }
 
@@ -524,7 +529,11 @@ impl Proxy {
             );
         }
         // After a handover the socket file is the new process's.
-        if let Some(path) = self.control.as_ref().filter(|_| !self.shared.handover.handed_over.is_cancelled()) {
+        if let Some(path) = self
+            .control
+            .as_ref()
+            .filter(|_| !self.shared.handover.handed_over.is_cancelled())
+        {
             let _ = std::fs::remove_file(path);
         }
     }

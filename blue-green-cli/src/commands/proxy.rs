@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use blue_green_proxy::{ControlClient, Proxy, ProxyConfig, Status};
 use clap::{Args, Subcommand, ValueEnum};
-use tokio::signal::unix::SignalKind;
 use serde_json::json;
+use tokio::signal::unix::SignalKind;
 
 use crate::config::DEFAULT_PROXY_CONTROL;
 use crate::failure::Failure;

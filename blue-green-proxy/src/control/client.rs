@@ -137,25 +137,26 @@ impl ControlClient {
     ) -> Result<T, Error> {
         let what = format!("{method} {path}");
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut refused = None;
         loop {
-            let attempt = tokio::time::timeout_at(
-                deadline,
-                self.exchange(method.clone(), path, body, &what),
-            )
-            .await;
+            let attempt =
+                tokio::time::timeout_at(deadline, self.exchange(method.clone(), path, body, &what))
+                    .await;
             match attempt {
-                Ok(Err(Error::ControlRefused { status: 503, .. }))
+                Ok(Err(e @ Error::ControlRefused { status: 503, .. }))
                     if tokio::time::Instant::now() + HANDOVER_RETRY < deadline =>
                 {
+                    refused = Some(e);
                     tokio::time::sleep(HANDOVER_RETRY).await;
                 }
                 Ok(answer) => return answer,
+                // Still refused at the deadline: say why, rather than "no answer".
                 Err(_) => {
-                    return Err(Error::ControlTimeout {
+                    return Err(refused.unwrap_or(Error::ControlTimeout {
                         path: self.path.clone(),
                         what,
                         secs: timeout.as_secs_f64(),
-                    })
+                    }))
                 }
             }
         }
