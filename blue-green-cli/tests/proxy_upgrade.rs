@@ -178,6 +178,21 @@ fn set(app: &str, target: &str, hosts: Option<Vec<String>>) -> SetTarget {
     }
 }
 
+/// A first proxy in `dir` on a free port, answering on its control socket, with app `web`
+/// routed to a new blue color server: the proxy, its listen address and blue.
+async fn first_proxy(dir: &Path, log: &str) -> (tokio::process::Child, String, ColorServer) {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let blue = ColorServer::start(Color::Blue, "v1").await.expect("blue");
+    let mut child = proxy(dir, &listen, log, &[]);
+    let socket = dir.join("proxy.sock");
+    wait_for_socket(&socket, &mut child, &dir.join(log)).await;
+    ControlClient::new(&socket)
+        .set_target(&set("web", &blue.endpoint().to_string(), None))
+        .await
+        .expect("route web");
+    (child, listen, blue)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replacing_the_proxy_five_times_under_load_loses_no_request() {
     let dir = tempfile::Builder::new()
@@ -186,18 +201,10 @@ async fn replacing_the_proxy_five_times_under_load_loses_no_request() {
         .expect("temp dir");
     let d = dir.path();
     let socket = d.join("proxy.sock");
-    let listen = format!("127.0.0.1:{}", free_port());
-    let base = format!("http://{listen}");
-    let blue = ColorServer::start(Color::Blue, "v1").await.expect("blue");
     let events = EventServer::start().await;
-
-    let mut current = proxy(d, &listen, "proxy-0.log", &[]);
-    wait_for_socket(&socket, &mut current, &d.join("proxy-0.log")).await;
+    let (mut current, listen, blue) = first_proxy(d, "proxy-0.log").await;
+    let base = format!("http://{listen}");
     let control = ControlClient::new(&socket);
-    control
-        .set_target(&set("web", &blue.endpoint().to_string(), None))
-        .await
-        .expect("route web");
     control
         .set_target(&set(
             "events",
@@ -369,15 +376,8 @@ async fn a_second_take_over_during_one_is_refused_and_changes_wait_for_the_hando
     let dir = tempfile::tempdir().expect("temp dir");
     let d = dir.path();
     let socket = d.join("proxy.sock");
-    let listen = format!("127.0.0.1:{}", free_port());
-    let blue = ColorServer::start(Color::Blue, "v1").await.expect("blue");
-    let mut old = proxy(d, &listen, "old.log", &[]);
-    wait_for_socket(&socket, &mut old, &d.join("old.log")).await;
+    let (mut old, listen, blue) = first_proxy(d, "old.log").await;
     let control = ControlClient::new(&socket);
-    control
-        .set_target(&set("web", &blue.endpoint().to_string(), None))
-        .await
-        .expect("route web");
 
     // A take-over that has begun and stalls: the handover request, answered 101, and nothing
     // after it.

@@ -455,7 +455,7 @@ impl Proxy {
                     shared: shared.clone(),
                 },
                 listener,
-                shared.handover.accepting.clone(),
+                shutdown.clone(),
                 tracker.clone(),
             ));
         }

@@ -73,13 +73,16 @@ pub(crate) async fn bind(path: &Path) -> Result<UnixListener, Error> {
     Ok(listener)
 }
 
-/// Answers the control API on `listener` until `shutdown`.
+/// Answers the control API on `listener` until the proxy stops accepting (shut down, or handed
+/// over to a new process); the connections open then are answered until `shutdown`, so a
+/// drain wait under way when the proxy hands over still gets its answer.
 pub(crate) async fn serve(
     handle: ProxyHandle,
     listener: UnixListener,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
+    let accepting = handle.shared().handover.accepting.clone();
     let owner = rustix::process::geteuid().as_raw();
     loop {
         let stream = tokio::select! {
@@ -91,7 +94,7 @@ pub(crate) async fn serve(
                     continue;
                 }
             },
-            _ = shutdown.cancelled() => return,
+            _ = accepting.cancelled() => return,
         };
         let uid = stream.peer_cred().map(|c| c.uid()).ok();
         let allowed = matches!(uid, Some(u) if u == owner || u == 0);
