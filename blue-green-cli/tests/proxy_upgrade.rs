@@ -58,16 +58,16 @@ async fn exited(child: tokio::process::Child, within: Duration, what: &str) -> O
 
 /// The `result` line of a `--json` command's stdout.
 fn result_line(out: &Output) -> Value {
-    String::from_utf8_lossy(&out.stdout)
+    first_result(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// The first `result` line of `--json` output.
+fn first_result(stdout: &str) -> Value {
+    stdout
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .find(|v| v["event"] == "result")
-        .unwrap_or_else(|| {
-            panic!(
-                "a result line in {:?}",
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })
+        .unwrap_or_else(|| panic!("a result line in {stdout:?}"))
 }
 
 async fn wait_for_socket(socket: &Path, child: &mut tokio::process::Child, log: &Path) {
@@ -263,6 +263,7 @@ async fn replacing_the_proxy_five_times_under_load_loses_no_request() {
     let mut first_exit = None;
     for round in 1..=5 {
         let log = format!("proxy-{round}.log");
+        let began = Instant::now();
         let next = proxy(d, &listen, &log, &["--take-over"]);
         let out = exited(
             current,
@@ -272,6 +273,17 @@ async fn replacing_the_proxy_five_times_under_load_loses_no_request() {
         .await;
         let ended = Instant::now();
         first_exit.get_or_insert(ended);
+        let took = log_text(d, &log)
+            .lines()
+            .find(|l| l.contains("took over"))
+            .and_then(|l| l.split(" in ").nth(1))
+            .and_then(|l| l.split(';').next())
+            .unwrap_or("(no log line)")
+            .to_string();
+        eprintln!(
+            "round {round}: the new process took over {took}; the old one exited {} ms after the take-over began",
+            ended.duration_since(began).as_millis()
+        );
         assert!(
             out.status.success(),
             "the old proxy {} exited 0 after the take-over: {}; see {}",
@@ -464,4 +476,105 @@ async fn a_second_take_over_during_one_is_refused_and_changes_wait_for_the_hando
         .await
         .expect("body");
     assert!(answer.starts_with("blue v1"), "{answer}");
+}
+
+/// Kills a process this test caused to start but did not spawn itself (the successor a
+/// SIGUSR2 starts), when dropped.
+struct KillOnDrop(Option<i32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.and_then(rustix::process::Pid::from_raw) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+/// The `MAINPID` of the next systemd notification on `socket`.
+async fn next_main_pid(socket: &tokio::net::UnixDatagram) -> i32 {
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(20), socket.recv(&mut buf))
+        .await
+        .expect("a systemd notification within 20s")
+        .expect("receive a notification");
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(text.lines().any(|l| l == "READY=1"), "{text:?}");
+    text.lines()
+        .find_map(|l| l.strip_prefix("MAINPID="))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("MAINPID in {text:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr2_starts_a_successor_that_takes_over_and_tells_systemd_its_pid() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    let socket = d.join("proxy.sock");
+    let notify = tokio::net::UnixDatagram::bind(d.join("notify.sock")).expect("notify socket");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let blue = ColorServer::start(Color::Blue, "v1").await.expect("blue");
+    let log = std::fs::File::create(d.join("proxy.log")).expect("log file");
+    // A file, not a pipe: the successor inherits it and outlives the old process.
+    let stdout = std::fs::File::create(d.join("proxy.out")).expect("stdout file");
+    let mut old = tokio::process::Command::new(assert_cmd::cargo::cargo_bin("blue-green"))
+        .args(["--json", "proxy", "run", "--listen", &listen, "--control"])
+        .arg(&socket)
+        .arg("--state")
+        .arg(d.join("proxy.json"))
+        .env("NOTIFY_SOCKET", d.join("notify.sock"))
+        .env_remove("BLUE_GREEN_PROXY_CONTROL")
+        .stdout(Stdio::from(stdout))
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start blue-green proxy run");
+    let old_pid = i32::try_from(old.id().expect("pid")).expect("pid fits");
+    assert_eq!(next_main_pid(&notify).await, old_pid, "ready, main pid");
+    wait_for_socket(&socket, &mut old, &d.join("proxy.log")).await;
+    ControlClient::new(&socket)
+        .set_target(&set("web", &blue.endpoint().to_string(), None))
+        .await
+        .expect("route web");
+    let load = Load::start(LoadConfig::new(format!("http://{listen}")));
+    let warm = load.wait_for(50, Duration::from_secs(20)).await;
+    assert!(warm.total >= 50, "traffic flows through the proxy: {warm}");
+
+    // What `systemctl reload` does with `ExecReload=/bin/kill -USR2 $MAINPID`.
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(old_pid).expect("a pid"),
+        rustix::process::Signal::USR2,
+    )
+    .expect("send SIGUSR2");
+    let successor = next_main_pid(&notify).await;
+    let _successor = KillOnDrop(Some(successor));
+    assert_ne!(successor, old_pid, "the successor is another process");
+    let status = tokio::time::timeout(Duration::from_secs(30), old.wait())
+        .await
+        .expect("the old proxy exited within 30s")
+        .expect("wait for the old proxy");
+    assert!(
+        status.success(),
+        "the old proxy exited 0: {status}; see {}",
+        d.join("proxy.log").display()
+    );
+    let stdout = std::fs::read_to_string(d.join("proxy.out")).expect("stdout");
+    assert_eq!(first_result(&stdout)["handed_over"], true, "{stdout}");
+    let moved = load
+        .wait_for(load.snapshot().total + 50, Duration::from_secs(20))
+        .await;
+    let report = load.stop().await;
+    eprintln!("load across a SIGUSR2 replacement: {report}");
+    assert!(moved.total >= warm.total + 50, "{moved}");
+    assert_eq!(report.failed, 0, "{report}");
+    let status = ControlClient::new(&socket).status().await.expect("status");
+    assert_eq!(
+        status.apps[0].target.as_deref(),
+        Some(blue.endpoint().to_string().as_str()),
+        "the successor serves the same route"
+    );
+    let logged = log_text(d, "proxy.log");
+    assert!(
+        logged.contains(&format!("(pid {successor}) to take over")),
+        "{logged}"
+    );
 }

@@ -347,6 +347,7 @@ impl Proxy {
                 "a take-over needs the running proxy's control socket (--control PATH)".into(),
             ));
         };
+        let began = Instant::now();
         let taken = handover::take(&control, &config.listen).await?;
         let saved = taken.offer.state.clone();
         let targets = Targets::default();
@@ -391,14 +392,15 @@ impl Proxy {
             return Err(e);
         }
         tracing::info!(
-            "took over {} and control socket {} from the running proxy; it finishes what it has in flight and exits",
+            "took over {} and control socket {} from the running proxy in {} ms; it finishes what it has in flight and exits",
             proxy
                 .addrs
                 .iter()
                 .map(|a| a.to_string())
                 .collect::<Vec<_>>()
                 .join(", "),
-            control.display()
+            control.display(),
+            began.elapsed().as_millis()
         );
         Ok(proxy)
     }
