@@ -94,7 +94,8 @@ pub(crate) struct Handover {
     sockets: Mutex<Option<Sockets>>,
     /// Cancelled when this process stops accepting (handed over, or shutting down).
     pub(crate) accepting: CancellationToken,
-    /// Cancelled when this process retires: answers close their connections.
+    /// Cancelled when this process has handed over and retires: answers close their
+    /// connections.
     pub(crate) retire: CancellationToken,
     /// Cancelled when the sockets belong to another process now.
     pub(crate) handed_over: CancellationToken,
@@ -288,6 +289,8 @@ async fn give(
     }
     // The new process accepts on the sockets now: stop accepting here, then tell it.
     shared.handover.accepting.cancel();
+    // From now on answers here close their connections: clients move to the new process.
+    shared.handover.retire.cancel();
     // Closing this process's copies leaves the sockets open: the new process holds them.
     drop(shared.handover.sockets().take());
     write_all(&stream, b"C").await?;
