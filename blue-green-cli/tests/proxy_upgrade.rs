@@ -465,6 +465,16 @@ async fn a_second_take_over_during_one_is_refused_and_changes_wait_for_the_hando
         stderr.contains("--listen 127.0.0.1:1") && stderr.contains(&listen),
         "{stderr}"
     );
+    // A paused proxy is not taken over: the requests it holds would wait in the old process.
+    control.pause().await.expect("pause");
+    let out = take_over(d, &listen, "paused.log").await;
+    let stderr = log_text(d, "paused.log");
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("blue-green proxy resume"), "{stderr}");
+    control
+        .resume()
+        .await
+        .expect("resume, as the old proxy takes changes again");
     assert!(
         old.try_wait().expect("old state").is_none(),
         "the old proxy serves on"

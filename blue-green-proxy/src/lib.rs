@@ -27,6 +27,9 @@
 //! # Ok(()) }
 //! ```
 
+// The sockets of a handover pass through rustix's safe `sendmsg`/`recvmsg`: no unsafe here.
+#![forbid(unsafe_code)]
+
 mod body;
 mod config;
 pub mod control;
