@@ -59,6 +59,21 @@ pub enum Error {
         current: Option<String>,
     },
 
+    /// A change was refused because the proxy is handing its sockets over to a new process
+    /// (`blue-green proxy run --take-over`); the new process takes it a moment later.
+    #[error("the proxy is being replaced by a new process (blue-green proxy run --take-over) and takes no changes during the handover; retry in a moment")]
+    HandingOver,
+
+    /// A take-over (`blue-green proxy run --take-over`) could not get the running proxy's
+    /// sockets; the running proxy serves on as before.
+    #[error("taking over from the proxy on control socket {path}: {message}")]
+    TakeOver {
+        /// The running proxy's control socket.
+        path: PathBuf,
+        /// What went wrong and what to do.
+        message: String,
+    },
+
     /// A request to the proxy was refused before anything changed (a bad app name, host, endpoint
     /// or body).
     #[error("{0}")]

@@ -27,12 +27,16 @@
 //! # Ok(()) }
 //! ```
 
+// The sockets of a handover pass through rustix's safe `sendmsg`/`recvmsg`: no unsafe here.
+#![forbid(unsafe_code)]
+
 mod body;
 mod config;
 pub mod control;
 mod error;
 mod forward;
 mod gate;
+mod handover;
 mod proxy;
 mod router;
 mod routes;

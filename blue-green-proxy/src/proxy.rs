@@ -1,6 +1,7 @@
 //! [`Proxy`]: a running proxy, and [`ProxyHandle`], the in-process way to drive it.
 
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -18,6 +19,7 @@ use crate::config::ProxyConfig;
 use crate::control;
 use crate::error::Error;
 use crate::gate::{Gate, Mode};
+use crate::handover::{self, Handover};
 use crate::router::EmbeddedRouter;
 use crate::routes::{AppInfo, RouteSpec, RouteTable, Routes};
 use crate::serve;
@@ -38,7 +40,9 @@ pub(crate) struct Shared {
     /// names the first one's port.
     pub(crate) listening: OnceLock<Vec<SocketAddr>>,
     /// Serialises changes (target sets, mode changes) with their state-file writes.
-    changes: tokio::sync::Mutex<()>,
+    pub(crate) changes: tokio::sync::Mutex<()>,
+    /// Handing the sockets over to a new process, and retiring after it.
+    pub(crate) handover: Handover,
 }
 
 /// What a compare-and-set of an app's target expects to find.
@@ -128,11 +132,14 @@ pub struct Drain {
 
 impl Shared {
     /// The current state, as the state file keeps it.
-    fn saved(&self, table: &RouteTable, mode: Mode) -> SavedState {
+    pub(crate) fn saved(&self, table: &RouteTable, mode: Mode) -> SavedState {
         SavedState::new(mode, table.apps().map(|a| a.info()).collect())
     }
 
+    /// Writes a change to the state file before it takes effect. Every change goes through
+    /// here, so this is also where a change is refused during a handover.
     async fn persist(&self, saved: SavedState) -> Result<(), Error> {
+        self.handover.check_open()?;
         let Some(path) = self.config.state_file.clone() else {
             return Ok(());
         };
@@ -406,6 +413,10 @@ impl ProxyHandle {
     pub fn router(&self, app: &str) -> EmbeddedRouter {
         EmbeddedRouter::new(self.clone(), app)
     }
+
+    pub(crate) fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
 }
 
 /// A running proxy. It serves until [`Proxy::shutdown`] (or until dropped, which stops the
@@ -450,18 +461,8 @@ impl Proxy {
             },
             None => (RouteTable::default(), Mode::Serving),
         };
-        let shared = Arc::new(Shared {
-            server: serve::builder(&config.limits),
-            routes: Routes::new(table),
-            targets,
-            gate: Gate::new(mode, config.pause.clone()),
-            listening: OnceLock::new(),
-            changes: tokio::sync::Mutex::new(()),
-            config,
-        });
-
         let mut listeners = Vec::new();
-        for addr in &shared.config.listen {
+        for addr in &config.listen {
             let listener = TcpListener::bind(addr)
                 .await
                 .map_err(|source| Error::Bind {
@@ -470,20 +471,137 @@ impl Proxy {
                 })?;
             listeners.push(listener);
         }
-        let addrs = listeners
-            .iter()
-            .zip(&shared.config.listen)
-            .map(|(l, a)| l.local_addr().unwrap_or(*a))
-            .collect::<Vec<_>>();
-        let _ = shared.listening.set(addrs.clone());
-        let control_listener = match &shared.config.control {
+        let control_listener = match &config.control {
             Some(path) => Some(control::server::bind(path).await?),
             None => None,
         };
+        Ok(Proxy::launch(
+            config,
+            Launch {
+                table,
+                mode,
+                targets,
+                listeners,
+                control: control_listener,
+                frozen: false,
+            },
+        ))
+    }
 
+    /// Takes over from the proxy that runs with the same control socket: receives its listening
+    /// sockets (client traffic and control) and its routes, serves them, and lets the old
+    /// process finish what it has in flight and exit. No connection is refused or reset on the
+    /// way; see `docs/proxy.md`, "Upgrading the proxy".
+    ///
+    /// `config.listen` must name the addresses the running proxy listens on (port 0 matches any
+    /// port); `config.control` is required. The routes come from the running proxy and are
+    /// written to `config.state_file`, if any. On any error the running proxy serves on as
+    /// before.
+    pub async fn take_over(config: ProxyConfig) -> Result<Proxy, Error> {
+        let Some(control) = config.control.clone() else {
+            return Err(Error::Invalid(
+                "a take-over needs the running proxy's control socket (--control PATH)".into(),
+            ));
+        };
+        let began = Instant::now();
+        let taken = handover::take(&control, &config.listen).await?;
+        let saved = taken.offer.state.clone();
+        let targets = Targets::default();
+        let origin = config.state_file.clone().unwrap_or_else(|| control.clone());
+        let table = restore(&origin, &saved, &targets)?;
+        if let Some(path) = config.state_file.clone() {
+            let copy = saved.clone();
+            tokio::task::spawn_blocking(move || state::save(&path, &copy))
+                .await
+                .map_err(|e| Error::StateIo {
+                    path: config.state_file.clone().unwrap_or_default(),
+                    action: "writing",
+                    source: std::io::Error::other(e),
+                })??;
+        }
+        let bind_err = |source| Error::TakeOver {
+            path: control.clone(),
+            message: format!("a received socket could not be used: {source}"),
+        };
+        let mut listeners = Vec::new();
+        for l in taken.listen {
+            listeners.push(TcpListener::from_std(l).map_err(bind_err)?);
+        }
+        let control_listener =
+            tokio::net::UnixListener::from_std(taken.control).map_err(bind_err)?;
+        let mut proxy = Proxy::launch(
+            config,
+            Launch {
+                table,
+                mode: saved.mode,
+                targets,
+                listeners,
+                control: Some(control_listener),
+                frozen: true,
+            },
+        );
+        if let Err(e) = handover::commit(&proxy.shared, taken.stream, &control).await {
+            // The old process serves on: give the sockets back (close the copies here), after
+            // the few connections accepted meanwhile are answered; the socket file is its own.
+            proxy.control = None;
+            proxy.shutdown_within(Duration::from_secs(10)).await;
+            return Err(e);
+        }
+        tracing::info!(
+            "took over {} and control socket {} from the running proxy in {} ms; it finishes what it has in flight and exits",
+            proxy
+                .addrs
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            control.display(),
+            began.elapsed().as_millis()
+        );
+        Ok(proxy)
+    }
+
+    fn launch(config: ProxyConfig, launch: Launch) -> Proxy {
         let shutdown = CancellationToken::new();
+        let shared = Arc::new(Shared {
+            server: serve::builder(&config.limits),
+            routes: Routes::new(launch.table),
+            targets: launch.targets,
+            gate: Gate::new(launch.mode, config.pause.clone()),
+            listening: OnceLock::new(),
+            changes: tokio::sync::Mutex::new(()),
+            handover: Handover::new(&shutdown, launch.frozen),
+            config,
+        });
+        let addrs: Vec<SocketAddr> = launch
+            .listeners
+            .iter()
+            .zip(&shared.config.listen)
+            .map(|(l, a)| l.local_addr().unwrap_or(*a))
+            .collect();
+        let _ = shared.listening.set(addrs.clone());
+        // Copies of the sockets, for a later handover; without them (out of file descriptors)
+        // the proxy serves, and a take-over is refused with the reason.
+        let copies: std::io::Result<Vec<_>> = launch
+            .listeners
+            .iter()
+            .zip(&addrs)
+            .map(|(l, a)| Ok((*a, l.as_fd().try_clone_to_owned()?)))
+            .collect();
+        let control_copy = launch
+            .control
+            .as_ref()
+            .map(|l| l.as_fd().try_clone_to_owned())
+            .transpose();
+        match (copies, control_copy) {
+            (Ok(listen), Ok(control)) => shared.handover.keep_sockets(listen, control),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!("could not keep copies of the listening sockets ({e}); this proxy cannot be taken over")
+            }
+        }
+
         let tracker = TaskTracker::new();
-        for listener in listeners {
+        for listener in launch.listeners {
             tracker.spawn(serve::accept_loop(
                 shared.clone(),
                 listener,
@@ -491,7 +609,7 @@ impl Proxy {
                 tracker.clone(),
             ));
         }
-        if let Some(listener) = control_listener {
+        if let Some(listener) = launch.control {
             tracker.spawn(control::server::serve(
                 ProxyHandle {
                     shared: shared.clone(),
@@ -501,13 +619,37 @@ impl Proxy {
                 tracker.clone(),
             ));
         }
-        Ok(Proxy {
+        Proxy {
             control: shared.config.control.clone(),
             shared,
             addrs,
             shutdown,
             tracker,
-        })
+        }
+    }
+
+    /// Resolves once a new process has taken this proxy's sockets over
+    /// ([`Proxy::take_over`]); then call [`Proxy::retire`].
+    pub async fn handed_over(&self) {
+        self.shared.handover.handed_over.cancelled().await
+    }
+
+    /// After a handover: lets what is in flight finish (requests, event streams, WebSockets)
+    /// for up to `grace`, with `Connection: close` on every HTTP/1.1 answer and a GOAWAY on
+    /// HTTP/2 so that clients move to the new process without a race, then closes the idle
+    /// connections and stops. Returns how many requests or upgraded connections were still
+    /// open at the deadline (and were closed).
+    pub async fn retire(self, grace: Duration) -> u64 {
+        let began = Instant::now();
+        self.shared.handover.retire.cancel();
+        let left = handover::wait_in_flight(&self.shared, grace).await;
+        self.shutdown_within(
+            grace
+                .saturating_sub(began.elapsed())
+                .max(Duration::from_secs(1)),
+        )
+        .await;
+        left
     }
 
     /// The addresses it listens on (with the ports picked for port 0).
@@ -546,7 +688,12 @@ impl Proxy {
                 grace.as_secs_f64()
             );
         }
-        if let Some(path) = &self.control {
+        // After a handover the socket file is the new process's.
+        if let Some(path) = self
+            .control
+            .as_ref()
+            .filter(|_| !self.shared.handover.handed_over.is_cancelled())
+        {
             let _ = std::fs::remove_file(path);
         }
     }
@@ -561,6 +708,17 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// What a proxy starts serving with.
+struct Launch {
+    table: RouteTable,
+    mode: Mode,
+    targets: Targets,
+    listeners: Vec<TcpListener>,
+    control: Option<tokio::net::UnixListener>,
+    /// Changes refused until a take-over commits.
+    frozen: bool,
 }
 
 /// The route table a state file describes.

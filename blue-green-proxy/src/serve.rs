@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::header::{HeaderValue, CONNECTION};
 use hyper::service::service_fn;
+use hyper::{StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
@@ -35,17 +37,21 @@ pub(crate) fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Accepts connections on `listener` until `shutdown`; each connection runs in `tracker`.
+/// Accepts connections on `listener` until the proxy stops accepting (shut down, or handed
+/// over to a new process); each connection runs in `tracker` until `shutdown`.
 pub(crate) async fn accept_loop(
     shared: Arc<Shared>,
     listener: TcpListener,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
+    let accepting = shared.handover.accepting.clone();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = shutdown.cancelled() => return,
+            // Dropping the listener closes this process's descriptor only: after a handover
+            // the socket, and the connections in its queue, are the new process's.
+            _ = accepting.cancelled() => return,
         };
         match accepted {
             Ok((stream, peer)) => {
@@ -69,15 +75,35 @@ async fn connection(
 ) {
     let _ = stream.set_nodelay(true);
     let started = Arc::new(AtomicBool::new(false));
+    let http2 = Arc::new(AtomicBool::new(false));
+    let retire = shared.handover.retire.clone();
     let service = {
         let shared = shared.clone();
         let started = started.clone();
+        let http2 = http2.clone();
         let client = forward::Peer::new(peer);
-        service_fn(move |req| {
+        service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             started.store(true, Ordering::Relaxed);
+            let version = req.version();
+            if version == Version::HTTP_2 {
+                http2.store(true, Ordering::Relaxed);
+            }
             let shared = shared.clone();
             let client = client.clone();
-            async move { Ok::<_, Infallible>(forward::handle(shared, &client, req).await) }
+            async move {
+                let mut res = forward::handle(shared.clone(), &client, req).await;
+                // A retiring process (handed over to a new one) closes each HTTP/1 connection
+                // after its answer, and says so: the client opens its next connection to the
+                // new process instead of racing a close on an idle one.
+                if shared.handover.retire.is_cancelled()
+                    && version < Version::HTTP_2
+                    && res.status() != StatusCode::SWITCHING_PROTOCOLS
+                {
+                    res.headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
+                }
+                Ok::<_, Infallible>(res)
+            }
         })
     };
     let conn = shared
@@ -89,6 +115,7 @@ async fn connection(
     let first_request = tokio::time::sleep(shared.config.limits.header_read_timeout);
     tokio::pin!(first_request);
     let mut draining = false;
+    let mut retiring = false;
     loop {
         tokio::select! {
             done = conn.as_mut() => {
@@ -106,6 +133,15 @@ async fn connection(
             _ = shutdown.cancelled(), if !draining => {
                 draining = true;
                 conn.as_mut().graceful_shutdown();
+            }
+            // HTTP/2 says "no new streams here" without a race (GOAWAY); an HTTP/1 connection
+            // stays open until its next answer closes it, or until the shutdown.
+            _ = retire.cancelled(), if !retiring => {
+                retiring = true;
+                if http2.load(Ordering::Relaxed) && !draining {
+                    draining = true;
+                    conn.as_mut().graceful_shutdown();
+                }
             }
         }
     }

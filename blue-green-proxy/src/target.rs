@@ -255,6 +255,11 @@ impl Targets {
         self.map().get(endpoint).cloned()
     }
 
+    /// Every target.
+    pub(crate) fn all(&self) -> Vec<Arc<Target>> {
+        self.map().values().cloned().collect()
+    }
+
     /// Every target's counters, sorted by endpoint.
     pub(crate) fn stats(&self) -> Vec<TargetStats> {
         let mut all: Vec<TargetStats> = self.map().values().map(|t| t.stats()).collect();

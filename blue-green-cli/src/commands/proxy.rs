@@ -9,6 +9,7 @@ use std::time::Duration;
 use blue_green_proxy::{ControlClient, Proxy, ProxyConfig, Status};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
+use tokio::signal::unix::SignalKind;
 
 use crate::config::DEFAULT_PROXY_CONTROL;
 use crate::failure::Failure;
@@ -35,11 +36,16 @@ pub struct ControlArg {
 pub enum ProxyCommand {
     /// Run the proxy in the foreground (for systemd or a container); logs go to stderr.
     /// SIGTERM or Ctrl-C stops it gracefully: it stops taking connections and lets open
-    /// requests finish (up to --grace).
+    /// requests finish (up to --grace). To replace the binary under load, start the new one
+    /// with the same flags and --take-over (or send SIGUSR2, which does it for you).
     #[command(after_long_help = "\
 Examples:
   blue-green proxy run --listen 127.0.0.1:8080 --control /run/blue-green/proxy.sock --state /var/lib/blue-green/proxy.json
-  blue-green proxy run --listen 0.0.0.0:80 --listen [::]:80 --state /var/lib/blue-green/proxy.json")]
+  blue-green proxy run --listen 0.0.0.0:80 --listen [::]:80 --state /var/lib/blue-green/proxy.json
+
+Upgrading the proxy without losing a request (see docs/proxy.md, \"Upgrading the proxy\"):
+  blue-green proxy run --listen 127.0.0.1:8080 --control /run/blue-green/proxy.sock --state /var/lib/blue-green/proxy.json --take-over
+  kill -USR2 <pid of the running proxy>   # it starts its own path again with --take-over")]
     Run(RunArgs),
     /// Show the proxy's mode, its apps and their targets, and each target's counters.
     Status(ControlArg),
@@ -105,6 +111,12 @@ pub struct RunArgs {
     /// Keep X-Forwarded-* headers that clients send (only behind a proxy you trust).
     #[arg(long)]
     pub trust_forwarded_headers: bool,
+    /// Take the listening sockets and the routes over from the proxy running on --control,
+    /// instead of binding them: no connection is refused or reset. The running proxy then
+    /// finishes what it has in flight (up to its own --grace) and exits 0. --listen must name
+    /// the addresses it listens on.
+    #[arg(long)]
+    pub take_over: bool,
     /// Threads that serve traffic (default: one per CPU). With 1, everything runs on one
     /// thread with no work-stealing between threads: the leanest and, for one core's worth of
     /// traffic, the fastest.
@@ -218,13 +230,25 @@ async fn serve(run: &RunArgs, printer: Printer) -> Result<(), Failure> {
     config.limits.upstream_connect_timeout = run.connect_timeout;
     config.limits.upstream_response_timeout = run.response_timeout;
     config.pause.max_wait = run.pause_timeout;
-    let proxy = Proxy::start(config).await.map_err(|e| match e {
-        blue_green_proxy::Error::StateCorrupt { .. } => Failure::Usage(e.to_string()),
+    let started = if run.take_over {
+        Proxy::take_over(config).await
+    } else {
+        Proxy::start(config).await
+    };
+    let proxy = started.map_err(|e| match e {
+        blue_green_proxy::Error::StateCorrupt { .. } | blue_green_proxy::Error::Invalid(_) => {
+            Failure::Usage(e.to_string())
+        }
         e => Failure::Unreachable(e.to_string()),
     })?;
     let addrs: Vec<String> = proxy.local_addrs().iter().map(|a| a.to_string()).collect();
     tracing::info!(
-        "blue-green proxy listening on {}; control socket {}; {}",
+        "blue-green proxy {} {}; control socket {}; {}",
+        if run.take_over {
+            "took over"
+        } else {
+            "listening on"
+        },
         addrs.join(", "),
         run.control.display(),
         match &run.state {
@@ -236,7 +260,33 @@ async fn serve(run: &RunArgs, printer: Printer) -> Result<(), Failure> {
     if !printer.quiet && !printer.json {
         eprintln!("listening on {}", addrs.join(", "));
     }
-    stopped().await;
+    notify_systemd();
+    let mut upgrade = signal(SignalKind::user_defined2());
+    loop {
+        tokio::select! {
+            _ = stopped() => break,
+            _ = proxy.handed_over() => {
+                tracing::info!(
+                    "handed over to a new proxy process: finishing what is in flight (up to {:?}), then exiting",
+                    run.grace
+                );
+                let left = proxy.retire(run.grace).await;
+                if left > 0 {
+                    tracing::warn!("{left} requests or connections were still open after {:?}; closed", run.grace);
+                }
+                printer.success(
+                    "proxy run",
+                    json!({ "listened": addrs, "handed_over": true, "closed_at_grace": left }),
+                    "handed over to the new proxy process; stopped",
+                    false,
+                );
+                return Ok(());
+            }
+            _ = async { match upgrade.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {
+                start_successor();
+            }
+        }
+    }
     tracing::info!(
         "stopping: letting open requests finish (up to {:?})",
         run.grace
@@ -246,18 +296,83 @@ async fn serve(run: &RunArgs, printer: Printer) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-async fn stopped() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+/// Watches a signal; `None` (with a warning) if it cannot be watched.
+fn signal(kind: SignalKind) -> Option<tokio::signal::unix::Signal> {
+    match tokio::signal::unix::signal(kind) {
         Ok(s) => Some(s),
         Err(e) => {
-            tracing::warn!("cannot watch SIGTERM ({e}); only Ctrl-C stops the proxy");
+            tracing::warn!("cannot watch signal {} ({e})", kind.as_raw_value());
             None
         }
-    };
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn stopped() {
+    let mut term = signal(SignalKind::terminate());
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+/// On SIGUSR2 (systemd's `ExecReload=/bin/kill -USR2 $MAINPID`): starts the program at this
+/// process's own path (argv[0], which names the new binary once a package upgrade replaced
+/// the file) with the same arguments and `--take-over`. It is a successor, not a child this
+/// process waits for: it outlives this one, so the bounded runner of `blue_green_core::process`
+/// (which kills what it started) is not the tool here. Its logs go where this one's go.
+fn start_successor() {
+    let mut args = std::env::args_os();
+    let Some(program) = args.next() else {
+        tracing::warn!("SIGUSR2: cannot tell this program's path; start the new proxy with --take-over yourself");
+        return;
+    };
+    let mut args: Vec<std::ffi::OsString> = args.collect();
+    if !args.iter().any(|a| a == "--take-over") {
+        args.push("--take-over".into());
+    }
+    match tokio::process::Command::new(&program).args(&args).spawn() {
+        Ok(mut child) => {
+            let pid = child.id().unwrap_or_default();
+            tracing::info!(
+                "SIGUSR2: started {} (pid {pid}) to take over",
+                std::path::Path::new(&program).display()
+            );
+            tokio::spawn(async move {
+                if let Ok(status) = child.wait().await {
+                    if !status.success() {
+                        tracing::warn!("the new proxy process (pid {pid}) exited with {status}; this one serves on");
+                    }
+                }
+            });
+        }
+        Err(e) => tracing::warn!(
+            "SIGUSR2: could not start {}: {e}; this proxy serves on",
+            std::path::Path::new(&program).display()
+        ),
+    }
+}
+
+/// Tells systemd (a `Type=notify` unit, `NotifyAccess=all`) that the proxy serves, and that
+/// this process is the unit's main process now: after a take-over the old process exits and
+/// systemd follows the new one instead of stopping the unit. Nothing without `NOTIFY_SOCKET`.
+fn notify_systemd() {
+    use std::os::linux::net::SocketAddrExt;
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let message = format!("READY=1\nMAINPID={}\n", std::process::id());
+    let bytes = path.as_encoded_bytes();
+    let sent = std::os::unix::net::UnixDatagram::unbound().and_then(|socket| {
+        // `@name` is an abstract socket address.
+        let addr = match bytes.strip_prefix(b"@") {
+            Some(name) => std::os::unix::net::SocketAddr::from_abstract_name(name)?,
+            None => std::os::unix::net::SocketAddr::from_pathname(&path)?,
+        };
+        socket.send_to_addr(message.as_bytes(), &addr)
+    });
+    if let Err(e) = sent {
+        tracing::warn!("could not notify systemd on NOTIFY_SOCKET: {e}");
     }
 }
 

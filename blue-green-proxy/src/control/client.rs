@@ -21,6 +21,8 @@ use crate::proxy::{Drain, PreviewAnswer, SplitAnswer, Status, Switched};
 
 /// Largest answer read from the proxy.
 const MAX_ANSWER: usize = 4 * 1024 * 1024;
+/// How long to wait before sending a change again that a handover refused.
+const HANDOVER_RETRY: Duration = Duration::from_millis(50);
 
 /// A client of a proxy's control socket. Each call opens its own connection and has a timeout.
 ///
@@ -137,6 +139,9 @@ impl ControlClient {
         .await
     }
 
+    /// One request, within `timeout`. A change refused with `503` (the proxy is handing its
+    /// sockets over to a new process, a matter of milliseconds) is sent again until the new
+    /// process takes it or the time is up.
     async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,
@@ -145,13 +150,29 @@ impl ControlClient {
         timeout: Duration,
     ) -> Result<T, Error> {
         let what = format!("{method} {path}");
-        match tokio::time::timeout(timeout, self.exchange(method, path, body, &what)).await {
-            Ok(answer) => answer,
-            Err(_) => Err(Error::ControlTimeout {
-                path: self.path.clone(),
-                what,
-                secs: timeout.as_secs_f64(),
-            }),
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut refused = None;
+        loop {
+            let attempt =
+                tokio::time::timeout_at(deadline, self.exchange(method.clone(), path, body, &what))
+                    .await;
+            match attempt {
+                Ok(Err(e @ Error::ControlRefused { status: 503, .. }))
+                    if tokio::time::Instant::now() + HANDOVER_RETRY < deadline =>
+                {
+                    refused = Some(e);
+                    tokio::time::sleep(HANDOVER_RETRY).await;
+                }
+                Ok(answer) => return answer,
+                // Still refused at the deadline: say why, rather than "no answer".
+                Err(_) => {
+                    return Err(refused.unwrap_or(Error::ControlTimeout {
+                        path: self.path.clone(),
+                        what,
+                        secs: timeout.as_secs_f64(),
+                    }))
+                }
+            }
         }
     }
 

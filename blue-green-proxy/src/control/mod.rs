@@ -11,6 +11,10 @@
 //! | `POST /v1/maintenance` | [`Maintenance`] | [`ModeAnswer`] |
 //! | `POST /v1/drain` | [`DrainWait`] | [`Drain`](crate::Drain), once drained or at `within_ms` |
 //! | `POST /v1/cut` | [`CutRequest`] | [`CutAnswer`] |
+//! | `POST /v1/handover` | `Upgrade: blue-green-handover` | `101`, then the listening sockets pass to the new process ([`Proxy::take_over`](crate::Proxy::take_over)); `409` if one is under way |
+//!
+//! While a handover is under way, changes are refused with `503`; [`ControlClient`] sends them
+//! again until its timeout.
 //!
 //! Errors are `{"error": "…"}` with a 4xx/5xx status; a refused request changes nothing.
 

@@ -74,13 +74,16 @@ pub(crate) async fn bind(path: &Path) -> Result<UnixListener, Error> {
     Ok(listener)
 }
 
-/// Answers the control API on `listener` until `shutdown`.
+/// Answers the control API on `listener` until the proxy stops accepting (shut down, or handed
+/// over to a new process); the connections open then are answered until `shutdown`, so a
+/// drain wait under way when the proxy hands over still gets its answer.
 pub(crate) async fn serve(
     handle: ProxyHandle,
     listener: UnixListener,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
+    let accepting = handle.shared().handover.accepting.clone();
     let owner = rustix::process::geteuid().as_raw();
     loop {
         let stream = tokio::select! {
@@ -92,7 +95,7 @@ pub(crate) async fn serve(
                     continue;
                 }
             },
-            _ = shutdown.cancelled() => return,
+            _ = accepting.cancelled() => return,
         };
         let uid = stream.peer_cred().map(|c| c.uid()).ok();
         let allowed = matches!(uid, Some(u) if u == owner || u == 0);
@@ -126,7 +129,9 @@ pub(crate) async fn serve(
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
                 .keep_alive(allowed);
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}
@@ -194,10 +199,11 @@ async fn answer(handle: &ProxyHandle, req: Request<Incoming>) -> Answer {
             },
             Err(e) => Err(e),
         },
+        (&Method::POST, "/v1/handover") => Ok(handover(handle, req).await),
         (
             _,
             "/v1/status" | "/v1/target" | "/v1/split" | "/v1/preview" | "/v1/pause" | "/v1/resume"
-            | "/v1/maintenance" | "/v1/drain" | "/v1/cut",
+            | "/v1/maintenance" | "/v1/drain" | "/v1/cut" | "/v1/handover",
         ) => Err(refuse(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{method} is not allowed on {path}"),
@@ -208,6 +214,12 @@ async fn answer(handle: &ProxyHandle, req: Request<Incoming>) -> Answer {
         )),
     };
     result.unwrap_or_else(Refused::answer)
+}
+
+/// `POST /v1/handover`: a new `blue-green proxy run --take-over` takes the sockets over (see
+/// the `handover` module).
+async fn handover(handle: &ProxyHandle, req: Request<Incoming>) -> Answer {
+    crate::handover::answer(handle.shared(), req).await
 }
 
 async fn set_target(handle: &ProxyHandle, set: SetTarget) -> Result<Answer, Refused> {
@@ -263,6 +275,8 @@ fn refused(e: Error) -> Refused {
     let status = match e {
         Error::Conflict { .. } => StatusCode::CONFLICT,
         Error::Invalid(_) => StatusCode::BAD_REQUEST,
+        // A handover refuses changes for a moment; the client retries.
+        Error::HandingOver => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     refuse(status, e.to_string())
@@ -273,7 +287,7 @@ async fn set_mode(handle: &ProxyHandle, mode: Mode) -> Result<Answer, Refused> {
         .set_mode(mode)
         .await
         .map(|()| json(StatusCode::OK, &ModeAnswer { mode }))
-        .map_err(|e| refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+        .map_err(refused)
 }
 
 fn endpoint(text: &str) -> Result<Endpoint, Refused> {
