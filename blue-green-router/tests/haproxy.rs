@@ -785,6 +785,8 @@ async fn responses_count_haproxys_own_503_for_a_server_that_refuses_connections(
         (after.total - before.total, after.errors - before.errors),
         (3, 3),
         "{before:?} -> {after:?}"
+    );
+}
 
 impl Haproxy {
     /// Stops HAProxy (SIGTERM to its process group: a hard stop, as `systemctl restart` sends)
