@@ -5,12 +5,12 @@
 
 use tokio::time::Instant;
 
-use crate::error::Error;
-use crate::events::{Event, Step};
+use crate::error::{ComponentError, Error};
+use crate::events::{Command, Event, Step};
 use crate::hooks::{HookContext, HookPoint};
 use crate::model::{Color, Endpoint, Instance, InstanceState, Release};
 use crate::probe::HealthProbe;
-use crate::router::Router;
+use crate::router::{Router, Split};
 use crate::runtime::Runtime;
 use crate::state::{AppState, Deployment, JournalEntry, StateStore};
 
@@ -48,6 +48,9 @@ struct Switchover {
     stage_only: bool,
     /// Run the `pre_switch` hook (it ran already when a staged color is promoted).
     pre_switch_hook: bool,
+    /// Move traffic by `[switch] steps` when they are set (deploy and promote; a rollback or
+    /// a switch goes back at once, as a way out should).
+    shift: bool,
 }
 
 fn journal_for<R, P, T, S>(
@@ -77,6 +80,23 @@ fn usage<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
     }
 }
 
+/// Refuses `[switch] steps` with a router that cannot split, before anything starts: a
+/// deploy that would fail at its first step should not start a release first.
+fn refuse_unsplittable<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
+    run: &Run<'_, R, P, T, S>,
+) -> Result<(), Error> {
+    let eng = run.engine;
+    match &eng.config().switch.steps {
+        Some(steps) if !eng.router.can_split() => Err(usage(
+            run,
+            format!(
+                "a gradual shift ({steps}) needs a router that can split traffic between two colors, and this router cannot; deploy without steps (remove `[switch] steps` from the config)"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Reconciles, then fails with `Cancelled` if the token fired meanwhile.
 async fn reconciled<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
     run: &mut Run<'_, R, P, T, S>,
@@ -95,6 +115,7 @@ pub(super) async fn deploy<R: Runtime, P: HealthProbe, T: Router, S: StateStore>
     release: Release,
     stage_only: bool,
 ) -> Result<Switched, Error> {
+    refuse_unsplittable(run)?;
     let world = reconciled(run).await?;
     let from = world.live_color();
     // The idle color; with nothing live, the one that was not live last (its slot may still
@@ -116,6 +137,7 @@ pub(super) async fn deploy<R: Runtime, P: HealthProbe, T: Router, S: StateStore>
             "release {} staged in {color} is replaced by this deploy",
             staged.release.id
         ));
+        run.end_preview(color).await;
     }
     // Whatever was staged in this slot goes with the clear below.
     run.state.staged = None;
@@ -133,6 +155,7 @@ pub(super) async fn deploy<R: Runtime, P: HealthProbe, T: Router, S: StateStore>
         retire_old: true,
         stage_only,
         pre_switch_hook: true,
+        shift: true,
     };
     bring_up(run, change).await
 }
@@ -203,6 +226,7 @@ pub(super) async fn rollback<R: Runtime, P: HealthProbe, T: Router, S: StateStor
         retire_old: true,
         stage_only: false,
         pre_switch_hook: false,
+        shift: false,
     };
     bring_up(run, change).await
 }
@@ -214,6 +238,7 @@ pub(super) async fn rollback<R: Runtime, P: HealthProbe, T: Router, S: StateStor
 pub(super) async fn promote<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
     run: &mut Run<'_, R, P, T, S>,
 ) -> Result<Option<Switched>, Error> {
+    refuse_unsplittable(run)?;
     let world = reconciled(run).await?;
     let Some((staged, inst)) = world.staged(&run.state) else {
         return Ok(None);
@@ -240,6 +265,7 @@ pub(super) async fn promote<R: Runtime, P: HealthProbe, T: Router, S: StateStore
         retire_old: true,
         stage_only: false,
         pre_switch_hook: false,
+        shift: true,
     };
     bring_up(run, change).await.map(Some)
 }
@@ -288,6 +314,7 @@ pub(super) async fn switch<R: Runtime, P: HealthProbe, T: Router, S: StateStore>
         retire_old: false,
         stage_only: false,
         pre_switch_hook: false,
+        shift: false,
     };
     bring_up(run, change).await
 }
@@ -376,9 +403,34 @@ async fn bring_up<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
         }
     }
     if change.stage_only {
-        // The end of `deploy --no-switch`: the router was not touched.
+        // The end of `deploy --no-switch`: live traffic was not touched; a router that can
+        // preview shows the staged color beside the live one.
+        let previewed = run
+            .step(Step::Preview, here, true, async {
+                eng.router_preview(Some(&inst.endpoint))
+                    .await
+                    .map_err(|e| eng.step_error(Step::Preview, color, e))
+            })
+            .await;
+        let address = match previewed {
+            Ok(address) => address,
+            Err(e) => {
+                // The router may have begun the preview of what is about to be removed.
+                run.end_preview(color).await;
+                return Err(restore(run, &change, Some(&inst), false, e).await);
+            }
+        };
+        run.emit(Event::Previewed {
+            color,
+            address: address.clone(),
+        });
+        run.state.preview = address;
         let staged = record(run, &change, &inst, |state, d| state.staged = Some(d)).await;
         return Ok((staged, change.old.as_ref().map(|o| o.color)));
+    }
+
+    if let Err(e) = shift(run, &change, &inst).await {
+        return Err(restore(run, &change, Some(&inst), true, e).await);
     }
 
     let switched = run
@@ -409,6 +461,10 @@ async fn bring_up<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
         return Err(restore(run, &change, Some(&inst), true, e).await);
     }
     run.switched = true;
+    if run.command == Command::Promote {
+        // The staged color is live: its preview is not needed any more.
+        run.end_preview(color).await;
+    }
     if let Err(e) = run.hook(HookPoint::PostSwitch, true).await {
         // The old color still runs (it is drained after this hook): going back is possible
         // when there was one.
@@ -485,6 +541,52 @@ async fn bring_up<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
     run.journal = None;
     run.hook_or_warn(HookPoint::PostDeploy).await;
     Ok((live, change.old.as_ref().map(|o| o.color)))
+}
+
+/// The gradual shift before the switch (`[switch] steps`): for each step below 100%, send
+/// that share of new requests to `new` (the old color keeps the rest) and watch `new` for
+/// `step_wait`, as the watch after a switch does. The switch that follows is the 100% step.
+/// An error (a failed split, probe or share of errors, or an interrupt) is returned for the
+/// restore, which ends the split: a half-shifted app is not a state to leave behind.
+async fn shift<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
+    run: &mut Run<'_, R, P, T, S>,
+    change: &Switchover,
+    new: &Instance,
+) -> Result<(), Error> {
+    let eng = run.engine;
+    let Some(steps) = eng.config().switch.steps.clone().filter(|_| change.shift) else {
+        return Ok(());
+    };
+    let color = change.color;
+    let Some(old) = change.old.as_ref() else {
+        run.warn(format!(
+            "nothing was live, so there is no traffic to shift step by step ({steps}): {color} takes all of it at once"
+        ));
+        return Ok(());
+    };
+    let wait = eng.config().switch.step_wait;
+    for percent in steps.splits() {
+        let split = Split::new(old.endpoint.clone(), new.endpoint.clone(), percent)
+            .map_err(|e| eng.step_error(Step::Shift, color, e))?;
+        let during = format!("the {percent}% step of the shift to {color}");
+        run.step(Step::Shift, Some(color), true, async {
+            eng.router_split(&split).await.map_err(|e| {
+                let message = format!(
+                    "sending {percent}% of new requests to {color} failed: {}",
+                    e.message
+                );
+                eng.step_error(Step::Shift, color, ComponentError::new(e.kind, message))
+            })?;
+            eng.emit(Event::Shifted {
+                color,
+                percent,
+                endpoint: new.endpoint.clone(),
+            });
+            eng.watch_for(new, wait, Step::Shift, &during).await
+        })
+        .await?;
+    }
+    Ok(())
 }
 
 /// The `record` step: saves the deployment of `inst` (by `keep`: as live, or as staged) and

@@ -36,7 +36,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-pub use policy::{KeepPrevious, ReadinessPolicy, SwitchPolicy, Timeouts};
+pub use policy::{ErrorRate, KeepPrevious, ReadinessPolicy, ShiftSteps, SwitchPolicy, Timeouts};
 
 use crate::error::{Error, LockHolder};
 use crate::events::{Command, NoopObserver, Observer};
@@ -118,6 +118,9 @@ pub struct DeployReport {
 pub struct StageReport {
     /// The staged deployment: its color, release and the endpoint where it answers.
     pub staged: Deployment,
+    /// Where the router previews it beside the live color, when the router has a preview
+    /// ([`Router::preview`]).
+    pub preview: Option<String>,
     /// The color live now (unchanged), if any.
     pub live: Option<Color>,
     /// Each step and its time.
@@ -188,6 +191,8 @@ pub struct Status {
     /// The staged deployment (`deploy --no-switch`), while it stands: its instance runs and
     /// the router does not point at it.
     pub staged: Option<Deployment>,
+    /// Where the router previews the staged deployment, when it has a preview.
+    pub staged_preview: Option<String>,
     /// Every instance the runtime has for this app.
     pub instances: Vec<InstanceStatus>,
     /// What is left to repair. `status` changes nothing: [`Engine::repair`] repairs these, and

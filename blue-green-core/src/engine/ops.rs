@@ -123,6 +123,8 @@ pub(super) async fn abort<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
     let color = staged.color;
     run.release = Some(staged.release.id.to_string());
     run.from = Some(color);
+    // The router stops previewing it before it goes away.
+    run.end_preview(color).await;
     let doomed = world.idle_of(color);
     take_down(
         run,
@@ -274,12 +276,14 @@ async fn look<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
             world.target.as_ref(),
         )
         .map(|(d, _)| d.clone());
+    let staged_preview = staged.as_ref().and(state.preview.clone());
     Ok(Status {
         app,
         live: world.live_color(),
         deployment: state.live.clone(),
         router_target: world.target.clone(),
         staged,
+        staged_preview,
         instances,
         leftovers,
         in_progress,

@@ -311,6 +311,22 @@ impl<'e, R: Runtime, P: HealthProbe, T: Router, S: StateStore> Run<'e, R, P, T, 
         Ok(())
     }
 
+    /// Ends the router's preview of a staged `color` that went (promoted, aborted, replaced,
+    /// or undone by a repair), and forgets its address. A failure is a warning: a preview
+    /// is not live traffic, and the next staged deploy replaces it.
+    pub(super) async fn end_preview(&mut self, color: Color) {
+        self.state.preview = None;
+        match self.engine.router_preview(None).await {
+            Ok(_) => self.emit(Event::Previewed {
+                color,
+                address: None,
+            }),
+            Err(e) => self.warn(format!(
+                "could not end the router's preview of the staged {color}: {e}; the next `deploy --no-switch` replaces it"
+            )),
+        }
+    }
+
     /// Saves the state without the journal; a failure is a warning (the router is the truth
     /// for what is live, and the next command reconciles).
     pub(super) async fn save_final(&mut self) {
@@ -396,6 +412,7 @@ impl<'e, R: Runtime, P: HealthProbe, T: Router, S: StateStore> Run<'e, R, P, T, 
         let (staged, live) = result?;
         Ok(StageReport {
             staged,
+            preview: self.state.preview.clone(),
             live,
             steps: std::mem::take(&mut self.steps),
             warnings: std::mem::take(&mut self.warnings),
