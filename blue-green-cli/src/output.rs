@@ -275,7 +275,9 @@ impl Observer for HumanObserver {
                     .unwrap_or_else(|p| p.into_inner())
                     .unwrap_or(Step::Ready);
                 self.set_spinner_message(format!("{step} {color}: probe #{attempt}"));
-                if step == Step::Watch && *healthy && !self.verbose {
+                // A watch (after the switch, or at a step of a gradual shift) shows only what
+                // goes wrong.
+                if matches!(step, Step::Watch | Step::Shift) && *healthy && !self.verbose {
                     return;
                 }
                 if !*healthy {
@@ -309,6 +311,22 @@ impl Observer for HumanObserver {
                     "  ->   live traffic now goes to {color} at {endpoint}"
                 ));
             }
+            Event::Shifted {
+                color,
+                percent,
+                endpoint,
+            } => {
+                self.line(&format!(
+                    "  ->   {percent}% of new requests now go to {color} at {endpoint}, the rest to the old color; watching"
+                ));
+            }
+            Event::Previewed {
+                color,
+                address: Some(address),
+            } => {
+                self.line(&format!("  ->   preview of {color} at {address}"));
+            }
+            Event::Previewed { address: None, .. } => {}
             // Only a router that counts in-flight requests says anything worth a line.
             Event::Drained {
                 endpoint,
