@@ -320,7 +320,7 @@ async fn watch_signals(cancel: CancellationToken) {
         return;
     }
     eprintln!(
-        "interrupted: rolling back (during the watch after a switch: ending the watch, the new color stays live); interrupt again to exit at once"
+        "interrupted: rolling back (during a gradual shift: all traffic back to the old color; during the watch after a switch: ending the watch, the new color stays live); interrupt again to exit at once"
     );
     cancel.cancel();
     if interrupted().await.is_ok() {
