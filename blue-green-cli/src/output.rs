@@ -324,7 +324,11 @@ impl Observer for HumanObserver {
                 color,
                 address: Some(address),
             } => {
-                self.line(&format!("  ->   preview of {color} at {address}"));
+                // The router's own text: one line, no terminal escapes.
+                self.line(&format!(
+                    "  ->   preview of {color} at {}",
+                    one_line(address)
+                ));
             }
             Event::Previewed { address: None, .. } => {}
             // Only a router that counts in-flight requests says anything worth a line.
@@ -563,6 +567,45 @@ mod tests {
                 "ok   ready green         2.5s",
             ]
         );
+    }
+
+    #[test]
+    fn a_shift_step_says_its_share_and_shows_only_failed_probes() {
+        let green = Some(Color::Green);
+        let events = [
+            Event::StepStarted {
+                step: Step::Shift,
+                color: green,
+            },
+            Event::Shifted {
+                color: Color::Green,
+                percent: 10,
+                endpoint: blue_green_core::Endpoint::new("127.0.0.1", 8082),
+            },
+            probe(1, None),
+            probe(2, Some("status 503")),
+            probe(3, None),
+            Event::StepFinished {
+                step: Step::Shift,
+                color: green,
+                elapsed_ms: 30_000,
+            },
+            Event::Previewed {
+                color: Color::Green,
+                address: Some("http://preview.example.com\u{1b}[2J".into()),
+            },
+        ];
+        let text = render(&events, false, true);
+        let lines: Vec<&str> = text.lines().map(str::trim).collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert_eq!(
+            lines[0],
+            "->   10% of new requests now go to green at 127.0.0.1:8082, the rest to the old color; watching"
+        );
+        assert_eq!(lines[1], "probe green #2: not ready: status 503 (1 ms)");
+        assert_eq!(lines[2], "ok   shift green        30.0s");
+        assert!(lines[3].starts_with("->   preview of green at http://preview.example.com"));
+        assert!(!lines[3].chars().any(char::is_control), "{:?}", lines[3]);
     }
 
     #[test]

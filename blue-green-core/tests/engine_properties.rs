@@ -441,6 +441,22 @@ async fn check_sequence(
             // state to leave behind.
             prop_assert_eq!(world.split(), None, "a split is left: {}", context);
         }
+        let faulted = world.calls()[calls_before..].iter().any(|c| c.faulted);
+        if let (Some(previewed), false) = (world.previewed(), faulted) {
+            // Without a fault (a failed end of a preview is only a warning), the router
+            // previews nothing but the staged color of the saved state (whose instance may
+            // have stopped since: the staged record is a hint, and so is its preview).
+            let staged = world
+                .saved_state()
+                .staged
+                .is_some_and(|s| s.endpoint == previewed);
+            prop_assert!(
+                staged,
+                "the router previews {}, which is not staged: {}",
+                previewed,
+                context
+            );
+        }
         match &result {
             Ok(Some(color)) => {
                 let routed = world.routed_instance();

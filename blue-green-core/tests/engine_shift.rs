@@ -496,3 +496,51 @@ fn steps_must_increase_stay_within_1_to_100_and_end_at_100() {
     let err = "10,x,100".parse::<ShiftSteps>().unwrap_err();
     assert!(err.message.contains("`x`"), "{}", err.message);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_staged_color_taken_down_or_undone_by_a_repair_is_no_longer_previewed() {
+    // Taken down with `down`.
+    let world = splitting_world();
+    world.set_preview_address(Some("http://preview.web.test"));
+    let engine = world.engine(config());
+    engine.stage(v2(), &CancellationToken::new()).await.unwrap();
+    engine
+        .down(
+            blue_green_core::DownTarget::Idle,
+            blue_green_core::IfLive::Refuse,
+        )
+        .await
+        .unwrap();
+    assert_eq!(world.previewed(), None);
+
+    // Killed once its preview began: the repair removes the staged color and ends the preview.
+    let world = splitting_world();
+    world.set_preview_address(Some("http://preview.web.test"));
+    let died = Arc::new(Notify::new());
+    let (w, signal) = (world.clone(), died.clone());
+    let engine = world
+        .engine(config())
+        .with_observer(Arc::new(move |e: &Event| {
+            if matches!(
+                e,
+                Event::Previewed {
+                    address: Some(_),
+                    ..
+                }
+            ) {
+                w.crash();
+                signal.notify_one();
+            }
+        }));
+    let go = CancellationToken::new();
+    tokio::select! {
+        r = engine.stage(v2(), &go) => panic!("ended before the kill: {r:?}"),
+        () = died.notified() => {}
+    }
+    drop(engine);
+    world.revive();
+    assert!(world.previewed().is_some());
+    world.engine(config()).repair().await.unwrap();
+    assert_eq!(world.previewed(), None);
+    back_on_blue(&world);
+}

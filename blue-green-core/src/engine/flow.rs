@@ -137,7 +137,7 @@ pub(super) async fn deploy<R: Runtime, P: HealthProbe, T: Router, S: StateStore>
             "release {} staged in {color} is replaced by this deploy",
             staged.release.id
         ));
-        run.end_preview(color).await;
+        let _ = run.end_preview(color).await;
     }
     // Whatever was staged in this slot goes with the clear below.
     run.state.staged = None;
@@ -416,7 +416,7 @@ async fn bring_up<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
             Ok(address) => address,
             Err(e) => {
                 // The router may have begun the preview of what is about to be removed.
-                run.end_preview(color).await;
+                let _ = run.end_preview(color).await;
                 return Err(restore(run, &change, Some(&inst), false, e).await);
             }
         };
@@ -463,7 +463,7 @@ async fn bring_up<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
     run.switched = true;
     if run.command == Command::Promote {
         // The staged color is live: its preview is not needed any more.
-        run.end_preview(color).await;
+        let _ = run.end_preview(color).await;
     }
     if let Err(e) = run.hook(HookPoint::PostSwitch, true).await {
         // The old color still runs (it is drained after this hook): going back is possible

@@ -179,13 +179,28 @@ impl<'e, R: Runtime, P: HealthProbe, T: Router, S: StateStore> Run<'e, R, P, T, 
         }
         // A staged color that went (promoted, removed, or a staged deploy undone) while a
         // command was interrupted may still be previewed by the router: end that preview.
-        let was_staged = loaded.staged.as_ref().map(|d| d.color).or(loaded
-            .journal
+        let was_staged = loaded
+            .staged
             .as_ref()
-            .filter(|j| j.command == Command::Stage)
-            .map(|j| j.color));
+            .map(|d| d.color)
+            .or(loaded
+                .journal
+                .as_ref()
+                .filter(|j| j.command == Command::Stage)
+                .map(|j| j.color))
+            .or(loaded
+                .preview
+                .as_ref()
+                .map(|_| world.live_color().map_or(Color::Green, Color::other)));
         if let (Some(color), None) = (was_staged, world.staged(&self.state)) {
-            self.end_preview(color).await;
+            let recorded = loaded.preview.clone();
+            if self.end_preview(color).await {
+                if let Some(address) = recorded {
+                    self.note_repair(format!(
+                        "ended the router's preview at {address} of a staged {color} that is gone"
+                    ));
+                }
+            }
         }
         if self.state != loaded {
             eng.store_save(&self.state)

@@ -210,7 +210,7 @@ impl HealthProbe for FakeProbe {
 /// instance and the instance runs; `in_flight` counts down from [`FakeWorld::set_in_flight`].
 /// It splits when told it can ([`FakeWorld::set_can_split`]), flagging a split to an instance
 /// that is not running and ready; `route_to` ends a split. `preview` remembers the endpoint
-/// ([`FakeWorld::previewed`]) and answers [`FakeWorld::set_preview_address`]; `responses`
+/// ([`FakeWorld::previewed`]) when it has an address to answer ([`FakeWorld::set_preview_address`]); `responses`
 /// counts what [`FakeWorld::count_responses`] says.
 #[derive(Debug, Clone)]
 pub struct FakeRouter {
@@ -299,8 +299,10 @@ impl Router for FakeRouter {
                 ));
             }
         }
-        w.splits.preview = endpoint.cloned();
-        Ok(endpoint.and(w.splits.preview_address.clone()))
+        // A router without a preview address has no preview to keep.
+        let address = endpoint.and(w.splits.preview_address.clone());
+        w.splits.preview = endpoint.filter(|_| address.is_some()).cloned();
+        Ok(address)
     }
 
     async fn responses(&self, endpoint: &Endpoint) -> Result<Option<Responses>, ComponentError> {
