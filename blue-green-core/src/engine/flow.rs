@@ -5,12 +5,12 @@
 
 use tokio::time::Instant;
 
-use crate::error::{ComponentError, Error};
+use crate::error::Error;
 use crate::events::{Command, Event, Step};
 use crate::hooks::{HookContext, HookPoint};
 use crate::model::{Color, Endpoint, Instance, InstanceState, Release};
 use crate::probe::HealthProbe;
-use crate::router::{Router, Split};
+use crate::router::Router;
 use crate::runtime::Runtime;
 use crate::state::{AppState, Deployment, JournalEntry, StateStore};
 
@@ -18,6 +18,7 @@ use super::calls::{describe, now};
 use super::plan::{Undo, World};
 use super::recover::Undoing;
 use super::run::{Run, Switched};
+use super::shift::{refuse_unsplittable, shift};
 use super::KeepPrevious;
 
 /// How the instance to switch to comes up.
@@ -70,30 +71,13 @@ fn journal_for<R, P, T, S>(
     }
 }
 
-fn usage<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
+pub(super) fn usage<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
     run: &Run<'_, R, P, T, S>,
     message: String,
 ) -> Error {
     Error::Usage {
         app: run.engine.config().app.clone(),
         message,
-    }
-}
-
-/// Refuses `[switch] steps` with a router that cannot split, before anything starts: a
-/// deploy that would fail at its first step should not start a release first.
-fn refuse_unsplittable<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
-    run: &Run<'_, R, P, T, S>,
-) -> Result<(), Error> {
-    let eng = run.engine;
-    match &eng.config().switch.steps {
-        Some(steps) if !eng.router.can_split() => Err(usage(
-            run,
-            format!(
-                "a gradual shift ({steps}) needs a router that can split traffic between two colors, and this router cannot; deploy without steps (remove `[switch] steps` from the config)"
-            ),
-        )),
-        _ => Ok(()),
     }
 }
 
@@ -429,8 +413,16 @@ async fn bring_up<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
         return Ok((staged, change.old.as_ref().map(|o| o.color)));
     }
 
-    if let Err(e) = shift(run, &change, &inst).await {
-        return Err(restore(run, &change, Some(&inst), true, e).await);
+    if let (true, Some(old)) = (change.shift, change.old.as_ref()) {
+        if let Err(e) = shift(run, color, old, &inst).await {
+            return Err(restore(run, &change, Some(&inst), true, e).await);
+        }
+    } else if let (true, None, Some(steps)) =
+        (change.shift, &change.old, &eng.config().switch.steps)
+    {
+        run.warn(format!(
+            "nothing was live, so there is no traffic to shift step by step ({steps}): {color} takes all of it at once"
+        ));
     }
 
     let switched = run
@@ -541,52 +533,6 @@ async fn bring_up<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
     run.journal = None;
     run.hook_or_warn(HookPoint::PostDeploy).await;
     Ok((live, change.old.as_ref().map(|o| o.color)))
-}
-
-/// The gradual shift before the switch (`[switch] steps`): for each step below 100%, send
-/// that share of new requests to `new` (the old color keeps the rest) and watch `new` for
-/// `step_wait`, as the watch after a switch does. The switch that follows is the 100% step.
-/// An error (a failed split, probe or share of errors, or an interrupt) is returned for the
-/// restore, which ends the split: a half-shifted app is not a state to leave behind.
-async fn shift<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
-    run: &mut Run<'_, R, P, T, S>,
-    change: &Switchover,
-    new: &Instance,
-) -> Result<(), Error> {
-    let eng = run.engine;
-    let Some(steps) = eng.config().switch.steps.clone().filter(|_| change.shift) else {
-        return Ok(());
-    };
-    let color = change.color;
-    let Some(old) = change.old.as_ref() else {
-        run.warn(format!(
-            "nothing was live, so there is no traffic to shift step by step ({steps}): {color} takes all of it at once"
-        ));
-        return Ok(());
-    };
-    let wait = eng.config().switch.step_wait;
-    for percent in steps.splits() {
-        let split = Split::new(old.endpoint.clone(), new.endpoint.clone(), percent)
-            .map_err(|e| eng.step_error(Step::Shift, color, e))?;
-        let during = format!("the {percent}% step of the shift to {color}");
-        run.step(Step::Shift, Some(color), true, async {
-            eng.router_split(&split).await.map_err(|e| {
-                let message = format!(
-                    "sending {percent}% of new requests to {color} failed: {}",
-                    e.message
-                );
-                eng.step_error(Step::Shift, color, ComponentError::new(e.kind, message))
-            })?;
-            eng.emit(Event::Shifted {
-                color,
-                percent,
-                endpoint: new.endpoint.clone(),
-            });
-            eng.watch_for(new, wait, Step::Shift, &during).await
-        })
-        .await?;
-    }
-    Ok(())
 }
 
 /// The `record` step: saves the deployment of `inst` (by `keep`: as live, or as staged) and

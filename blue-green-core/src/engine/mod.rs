@@ -14,9 +14,10 @@
 //! out. `status` only reads: it shows the repair's plan as leftovers. `docs/architecture.md`
 //! has the whole story: each step, the repair rules, the invariants and the exit classes.
 //!
-//! Files: `flow` (deploy, rollback, switch), `plan` (the recovery planner), `recover` (its
-//! executor: restore and repair), `reconcile`, `readiness` (and the drain), `ops` (down,
-//! repair, status), `run` (one command: lock, journal, events, history), `calls` (every
+//! Files: `flow` (deploy, rollback, switch), `shift` (the gradual shift before a switch),
+//! `watch` (the watch after it, and between shift steps), `plan` (the recovery planner),
+//! `recover` (its executor: restore and repair), `reconcile`, `readiness` (and the drain), `ops`
+//! (down, repair, status), `run` (one command: lock, journal, events, history), `calls` (every
 //! external call with its timeout).
 
 mod calls;
@@ -29,6 +30,7 @@ mod readiness;
 mod reconcile;
 mod recover;
 mod run;
+mod shift;
 mod watch;
 
 use std::sync::Arc;
