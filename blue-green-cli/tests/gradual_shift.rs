@@ -88,6 +88,14 @@ fn steps_with_a_router_that_cannot_split_are_refused_naming_the_router() {
         ],
     );
     refused(dir.path(), &["promote"], &["none router cannot"]);
+    // `validate` says so among its environment checks.
+    let out = blue_green(dir.path())
+        .arg("validate")
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("the none router cannot"), "{stderr}");
     // From the command line, over a config without steps.
     let dir = project("drain = \"1s\"");
     refused(
