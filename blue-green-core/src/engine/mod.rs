@@ -267,6 +267,12 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
     /// left or put back as it was and the new instance is removed; if putting back fails, the
     /// error is [`Error::Inconsistent`] and names what is left.
     ///
+    /// With [`SwitchPolicy::steps`] and a color live, traffic moves to the new color step by
+    /// step before the switch (a split per step, each watched for
+    /// [`SwitchPolicy::step_wait`]); a failure or a cancel during a step routes all traffic
+    /// back to the old color and removes the new one. Steps with a router that cannot split
+    /// are [`Error::Usage`], before anything starts.
+    ///
     /// Cancellation is honoured until the old color begins to stop (a cancel during the drain
     /// routes back to the old color, which is still running); the stop, remove and record steps
     /// then run to their end, each bounded by its timeout.
@@ -289,7 +295,9 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
     /// readiness and the `pre_switch` hook, then records the new color as staged and leaves the
     /// router as it is. The staged color runs beside the live one, reachable at its own
     /// endpoint, until [`Engine::promote`] switches to it or [`Engine::abort`] removes it. A
-    /// failure removes what was started, as a deploy's does.
+    /// failure removes what was started, as a deploy's does. A router with a preview
+    /// ([`Router::preview`]) previews the staged color until it is promoted or removed
+    /// ([`StageReport::preview`] says where); a failed preview fails the stage.
     pub async fn stage(
         &self,
         release: Release,
@@ -305,7 +313,8 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
         run.finish_stage(result).await
     }
 
-    /// Switches to the staged color: re-checks its readiness, switches, verifies, runs the
+    /// Switches to the staged color (step by step with [`SwitchPolicy::steps`], as a deploy
+    /// does): re-checks its readiness, switches, verifies, ends its preview, runs the
     /// `post_switch` hook, drains and retires the old color, records, runs `post_deploy`. Same
     /// failure guarantees as [`Engine::deploy`], except that a failure leaves the staged color
     /// staged (promote again, or abort). With nothing staged it changes nothing and reports
