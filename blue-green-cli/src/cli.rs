@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use blue_green_core::Color;
+use blue_green_core::{Color, ShiftSteps};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 const AFTER_HELP: &str = "\
@@ -78,16 +78,22 @@ Examples:
   blue-green deploy --release v1.4.2
   blue-green deploy --image registry.local/web:1.4.2      # release id: the tag, 1.4.2
   blue-green deploy --release \"$(git rev-parse --short HEAD)\" --json > deploy.ndjson
-  blue-green deploy --release v1.4.3 --no-switch         # stage it; then `promote` or `abort`")]
+  blue-green deploy --release v1.4.3 --no-switch         # stage it; then `promote` or `abort`
+  blue-green deploy --release v1.4.4 --steps 10,50,100   # 10%, then 50%, each watched, then all")]
     Deploy(DeployArgs),
 
     /// Switch live traffic to the staged color (`deploy --no-switch`).
     ///
-    /// Re-checks its readiness, switches the router, verifies, runs the post_switch hook,
-    /// drains and retires the old color like a deploy, records, runs post_deploy. A failure
-    /// leaves the live color serving and the staged one staged. With nothing staged it changes
-    /// nothing and exits 0 (safe to run twice).
-    Promote,
+    /// Re-checks its readiness, switches the router (step by step with `[switch] steps` or
+    /// `--steps`), verifies, runs the post_switch hook, drains and retires the old color like a
+    /// deploy, records, runs post_deploy. A failure leaves the live color serving and the
+    /// staged one staged. With nothing staged it changes nothing and exits 0 (safe to run
+    /// twice).
+    Promote {
+        /// Shift traffic to the staged color step by step, as `deploy --steps` does.
+        #[arg(long, value_name = "PERCENTS", value_parser = parse_steps)]
+        steps: Option<ShiftSteps>,
+    },
 
     /// Stop and remove the staged color (`deploy --no-switch`); the router is not touched.
     ///
@@ -176,6 +182,23 @@ pub struct DeployArgs {
     /// at its own endpoint; `promote` switches to it, `abort` removes it.
     #[arg(long)]
     pub no_switch: bool,
+
+    /// Shift traffic to the new color step by step: the percentages of new requests it gets,
+    /// each step watched for `[switch] step_wait` before the next, the last one 100 (the
+    /// switch). Overrides `[switch] steps`. Needs a router that can split traffic. A failure
+    /// or Ctrl-C during a step sends all traffic back to the old color.
+    #[arg(
+        long,
+        value_name = "PERCENTS",
+        value_parser = parse_steps,
+        conflicts_with = "no_switch"
+    )]
+    pub steps: Option<ShiftSteps>,
+}
+
+/// `--steps 10,50,100`, checked by the type that owns the rule.
+fn parse_steps(s: &str) -> Result<ShiftSteps, String> {
+    s.parse::<ShiftSteps>().map_err(|e| e.message)
 }
 
 /// A color on the command line.

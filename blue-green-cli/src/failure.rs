@@ -102,7 +102,22 @@ impl Failure {
                 }
             )
         );
+        // A failure at a step of a gradual shift: the new color had a share of live traffic.
+        let mid_shift = matches!(
+            self,
+            Failure::Engine(e) if matches!(
+                e.as_ref(),
+                blue_green_core::Error::Step { step: blue_green_core::Step::Shift, .. }
+                    | blue_green_core::Error::Cancelled { step: blue_green_core::Step::Shift, .. }
+            )
+        );
         let hint = match self.class() {
+            ExitClass::Failed if mid_shift => {
+                "all live traffic went back to the old color, which kept running; the new one was drained and removed"
+            }
+            ExitClass::Cancelled if mid_shift => {
+                "cancelled during the gradual shift: all live traffic went back to the old color; the new one was drained and removed"
+            }
             ExitClass::Failed if after_switch => {
                 "live traffic went back to the old color, which kept running; the new one was removed"
             }

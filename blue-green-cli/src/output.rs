@@ -279,7 +279,9 @@ impl Observer for HumanObserver {
                     .unwrap_or_else(|p| p.into_inner())
                     .unwrap_or(Step::Ready);
                 self.set_spinner_message(format!("{step} {color}: probe #{attempt}"));
-                if step == Step::Watch && *healthy && !self.verbose {
+                // A watch (after the switch, or at a step of a gradual shift) shows only what
+                // goes wrong.
+                if matches!(step, Step::Watch | Step::Shift) && *healthy && !self.verbose {
                     return;
                 }
                 if !*healthy {
@@ -313,6 +315,26 @@ impl Observer for HumanObserver {
                     "  ->   live traffic now goes to {color} at {endpoint}"
                 ));
             }
+            Event::Shifted {
+                color,
+                percent,
+                endpoint,
+            } => {
+                self.line(&format!(
+                    "  ->   {percent}% of new requests now go to {color} at {endpoint}, the rest to the old color; watching"
+                ));
+            }
+            Event::Previewed {
+                color,
+                address: Some(address),
+            } => {
+                // The router's own text: one line, no terminal escapes.
+                self.line(&format!(
+                    "  ->   preview of {color} at {}",
+                    one_line(address)
+                ));
+            }
+            Event::Previewed { address: None, .. } => {}
             // Only a router that counts in-flight requests says anything worth a line.
             Event::Drained {
                 endpoint,
@@ -599,6 +621,45 @@ mod tests {
         );
         // A router that counts nothing says nothing.
         assert_eq!(render(&[drained(None)], false, true), "");
+    }
+
+    #[test]
+    fn a_shift_step_says_its_share_and_shows_only_failed_probes() {
+        let green = Some(Color::Green);
+        let events = [
+            Event::StepStarted {
+                step: Step::Shift,
+                color: green,
+            },
+            Event::Shifted {
+                color: Color::Green,
+                percent: 10,
+                endpoint: blue_green_core::Endpoint::new("127.0.0.1", 8082),
+            },
+            probe(1, None),
+            probe(2, Some("status 503")),
+            probe(3, None),
+            Event::StepFinished {
+                step: Step::Shift,
+                color: green,
+                elapsed_ms: 30_000,
+            },
+            Event::Previewed {
+                color: Color::Green,
+                address: Some("http://preview.example.com\u{1b}[2J".into()),
+            },
+        ];
+        let text = render(&events, false, true);
+        let lines: Vec<&str> = text.lines().map(str::trim).collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert_eq!(
+            lines[0],
+            "->   10% of new requests now go to green at 127.0.0.1:8082, the rest to the old color; watching"
+        );
+        assert_eq!(lines[1], "probe green #2: not ready: status 503 (1 ms)");
+        assert_eq!(lines[2], "ok   shift green        30.0s");
+        assert!(lines[3].starts_with("->   preview of green at http://preview.example.com"));
+        assert!(!lines[3].chars().any(char::is_control), "{:?}", lines[3]);
     }
 
     #[test]

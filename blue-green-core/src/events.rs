@@ -51,6 +51,11 @@ pub enum Step {
     OnFailure,
     /// Keep probing the new color after the switch, the old one still running.
     Watch,
+    /// One step of a gradual shift: send a share of new requests to the new color, then watch
+    /// it for `step_wait` (the old color keeps the rest).
+    Shift,
+    /// Make a staged color reachable through the router beside the live one (or end that).
+    Preview,
 }
 
 impl Step {
@@ -75,6 +80,8 @@ impl Step {
             Step::PostDeploy => "post_deploy",
             Step::OnFailure => "on_failure",
             Step::Watch => "watch",
+            Step::Shift => "shift",
+            Step::Preview => "preview",
         }
     }
 }
@@ -225,6 +232,26 @@ pub enum Event {
         color: Color,
         /// Its endpoint.
         endpoint: Endpoint,
+    },
+    /// A step of a gradual shift took effect: the router sends `percent` of new requests to
+    /// `color` at `endpoint`, the rest to the old color. The watch of this step follows.
+    Shifted {
+        /// The new color.
+        color: Color,
+        /// Its share of new requests, 1 to 99.
+        percent: u8,
+        /// Its endpoint.
+        endpoint: Endpoint,
+    },
+    /// The router previews a staged color beside the live one (`deploy --no-switch`), or
+    /// (`address: None` after `promote`, `abort` or a repair) previews nothing any more.
+    Previewed {
+        /// The staged color.
+        color: Color,
+        /// Where the preview is reachable through the router (for example a preview host
+        /// name), when the router has one; the staged color's own endpoint works regardless.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        address: Option<String>,
     },
     /// The drain of an old target ended: at once when the router counted nothing left in
     /// flight, otherwise at the drain deadline.

@@ -47,9 +47,9 @@ pub mod state;
 pub mod testing;
 
 pub use engine::{
-    DeployReport, DownReport, DownTarget, Engine, EngineConfig, IfLive, InstanceStatus,
-    KeepPrevious, Leftover, ReadinessPolicy, RepairReport, StageReport, Status, SwitchPolicy,
-    Timeouts,
+    DeployReport, DownReport, DownTarget, Engine, EngineConfig, ErrorRate, IfLive, InstanceStatus,
+    KeepPrevious, Leftover, ReadinessPolicy, RepairReport, ShiftSteps, StageReport, Status,
+    SwitchPolicy, Timeouts,
 };
 pub use error::{
     ComponentError, ComponentErrorKind, Error, ExitClass, Leftovers, LockHolder,

@@ -29,7 +29,7 @@ use mockall::mock;
 use crate::error::{ComponentError, LockHolder};
 use crate::model::{Color, Endpoint, Health, Instance, InstanceState, Release};
 use crate::probe::HealthProbe;
-use crate::router::{RouteReceipt, Router};
+use crate::router::{Responses, RouteReceipt, Router, Split};
 use crate::runtime::Runtime;
 use crate::state::{AppState, DeployRecord, Lock, LockError, StateStore};
 
@@ -57,14 +57,21 @@ mock! {
     }
 }
 
+// `preview` keeps the trait's default (no preview): mockall cannot mock an async method
+// whose argument is an `Option<&T>` (asomers/mockall#61, #571). Tests of the preview use the
+// fake router of `testing`.
 mock! {
-    /// A mock [`Router`].
+    /// A mock [`Router`] (`preview` is the trait's default: no preview).
     pub Router {}
     #[async_trait]
     impl Router for Router {
         async fn target(&self) -> Result<Option<Endpoint>, ComponentError>;
         async fn route_to(&self, endpoint: &Endpoint) -> Result<RouteReceipt, ComponentError>;
         async fn verify(&self, instance: &Instance, receipt: &RouteReceipt) -> Result<(), ComponentError>;
+        fn can_split(&self) -> bool;
+        async fn split(&self, split: &Split) -> Result<RouteReceipt, ComponentError>;
+        async fn current_split(&self) -> Result<Option<Split>, ComponentError>;
+        async fn responses(&self, endpoint: &Endpoint) -> Result<Option<Responses>, ComponentError>;
         async fn in_flight(&self, endpoint: &Endpoint) -> Result<Option<u64>, ComponentError>;
         async fn open_connections(&self, endpoint: &Endpoint) -> Result<Option<u64>, ComponentError>;
         async fn cut(&self, endpoint: &Endpoint) -> Result<Option<u64>, ComponentError>;

@@ -119,6 +119,8 @@ impl Mocks {
         m.router
             .expect_target()
             .returning(move || Ok(cell.lock().unwrap().clone()));
+        // These tests run no gradual shift: the router never splits.
+        m.router.expect_current_split().returning(|| Ok(None));
         let listed = m.listed.clone();
         m.rt.expect_list()
             .returning(move || Ok(listed.lock().unwrap().clone()));
@@ -1033,6 +1035,7 @@ fn green_live_blue_previous(listed: Vec<Instance>) -> Mocks {
         }),
         journal: None,
         staged: None,
+        preview: None,
     };
     Mocks::new(state, Some(green().endpoint), listed)
 }

@@ -4,8 +4,11 @@
 //! - a property test runs random sequences of deploy / stage (`deploy --no-switch`) / promote /
 //!   abort / rollback / switch / down / status / repair, with a failure or a hang injected at a random call of the runtime, probe, router,
 //!   store or a deploy hook (every hook point is configured, `rollback_on_post_switch_failure`
-//!   either way, with or without a watch after the switch), and checks the invariants after every command; and that `status` never changes
-//!   anything, whatever it hits;
+//!   either way, with or without a watch after the switch, with or without a gradual shift
+//!   (`[switch] steps`, with a router that can split or one that cannot), with or without a
+//!   share of errors counted by the router), and checks the invariants after every command:
+//!   neither endpoint of a split is ever unready or stopped, and a failed command leaves no
+//!   split; and that `status` never changes anything, whatever it hits;
 //! - crash-recovery tests "kill the process" right after each journaled step (every call hangs
 //!   from then on and the command's future is dropped), then check that `status` reports what
 //!   was left without touching it, and that `repair` (or the next command) finds a consistent
@@ -20,8 +23,8 @@ use blue_green_core::testing::{
 };
 use blue_green_core::{
     AppName, AppState, CancellationToken, Color, ComponentErrorKind, DownTarget, Endpoint, Engine,
-    EngineConfig, Error, Event, IfLive, InstanceState, KeepPrevious, Outcome, Release, Status,
-    Step,
+    EngineConfig, Error, ErrorRate, Event, IfLive, InstanceState, KeepPrevious, Outcome, Release,
+    Responses, Status, Step,
 };
 use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
@@ -29,7 +32,17 @@ use tokio::sync::Notify;
 
 type FakeEngine = Engine<FakeRuntime, FakeProbe, FakeRouter, FakeStore>;
 
-fn config(keep: KeepPrevious, rollback: bool, watch: bool) -> EngineConfig {
+/// How the switch goes, besides what is kept: `rollback_on_post_switch_failure`, a watch after
+/// the switch, a gradual shift, and the watch's share of errors.
+#[derive(Debug, Clone, Copy, Default)]
+struct Switching {
+    rollback: bool,
+    watch: bool,
+    steps: bool,
+    error_rate: bool,
+}
+
+fn config(keep: KeepPrevious, how: Switching) -> EngineConfig {
     let mut config = EngineConfig::new(AppName::new("web").unwrap());
     config.readiness.interval = Duration::from_millis(500);
     config.readiness.timeout = Duration::from_secs(1);
@@ -37,9 +50,17 @@ fn config(keep: KeepPrevious, rollback: bool, watch: bool) -> EngineConfig {
     config.switch.drain = Duration::from_secs(1);
     config.switch.stop_timeout = Duration::from_secs(2);
     config.switch.keep_previous = keep;
-    config.switch.rollback_on_post_switch_failure = rollback;
-    if watch {
+    config.switch.rollback_on_post_switch_failure = how.rollback;
+    if how.watch {
         config.switch.watch = Duration::from_secs(2);
+    }
+    if how.steps {
+        config.switch.steps = Some("10,50,100".parse().unwrap());
+        config.switch.step_wait = Duration::from_secs(1);
+    }
+    if how.error_rate {
+        config.switch.watch_max_error_rate = Some(ErrorRate::new(0.25).unwrap());
+        config.switch.watch_min_requests = 4;
     }
     config
 }
@@ -47,12 +68,12 @@ fn config(keep: KeepPrevious, rollback: bool, watch: bool) -> EngineConfig {
 /// An engine over `world` with a hook at every point (a deploy runs them; faults hit them as
 /// any other call).
 fn engine(world: &FakeWorld, keep: KeepPrevious) -> FakeEngine {
-    engine_with(world, keep, false, false)
+    engine_with(world, keep, Switching::default())
 }
 
-fn engine_with(world: &FakeWorld, keep: KeepPrevious, rollback: bool, watch: bool) -> FakeEngine {
+fn engine_with(world: &FakeWorld, keep: KeepPrevious, how: Switching) -> FakeEngine {
     Engine::new(
-        config(keep, rollback, watch),
+        config(keep, how),
         world.runtime(),
         world.probe(),
         world.router(),
@@ -110,12 +131,14 @@ fn snapshot(world: &FakeWorld) -> Snapshot {
 }
 
 /// The calls that change something; `status` must make none of them.
-const WRITES: [FakeCall; 7] = [
+const WRITES: [FakeCall; 9] = [
     FakeCall::Start,
     FakeCall::Stop,
     FakeCall::Restart,
     FakeCall::Remove,
     FakeCall::RouteTo,
+    FakeCall::Split,
+    FakeCall::Preview,
     FakeCall::Save,
     FakeCall::AppendHistory,
 ];
@@ -197,6 +220,8 @@ fn interrupt() -> impl Strategy<Value = Interrupt> {
         Step::PostDeploy,
         Step::OnFailure,
         Step::Watch,
+        Step::Shift,
+        Step::Preview,
     ]);
     prop_oneof![
         6 => Just(Interrupt::None),
@@ -252,7 +277,7 @@ type Ended = Option<Result<Option<Color>, Error>>;
 /// the step `interrupt` names.
 async fn run(
     world: &FakeWorld,
-    (keep, rollback, watch): (KeepPrevious, bool, bool),
+    (keep, how): (KeepPrevious, Switching),
     op: &Op,
     n: usize,
     interrupt: Interrupt,
@@ -260,19 +285,18 @@ async fn run(
     let cancel = CancellationToken::new();
     let died = Arc::new(Notify::new());
     let (trigger, w, signal) = (cancel.clone(), world.clone(), died.clone());
-    let engine =
-        engine_with(world, keep, rollback, watch).with_observer(Arc::new(move |e: &Event| {
-            if let Event::StepStarted { step, .. } = e {
-                match interrupt {
-                    Interrupt::Cancel(at) if at == *step => trigger.cancel(),
-                    Interrupt::Crash(at) if at == *step => {
-                        w.crash();
-                        signal.notify_one();
-                    }
-                    _ => {}
+    let engine = engine_with(world, keep, how).with_observer(Arc::new(move |e: &Event| {
+        if let Event::StepStarted { step, .. } = e {
+            match interrupt {
+                Interrupt::Cancel(at) if at == *step => trigger.cancel(),
+                Interrupt::Crash(at) if at == *step => {
+                    w.crash();
+                    signal.notify_one();
                 }
+                _ => {}
             }
-        }));
+        }
+    }));
     let command = async {
         match op {
             Op::Deploy => engine
@@ -306,7 +330,7 @@ async fn run(
 
 async fn check_sequence(
     seeded: bool,
-    (keep, rollback, watch): (KeepPrevious, bool, bool),
+    (keep, how, can_split): (KeepPrevious, Switching, bool),
     ops: Vec<(Op, Option<Injected>, Interrupt)>,
     seen: &Mutex<Seen>,
 ) -> Result<(), TestCaseError> {
@@ -314,7 +338,15 @@ async fn check_sequence(
     if seeded {
         world.seed_live(Color::Blue, "v0");
     }
-    let engine = engine_with(&world, keep, rollback, watch);
+    world.set_can_split(can_split);
+    world.set_preview_address(can_split.then_some("http://preview.web.test"));
+    // Every third release answers only errors: with the share of errors watched, it fails
+    // its watch (or its first step) on the router's counts alone.
+    for n in 0..=8u64 {
+        let errors = if n % 3 == 2 { 4 } else { 0 };
+        world.count_responses(&format!("v{n}"), Responses { total: 4, errors });
+    }
+    let engine = engine_with(&world, keep, how);
     for (n, (op, fault, interrupt)) in ops.iter().enumerate() {
         let target_before = world.router_target();
         let routed_before = routed_id(&world);
@@ -325,7 +357,7 @@ async fn check_sequence(
             world.fault_nth(f.call, f.nth, f.fault);
         }
 
-        let ended = run(&world, (keep, rollback, watch), op, n + 1, *interrupt).await;
+        let ended = run(&world, (keep, how), op, n + 1, *interrupt).await;
         world.revive();
         if let Op::Status = op {
             // Reads do not write, whatever fault it hit.
@@ -396,8 +428,35 @@ async fn check_sequence(
                 )));
             }
             prop_assert_eq!(world.saved_state().journal, None, "{}", context);
+            prop_assert_eq!(
+                world.split(),
+                None,
+                "a split is left after the repair: {}",
+                context
+            );
             continue;
         };
+        if !matches!(result, Err(Error::Inconsistent { .. })) {
+            // A command that ended, well or not, leaves no split: a half-shifted app is not a
+            // state to leave behind.
+            prop_assert_eq!(world.split(), None, "a split is left: {}", context);
+        }
+        let faulted = world.calls()[calls_before..].iter().any(|c| c.faulted);
+        if let (Some(previewed), false) = (world.previewed(), faulted) {
+            // Without a fault (a failed end of a preview is only a warning), the router
+            // previews nothing but the staged color of the saved state (whose instance may
+            // have stopped since: the staged record is a hint, and so is its preview).
+            let staged = world
+                .saved_state()
+                .staged
+                .is_some_and(|s| s.endpoint == previewed);
+            prop_assert!(
+                staged,
+                "the router previews {}, which is not staged: {}",
+                previewed,
+                context
+            );
+        }
         match &result {
             Ok(Some(color)) => {
                 let routed = world.routed_instance();
@@ -409,16 +468,18 @@ async fn check_sequence(
                 );
             }
             Ok(None) => {}
-            Err(Error::Inconsistent { left, .. }) => {
+            Err(Error::Inconsistent { left, cause, .. }) => {
                 // With one fault, the restore itself cannot fail; the ways left are a router
                 // that had no target before (it cannot be pointed back at nothing), and a
-                // cancel followed by the fault hitting the restore.
+                // cancel (or a release failing on the router's counts of its errors, which
+                // are no fault) followed by the fault hitting the restore.
                 prop_assert!(!left.0.is_empty(), "{}", context);
                 // A repair is inconsistent when the fault hit one of its own actions: what it
                 // could not repair is what it names.
                 prop_assert!(
                     target_before.is_none()
                         || matches!(interrupt, Interrupt::Cancel(_))
+                        || cause.to_string().contains("watch_max_error_rate")
                         || matches!(op, Op::Repair),
                     "inconsistent after one fault: {}",
                     context
@@ -498,7 +559,9 @@ async fn check_sequence(
             )));
         }
     }
-    seen.lock().unwrap().faults_hit += world.calls().iter().filter(|c| c.faulted).count();
+    let mut seen = seen.lock().unwrap();
+    seen.faults_hit += world.calls().iter().filter(|c| c.faulted).count();
+    seen.splits += world.count(FakeCall::Split);
     Ok(())
 }
 
@@ -512,6 +575,8 @@ struct Seen {
     killed: usize,
     inconsistent: usize,
     faults_hit: usize,
+    /// Splits of a gradual shift made.
+    splits: u32,
 }
 
 #[test]
@@ -526,9 +591,17 @@ fn invariants_hold_under_injected_failures() {
         ..ProptestConfig::with_cases(cases)
     });
     let seen = Mutex::new(Seen::default());
+    let switching = (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
+        |(rollback, watch, steps, error_rate)| Switching {
+            rollback,
+            watch,
+            steps,
+            error_rate,
+        },
+    );
     let strategy = (
         any::<bool>(),
-        (keep(), any::<bool>(), any::<bool>()),
+        (keep(), switching, proptest::bool::weighted(0.8)),
         proptest::collection::vec((op(), injected(), interrupt()), 1..8),
     );
     let result = runner.run(&strategy, |(seeded, setup, ops)| {
@@ -562,9 +635,15 @@ async fn crash_deploy_at(
         },
     );
     prepare(&world);
+    // A crash at a step of a gradual shift needs one.
+    let how = Switching {
+        steps: step == Step::Shift,
+        ..Switching::default()
+    };
+    world.set_can_split(how.steps);
     let died = Arc::new(Notify::new());
     let (w, signal) = (world.clone(), died.clone());
-    let engine = engine(&world, keep).with_observer(Arc::new(move |e: &Event| {
+    let engine = engine_with(&world, keep, how).with_observer(Arc::new(move |e: &Event| {
         if matches!(e, Event::StepStarted { step: s, .. } if *s == step) {
             w.crash();
             signal.notify_one();
@@ -665,6 +744,7 @@ async fn a_crash_before_the_switch_is_undone_by_the_next_command() {
         Step::Start,
         Step::Ready,
         Step::PreSwitch,
+        Step::Shift,
         Step::Switch,
     ] {
         let world = crash_deploy_at(step, KeepPrevious::Stopped, |_| {}).await;

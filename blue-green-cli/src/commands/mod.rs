@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::{Instant, SystemTime};
 
 use blue_green_core::{
-    Artifact, CancellationToken, Color, DeployReport, DownTarget, IfLive, Release,
+    Artifact, CancellationToken, Color, DeployReport, DownTarget, IfLive, Release, ShiftSteps,
 };
 use blue_green_docker::{ComposeConfig, ComposeFiles};
 use serde_json::json;
@@ -81,7 +81,7 @@ pub async fn run(cli: &Cli, config: Result<Config, config::ConfigError>) -> i32 
 fn command_name(c: &Command) -> &'static str {
     match c {
         Command::Deploy(_) => "deploy",
-        Command::Promote => "promote",
+        Command::Promote { .. } => "promote",
         Command::Abort => "abort",
         Command::Status => "status",
         Command::Repair => "repair",
@@ -101,7 +101,8 @@ async fn dispatch(cli: &Cli, config: Config, printer: Printer) -> Result<(), Fai
         Command::History { limit } => history(&config, *limit, printer).await,
         Command::Deploy(args) => {
             let release = release_for(args, &config).await?;
-            let engine = engine_and_runtime(&config, printer, true, Some(&release))
+            let config = with_steps(config, args.steps.as_ref());
+            let engine = engine_and_runtime(&config, printer, true, true, Some(&release))
                 .await?
                 .0;
             let started = Instant::now();
@@ -113,8 +114,13 @@ async fn dispatch(cli: &Cli, config: Config, printer: Printer) -> Result<(), Fai
                     .live
                     .map(|c| format!("{c} stays live"))
                     .unwrap_or_else(|| "nothing is live".into());
+                let preview = report
+                    .preview
+                    .as_ref()
+                    .map(|p| format!(" (preview: {})", one_line(p)))
+                    .unwrap_or_default();
                 let human = format!(
-                    "deploy --no-switch done in {}: release {} is staged in {} at {}; {live}. `blue-green promote` switches to it, `blue-green abort` removes it",
+                    "deploy --no-switch done in {}: release {} is staged in {} at {}{preview}; {live}. `blue-green promote` switches to it, `blue-green abort` removes it",
                     secs(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)),
                     staged.release.id,
                     staged.color,
@@ -127,8 +133,9 @@ async fn dispatch(cli: &Cli, config: Config, printer: Printer) -> Result<(), Fai
             changed(printer, "deploy", &report, started);
             Ok(())
         }
-        Command::Promote => {
-            let engine = engine(&config, printer, true).await?;
+        Command::Promote { steps } => {
+            let config = with_steps(config, steps.as_ref());
+            let engine = shifting_engine(&config, printer).await?;
             let started = Instant::now();
             let report = with_cancel(|c| async move { engine.promote(&c).await }).await?;
             changed(printer, "promote", &report, started);
@@ -200,7 +207,8 @@ async fn dispatch(cli: &Cli, config: Config, printer: Printer) -> Result<(), Fai
             Ok(())
         }
         Command::Status => {
-            let (engine, concrete) = engine_and_runtime(&config, printer, false, None).await?;
+            let (engine, concrete) =
+                engine_and_runtime(&config, printer, false, false, None).await?;
             let status = engine.status().await?;
             // On a swarm, nodes that are not ready are where a color's tasks cannot run.
             let lost_nodes = match &concrete {
@@ -245,17 +253,39 @@ async fn dispatch(cli: &Cli, config: Config, printer: Printer) -> Result<(), Fai
     }
 }
 
+/// `config` with `--steps` in place of `[switch] steps`, when given.
+fn with_steps(mut config: Config, steps: Option<&ShiftSteps>) -> Config {
+    if let Some(steps) = steps {
+        config.engine.switch.steps = Some(steps.clone());
+    }
+    config
+}
+
+/// The engine of a command that may shift traffic step by step (deploy, promote).
+async fn shifting_engine(config: &Config, printer: Printer) -> Result<CliEngine, Failure> {
+    Ok(engine_and_runtime(config, printer, true, true, None)
+        .await?
+        .0)
+}
+
 async fn engine(config: &Config, printer: Printer, steps: bool) -> Result<CliEngine, Failure> {
-    Ok(engine_and_runtime(config, printer, steps, None).await?.0)
+    Ok(engine_and_runtime(config, printer, steps, false, None)
+        .await?
+        .0)
 }
 
 /// The engine, and the runtime as built for what the [`Runtime`](blue_green_core::Runtime)
 /// trait does not say (a swarm's lost nodes). `release`: the release a deploy brings up (its
 /// image is the one the release command runs in).
+///
+/// With `shifts` (deploy, promote) it refuses `[switch] steps` or `--steps` with a router that
+/// cannot split, naming it, before anything starts (the engine refuses too, without knowing
+/// the router's name).
 async fn engine_and_runtime(
     config: &Config,
     printer: Printer,
     steps: bool,
+    shifts: bool,
     release: Option<&Release>,
 ) -> Result<(CliEngine, ConcreteRuntime), Failure> {
     tracing::debug!(
@@ -266,6 +296,15 @@ async fn engine_and_runtime(
     );
     let observer = printer.observer(steps, PauseHook::from_env(config.state_dir.clone()));
     let components = Components::build(config).await?;
+    if let (true, Some(steps)) = (shifts, &config.engine.switch.steps) {
+        if !components.router.can_split() {
+            return Err(Failure::Usage(format!(
+                "a gradual shift ({steps}) needs a router that can split traffic between two colors, and the {} router cannot: deploy without steps (remove `[switch] steps` from {}, and do not pass --steps), or use a router that can split",
+                config.router.kind(),
+                config.path.display()
+            )));
+        }
+    }
     let concrete = components.concrete.clone();
     Ok((
         components
@@ -295,7 +334,7 @@ async fn watch_signals(cancel: CancellationToken) {
         return;
     }
     eprintln!(
-        "interrupted: rolling back (during the watch after a switch: ending the watch, the new color stays live); interrupt again to exit at once"
+        "interrupted: rolling back (during a gradual shift: all traffic back to the old color; during the watch after a switch: ending the watch, the new color stays live); interrupt again to exit at once"
     );
     cancel.cancel();
     if interrupted().await.is_ok() {

@@ -48,9 +48,14 @@ pub(super) fn status_text(s: &Status, unserved: Option<&str>) -> String {
         .map_or("nowhere".to_string(), ToString::to_string);
     let _ = writeln!(out, "router   -> {target}");
     if let Some(staged) = &s.staged {
+        let preview = s
+            .staged_preview
+            .as_ref()
+            .map(|p| format!(" (preview: {})", one_line(p)))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "staged   {}, release {} at {} since {}: `blue-green promote` switches to it, `blue-green abort` removes it",
+            "staged   {}, release {} at {}{preview} since {}: `blue-green promote` switches to it, `blue-green abort` removes it",
             staged.color,
             staged.release.id,
             staged.endpoint,

@@ -201,6 +201,20 @@ async fn environment_checks(config: &Config, checks: &mut Vec<Check>) -> Result<
             what: "target".into(),
             result,
         });
+        if let Some(steps) = &config.engine.switch.steps {
+            // `deploy` and `promote` refuse the same, before anything starts.
+            checks.push(Check {
+                what: "steps".into(),
+                result: if c.router.can_split() {
+                    Ok(format!("the {} router can shift traffic step by step ({steps})", config.router.kind()))
+                } else {
+                    Err(format!(
+                        "[switch] steps ({steps}) need a router that can split traffic, and the {} router cannot: remove `steps`, or use a router that can split",
+                        config.router.kind()
+                    ))
+                },
+            });
+        }
     }
     Ok(())
 }

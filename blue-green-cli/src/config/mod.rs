@@ -100,6 +100,19 @@ pub enum RouterConfig {
     },
 }
 
+impl RouterConfig {
+    /// The `[router] kind` it was read from, for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RouterConfig::Nginx(_) => "nginx",
+            RouterConfig::Haproxy(_) => "haproxy",
+            RouterConfig::Caddy(_) => "caddy",
+            RouterConfig::Proxy(_) => "proxy",
+            RouterConfig::None { .. } => "none",
+        }
+    }
+}
+
 /// A config file that could not be used. Holds every problem found, each with its place.
 #[derive(Debug)]
 pub struct ConfigError {

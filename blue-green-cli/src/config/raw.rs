@@ -150,6 +150,10 @@ pub struct RawSwitch {
     pub rollback_on_post_switch_failure: Option<Spanned<bool>>,
     pub watch: Option<Str>,
     pub watch_failures: Option<Spanned<i64>>,
+    pub watch_max_error_rate: Option<Spanned<f64>>,
+    pub watch_min_requests: Option<Spanned<i64>>,
+    pub steps: Option<Spanned<Vec<Spanned<i64>>>>,
+    pub step_wait: Option<Str>,
 }
 
 /// `[hooks]`: one table per hook point.

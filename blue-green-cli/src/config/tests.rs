@@ -155,3 +155,87 @@ pid_file = "nginx/{app}.pid"
     assert_eq!(n.upstream_file, dir.path().join("nginx/upstream.conf"));
     assert_eq!(n.pid_file, Some(dir.path().join("nginx/web.pid")));
 }
+
+/// A docker + none-router config whose `[switch]` table is `switch`.
+fn with_switch(switch: &str) -> Result<Config, ConfigError> {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"app = "web"
+[runtime]
+kind = "docker"
+image = "web:1"
+container_port = 8080
+[router]
+kind = "none"
+[switch]
+{switch}
+"#
+    );
+    parse(&text, &dir.path().join("bg.toml"), dir.path())
+}
+
+#[test]
+fn gradual_shift_and_error_rate_keys_reach_the_switch_policy() {
+    let c = with_switch(
+        "steps = [10, 50, 100]\nstep_wait = \"45s\"\nwatch_max_error_rate = 0.02\nwatch_min_requests = 50",
+    )
+    .unwrap();
+    let s = &c.engine.switch;
+    assert_eq!(s.steps.as_ref().unwrap().percents(), &[10, 50, 100]);
+    assert_eq!(s.step_wait, std::time::Duration::from_secs(45));
+    assert_eq!(
+        s.watch_max_error_rate,
+        Some(blue_green_core::ErrorRate::new(0.02).unwrap())
+    );
+    assert_eq!(s.watch_min_requests, 50);
+
+    // Unset: no shift, a step wait of 30s, no share of errors, 20 responses.
+    let d = with_switch("drain = \"1s\"").unwrap().engine.switch;
+    assert_eq!(d.steps, None);
+    assert_eq!(d.step_wait, std::time::Duration::from_secs(30));
+    assert_eq!(d.watch_max_error_rate, None);
+    assert_eq!(d.watch_min_requests, 20);
+    // A whole number is a share too.
+    let zero = with_switch("watch_max_error_rate = 0")
+        .unwrap()
+        .engine
+        .switch;
+    assert_eq!(
+        zero.watch_max_error_rate,
+        Some(blue_green_core::ErrorRate::new(0.0).unwrap())
+    );
+}
+
+#[test]
+fn bad_steps_and_rates_are_named_with_their_key_and_line() {
+    let cases = [
+        ("steps = [50, 10, 100]", "switch.steps", "strictly increase"),
+        ("steps = [10, 50]", "switch.steps", "end at 100"),
+        (
+            "steps = [0, 100]",
+            "switch.steps",
+            "percentage from 1 to 100",
+        ),
+        ("steps = [10, 500]", "switch.steps", "500 is not a share"),
+        ("steps = []", "switch.steps", "end at 100"),
+        (
+            "watch_max_error_rate = 1.5",
+            "switch.watch_max_error_rate",
+            "from 0.0 to 1.0",
+        ),
+        (
+            "watch_min_requests = 0",
+            "switch.watch_min_requests",
+            "at least 1",
+        ),
+        ("step_wait = \"0s\"", "switch.step_wait", "longer than zero"),
+        ("step_wait = \"soon\"", "switch.step_wait", "not a duration"),
+    ];
+    for (line, key, says) in cases {
+        let err = with_switch(line).expect_err(line);
+        let p = &err.problems[0];
+        assert_eq!(p.key.as_deref(), Some(key), "{line}: {err:?}");
+        assert_eq!(p.line, Some(9), "{line}: {err:?}");
+        assert!(p.message.contains(says), "{line}: {}", p.message);
+    }
+}

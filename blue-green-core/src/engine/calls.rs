@@ -9,7 +9,7 @@ use crate::error::{ComponentError, Error};
 use crate::events::{Event, Step};
 use crate::model::{Color, Endpoint, Instance, InstanceState, Release};
 use crate::probe::HealthProbe;
-use crate::router::{RouteReceipt, Router};
+use crate::router::{Responses, RouteReceipt, Router, Split};
 use crate::runtime::Runtime;
 use crate::state::{AppState, DeployRecord, StateStore};
 
@@ -213,6 +213,51 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
                 describe(instance)
             ),
             self.router.verify(instance, receipt),
+        )
+        .await
+    }
+
+    pub(super) async fn router_split(&self, split: &Split) -> Result<RouteReceipt, ComponentError> {
+        within(
+            self.timeouts().router,
+            format!(
+                "the router sending {}% of new requests to {}",
+                split.percent(),
+                split.next()
+            ),
+            self.router.split(split),
+        )
+        .await
+    }
+
+    pub(super) async fn router_current_split(&self) -> Result<Option<Split>, ComponentError> {
+        within(
+            self.timeouts().router,
+            "the router reporting its traffic split",
+            self.router.current_split(),
+        )
+        .await
+    }
+
+    pub(super) async fn router_preview(
+        &self,
+        endpoint: Option<&Endpoint>,
+    ) -> Result<Option<String>, ComponentError> {
+        let what = match endpoint {
+            Some(e) => format!("the router previewing {e}"),
+            None => "the router ending the preview".to_string(),
+        };
+        within(self.timeouts().router, what, self.router.preview(endpoint)).await
+    }
+
+    pub(super) async fn router_responses(
+        &self,
+        endpoint: &Endpoint,
+    ) -> Result<Option<Responses>, ComponentError> {
+        within(
+            self.timeouts().router,
+            format!("the router counting responses from {endpoint}"),
+            self.router.responses(endpoint),
         )
         .await
     }

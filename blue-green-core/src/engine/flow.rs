@@ -6,7 +6,7 @@
 use tokio::time::Instant;
 
 use crate::error::Error;
-use crate::events::{Event, Step};
+use crate::events::{Command, Event, Step};
 use crate::hooks::{HookContext, HookPoint};
 use crate::model::{Color, Endpoint, Instance, InstanceState, Release};
 use crate::probe::HealthProbe;
@@ -18,6 +18,7 @@ use super::calls::{describe, now};
 use super::plan::{Undo, World};
 use super::recover::Undoing;
 use super::run::{Run, Switched};
+use super::shift::{refuse_unsplittable, shift};
 use super::KeepPrevious;
 
 /// How the instance to switch to comes up.
@@ -48,6 +49,9 @@ struct Switchover {
     stage_only: bool,
     /// Run the `pre_switch` hook (it ran already when a staged color is promoted).
     pre_switch_hook: bool,
+    /// Move traffic by `[switch] steps` when they are set (deploy and promote; a rollback or
+    /// a switch goes back at once, as a way out should).
+    shift: bool,
 }
 
 fn journal_for<R, P, T, S>(
@@ -67,7 +71,7 @@ fn journal_for<R, P, T, S>(
     }
 }
 
-fn usage<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
+pub(super) fn usage<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
     run: &Run<'_, R, P, T, S>,
     message: String,
 ) -> Error {
@@ -95,6 +99,7 @@ pub(super) async fn deploy<R: Runtime, P: HealthProbe, T: Router, S: StateStore>
     release: Release,
     stage_only: bool,
 ) -> Result<Switched, Error> {
+    refuse_unsplittable(run)?;
     let world = reconciled(run).await?;
     let from = world.live_color();
     // The idle color; with nothing live, the one that was not live last (its slot may still
@@ -116,6 +121,7 @@ pub(super) async fn deploy<R: Runtime, P: HealthProbe, T: Router, S: StateStore>
             "release {} staged in {color} is replaced by this deploy",
             staged.release.id
         ));
+        let _ = run.end_preview(color).await;
     }
     // Whatever was staged in this slot goes with the clear below.
     run.state.staged = None;
@@ -133,6 +139,7 @@ pub(super) async fn deploy<R: Runtime, P: HealthProbe, T: Router, S: StateStore>
         retire_old: true,
         stage_only,
         pre_switch_hook: true,
+        shift: true,
     };
     bring_up(run, change).await
 }
@@ -203,6 +210,7 @@ pub(super) async fn rollback<R: Runtime, P: HealthProbe, T: Router, S: StateStor
         retire_old: true,
         stage_only: false,
         pre_switch_hook: false,
+        shift: false,
     };
     bring_up(run, change).await
 }
@@ -214,6 +222,7 @@ pub(super) async fn rollback<R: Runtime, P: HealthProbe, T: Router, S: StateStor
 pub(super) async fn promote<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
     run: &mut Run<'_, R, P, T, S>,
 ) -> Result<Option<Switched>, Error> {
+    refuse_unsplittable(run)?;
     let world = reconciled(run).await?;
     let Some((staged, inst)) = world.staged(&run.state) else {
         return Ok(None);
@@ -240,6 +249,7 @@ pub(super) async fn promote<R: Runtime, P: HealthProbe, T: Router, S: StateStore
         retire_old: true,
         stage_only: false,
         pre_switch_hook: false,
+        shift: true,
     };
     bring_up(run, change).await.map(Some)
 }
@@ -288,6 +298,7 @@ pub(super) async fn switch<R: Runtime, P: HealthProbe, T: Router, S: StateStore>
         retire_old: false,
         stage_only: false,
         pre_switch_hook: false,
+        shift: false,
     };
     bring_up(run, change).await
 }
@@ -376,9 +387,42 @@ async fn bring_up<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
         }
     }
     if change.stage_only {
-        // The end of `deploy --no-switch`: the router was not touched.
+        // The end of `deploy --no-switch`: live traffic was not touched; a router that can
+        // preview shows the staged color beside the live one.
+        let previewed = run
+            .step(Step::Preview, here, true, async {
+                eng.router_preview(Some(&inst.endpoint))
+                    .await
+                    .map_err(|e| eng.step_error(Step::Preview, color, e))
+            })
+            .await;
+        let address = match previewed {
+            Ok(address) => address,
+            Err(e) => {
+                // The router may have begun the preview of what is about to be removed.
+                let _ = run.end_preview(color).await;
+                return Err(restore(run, &change, Some(&inst), false, e).await);
+            }
+        };
+        run.emit(Event::Previewed {
+            color,
+            address: address.clone(),
+        });
+        run.state.preview = address;
         let staged = record(run, &change, &inst, |state, d| state.staged = Some(d)).await;
         return Ok((staged, change.old.as_ref().map(|o| o.color)));
+    }
+
+    if let (true, Some(old)) = (change.shift, change.old.as_ref()) {
+        if let Err(e) = shift(run, color, old, &inst).await {
+            return Err(restore(run, &change, Some(&inst), true, e).await);
+        }
+    } else if let (true, None, Some(steps)) =
+        (change.shift, &change.old, &eng.config().switch.steps)
+    {
+        run.warn(format!(
+            "nothing was live, so there is no traffic to shift step by step ({steps}): {color} takes all of it at once"
+        ));
     }
 
     let switched = run
@@ -409,6 +453,10 @@ async fn bring_up<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
         return Err(restore(run, &change, Some(&inst), true, e).await);
     }
     run.switched = true;
+    if run.command == Command::Promote {
+        // The staged color is live: its preview is not needed any more.
+        let _ = run.end_preview(color).await;
+    }
     if let Err(e) = run.hook(HookPoint::PostSwitch, true).await {
         // The old color still runs (it is drained after this hook): going back is possible
         // when there was one.

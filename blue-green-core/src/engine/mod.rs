@@ -14,9 +14,10 @@
 //! out. `status` only reads: it shows the repair's plan as leftovers. `docs/architecture.md`
 //! has the whole story: each step, the repair rules, the invariants and the exit classes.
 //!
-//! Files: `flow` (deploy, rollback, switch), `plan` (the recovery planner), `recover` (its
-//! executor: restore and repair), `reconcile`, `readiness` (and the drain), `ops` (down,
-//! repair, status), `run` (one command: lock, journal, events, history), `calls` (every
+//! Files: `flow` (deploy, rollback, switch), `shift` (the gradual shift before a switch),
+//! `watch` (the watch after it, and between shift steps), `plan` (the recovery planner),
+//! `recover` (its executor: restore and repair), `reconcile`, `readiness` (and the drain), `ops`
+//! (down, repair, status), `run` (one command: lock, journal, events, history), `calls` (every
 //! external call with its timeout).
 
 mod calls;
@@ -29,6 +30,7 @@ mod readiness;
 mod reconcile;
 mod recover;
 mod run;
+mod shift;
 mod watch;
 
 use std::sync::Arc;
@@ -36,7 +38,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-pub use policy::{KeepPrevious, ReadinessPolicy, SwitchPolicy, Timeouts};
+pub use policy::{ErrorRate, KeepPrevious, ReadinessPolicy, ShiftSteps, SwitchPolicy, Timeouts};
 
 use crate::error::{Error, LockHolder};
 use crate::events::{Command, NoopObserver, Observer};
@@ -118,6 +120,9 @@ pub struct DeployReport {
 pub struct StageReport {
     /// The staged deployment: its color, release and the endpoint where it answers.
     pub staged: Deployment,
+    /// Where the router previews it beside the live color, when the router has a preview
+    /// ([`Router::preview`]).
+    pub preview: Option<String>,
     /// The color live now (unchanged), if any.
     pub live: Option<Color>,
     /// Each step and its time.
@@ -188,6 +193,8 @@ pub struct Status {
     /// The staged deployment (`deploy --no-switch`), while it stands: its instance runs and
     /// the router does not point at it.
     pub staged: Option<Deployment>,
+    /// Where the router previews the staged deployment, when it has a preview.
+    pub staged_preview: Option<String>,
     /// Every instance the runtime has for this app.
     pub instances: Vec<InstanceStatus>,
     /// What is left to repair. `status` changes nothing: [`Engine::repair`] repairs these, and
@@ -260,6 +267,12 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
     /// left or put back as it was and the new instance is removed; if putting back fails, the
     /// error is [`Error::Inconsistent`] and names what is left.
     ///
+    /// With [`SwitchPolicy::steps`] and a color live, traffic moves to the new color step by
+    /// step before the switch (a split per step, each watched for
+    /// [`SwitchPolicy::step_wait`]); a failure or a cancel during a step routes all traffic
+    /// back to the old color and removes the new one. Steps with a router that cannot split
+    /// are [`Error::Usage`], before anything starts.
+    ///
     /// Cancellation is honoured until the old color begins to stop (a cancel during the drain
     /// routes back to the old color, which is still running); the stop, remove and record steps
     /// then run to their end, each bounded by its timeout.
@@ -282,7 +295,9 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
     /// readiness and the `pre_switch` hook, then records the new color as staged and leaves the
     /// router as it is. The staged color runs beside the live one, reachable at its own
     /// endpoint, until [`Engine::promote`] switches to it or [`Engine::abort`] removes it. A
-    /// failure removes what was started, as a deploy's does.
+    /// failure removes what was started, as a deploy's does. A router with a preview
+    /// ([`Router::preview`]) previews the staged color until it is promoted or removed
+    /// ([`StageReport::preview`] says where); a failed preview fails the stage.
     pub async fn stage(
         &self,
         release: Release,
@@ -298,7 +313,8 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
         run.finish_stage(result).await
     }
 
-    /// Switches to the staged color: re-checks its readiness, switches, verifies, runs the
+    /// Switches to the staged color (step by step with [`SwitchPolicy::steps`], as a deploy
+    /// does): re-checks its readiness, switches, verifies, ends its preview, runs the
     /// `post_switch` hook, drains and retires the old color, records, runs `post_deploy`. Same
     /// failure guarantees as [`Engine::deploy`], except that a failure leaves the staged color
     /// staged (promote again, or abort). With nothing staged it changes nothing and reports

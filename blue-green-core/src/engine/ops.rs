@@ -51,7 +51,12 @@ pub(super) async fn down<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
         if doomed.is_empty() {
             continue;
         }
+        let staged_here = run.state.staged.as_ref().is_some_and(|s| s.color == color);
         take_down(run, Command::Down, color, &doomed, force, live).await?;
+        if staged_here {
+            // The staged color went with it: so does its preview.
+            let _ = run.end_preview(color).await;
+        }
         if Some(color) == live {
             run.state.retire_live();
             run.warn(format!(
@@ -123,6 +128,8 @@ pub(super) async fn abort<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
     let color = staged.color;
     run.release = Some(staged.release.id.to_string());
     run.from = Some(color);
+    // The router stops previewing it before it goes away.
+    let _ = run.end_preview(color).await;
     let doomed = world.idle_of(color);
     take_down(
         run,
@@ -274,12 +281,21 @@ async fn look<R: Runtime, P: HealthProbe, T: Router, S: StateStore>(
             world.target.as_ref(),
         )
         .map(|(d, _)| d.clone());
+    let staged_preview = staged.as_ref().and(state.preview.clone());
+    if let (None, Some(address), None) = (&in_progress, &state.preview, world.staged(&state)) {
+        // A preview whose end failed (or was cut short by a kill): the next command ends it.
+        leftovers.push(Leftover {
+            found: format!("the router still previews a staged color that is gone, at {address}"),
+            repair: vec!["end the router's preview".to_string()],
+        });
+    }
     Ok(Status {
         app,
         live: world.live_color(),
         deployment: state.live.clone(),
         router_target: world.target.clone(),
         staged,
+        staged_preview,
         instances,
         leftovers,
         in_progress,

@@ -6,7 +6,7 @@
 use tokio::time::Instant;
 
 use crate::error::Error;
-use crate::events::{Event, Step};
+use crate::events::{Command, Event, Step};
 use crate::model::{Color, Instance};
 use crate::probe::HealthProbe;
 use crate::router::Router;
@@ -31,6 +31,12 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
             .router_target()
             .await
             .map_err(|e| self.step_error(Step::Reconcile, color, e))?;
+        // A split left by a gradual shift that was not finished (default: a router that
+        // cannot split has none).
+        let split = self
+            .router_current_split()
+            .await
+            .map_err(|e| self.step_error(Step::Reconcile, color, e))?;
         let live = target.as_ref().and_then(|t| {
             let mut at_target = instances.iter().filter(|i| &i.endpoint == t);
             let first = at_target.next()?;
@@ -45,6 +51,7 @@ impl<R: Runtime, P: HealthProbe, T: Router, S: StateStore> Engine<R, P, T, S> {
         Ok(World {
             instances,
             target,
+            split,
             live,
             ..World::default()
         })
@@ -150,10 +157,15 @@ impl<'e, R: Runtime, P: HealthProbe, T: Router, S: StateStore> Run<'e, R, P, T, 
             .observe(self.state.live.as_ref().map(|d| d.color))
             .await?;
         self.target = world.target.clone();
-        if let Some(journal) = loaded.journal.as_ref() {
+        if loaded.journal.is_some() || world.split.is_some() {
             // When its switch happened, the repair looks at the color it came from (to route
             // back to it, or to drain it). A state that cannot be read counts as not running.
-            if let (Some(from), true) = (journal.from, world.live_color() == Some(journal.color)) {
+            let switched_from = loaded
+                .journal
+                .as_ref()
+                .filter(|j| world.live_color() == Some(j.color))
+                .and_then(|j| j.from);
+            if let Some(from) = switched_from {
                 let _ = eng.look_at(&mut world, |i| i.color == from).await;
             }
             self.repair_journal(&world).await;
@@ -164,6 +176,31 @@ impl<'e, R: Runtime, P: HealthProbe, T: Router, S: StateStore> Run<'e, R, P, T, 
         }
         if let Some(drift) = align_live(&mut self.state, &world, eng.config.app.as_str()) {
             self.note_repair(format!("{}; recorded {}", drift.found, drift.record));
+        }
+        // A staged color that went (promoted, removed, or a staged deploy undone) while a
+        // command was interrupted may still be previewed by the router: end that preview.
+        let was_staged = loaded
+            .staged
+            .as_ref()
+            .map(|d| d.color)
+            .or(loaded
+                .journal
+                .as_ref()
+                .filter(|j| j.command == Command::Stage)
+                .map(|j| j.color))
+            .or(loaded
+                .preview
+                .as_ref()
+                .map(|_| world.live_color().map_or(Color::Green, Color::other)));
+        if let (Some(color), None) = (was_staged, world.staged(&self.state)) {
+            let recorded = loaded.preview.clone();
+            if self.end_preview(color).await {
+                if let Some(address) = recorded {
+                    self.note_repair(format!(
+                        "ended the router's preview at {address} of a staged {color} that is gone"
+                    ));
+                }
+            }
         }
         if self.state != loaded {
             eng.store_save(&self.state)
@@ -232,6 +269,7 @@ mod tests {
             previous: Some(deployed(&green)),
             journal: None,
             staged: None,
+            preview: None,
         };
         let warning = align_live(
             &mut state,

@@ -196,10 +196,19 @@ impl<'e, R: Runtime, P: HealthProbe, T: Router, S: StateStore> Run<'e, R, P, T, 
         // What the planner needs to see: where the router points now (when it may have moved),
         // and what the command left in its color.
         let mut target_unknown = None;
+        let mut split = None;
         if undoing.maybe_routed {
             match eng.router_target().await {
                 Ok(now) => self.target = now,
                 Err(e) => target_unknown = Some(e.to_string()),
+            }
+            // A gradual shift's split: its target is still the old one, so only this tells
+            // that the new color takes a share. Unknown counts as possibly split.
+            match eng.router_current_split().await {
+                Ok(now) => split = now,
+                Err(e) => {
+                    target_unknown.get_or_insert(e.to_string());
+                }
             }
         }
         let instances = match undoing.brought {
@@ -220,6 +229,7 @@ impl<'e, R: Runtime, P: HealthProbe, T: Router, S: StateStore> Run<'e, R, P, T, 
         let world = World {
             instances,
             target: self.target.clone(),
+            split,
             ..World::default()
         };
         let rewind = Rewind {

@@ -311,9 +311,39 @@ impl<'e, R: Runtime, P: HealthProbe, T: Router, S: StateStore> Run<'e, R, P, T, 
         Ok(())
     }
 
+    /// Ends the router's preview of a staged `color` that went (promoted, aborted, replaced,
+    /// or undone by a repair), and forgets its address. A failure is a warning: a preview
+    /// is not live traffic, and the next staged deploy replaces it.
+    /// The address stays recorded when that fails, so that the next command tries again.
+    /// Returns whether it ended.
+    pub(super) async fn end_preview(&mut self, color: Color) -> bool {
+        match self.engine.router_preview(None).await {
+            Ok(_) => {
+                self.state.preview = None;
+                self.emit(Event::Previewed {
+                    color,
+                    address: None,
+                });
+                true
+            }
+            Err(e) => {
+                self.warn(format!(
+                    "could not end the router's preview of the staged {color}: {e}; the next command tries again"
+                ));
+                false
+            }
+        }
+    }
+
     /// Saves the state without the journal; a failure is a warning (the router is the truth
-    /// for what is live, and the next command reconciles).
+    /// for what is live, and the next command reconciles). A preview recorded for a staged
+    /// color that is gone (promoted, switched to, replaced, removed) is ended first, whichever
+    /// way it went.
     pub(super) async fn save_final(&mut self) {
+        if self.state.staged.is_none() && self.state.preview.is_some() {
+            let color = self.to.or(self.from).unwrap_or(Color::Green);
+            let _ = self.end_preview(color).await;
+        }
         self.state.journal = None;
         if let Err(e) = self.engine.store_save(&self.state).await {
             self.warn(format!(
@@ -396,6 +426,7 @@ impl<'e, R: Runtime, P: HealthProbe, T: Router, S: StateStore> Run<'e, R, P, T, 
         let (staged, live) = result?;
         Ok(StageReport {
             staged,
+            preview: self.state.preview.clone(),
             live,
             steps: std::mem::take(&mut self.steps),
             warnings: std::mem::take(&mut self.warnings),

@@ -89,6 +89,12 @@ pub struct AppState {
     /// in that color and the router does not point at it ([`AppState::staged_in`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub staged: Option<Deployment>,
+    /// Where the router previews the staged color ([`Router::preview`]), when it has a
+    /// preview: shown with the staged color while it stands.
+    ///
+    /// [`Router::preview`]: crate::Router::preview
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<String>,
 }
 
 impl AppState {
@@ -490,6 +496,7 @@ mod tests {
             previous: Some(deployed(Color::Blue, "v1")),
             journal: None,
             staged: None,
+            preview: None,
         };
         assert_eq!(
             state.release_of(Color::Blue, "v1").artifact.as_deref(),

@@ -8,7 +8,7 @@ use crate::error::{ComponentError, ComponentErrorKind, LockHolder};
 use crate::hooks::{HookContext, HookOutput, HookPoint, Hooks};
 use crate::model::{Color, Endpoint, Health, Instance, InstanceState, Release};
 use crate::probe::HealthProbe;
-use crate::router::{RouteReceipt, Router};
+use crate::router::{Responses, RouteReceipt, Router, Split};
 use crate::runtime::Runtime;
 use crate::state::{AppState, DeployRecord, Lock, LockError, StateStore};
 
@@ -70,6 +70,12 @@ impl Runtime for FakeRuntime {
                 instance.id
             ));
         }
+        if w.sends_a_share_to(&instance.endpoint) {
+            w.violations.push(format!(
+                "stopped {}, to which the router sends a share of traffic",
+                instance.id
+            ));
+        }
         if let Some(i) = w.find(&instance.id) {
             if i.state.is_running() {
                 i.state = InstanceState::Exited {
@@ -113,6 +119,12 @@ impl Runtime for FakeRuntime {
         if w.target.as_ref() == Some(&instance.endpoint) {
             w.violations.push(format!(
                 "removed {}, which the router points at",
+                instance.id
+            ));
+        }
+        if w.sends_a_share_to(&instance.endpoint) {
+            w.violations.push(format!(
+                "removed {}, to which the router sends a share of traffic",
                 instance.id
             ));
         }
@@ -196,6 +208,10 @@ impl HealthProbe for FakeProbe {
 /// A fake [`Router`]: remembers one target; `route_to` returns a receipt holding the endpoint,
 /// and `verify` records a violation when handed another; `verify` passes when it points at the
 /// instance and the instance runs; `in_flight` counts down from [`FakeWorld::set_in_flight`].
+/// It splits when told it can ([`FakeWorld::set_can_split`]), flagging a split to an instance
+/// that is not running and ready; `route_to` ends a split. `preview` remembers the endpoint
+/// ([`FakeWorld::previewed`]) when it has an address to answer ([`FakeWorld::set_preview_address`]); `responses`
+/// counts what [`FakeWorld::count_responses`] says.
 #[derive(Debug, Clone)]
 pub struct FakeRouter {
     pub(super) world: FakeWorld,
@@ -222,7 +238,88 @@ impl Router for FakeRouter {
             ));
         }
         w.target = Some(endpoint.clone());
+        w.splits.split = None;
         Ok(RouteReceipt::with(endpoint.clone()))
+    }
+
+    fn can_split(&self) -> bool {
+        self.world.lock().splits.can_split
+    }
+
+    async fn split(&self, split: &Split) -> Result<RouteReceipt, ComponentError> {
+        self.world
+            .enter(
+                FakeCall::Split,
+                format!("{}% to {}", split.percent(), split.next()),
+            )
+            .await?;
+        let mut w = self.world.lock();
+        if !w.splits.can_split {
+            return Err(ComponentError::invalid(
+                "this router cannot split traffic; deploy without steps",
+            ));
+        }
+        let fine = w
+            .at(split.next())
+            .is_some_and(|i| i.state.is_running() && i.ready);
+        if !fine {
+            w.violations.push(format!(
+                "split {}% to {}, where no running instance that passed a probe answers",
+                split.percent(),
+                split.next()
+            ));
+        }
+        if w.target.as_ref() != Some(split.current()) {
+            let target = w.target.clone();
+            w.violations.push(format!(
+                "split from {}, which is not the router's target {target:?}",
+                split.current()
+            ));
+        }
+        w.splits.split = Some(split.clone());
+        Ok(RouteReceipt::with(split.next().clone()))
+    }
+
+    async fn current_split(&self) -> Result<Option<Split>, ComponentError> {
+        self.world
+            .enter(FakeCall::CurrentSplit, String::new())
+            .await?;
+        Ok(self.world.lock().splits.split.clone())
+    }
+
+    async fn preview(&self, endpoint: Option<&Endpoint>) -> Result<Option<String>, ComponentError> {
+        let detail = endpoint.map_or("none".to_string(), Endpoint::to_string);
+        self.world.enter(FakeCall::Preview, detail).await?;
+        let mut w = self.world.lock();
+        if let Some(e) = endpoint {
+            let fine = w.at(e).is_some_and(|i| i.state.is_running() && i.ready);
+            if !fine {
+                w.violations.push(format!(
+                    "previewed {e}, where no running instance that passed a probe answers"
+                ));
+            }
+        }
+        // A router without a preview address has no preview to keep.
+        let address = endpoint.and(w.splits.preview_address.clone());
+        w.splits.preview = endpoint.filter(|_| address.is_some()).cloned();
+        Ok(address)
+    }
+
+    async fn responses(&self, endpoint: &Endpoint) -> Result<Option<Responses>, ComponentError> {
+        self.world
+            .enter(FakeCall::Responses, endpoint.to_string())
+            .await?;
+        let mut w = self.world.lock();
+        let Some(release) = w.at(endpoint).map(|i| i.instance.release.clone()) else {
+            return Ok(None);
+        };
+        let Some(more) = w.splits.per_reading.get(&release).copied() else {
+            return Ok(None);
+        };
+        let counts = w.splits.responses.entry(endpoint.clone()).or_default();
+        counts.total += more.total;
+        counts.errors += more.errors;
+        Ok(Some(*counts))
     }
 
     async fn verify(

@@ -59,6 +59,7 @@ use crate::model::{Color, Endpoint, Instance, InstanceState, Release};
 use crate::state::{AppState, DeployRecord, Deployment};
 
 mod fakes;
+mod split;
 
 pub use fakes::{FakeHooks, FakeProbe, FakeRouter, FakeRuntime, FakeStore};
 
@@ -89,6 +90,14 @@ pub enum FakeCall {
     Verify,
     /// [`Router::in_flight`](crate::Router::in_flight)
     InFlight,
+    /// [`Router::split`](crate::Router::split)
+    Split,
+    /// [`Router::current_split`](crate::Router::current_split)
+    CurrentSplit,
+    /// [`Router::preview`](crate::Router::preview)
+    Preview,
+    /// [`Router::responses`](crate::Router::responses)
+    Responses,
     /// [`StateStore::lock`](crate::StateStore::lock)
     Lock,
     /// [`StateStore::load`](crate::StateStore::load)
@@ -105,7 +114,7 @@ pub enum FakeCall {
 
 impl FakeCall {
     /// Every call, in the order above.
-    pub const ALL: [FakeCall; 18] = [
+    pub const ALL: [FakeCall; 22] = [
         FakeCall::Start,
         FakeCall::State,
         FakeCall::Stop,
@@ -118,6 +127,10 @@ impl FakeCall {
         FakeCall::RouteTo,
         FakeCall::Verify,
         FakeCall::InFlight,
+        FakeCall::Split,
+        FakeCall::CurrentSplit,
+        FakeCall::Preview,
+        FakeCall::Responses,
         FakeCall::Lock,
         FakeCall::Load,
         FakeCall::Save,
@@ -187,6 +200,7 @@ pub(crate) struct Inner {
     pub(crate) never_healthy: HashSet<String>,
     pub(crate) exit_next_after: Option<u32>,
     pub(crate) in_flight: Option<u64>,
+    pub(crate) splits: split::SplitWorld,
     pub(crate) state: AppState,
     pub(crate) history: Vec<DeployRecord>,
     pub(crate) lock: Option<LockHolder>,
@@ -196,6 +210,14 @@ pub(crate) struct Inner {
 impl Inner {
     pub(crate) fn find(&mut self, id: &str) -> Option<&mut FakeInstance> {
         self.instances.iter_mut().find(|i| i.instance.id == id)
+    }
+
+    /// Whether a split sends a share of traffic to `endpoint`.
+    pub(crate) fn sends_a_share_to(&self, endpoint: &Endpoint) -> bool {
+        self.splits
+            .split
+            .as_ref()
+            .is_some_and(|s| s.next() == endpoint)
     }
 
     pub(crate) fn at(&self, endpoint: &Endpoint) -> Option<&FakeInstance> {
@@ -478,6 +500,33 @@ impl FakeWorld {
         let w = self.lock();
         if let Some(v) = w.violations.first() {
             return Err(v.clone());
+        }
+        if let Some(split) = &w.splits.split {
+            if w.target.as_ref() != Some(split.current()) {
+                return Err(format!(
+                    "the router splits from {}, but its target is {:?}",
+                    split.current(),
+                    w.target
+                ));
+            }
+            match w.at(split.next()) {
+                Some(i) if i.state.is_running() && i.ready => {}
+                Some(i) => {
+                    return Err(format!(
+                        "the router sends {}% to {}, which is {} or never passed a probe",
+                        split.percent(),
+                        i.instance.id,
+                        i.state
+                    ))
+                }
+                None => {
+                    return Err(format!(
+                        "the router sends {}% to {}, where no instance is",
+                        split.percent(),
+                        split.next()
+                    ))
+                }
+            }
         }
         if let Some(target) = &w.target {
             match w.at(target) {

@@ -19,8 +19,8 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use blue_green_core::{
-    AppName, CommandHooks, EngineConfig, HookCommand, HookPoint, HttpProbeConfig, KeepPrevious,
-    ReadinessPolicy, SwitchPolicy, Timeouts,
+    AppName, CommandHooks, EngineConfig, ErrorRate, HookCommand, HookPoint, HttpProbeConfig,
+    KeepPrevious, ReadinessPolicy, ShiftSteps, SwitchPolicy, Timeouts,
 };
 use regex::Regex;
 use toml::Spanned;
@@ -247,6 +247,34 @@ impl<'a> Checker<'a> {
                     }
                 },
             },
+            watch_max_error_rate: s.watch_max_error_rate.as_ref().and_then(
+                |r| match ErrorRate::new(*r.get_ref()) {
+                    Ok(rate) => Some(rate),
+                    Err(e) => {
+                        self.bad(r.span(), "switch.watch_max_error_rate", e.message);
+                        None
+                    }
+                },
+            ),
+            watch_min_requests: match &s.watch_min_requests {
+                None => d.watch_min_requests,
+                Some(n) => match u64::try_from(*n.get_ref()) {
+                    Ok(n) if n >= 1 => n,
+                    _ => {
+                        self.bad(
+                            n.span(),
+                            "switch.watch_min_requests",
+                            format!(
+                                "{} is not allowed: expected a number of responses of at least 1",
+                                n.get_ref()
+                            ),
+                        );
+                        d.watch_min_requests
+                    }
+                },
+            },
+            steps: s.steps.as_ref().and_then(|list| self.steps(list)),
+            step_wait: self.duration(s.step_wait.as_ref(), "switch.step_wait", d.step_wait, false),
             keep_previous: match &s.keep_previous {
                 None => d.keep_previous,
                 Some(k) => match k.get_ref().as_str() {
@@ -259,6 +287,35 @@ impl<'a> Checker<'a> {
                     }
                 },
             },
+        }
+    }
+
+    /// `[switch] steps`: percentages, checked by [`ShiftSteps`]; a value that is no percentage
+    /// at all is named with its own line.
+    fn steps(&mut self, list: &Spanned<Vec<Spanned<i64>>>) -> Option<ShiftSteps> {
+        let mut percents = Vec::new();
+        for p in list.get_ref() {
+            match u8::try_from(*p.get_ref()) {
+                Ok(n) => percents.push(n),
+                Err(_) => {
+                    self.bad(
+                        p.span(),
+                        "switch.steps",
+                        format!(
+                            "{} is not a share of traffic: each step is a percentage from 1 to 100, for example steps = [10, 50, 100]",
+                            p.get_ref()
+                        ),
+                    );
+                    return None;
+                }
+            }
+        }
+        match ShiftSteps::new(percents) {
+            Ok(steps) => Some(steps),
+            Err(e) => {
+                self.bad(list.span(), "switch.steps", e.message);
+                None
+            }
         }
     }
 

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 
 use crate::events::{Command, Step};
 use crate::model::{Color, Endpoint, Instance, InstanceState, Release};
+use crate::router::Split;
 use crate::state::{AppState, Deployment, JournalEntry};
 
 use super::calls::describe;
@@ -31,6 +32,9 @@ pub(super) struct World {
     pub(super) instances: Vec<Instance>,
     /// Where the router points.
     pub(super) target: Option<Endpoint>,
+    /// The traffic split in place, if any: a gradual shift a command did not finish (its
+    /// `current` is the target, and its `next` takes a share of live traffic too).
+    pub(super) split: Option<Split>,
     /// The instance that answers at the router's target: the live one.
     pub(super) live: Option<Instance>,
     /// The runtime's answer for the instances it was asked about, by instance id (not every
@@ -55,6 +59,31 @@ impl World {
         state
             .staged_in(&self.instances, self.target.as_ref())
             .map(|(d, i)| (d.clone(), i.clone()))
+    }
+
+    /// Whether `instance` takes a share of live traffic through a split.
+    fn takes_a_share(&self, instance: &Instance) -> bool {
+        self.split
+            .as_ref()
+            .is_some_and(|s| s.next() == &instance.endpoint)
+    }
+
+    /// The route back from a split in place: all traffic to its `current` endpoint.
+    fn end_split(&self, fallback: Color) -> Option<Action> {
+        let split = self.split.as_ref()?;
+        let color_at = |e: &Endpoint| {
+            self.instances
+                .iter()
+                .find(|i| &i.endpoint == e)
+                .map(|i| i.color)
+        };
+        let color = color_at(split.current())
+            .or_else(|| color_at(split.next()).map(Color::other))
+            .unwrap_or(fallback);
+        Some(Action::RouteTo {
+            color,
+            endpoint: split.current().clone(),
+        })
     }
 
     /// Whether the runtime said `instance` runs (`false` when it was not asked).
@@ -207,7 +236,32 @@ pub(super) struct Plan {
 pub(super) fn plan(world: &World, state: &AppState, intent: &Intent) -> Option<Plan> {
     match intent {
         Intent::Restore(rewind) => Some(restore(world, rewind)),
-        Intent::Repair => state.journal.as_ref().map(|j| repair(world, state, j)),
+        Intent::Repair => match &state.journal {
+            Some(journal) => Some(repair(world, state, journal)),
+            None => world
+                .split
+                .as_ref()
+                .map(|split| unfinished_shift(world, split)),
+        },
+    }
+}
+
+/// A split that no journal explains (the journal could not be written, or a person split by
+/// hand): all traffic goes back to its `current` endpoint, the live one; nothing is removed.
+fn unfinished_shift(world: &World, split: &Split) -> Plan {
+    Plan {
+        found: format!(
+            "the router splits traffic: {}% to {} and the rest to {}, a gradual shift that no command is finishing",
+            split.percent(),
+            split.next(),
+            split.current()
+        ),
+        actions: world.end_split(Color::Blue).into_iter().collect(),
+        notes: vec![format!(
+            "the instance at {} is left running (`down` takes it down)",
+            split.next()
+        )],
+        kept: Vec::new(),
     }
 }
 
@@ -215,12 +269,15 @@ pub(super) fn plan(world: &World, state: &AppState, intent: &Intent) -> Option<P
 fn restore(world: &World, r: &Rewind) -> Plan {
     let mut plan = Plan::default();
     let back = match (&r.old_target, &r.target_unknown) {
-        (Some((color, endpoint)), unknown) => (unknown.is_some()
-            || world.target.as_ref() != Some(endpoint))
-        .then(|| Action::RouteTo {
-            color: *color,
-            endpoint: endpoint.clone(),
-        }),
+        // A split in place is ended too: its target is still the old one, but the new color
+        // takes a share.
+        (Some((color, endpoint)), unknown) => {
+            (unknown.is_some() || world.target.as_ref() != Some(endpoint) || world.split.is_some())
+                .then(|| Action::RouteTo {
+                    color: *color,
+                    endpoint: endpoint.clone(),
+                })
+        }
         (None, Some(e)) => {
             plan.kept.push(format!(
                 "could not tell where the router points ({e}); the new {} instance was kept in case it is there",
@@ -264,7 +321,9 @@ fn rewind(
     for inst in idle(&world.instances, color, target_after.as_ref()) {
         // It served live traffic until the route back: let those requests finish (and nginx's
         // old workers let go of it) before it goes away.
-        let took_traffic = target_unknown || world.target.as_ref() == Some(&inst.endpoint);
+        let took_traffic = target_unknown
+            || world.target.as_ref() == Some(&inst.endpoint)
+            || world.takes_a_share(&inst);
         if routing_back && took_traffic {
             actions.push(Action::Drain(inst.clone()));
         }
@@ -309,10 +368,13 @@ fn repair(world: &World, state: &AppState, journal: &JournalEntry) -> Plan {
         // passed readiness before it. Record it as live.
         finish(world, state, journal, &mut plan);
     } else {
-        let back = back.map(|old| Action::RouteTo {
-            color: old.color,
-            endpoint: old.endpoint.clone(),
-        });
+        // Killed half-way through a gradual shift: the split goes first.
+        let back = back
+            .map(|old| Action::RouteTo {
+                color: old.color,
+                endpoint: old.endpoint.clone(),
+            })
+            .or_else(|| world.end_split(color.other()));
         plan.actions = rewind(world, color, undo, back, false);
         if plan.actions.is_empty() {
             plan.notes.push("nothing was left to repair".into());

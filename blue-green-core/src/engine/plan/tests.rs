@@ -39,6 +39,7 @@ fn world(instances: &[(Instance, InstanceState)], target: Option<&Instance>) -> 
     World {
         instances: instances.iter().map(|(i, _)| i.clone()).collect(),
         target: target.map(|i| i.endpoint.clone()),
+        split: None,
         live: target.cloned(),
         states: instances
             .iter()
@@ -65,6 +66,7 @@ fn journaled(command: Command, step: Step) -> AppState {
         live: Some(deployed(&blue1())),
         previous: None,
         staged: None,
+        preview: None,
         journal: Some(JournalEntry {
             command,
             step,
@@ -509,5 +511,85 @@ fn phrases_say_what_will_be_done_and_what_was_done() {
     assert_eq!(
         route.phrase(false),
         "point the router back to blue at 127.0.0.1:1"
+    );
+}
+
+/// `world` with the router splitting `percent` from `from` to `to`.
+fn split_world(
+    instances: &[(Instance, InstanceState)],
+    from: &Instance,
+    to: &Instance,
+    percent: u8,
+) -> World {
+    World {
+        split: Some(Split::new(from.endpoint.clone(), to.endpoint.clone(), percent).unwrap()),
+        ..world(instances, Some(from))
+    }
+}
+
+#[test]
+fn repair_of_a_deploy_killed_mid_shift_ends_the_split_then_drains_and_removes_the_new_color() {
+    let (b, g) = (blue1(), green2());
+    let w = split_world(
+        &[(b.clone(), running()), (g.clone(), running())],
+        &b,
+        &g,
+        10,
+    );
+    let got = repaired(&w, &journaled(Command::Deploy, Step::Shift));
+    assert_eq!(
+        short(&got.actions),
+        [
+            "route blue :1",
+            "drain green-2",
+            "remove green-2",
+            "history deploy"
+        ]
+    );
+}
+
+#[test]
+fn repair_of_a_promote_killed_mid_shift_ends_the_split_and_leaves_the_staged_color() {
+    let (b, g) = (blue1(), green2());
+    let w = split_world(
+        &[(b.clone(), running()), (g.clone(), running())],
+        &b,
+        &g,
+        50,
+    );
+    let got = repaired(&w, &journaled(Command::Promote, Step::Shift));
+    assert_eq!(short(&got.actions), ["route blue :1", "history promote"]);
+}
+
+#[test]
+fn a_split_without_a_journal_goes_back_to_its_current_endpoint_and_removes_nothing() {
+    let (b, g) = (blue1(), green2());
+    let w = split_world(
+        &[(b.clone(), running()), (g.clone(), running())],
+        &b,
+        &g,
+        10,
+    );
+    let got = plan(&w, &AppState::default(), &Intent::Repair).expect("a split to repair");
+    assert_eq!(short(&got.actions), ["route blue :1"]);
+    assert!(got.found.contains("10% to 127.0.0.1:2"), "{}", got.found);
+}
+
+#[test]
+fn restore_during_a_shift_ends_the_split_although_the_target_did_not_move() {
+    let (b, g) = (blue1(), green2());
+    let w = World {
+        instances: vec![g.clone()],
+        ..split_world(&[], &b, &g, 10)
+    };
+    let got = plan(
+        &w,
+        &AppState::default(),
+        &rewind(Undo::Remove, Some(&b), false),
+    )
+    .unwrap();
+    assert_eq!(
+        short(&got.actions),
+        ["route blue :1", "drain green-2", "remove green-2"]
     );
 }

@@ -92,6 +92,7 @@ async fn state_round_trips_and_a_missing_file_is_the_default() {
             pid: 42,
         }),
         staged: None,
+        preview: None,
     };
     let started = Instant::now();
     store.save(&state).await.unwrap();
