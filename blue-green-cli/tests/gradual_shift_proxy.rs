@@ -23,7 +23,7 @@ use serde_json::Value;
 
 #[path = "common/proxy.rs"]
 mod proxy;
-use proxy::{blue_green, free_port, ok, start_proxy, through_proxy, write_proxy_config};
+use proxy::{blue_green, command, free_port, ok, start_proxy, through_proxy, write_proxy_config};
 
 /// One app behind its own proxy, in a temporary directory.
 struct Stage {
@@ -87,16 +87,11 @@ impl Stage {
 
     /// `blue-green --json args` started in the background, its output piped.
     fn spawn(&self, args: &[&str]) -> tokio::process::Child {
-        tokio::process::Command::new(assert_cmd::cargo::cargo_bin("blue-green"))
+        command(self.d())
             .arg("--json")
             .args(args)
-            .current_dir(self.d())
-            .env_remove("BLUE_GREEN_CONFIG")
-            .env_remove("BLUE_GREEN_PROXY_CONTROL")
-            .env_remove("BLUE_GREEN_TEST_PAUSE_AT")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
             .spawn()
             .expect("spawn blue-green")
     }

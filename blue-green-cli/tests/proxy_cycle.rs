@@ -14,7 +14,7 @@ use serde_json::Value;
 
 #[path = "common/proxy.rs"]
 mod proxy;
-use proxy::{free_port, ok, start_proxy, through_proxy, write_proxy_config};
+use proxy::{command, free_port, ok, start_proxy, through_proxy, write_proxy_config};
 
 /// The `drained` events of a `--json` deploy's output.
 fn drains(stdout: &str) -> Vec<Value> {
@@ -157,15 +157,10 @@ async fn the_proxy_killed_and_started_again_during_a_switch_resumes_it_and_the_d
     assert!(warm.total >= 50, "traffic flows through the proxy: {warm}");
 
     std::fs::write(&armed, "").expect("arm the gate");
-    let deploy = tokio::process::Command::new(assert_cmd::cargo::cargo_bin("blue-green"))
+    let deploy = command(d)
         .args(["--json", "deploy", "--release", "v2"])
-        .current_dir(d)
-        .env_remove("BLUE_GREEN_CONFIG")
-        .env_remove("BLUE_GREEN_PROXY_CONTROL")
-        .env_remove("BLUE_GREEN_TEST_PAUSE_AT")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .expect("spawn deploy");
     let began = Instant::now();

@@ -7,16 +7,22 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// Runs `blue-green args` in `dir`, with none of the environment that would point it
+/// `blue-green` to run in `dir`, with none of the environment that would point it
 /// elsewhere; killed if the test ends first.
-pub async fn blue_green(dir: &Path, args: &[&str]) -> Output {
-    tokio::process::Command::new(assert_cmd::cargo::cargo_bin("blue-green"))
-        .args(args)
-        .current_dir(dir)
+pub fn command(dir: &Path) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(assert_cmd::cargo::cargo_bin("blue-green"));
+    cmd.current_dir(dir)
         .env_remove("BLUE_GREEN_CONFIG")
         .env_remove("BLUE_GREEN_PROXY_CONTROL")
         .env_remove("BLUE_GREEN_TEST_PAUSE_AT")
-        .kill_on_drop(true)
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Runs `blue-green args` in `dir` (see [`command`]) to its end.
+pub async fn blue_green(dir: &Path, args: &[&str]) -> Output {
+    command(dir)
+        .args(args)
         .output()
         .await
         .expect("run blue-green")
