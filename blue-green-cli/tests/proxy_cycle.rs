@@ -5,61 +5,16 @@
 //! clear message when it is missing. Containers and images carry the test's prefix and are
 //! removed on drop, also when the test fails; the proxy process is killed on drop.
 
-use std::path::Path;
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use blue_green_testkit::docker::{demo_app_image, DockerCleanup};
 use blue_green_testkit::load::{Load, LoadConfig};
 use serde_json::Value;
 
-async fn blue_green(dir: &Path, args: &[&str]) -> Output {
-    tokio::process::Command::new(assert_cmd::cargo::cargo_bin("blue-green"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("BLUE_GREEN_CONFIG")
-        .env_remove("BLUE_GREEN_PROXY_CONTROL")
-        .env_remove("BLUE_GREEN_TEST_PAUSE_AT")
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("run blue-green")
-}
-
-/// Runs a command that must succeed; returns its stdout and prints its stderr.
-async fn ok(dir: &Path, args: &[&str]) -> String {
-    let started = Instant::now();
-    let out = blue_green(dir, args).await;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!(
-        "$ blue-green {} ({} ms)\n{stderr}",
-        args.join(" "),
-        started.elapsed().as_millis()
-    );
-    assert!(
-        out.status.success(),
-        "`blue-green {}` failed ({}):\n{stderr}",
-        args.join(" "),
-        out.status
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-async fn through_proxy(url: &str) -> String {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .expect("client");
-    match client.get(url).send().await {
-        Ok(r) => r.text().await.unwrap_or_default().trim().to_string(),
-        Err(e) => format!("no answer: {e}"),
-    }
-}
+#[path = "common/proxy.rs"]
+mod proxy;
+use proxy::{command, free_port, ok, start_proxy, through_proxy, write_proxy_config};
 
 /// The `drained` events of a `--json` deploy's output.
 fn drains(stdout: &str) -> Vec<Value> {
@@ -80,40 +35,12 @@ async fn deploys_through_the_proxy_under_load_lose_no_request() {
         .tempdir()
         .expect("temp dir");
     let d = dir.path();
-    let socket = d.join("proxy.sock");
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
 
     let mut proxy = start_proxy(d, &listen).await;
 
-    let config = format!(
-        r#"app = "{app}"
-
-[runtime]
-kind = "docker"
-image = "{image}"
-container_port = 8080
-
-[health]
-kind = "http"
-path = "/health"
-expect_body = "{{color}} {{release}}"
-interval = "100ms"
-deadline = "20s"
-
-[router]
-kind = "proxy"
-control = "{socket}"
-verify_url = "http://{listen}/health"
-
-[switch]
-drain = "5s"
-stop_timeout = "5s"
-keep_previous = "stopped"
-"#,
-        socket = socket.display(),
-    );
-    std::fs::write(d.join("blue-green.toml"), config).expect("write config");
+    let socket = write_proxy_config(d, &app, &image, &listen, "");
 
     ok(d, &["validate"]).await;
     ok(d, &["deploy", "--release", "v1"]).await;
@@ -193,35 +120,6 @@ keep_previous = "stopped"
     let _ = proxy.wait().await;
 }
 
-/// Starts `blue-green proxy run` on `listen` with the control socket and state file in `dir`,
-/// and waits (at most 20 s) until its control socket answers.
-async fn start_proxy(dir: &Path, listen: &str) -> tokio::process::Child {
-    let socket = dir.join("proxy.sock");
-    let mut proxy = tokio::process::Command::new(assert_cmd::cargo::cargo_bin("blue-green"))
-        .args(["proxy", "run", "--listen", listen, "--control"])
-        .arg(&socket)
-        .arg("--state")
-        .arg(dir.join("proxy.json"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start blue-green proxy run");
-    let began = Instant::now();
-    while tokio::net::UnixStream::connect(&socket).await.is_err() {
-        assert!(
-            began.elapsed() < Duration::from_secs(20),
-            "the proxy answers on its control socket"
-        );
-        assert!(
-            proxy.try_wait().expect("proxy state").is_none(),
-            "the proxy exited at start"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    proxy
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxy_killed_and_started_again_during_a_switch_resumes_it_and_the_deploy_completes() {
     let cleanup = DockerCleanup::new("cli-proxy-restart").await;
@@ -243,37 +141,15 @@ async fn the_proxy_killed_and_started_again_during_a_switch_resumes_it_and_the_d
         armed = armed.display(),
         parked = parked.display()
     );
-    let config = format!(
-        r#"app = "{app}"
-
-[runtime]
-kind = "docker"
-image = "{image}"
-container_port = 8080
-
-[health]
-kind = "http"
-path = "/health"
-expect_body = "{{color}} {{release}}"
-interval = "100ms"
-deadline = "20s"
-
-[router]
-kind = "proxy"
-control = "{socket}"
-verify_url = "http://{listen}/health"
-
-[switch]
-drain = "5s"
-stop_timeout = "5s"
-keep_previous = "stopped"
-
-[hooks]
-post_switch = {{ command = ["sh", "-c", {gate:?}], timeout = "60s" }}
-"#,
-        socket = d.join("proxy.sock").display(),
+    write_proxy_config(
+        d,
+        &app,
+        &image,
+        &listen,
+        &format!(
+            "\n[hooks]\npost_switch = {{ command = [\"sh\", \"-c\", {gate:?}], timeout = \"60s\" }}\n"
+        ),
     );
-    std::fs::write(d.join("blue-green.toml"), config).expect("write config");
     ok(d, &["deploy", "--release", "v1"]).await;
     let base = format!("http://{listen}");
     let load = Load::start(LoadConfig::new(base.clone()));
@@ -281,15 +157,10 @@ post_switch = {{ command = ["sh", "-c", {gate:?}], timeout = "60s" }}
     assert!(warm.total >= 50, "traffic flows through the proxy: {warm}");
 
     std::fs::write(&armed, "").expect("arm the gate");
-    let deploy = tokio::process::Command::new(assert_cmd::cargo::cargo_bin("blue-green"))
+    let deploy = command(d)
         .args(["--json", "deploy", "--release", "v2"])
-        .current_dir(d)
-        .env_remove("BLUE_GREEN_CONFIG")
-        .env_remove("BLUE_GREEN_PROXY_CONTROL")
-        .env_remove("BLUE_GREEN_TEST_PAUSE_AT")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .expect("spawn deploy");
     let began = Instant::now();
