@@ -65,6 +65,8 @@ async fn a_shift_splits_from_the_live_endpoint_step_by_step_then_routes() {
         Ok(Some(Responses::default()))
     });
     router.expect_in_flight().returning(|_| Ok(None));
+    // After a drain by time, the engine asks what is still open to the old color.
+    router.expect_open_connections().returning(|_| Ok(None));
     router.expect_cut().returning(|_| Ok(None));
 
     let mut config = EngineConfig::new(AppName::new("web").unwrap());
