@@ -127,6 +127,14 @@ impl Failure {
             }
             ExitClass::Usage => "nothing was started or written",
             ExitClass::Locked => "",
+            ExitClass::Unreachable
+                if matches!(
+                    self,
+                    Failure::Engine(e) if matches!(e.as_ref(), blue_green_core::Error::Inconsistent { .. })
+                ) =>
+            {
+                "live traffic did not move; once it answers again, the next command removes what is left (`blue-green status` shows it)"
+            }
             ExitClass::Unreachable => {
                 "nothing was changed; `blue-green validate` checks Docker, compose and nginx one by one"
             }

@@ -315,8 +315,33 @@ impl Error {
             },
             Error::NotReady { .. } => ExitClass::Failed,
             Error::Cancelled { .. } => ExitClass::Cancelled,
+            // The environment went away before live traffic moved (Docker stopped while the
+            // new color started): the leftovers cannot be removed until it is back, and the
+            // next command removes them then; what serves did not change, so the class is the
+            // environment's, not a half-done switch.
+            Error::Inconsistent { cause, .. } if cause.unreachable_before_switch() => {
+                ExitClass::Unreachable
+            }
             Error::Inconsistent { .. } => ExitClass::Inconsistent,
         }
+    }
+
+    /// True for an unreachable component at a step before the router is touched.
+    fn unreachable_before_switch(&self) -> bool {
+        matches!(
+            self,
+            Error::Step {
+                step: Step::Lock
+                    | Step::Reconcile
+                    | Step::Clear
+                    | Step::PreDeploy
+                    | Step::Start
+                    | Step::Ready
+                    | Step::PreSwitch,
+                source,
+                ..
+            } if source.kind == ComponentErrorKind::Unreachable
+        )
     }
 }
 
@@ -353,6 +378,20 @@ mod tests {
             left: Leftovers(vec!["router points at nothing".into()]),
         };
         assert_eq!(inc.exit_class().code(), 5);
+        // Unreachable before the switch: the environment's class; after it: still 5.
+        let unreachable_at = |step_name| Error::Inconsistent {
+            app: app.clone(),
+            cause: Box::new(Error::Step {
+                app: app.clone(),
+                color: Color::Green,
+                step: step_name,
+                source: ComponentError::unreachable("cannot reach the Docker daemon"),
+            }),
+            left: Leftovers(vec!["green may hold a container".into()]),
+        };
+        assert_eq!(unreachable_at(Step::Start).exit_class().code(), 4);
+        assert_eq!(unreachable_at(Step::Verify).exit_class().code(), 5);
+        assert_eq!(unreachable_at(Step::Stop).exit_class().code(), 5);
         // The app is named once, not once for each error that wraps another.
         let text = inc.to_string();
         assert!(
