@@ -6,7 +6,7 @@
 //! compile away.
 
 #[cfg(feature = "test-hooks")]
-pub use pause::{pause_marker, PAUSE_ENV};
+pub use pause::{pause_marker, resume_marker, PAUSE_ENV};
 
 #[cfg(feature = "test-hooks")]
 mod pause {
@@ -23,9 +23,15 @@ mod pause {
         state_dir.join(format!("paused-at-{step}"))
     }
 
+    /// The file a test creates to let a command parked at `step` go on (the hook removes it).
+    pub fn resume_marker(state_dir: &std::path::Path, step: &str) -> PathBuf {
+        state_dir.join(format!("resume-at-{step}"))
+    }
+
     /// When `BLUE_GREEN_TEST_PAUSE_AT=<step>` is set, the observer creates
-    /// `<state_dir>/paused-at-<step>` when that step starts and then blocks forever, so that a
-    /// fault-injection test can kill the process at exactly that point.
+    /// `<state_dir>/paused-at-<step>` when that step starts and then blocks until the test
+    /// creates `<state_dir>/resume-at-<step>`, so that a fault-injection test can kill the
+    /// process at exactly that point, or break something around it and let it go on.
     #[derive(Debug, Clone)]
     pub struct PauseHook {
         step: String,
@@ -39,7 +45,8 @@ mod pause {
             (!step.is_empty()).then_some(PauseHook { step, state_dir })
         }
 
-        /// Parks the calling thread forever when `event` starts the hook's step.
+        /// Parks the calling thread when `event` starts the hook's step, until the resume file
+        /// appears.
         pub fn check(&self, event: &Event) {
             let Event::StepStarted { step, .. } = event else {
                 return;
@@ -53,10 +60,14 @@ mod pause {
             {
                 eprintln!("{PAUSE_ENV}: cannot write {}: {e}", marker.display());
             }
-            // Deliberately blocks this worker thread: the test kills the process here.
-            loop {
-                std::thread::sleep(Duration::from_secs(3600));
+            // Deliberately blocks this worker thread: the test kills the process here, or lets
+            // it go on.
+            let resume = resume_marker(&self.state_dir, &self.step);
+            while !resume.exists() {
+                std::thread::sleep(Duration::from_millis(20));
             }
+            let _ = std::fs::remove_file(&resume);
+            let _ = std::fs::remove_file(&marker);
         }
     }
 }
