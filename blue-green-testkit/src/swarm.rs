@@ -21,6 +21,10 @@
 //! `/tmp/bg-swarm/{prefix}`, iptables rules commented `{prefix}`). Dropping the [`TestSwarm`]
 //! removes all of it, also when the test panics; [`TestSwarm::start`] first removes what a
 //! killed test run left (a directory whose owner process is gone).
+//!
+//! [`TestDaemon`] is one such node alone, in no swarm: a private Docker daemon that a test may
+//! stop and start again ([`TestDaemon::stop`], as `systemctl stop docker` does) without
+//! touching the machine's own daemon, which everything else on the machine shares.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -62,6 +66,11 @@ impl SwarmNode {
             .expect("the node's daemon answered when it was started")
     }
 
+    /// `unix://` address of this node's dockerd, for `DOCKER_HOST`.
+    pub fn docker_host(&self) -> String {
+        format!("unix://{}", self.dir.join("sock").display())
+    }
+
     /// The last lines of this node's dockerd log, for a failure message.
     pub fn log_tail(&self, lines: usize) -> String {
         let log = fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default();
@@ -80,6 +89,14 @@ impl TestSwarm {
     /// Starts `nodes` node daemons and forms a swarm of them (node 1 the manager), or panics
     /// saying what failed. Must run as root (network namespaces, iptables, cgroups).
     pub async fn start(nodes: usize) -> TestSwarm {
+        let swarm = TestSwarm::start_nodes(nodes, false).await;
+        swarm.form().await;
+        swarm
+    }
+
+    /// Starts `nodes` node daemons that form no swarm; `live_restore` is their daemon.json's
+    /// `live-restore`.
+    async fn start_nodes(nodes: usize, live_restore: bool) -> TestSwarm {
         assert!(nodes >= 1, "a swarm needs a node");
         let (prefix, subnet) = tokio::task::spawn_blocking(prepare_host)
             .await
@@ -91,15 +108,16 @@ impl TestSwarm {
         };
         for index in 1..=nodes {
             let prefix = swarm.prefix.clone();
-            let node = tokio::task::spawn_blocking(move || make_node(&prefix, subnet, index))
-                .await
-                .expect("making a swarm node");
+            let node = tokio::task::spawn_blocking(move || {
+                make_node(&prefix, subnet, index, live_restore)
+            })
+            .await
+            .expect("making a swarm node");
             swarm.nodes.push(node);
         }
         for node in &mut swarm.nodes {
             node.docker = Some(wait_for_daemon(node).await);
         }
-        swarm.form().await;
         swarm
     }
 
@@ -256,7 +274,36 @@ impl TestSwarm {
         }
     }
 
-    /// Starts node `index`'s dockerd again after [`kill_node`](Self::kill_node); it rejoins
+    /// Stops node `index`'s dockerd as `systemctl stop docker` does: SIGTERM, then waits (at
+    /// most 60 s) until it has exited. What it started is left to dockerd's own shutdown: with
+    /// `live-restore` the containers keep running, without it dockerd stops them first.
+    pub fn stop_node(&mut self, index: usize) {
+        let node = &mut self.nodes[index - 1];
+        let Some(mut child) = node.child.take() else {
+            return;
+        };
+        // The child is dockerd itself: sh and nsenter exec into it.
+        if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if child.try_wait().ok().flatten().is_some() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the dockerd of node {} did not exit within 60s of SIGTERM; its log ends:\n{}",
+                node.index,
+                node.log_tail(30)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        node.docker = None;
+    }
+
+    /// Starts node `index`'s dockerd again after [`kill_node`](Self::kill_node) or
+    /// [`stop_node`](Self::stop_node); it rejoins
     /// the swarm by itself. Returns once its daemon answers.
     pub async fn restart_node(&mut self, index: usize) {
         let node = &mut self.nodes[index - 1];
@@ -281,6 +328,54 @@ impl Drop for TestSwarm {
                 left.join("; ")
             );
         }
+    }
+}
+
+/// One private Docker daemon alone (a [`TestSwarm`] node that forms no swarm), for a test that
+/// stops and starts the daemon under a deploy. Everything it made is removed on drop.
+pub struct TestDaemon {
+    swarm: TestSwarm,
+}
+
+impl TestDaemon {
+    /// Starts the daemon, or panics saying what failed. `live_restore` sets daemon.json's
+    /// `live-restore`: the production setting that keeps the containers running while dockerd
+    /// is down. Must run as root.
+    pub async fn start(live_restore: bool) -> TestDaemon {
+        TestDaemon {
+            swarm: TestSwarm::start_nodes(1, live_restore).await,
+        }
+    }
+
+    /// The daemon's node: its address on the test bridge (where ports are published for the
+    /// host to reach), `DOCKER_HOST`, log.
+    pub fn node(&self) -> &SwarmNode {
+        self.swarm.node(1)
+    }
+
+    /// A client of the daemon (while it runs).
+    pub fn docker(&self) -> &Docker {
+        self.node().docker()
+    }
+
+    /// The prefix of every name this daemon's setup made.
+    pub fn prefix(&self) -> &str {
+        self.swarm.prefix()
+    }
+
+    /// Copies `image` from `from` (the machine's engine) to this daemon.
+    pub async fn load_image(&self, from: &Docker, image: &str) {
+        self.swarm.load_image(from, image).await;
+    }
+
+    /// Stops dockerd as `systemctl stop docker` does (SIGTERM) and waits until it exited.
+    pub fn stop(&mut self) {
+        self.swarm.stop_node(1);
+    }
+
+    /// Starts dockerd again; returns once it answers.
+    pub async fn restart(&mut self) {
+        self.swarm.restart_node(1).await;
     }
 }
 
@@ -347,7 +442,7 @@ fn prepare_host() -> (String, u8) {
 }
 
 /// Makes node `index`'s namespace, veth pair and directories, and starts its dockerd.
-fn make_node(prefix: &str, subnet: u8, index: usize) -> SwarmNode {
+fn make_node(prefix: &str, subnet: u8, index: usize, live_restore: bool) -> SwarmNode {
     let netns = format!("{prefix}n{index}");
     let outside = format!("{prefix}v{index}");
     let inside = format!("{prefix}p{index}");
@@ -388,7 +483,9 @@ fn make_node(prefix: &str, subnet: u8, index: usize) -> SwarmNode {
     let cgroup = cgroup_root(prefix).join(format!("n{index}"));
     fs::create_dir_all(&cgroup).expect("creating the node's cgroup");
     // The containers go under the node's cgroup too; the machine's daemon.json is not read.
-    let config = format!("{{\"cgroup-parent\": \"/{prefix}/n{index}\"}}\n");
+    let config = format!(
+        "{{\"cgroup-parent\": \"/{prefix}/n{index}\", \"live-restore\": {live_restore}}}\n"
+    );
     fs::write(dir.join("daemon.json"), config).expect("writing the node's daemon.json");
     let child = spawn_dockerd(&netns, &dir, &cgroup);
     SwarmNode {

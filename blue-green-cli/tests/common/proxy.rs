@@ -31,7 +31,20 @@ pub async fn blue_green(dir: &Path, args: &[&str]) -> Output {
 /// Runs a command that must succeed; returns its stdout and prints its stderr.
 pub async fn ok(dir: &Path, args: &[&str]) -> String {
     let started = Instant::now();
-    let out = blue_green(dir, args).await;
+    succeeded(blue_green(dir, args).await, args, started)
+}
+
+/// [`ok`] with `cmd` (a [`command`] the caller added to, such as `DOCKER_HOST`).
+// Only the tests against a private Docker daemon (docker_daemon_restart) use it.
+#[allow(dead_code)]
+pub async fn ok_with(mut cmd: tokio::process::Command, args: &[&str]) -> String {
+    let started = Instant::now();
+    let out = cmd.args(args).output().await.expect("run blue-green");
+    succeeded(out, args, started)
+}
+
+/// Prints what `blue-green args`, started at `started`, said; its stdout if it succeeded.
+fn succeeded(out: Output, args: &[&str], started: Instant) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!(
         "$ blue-green {} ({} ms)\n{stderr}",
@@ -105,6 +118,19 @@ pub fn write_proxy_config(
     listen: &str,
     extra: &str,
 ) -> PathBuf {
+    write_proxy_config_with_runtime(dir, app, image, listen, "", extra)
+}
+
+/// [`write_proxy_config`] with `runtime` (more `[runtime]` keys, each on a line) added to the
+/// `[runtime]` table.
+pub fn write_proxy_config_with_runtime(
+    dir: &Path,
+    app: &str,
+    image: &str,
+    listen: &str,
+    runtime: &str,
+    extra: &str,
+) -> PathBuf {
     let socket = dir.join("proxy.sock");
     let config = format!(
         r#"app = "{app}"
@@ -113,7 +139,7 @@ pub fn write_proxy_config(
 kind = "docker"
 image = "{image}"
 container_port = 8080
-
+{runtime}
 [health]
 kind = "http"
 path = "/health"
