@@ -183,9 +183,11 @@ async fn the_docker_daemon_stopped_and_started_again_at_each_step_loses_no_reque
             next.as_str(),
             "{clean}"
         );
-        let leftovers = clean["leftovers"].as_array().map_or(0, Vec::len);
-        assert_eq!(
-            leftovers, 0,
+        let leftovers = clean["status"]["leftovers"]
+            .as_array()
+            .unwrap_or_else(|| panic!("status lists its leftovers: {clean}"));
+        assert!(
+            leftovers.is_empty(),
             "the next deploy left nothing to repair: {clean}"
         );
         let answer = through_proxy(&format!("{base}/")).await;
@@ -197,6 +199,92 @@ async fn the_docker_daemon_stopped_and_started_again_at_each_step_loses_no_reque
     let report = load.stop().await;
     eprintln!("dockerd restarts: {outcomes:?}\nload through the proxy: {report}");
     assert_eq!(report.failed, 0, "{report}");
+    proxy.start_kill().expect("stop the proxy");
+    let _ = proxy.wait().await;
+}
+
+/// Without `live-restore` (dockerd's default), stopping dockerd stops every container with it:
+/// the live color dies, requests through the proxy fail until a deploy starts a color again.
+/// This test records what happens, so that the docs can say why `live-restore` matters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_live_restore_the_live_color_dies_with_the_daemon() {
+    let cleanup = DockerCleanup::new("cli-dockerd-nolr").await;
+    let app = cleanup.prefix().to_string();
+    let image = demo_app_image(&cleanup).await;
+    let mut daemon = TestDaemon::start(false).await;
+    daemon.load_image(cleanup.docker(), &image).await;
+    let host = daemon.node().docker_host();
+    let address = daemon.node().address.clone();
+    let dir = tempfile::Builder::new()
+        .prefix("bg-cli-dockerd-nolr-")
+        .tempdir()
+        .expect("temp dir");
+    let d = dir.path();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut proxy = start_proxy(d, &listen).await;
+    write_proxy_config_with_runtime(
+        d,
+        &app,
+        &image,
+        &listen,
+        &format!("publish_host = {address:?}\n"),
+        "",
+    );
+    ok(d, &host, &["deploy", "--release", "v1"]).await;
+    let base = format!("http://{listen}");
+    let load = Load::start(LoadConfig::new(base.clone()));
+    let warm = load.wait_for(50, Duration::from_secs(20)).await;
+    assert_eq!(warm.failed, 0, "{warm}");
+
+    tokio::task::block_in_place(|| daemon.stop());
+    let down = through_proxy(&format!("{base}/")).await;
+    eprintln!("through the proxy with dockerd stopped: {down}");
+    assert!(
+        !down.starts_with("demo-app blue"),
+        "blue died with its daemon: {down}"
+    );
+
+    daemon.restart().await;
+    let after = status(d, &host).await;
+    eprintln!("status once dockerd is back: {after}");
+    // The daemon does not start blue again (no restart policy): status finds it exited, no
+    // color live, and says what the next command does about it.
+    assert_eq!(after["status"]["live"], Value::Null, "{after}");
+    let blue_exited = after["status"]["instances"].as_array().is_some_and(|all| {
+        all.iter()
+            .any(|i| i["instance"]["color"] == "blue" && i["state"]["state"] == "exited")
+    });
+    assert!(blue_exited, "{after}");
+    assert!(
+        after["status"]["leftovers"]
+            .as_array()
+            .is_some_and(|l| !l.is_empty()),
+        "{after}"
+    );
+    let still_down = through_proxy(&format!("{base}/")).await;
+    eprintln!("through the proxy once dockerd is back: {still_down}");
+    assert!(
+        !still_down.starts_with("demo-app"),
+        "nothing serves: {still_down}"
+    );
+    let out = command(d)
+        .env("DOCKER_HOST", &host)
+        .args(["deploy", "--release", "v2"])
+        .output()
+        .await
+        .expect("run blue-green");
+    eprintln!(
+        "deploy v2 after: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "the next deploy brings a color up");
+    let served = through_proxy(&format!("{base}/")).await;
+    eprintln!("through the proxy after deploy v2: {served}");
+    assert_eq!(served, "demo-app green v2");
+    let report = load.stop().await;
+    eprintln!("load: {report}");
+    assert!(report.failed > 0, "requests were lost: {report}");
     proxy.start_kill().expect("stop the proxy");
     let _ = proxy.wait().await;
 }
