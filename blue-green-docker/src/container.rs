@@ -7,7 +7,9 @@ use std::time::Duration;
 use blue_green_core::runtime::instance_env;
 use blue_green_core::{AppName, Color, InstanceState, Release};
 use bollard::container::LogOutput;
-use bollard::models::{ContainerInspectResponse, ContainerStateStatusEnum};
+use bollard::models::{
+    ContainerInspectResponse, ContainerStateStatusEnum, EndpointSettings, NetworkConnectRequest,
+};
 use bollard::query_parameters::{InspectContainerOptions, LogsOptions, LogsOptionsBuilder};
 use bollard::Docker;
 use futures_util::{Stream, TryStreamExt};
@@ -15,6 +17,33 @@ use futures_util::{Stream, TryStreamExt};
 use crate::client::{call, is_status};
 use crate::docker::{LABEL_APP, LABEL_COLOR, LABEL_MANAGED_BY, LABEL_RELEASE};
 use crate::error::Error;
+
+/// Connects container `id` (named `name` in errors) to each of `networks`. Docker attaches a
+/// container to one network at creation; every other one is connected before it starts, so
+/// that the app finds them all from its first instruction.
+pub(crate) async fn connect_networks(
+    docker: &Docker,
+    id: &str,
+    name: &str,
+    networks: &[String],
+    limit: Duration,
+) -> Result<(), Error> {
+    for network in networks {
+        call(
+            || format!("to connect container {name} to network {network}"),
+            limit,
+            docker.connect_network(
+                network,
+                NetworkConnectRequest {
+                    container: id.to_string(),
+                    endpoint_config: Some(EndpointSettings::default()),
+                },
+            ),
+        )
+        .await?;
+    }
+    Ok(())
+}
 
 /// Inspects a container; `None` when the daemon has no such container.
 pub(crate) async fn inspect(

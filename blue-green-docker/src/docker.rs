@@ -8,8 +8,8 @@ use blue_green_core::{
     AppName, Color, ComponentError, Endpoint, Instance, InstanceState, Release, Runtime,
 };
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, EndpointSettings, HostConfig,
-    NetworkConnectRequest, NetworkingConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerInspectResponse, EndpointSettings, HostConfig, NetworkingConfig,
+    PortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
@@ -332,20 +332,9 @@ impl DockerRuntime {
         let id = created.id;
 
         let started = async {
-            for network in self.config.networks.iter().skip(1) {
-                call(
-                    || format!("to connect container {name} to network {network}"),
-                    self.api_timeout,
-                    self.docker.connect_network(
-                        network,
-                        NetworkConnectRequest {
-                            container: id.clone(),
-                            endpoint_config: Some(EndpointSettings::default()),
-                        },
-                    ),
-                )
+            let networks = self.config.networks.get(1..).unwrap_or_default();
+            container::connect_networks(&self.docker, &id, &name, networks, self.api_timeout)
                 .await?;
-            }
             call(
                 || format!("to start container {name}"),
                 self.api_timeout,

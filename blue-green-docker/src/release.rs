@@ -33,7 +33,7 @@ use blue_green_core::hooks::{
 };
 use blue_green_core::{ComponentError, Release};
 use bollard::models::NetworkingConfig;
-use bollard::models::{ContainerCreateBody, EndpointSettings, HostConfig, NetworkConnectRequest};
+use bollard::models::{ContainerCreateBody, EndpointSettings, HostConfig};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
     StartContainerOptions,
@@ -354,20 +354,8 @@ async fn run_in_docker(
         .await?
         .id;
         removal_ref.arm(id.clone());
-        for network in runtime.config().networks.iter().skip(1) {
-            call(
-                || format!("to connect container {name} to network {network}"),
-                limit,
-                docker.connect_network(
-                    network,
-                    NetworkConnectRequest {
-                        container: id.clone(),
-                        endpoint_config: Some(EndpointSettings::default()),
-                    },
-                ),
-            )
-            .await?;
-        }
+        let networks = runtime.config().networks.get(1..).unwrap_or_default();
+        container::connect_networks(docker, &id, &name, networks, limit).await?;
         call(
             || format!("to start the release command's container {name}"),
             limit,
