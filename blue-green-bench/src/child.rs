@@ -4,8 +4,11 @@
 //! `wait4` is used instead of `std::process::Child::wait` because only it hands back the child's
 //! rusage. Linux reports in `ru_maxrss` the highest of the child and the descendants it waited
 //! for, so for `blue-green` that also covers the short `nginx -t` and `nginx -s reload` it runs
-//! (and `docker-compose`, with the compose runtime). The process's own high-water mark is read
-//! as well, from `VmHWM` in `/proc/PID/status`, sampled every 10 ms while it runs.
+//! (and `docker-compose`, with the compose runtime). It also keeps the high-water mark of the
+//! memory the child had between `fork` and `exec`, a copy of this bench's own: once the bench
+//! holds many load samples (a long run), `ru_maxrss` shows the bench, not the command. The
+//! process's own high-water mark is therefore read as well, from `VmHWM` in
+//! `/proc/PID/status`, sampled every 10 ms while it runs.
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read};

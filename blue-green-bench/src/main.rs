@@ -385,7 +385,9 @@ pub(crate) async fn deploys_under_load(
         }
         progress(name, k, args.deploys, &figures);
         if resources::sampled(k, args.deploys, every) {
-            resources.push(probe.sample(k, figures.peak_rss_kib).await);
+            // The command's own high-water mark: wait4's figure also holds the bench's memory at
+            // fork, which grows with the load's samples over a long run.
+            resources.push(probe.sample(k, figures.own_peak_rss_kib).await);
         }
         deploys.push((figures, window));
     }

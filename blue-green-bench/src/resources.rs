@@ -17,7 +17,7 @@ use blue_green_testkit::docker::{containers_with_prefix, networks_with_prefix};
 pub struct ResourceSample {
     /// The deploy just finished (1-based, under load).
     pub deploy: usize,
-    /// That deploy's `blue-green` peak resident memory, KiB (`wait4`'s rusage).
+    /// That deploy's `blue-green` peak resident memory, KiB (its own `VmHWM`).
     pub cli_peak_rss_kib: Option<u64>,
     /// The router's processes: its main process and every descendant (nginx's workers, old
     /// ones still draining included).
