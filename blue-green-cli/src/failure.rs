@@ -8,6 +8,16 @@ use crate::config::ConfigError;
 use crate::output::{one_line, terminal_text};
 
 /// A failed command.
+/// The hint under an error of class unreachable. Commands for which `validate` is no help
+/// (`validate` itself, the proxy's commands) replace its second half
+/// ([`VALIDATE_HINT`]).
+pub(crate) const UNREACHABLE_HINT: &str =
+    "nothing was changed; `blue-green validate` checks Docker, compose and nginx one by one";
+
+/// The part of [`UNREACHABLE_HINT`] that sends the user to `validate`.
+pub(crate) const VALIDATE_HINT: &str =
+    "; `blue-green validate` checks Docker, compose and nginx one by one";
+
 #[derive(Debug)]
 pub enum Failure {
     /// The config file is wrong.
@@ -135,9 +145,7 @@ impl Failure {
             {
                 "live traffic did not move; once it answers again, the next command removes what is left (`blue-green status` shows it)"
             }
-            ExitClass::Unreachable => {
-                "nothing was changed; `blue-green validate` checks Docker, compose and nginx one by one"
-            }
+            ExitClass::Unreachable => UNREACHABLE_HINT,
             ExitClass::Inconsistent => {
                 "run `blue-green status` to see what is left; the next command repairs leftovers it can"
             }

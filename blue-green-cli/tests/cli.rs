@@ -273,6 +273,32 @@ fn history_works_without_docker_and_writes_nothing() {
 }
 
 #[test]
+fn a_proxy_command_with_no_proxy_on_its_socket_exits_4_pointing_at_the_proxy() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("proxy.sock");
+    for args in [&["status"][..], &["pause"][..], &["maintenance", "on"][..]] {
+        let out = blue_green(dir.path())
+            .arg("proxy")
+            .args(args)
+            .arg("--control")
+            .arg(&socket)
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&socket.display().to_string()),
+            "{args:?}: the socket is named:\n{stderr}"
+        );
+        assert!(
+            stderr.contains("`blue-green proxy run` is running with this control socket")
+                && !stderr.contains("validate"),
+            "{args:?}: the hint is about the proxy, not Docker or nginx:\n{stderr}"
+        );
+    }
+}
+
+#[test]
 fn docker_unreachable_exits_4_with_a_clear_message() {
     let dir = project(DOCKER_CONFIG);
     for args in [

@@ -41,7 +41,8 @@ impl Color {
 
 impl fmt::Display for Color {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        // `pad`, so that a width (`{:<6}`) lines colors up in tables.
+        f.pad(self.as_str())
     }
 }
 
@@ -552,6 +553,13 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn a_color_takes_the_width_it_is_given() {
+        assert_eq!(format!("[{:<6}]", Color::Blue), "[blue  ]");
+        assert_eq!(format!("[{:<6}]", Color::Green), "[green ]");
+        assert_eq!(Color::Green.to_string(), "green");
+    }
 
     #[test]
     fn color_other_flips() {

@@ -19,7 +19,7 @@ use serde_json::json;
 use crate::cli::{Cli, Command, DeployArgs};
 use crate::components::{CliEngine, Components, ConcreteRuntime};
 use crate::config::{self, Config, RuntimeConfig};
-use crate::failure::Failure;
+use crate::failure::{Failure, VALIDATE_HINT};
 use crate::output::{one_line, secs, Printer};
 use blue_green_cli::test_hooks::PauseHook;
 
@@ -55,12 +55,17 @@ pub async fn run(cli: &Cli, config: Result<Config, config::ConfigError>) -> i32 
         Err(f) => {
             let code = f.class().code();
             let mut detail = f.detail();
-            if name == "validate" {
+            let instead = match name {
                 // Its own report already went through Docker, compose and nginx one by one.
-                detail = detail.replace(
-                    "; `blue-green validate` checks Docker, compose and nginx one by one",
-                    "",
-                );
+                "validate" | "proxy run" => Some(""),
+                // The proxy's commands talk to a running proxy, not to Docker or nginx.
+                n if n.starts_with("proxy ") => Some(
+                    "; check that `blue-green proxy run` is running with this control socket (`--control`, or $BLUE_GREEN_PROXY_CONTROL)",
+                ),
+                _ => None,
+            };
+            if let Some(instead) = instead {
+                detail = detail.replace(VALIDATE_HINT, instead);
             }
             for hint in &hints {
                 detail.push_str(&format!("  {}\n", one_line(hint)));
