@@ -34,7 +34,8 @@ pub struct LoadSummary {
     pub p99_ms: f64,
     /// Highest latency, milliseconds.
     pub max_ms: f64,
-    /// Failure reasons and how often each was seen (status code or transport error).
+    /// Failure reasons and how often each was seen (status code or transport error), each
+    /// with the kind of connection it went over.
     pub failure_reasons: BTreeMap<String, usize>,
 }
 
@@ -45,9 +46,16 @@ impl LoadSummary {
         latencies.sort();
         let mut failure_reasons = BTreeMap::new();
         for s in samples.iter().filter(|s| s.failed()) {
+            // Which kind of connection it went over: a reset of a kept-alive connection at a
+            // reload is not the same fault as a fresh connection refused.
+            let over = if s.keep_alive {
+                "kept-alive connection"
+            } else {
+                "fresh connection"
+            };
             let reason = match &s.outcome {
-                Ok(status) => format!("HTTP {status}"),
-                Err(e) => e.clone(),
+                Ok(status) => format!("{over}: HTTP {status}"),
+                Err(e) => format!("{over}: {e}"),
             };
             *failure_reasons.entry(reason).or_insert(0) += 1;
         }
@@ -424,8 +432,14 @@ mod tests {
         assert_eq!(s.failed_slow, 1);
         assert_eq!(s.post, 3);
         assert_eq!(s.slow, 2);
-        assert_eq!(s.failure_reasons.get("HTTP 502"), Some(&1));
-        assert_eq!(s.failure_reasons.get("connection reset"), Some(&1));
+        assert_eq!(
+            s.failure_reasons.get("kept-alive connection: HTTP 502"),
+            Some(&1)
+        );
+        assert_eq!(
+            s.failure_reasons.get("fresh connection: connection reset"),
+            Some(&1)
+        );
         assert_eq!(s.max_ms, 4.0);
     }
 }
