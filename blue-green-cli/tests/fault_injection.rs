@@ -1308,10 +1308,6 @@ async fn nginx_master_killed_after_the_reload_leaves_a_consistent_state_that_the
     );
     let down = load.snapshot();
     let status = stage.status().await;
-    // nginx's old workers were told to stop at the reload, but one may still take a new
-    // connection for a moment before it closes its listener (a full run saw `blue v1` once); the
-    // orphaned new workers serve green.
-    stage.wait_until_served("green v2").await;
     let served = stage.served().await;
     eprintln!("after it: nginx serves `{served}`; status {status}; load {down}");
     // The verification cannot watch the workers of a master that is gone, and routing back
@@ -1320,7 +1316,11 @@ async fn nginx_master_killed_after_the_reload_leaves_a_consistent_state_that_the
     // workers serve, and status lists the interrupted deploy for the next command.
     assert_eq!(out.status.code(), Some(5), "{said}");
     assert!(said.contains("nginx is not running"), "{said}");
-    assert_eq!(served, "green v2");
+    // What nginx's orphaned workers serve is nginx's: the new ones green, and old ones that
+    // the master had not yet told to stop when it died (it signals them after it starts the
+    // new ones) still blue; two full runs saw `blue v1` here. Both colors run, so either one
+    // answers, and never an error.
+    assert!(served == "green v2" || served == "blue v1", "{served}");
     assert_eq!(status["live"], "green", "{status}");
     assert!(
         running(&status, "green") && running(&status, "blue"),
