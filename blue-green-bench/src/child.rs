@@ -131,8 +131,16 @@ pub fn run_measured(
 
 /// `VmHWM` of a running process, KiB; `None` once it has exited (a zombie has no memory).
 fn vm_hwm_kib(pid: libc::pid_t) -> Option<u64> {
+    status_kib(pid as u32, "VmHWM")
+}
+
+/// A memory field (`VmRSS`, `VmHWM`) of `/proc/PID/status`, KiB; `None` when the process or
+/// the field is gone.
+pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status
+        .lines()
+        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
 

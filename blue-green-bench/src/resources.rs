@@ -12,6 +12,8 @@ use serde::Serialize;
 
 use blue_green_testkit::docker::{containers_with_prefix, networks_with_prefix};
 
+use crate::child::status_kib;
+
 /// One row of the table.
 #[derive(Debug, Clone, Serialize)]
 pub struct ResourceSample {
@@ -113,14 +115,7 @@ fn parent_of(stat: &str) -> Option<u32> {
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    status_kib(pid, "VmRSS")
 }
 
 fn open_fds(pid: u32) -> usize {
@@ -197,5 +192,7 @@ mod tests {
         child.wait().ok();
         assert!(found, "{} not in {tree:?}", child.id());
         assert!(open_fds(std::process::id()) > 0);
+        assert!(rss_kib(std::process::id()).is_some_and(|k| k > 0));
+        assert_eq!(status_kib(std::process::id(), "VmNoSuchField"), None);
     }
 }

@@ -187,15 +187,10 @@ impl RouterProcess {
         let Some(pid) = self.child.id() else {
             return (None, None);
         };
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        };
-        (field("VmHWM:"), field("VmRSS:"))
+        (
+            crate::child::status_kib(pid, "VmHWM"),
+            crate::child::status_kib(pid, "VmRSS"),
+        )
     }
 }
 

@@ -398,20 +398,11 @@ async fn read_response(stream: &mut TcpStream) -> Result<(), String> {
 
 /// Resident memory of a process and its children (nginx's master and worker), KiB.
 fn group_rss_kib(pid: u32) -> Option<u64> {
-    let rss = |pid: &str| -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
-    };
+    let rss = |pid: u32| crate::child::status_kib(pid, "VmRSS");
     let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
-    let mut total = rss(&pid.to_string())?;
+    let mut total = rss(pid)?;
     for child in children.split_whitespace() {
-        total += rss(child)?;
+        total += rss(child.parse().ok()?)?;
     }
     Some(total)
 }
