@@ -7,10 +7,11 @@
 //! Every other request goes over a kept-alive connection, the others over a fresh one.
 //!
 //! A kept-alive connection can be closed by nginx just as a client sends the next request on it
-//! (a reload retires the old workers, which close their idle connections). No server has seen
-//! such a request, and browsers and curl send it again once on a new connection; so do the
-//! kept-alive requests here, counted as `retried` and failed only if the second try fails too.
-//! This is the same rule as the test kit's load loop.
+//! (a reload retires the old workers, which close their idle connections): the client sees the
+//! connection closed, or reset, before any answer. No server has seen such a request, and
+//! browsers and curl send it again once on a new connection; so do the kept-alive requests
+//! here, counted as `retried` and failed only if the second try fails too. The rule is the test
+//! kit's ([`blue_green_testkit::load::closed_before_answer`]), shared with its load loop.
 //!
 //! Slow POSTs matter: nginx passes a failed GET on to the next server by itself, but never a
 //! POST that it has already sent, so a POST in flight when its server dies is lost.
@@ -19,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use blue_green_testkit::load;
 use serde::Serialize;
 
 /// What the clients send and how fast.
@@ -197,14 +199,11 @@ impl Client {
         let sent_at = sent.duration_since(self.started);
         let mut outcome = self.send(client, kind).await;
         let mut retried = false;
-        if keep_alive {
-            if let Err(e) = &outcome {
-                if e.contains("connection closed before message completed") {
-                    retried = true;
-                    outcome = self.send(&self.fresh, kind).await;
-                }
-            }
+        if keep_alive && matches!(&outcome, Err(failed) if failed.closed_before_answer) {
+            retried = true;
+            outcome = self.send(&self.fresh, kind).await;
         }
+        let outcome = outcome.map_err(|failed| failed.reason);
         Sample {
             sent_at,
             latency: sent.elapsed(),
@@ -215,7 +214,7 @@ impl Client {
         }
     }
 
-    async fn send(&self, client: &reqwest::Client, kind: RequestKind) -> Result<u16, String> {
+    async fn send(&self, client: &reqwest::Client, kind: RequestKind) -> Result<u16, Failed> {
         let base = &self.config.base_url;
         let slow_ms = self.config.slow.as_millis();
         let request = match kind {
@@ -234,23 +233,25 @@ impl Client {
                 // The answer counts only once its body has arrived in full.
                 match response.bytes().await {
                     Ok(_) => Ok(status),
-                    Err(e) => Err(describe(&e)),
+                    Err(e) => Err(Failed {
+                        reason: load::describe(&e),
+                        closed_before_answer: false,
+                    }),
                 }
             }
-            Err(e) => Err(describe(&e)),
+            Err(e) => Err(Failed {
+                reason: load::describe(&e),
+                closed_before_answer: load::closed_before_answer(&e),
+            }),
         }
     }
 }
 
-/// The error and its causes on one line: reqwest's top-level message alone ("error sending
-/// request") says nothing about what went wrong.
-fn describe(error: &reqwest::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+/// A request that got no answer.
+struct Failed {
+    /// The error and its causes.
+    reason: String,
+    /// Closed or reset before any answer: sent again once if it went over a kept-alive
+    /// connection.
+    closed_before_answer: bool,
 }

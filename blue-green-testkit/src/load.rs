@@ -392,32 +392,128 @@ async fn one_request(
 
 /// A failure's kind and its full description (with the error chain).
 fn classify(error: &reqwest::Error) -> (String, String) {
-    let mut detail = error.to_string();
-    let mut kind = if error.is_timeout() {
+    let kind = if error.is_timeout() {
         "timeout"
     } else if error.is_connect() {
-        "connect"
-    } else {
-        "other"
-    };
-    let mut source = std::error::Error::source(error);
-    while let Some(err) = source {
-        let text = err.to_string();
-        if kind == "other"
-            && (text.contains("closed before message completed")
-                || text.contains("onnection reset"))
-        {
-            kind = "closed";
-        }
         // Reset while connecting: the server took the connection into a listening socket's
         // queue and closed that socket before accepting it (Caddy's listener handover). Still a
         // failure; told apart from a refused connection.
-        if kind == "connect" && text.contains("onnection reset") {
-            kind = "connect reset";
+        if describe(error).contains("onnection reset") {
+            "connect reset"
+        } else {
+            "connect"
         }
-        detail.push_str(": ");
-        detail.push_str(&text);
-        source = err.source();
+    } else if closed_before_answer(error) {
+        "closed"
+    } else {
+        "other"
+    };
+    (kind.to_string(), describe(error))
+}
+
+/// True when `error`, from sending a request (not from reading its body), says the
+/// connection was closed or reset before any answer came and not while connecting: on a
+/// kept-alive connection, the server closing it as idle while the request was on its way. No
+/// server has answered such a request, and browsers and curl send it again once on a new
+/// connection; the test kit's load and `blue-green-bench` do the same.
+pub fn closed_before_answer(error: &reqwest::Error) -> bool {
+    if error.is_timeout() || error.is_connect() {
+        return false;
     }
-    (kind.to_string(), detail)
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if text.contains("closed before message completed") || text.contains("onnection reset") {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// The error and its causes on one line: reqwest's top-level message alone ("error sending
+/// request") says nothing about what went wrong.
+pub fn describe(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    /// A server that reads one request head and then closes the connection without an
+    /// answer, with a reset (`SO_LINGER` 0) or a plain close; the error a client gets.
+    async fn error_from_close(reset: bool) -> reqwest::Error {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = stream.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the client closed before sending its request");
+                head.extend_from_slice(&buf[..n]);
+            }
+            if reset {
+                stream.set_zero_linger().unwrap();
+            }
+            drop(stream);
+        });
+        let error = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{port}/"))
+            .send()
+            .await
+            .expect_err("the server closed without answering");
+        server.await.unwrap();
+        error
+    }
+
+    #[tokio::test]
+    async fn a_reset_before_the_answer_may_be_sent_again() {
+        let error = error_from_close(true).await;
+        assert!(
+            describe(&error).contains("onnection reset"),
+            "{}",
+            describe(&error)
+        );
+        assert!(closed_before_answer(&error), "{}", describe(&error));
+        assert_eq!(classify(&error).0, "closed");
+    }
+
+    #[tokio::test]
+    async fn a_close_before_the_answer_may_be_sent_again() {
+        let error = error_from_close(false).await;
+        assert!(closed_before_answer(&error), "{}", describe(&error));
+        assert!(
+            describe(&error).contains("closed before message completed"),
+            "{}",
+            describe(&error)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_not_sent_again() {
+        // Bound, never listened on: connecting is refused.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = socket.local_addr().unwrap().port();
+        let error = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{port}/"))
+            .send()
+            .await
+            .expect_err("nothing listens");
+        drop(socket);
+        assert!(!closed_before_answer(&error), "{}", describe(&error));
+        assert_eq!(classify(&error).0, "connect");
+    }
 }
