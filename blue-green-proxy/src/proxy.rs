@@ -7,8 +7,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use blue_green_core::{Endpoint, Split};
-use hyper_util::rt::TokioExecutor;
-use hyper_util::server::conn::auto;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -35,7 +33,7 @@ pub(crate) struct Shared {
     pub(crate) routes: Routes,
     pub(crate) targets: Targets,
     pub(crate) gate: Gate,
-    pub(crate) server: auto::Builder<TokioExecutor>,
+    pub(crate) server: serve::Builders,
     /// The addresses the listeners got (a port 0 picked), once bound: a preview's address
     /// names the first one's port.
     pub(crate) listening: OnceLock<Vec<SocketAddr>>,
@@ -564,7 +562,7 @@ impl Proxy {
     fn launch(config: ProxyConfig, launch: Launch) -> Proxy {
         let shutdown = CancellationToken::new();
         let shared = Arc::new(Shared {
-            server: serve::builder(&config.limits),
+            server: serve::Builders::new(&config.limits),
             routes: Routes::new(launch.table),
             targets: launch.targets,
             gate: Gate::new(launch.mode, config.pause.clone()),

@@ -1,18 +1,22 @@
-//! The client side: accept connections, speak HTTP/1.1 or HTTP/2 cleartext (hyper-util's
-//! `auto`), apply the header limits, and shut down gracefully.
+//! The client side: accept connections, speak HTTP/1.1 or HTTP/2 cleartext (told apart by the
+//! first bytes), apply the header limits, and shut down gracefully.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::header::{HeaderValue, CONNECTION};
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -20,21 +24,42 @@ use crate::config::Limits;
 use crate::forward;
 use crate::proxy::Shared;
 
-/// The connection builder, with the limits applied.
-pub(crate) fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        // hyper answers 431 when a head does not fit; it refuses less than 8 KiB.
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-    builder
+/// The connection builders, with the limits applied.
+///
+/// A connection that does not open with HTTP/2's preface goes straight to hyper's HTTP/1
+/// builder; the rest to hyper-util's `auto`, which reads the preface to decide. `auto` reads
+/// those first bytes into a side buffer and hands them to hyper afterwards, and hyper's read
+/// buffer then grows from 8 KiB to 16 KiB on the rest of the first request, for the life of the
+/// connection: 8 KiB more for each open HTTP/1 connection, most of a proxy's connections.
+pub(crate) struct Builders {
+    http1: http1::Builder,
+    auto: auto::Builder<TokioExecutor>,
+}
+
+/// The HTTP/1 settings, the same on both builders (hyper's and hyper-util's have the same
+/// setters but no common trait).
+macro_rules! http1_limits {
+    ($builder:expr, $limits:expr) => {
+        $builder
+            .timer(TokioTimer::new())
+            .header_read_timeout($limits.header_read_timeout)
+            // hyper answers 431 when a head does not fit; it refuses less than 8 KiB.
+            .max_buf_size($limits.max_header_bytes.max(8192))
+            .keep_alive(true)
+    };
+}
+
+impl Builders {
+    pub(crate) fn new(limits: &Limits) -> Self {
+        let mut http1 = http1::Builder::new();
+        http1_limits!(http1, limits);
+        let mut auto = auto::Builder::new(TokioExecutor::new());
+        http1_limits!(auto.http1(), limits);
+        auto.http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        Builders { http1, auto }
+    }
 }
 
 /// Accepts connections on `listener` until the proxy stops accepting (shut down, or handed
@@ -67,6 +92,9 @@ pub(crate) async fn accept_loop(
     }
 }
 
+/// The first bytes of every HTTP/2 connection with prior knowledge (RFC 9113 §3.4).
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 async fn connection(
     shared: Arc<Shared>,
     stream: TcpStream,
@@ -74,9 +102,26 @@ async fn connection(
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
+    // hyper times out slow request heads once it knows the protocol; this covers the bytes
+    // before that (a client that connects and sends nothing, or a byte at a time).
+    let first_request = tokio::time::sleep(shared.config.limits.header_read_timeout);
+    tokio::pin!(first_request);
+    let mut first = [0u8; HTTP2_PREFACE.len()];
+    let http1 = tokio::select! {
+        peeked = stream.peek(&mut first) => match peeked {
+            Ok(0) | Err(_) => return,
+            // Whatever is not (yet) the preface: HTTP/1 when a byte differs, `auto` to wait for
+            // the rest when all agree so far.
+            Ok(n) => !HTTP2_PREFACE.starts_with(&first[..n]),
+        },
+        _ = first_request.as_mut() => {
+            tracing::debug!("connection from {peer} sent no request in time; closed");
+            return;
+        }
+        _ = shutdown.cancelled() => return,
+    };
     let started = Arc::new(AtomicBool::new(false));
     let http2 = Arc::new(AtomicBool::new(false));
-    let retire = shared.handover.retire.clone();
     let service = {
         let shared = shared.clone();
         let started = started.clone();
@@ -90,7 +135,9 @@ async fn connection(
             }
             let shared = shared.clone();
             let client = client.clone();
-            async move {
+            // Boxed: hyper keeps room for one request's future in every connection, idle or
+            // not, and this one is about 3 KB; boxed, an idle connection keeps a pointer.
+            Box::pin(async move {
                 let mut res = forward::handle(shared.clone(), &client, req).await;
                 // A retiring process (handed over to a new one) closes each HTTP/1 connection
                 // after its answer, and says so: the client opens its next connection to the
@@ -103,44 +150,86 @@ async fn connection(
                         .insert(CONNECTION, HeaderValue::from_static("close"));
                 }
                 Ok::<_, Infallible>(res)
-            }
+            })
         })
     };
-    let conn = shared
-        .server
-        .serve_connection_with_upgrades(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    // hyper times out slow request heads once it knows the protocol; this covers the bytes
-    // before that (a client that connects and sends nothing, or a byte at a time).
-    let first_request = tokio::time::sleep(shared.config.limits.header_read_timeout);
-    tokio::pin!(first_request);
-    let mut draining = false;
-    let mut retiring = false;
-    loop {
-        tokio::select! {
-            done = conn.as_mut() => {
-                if let Err(e) = done {
-                    tracing::debug!("connection from {peer} ended: {e}");
-                }
-                return;
-            }
-            _ = first_request.as_mut(), if !started.load(Ordering::Relaxed) => {
-                if !started.load(Ordering::Relaxed) {
-                    tracing::debug!("connection from {peer} sent no request in time; closed");
+    let io = TokioIo::new(stream);
+    let watch = Watch {
+        peer,
+        started: &started,
+        http2: &http2,
+        first_request,
+        shutdown: &shutdown,
+        retire: &shared.handover.retire,
+    };
+    if http1 {
+        let conn = shared
+            .server
+            .http1
+            .serve_connection(io, service)
+            .with_upgrades();
+        watch
+            .run(conn, http1::UpgradeableConnection::graceful_shutdown)
+            .await;
+    } else {
+        // Boxed: `auto`'s connection is larger (HTTP/2's state too), and every connection's task
+        // would be sized for it.
+        let conn = shared
+            .server
+            .auto
+            .serve_connection_with_upgrades(io, service);
+        Box::pin(watch.run(conn, auto::UpgradeableConnection::graceful_shutdown)).await;
+    }
+}
+
+/// What a connection's life is watched for besides its own progress: no request in time, the
+/// proxy's shutdown, and its retirement after a handover.
+struct Watch<'a> {
+    peer: SocketAddr,
+    started: &'a AtomicBool,
+    http2: &'a AtomicBool,
+    first_request: Pin<&'a mut Sleep>,
+    shutdown: &'a CancellationToken,
+    retire: &'a CancellationToken,
+}
+
+impl Watch<'_> {
+    /// Drives `conn` to its end; `graceful_shutdown` is its builder's.
+    async fn run<C, E>(mut self, conn: C, graceful_shutdown: fn(Pin<&mut C>))
+    where
+        C: Future<Output = Result<(), E>>,
+        E: std::fmt::Display,
+    {
+        tokio::pin!(conn);
+        let peer = self.peer;
+        let mut draining = false;
+        let mut retiring = false;
+        loop {
+            tokio::select! {
+                done = conn.as_mut() => {
+                    if let Err(e) = done {
+                        tracing::debug!("connection from {peer} ended: {e}");
+                    }
                     return;
                 }
-            }
-            _ = shutdown.cancelled(), if !draining => {
-                draining = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            // HTTP/2 says "no new streams here" without a race (GOAWAY); an HTTP/1 connection
-            // stays open until its next answer closes it, or until the shutdown.
-            _ = retire.cancelled(), if !retiring => {
-                retiring = true;
-                if http2.load(Ordering::Relaxed) && !draining {
+                _ = self.first_request.as_mut(), if !self.started.load(Ordering::Relaxed) => {
+                    if !self.started.load(Ordering::Relaxed) {
+                        tracing::debug!("connection from {peer} sent no request in time; closed");
+                        return;
+                    }
+                }
+                _ = self.shutdown.cancelled(), if !draining => {
                     draining = true;
-                    conn.as_mut().graceful_shutdown();
+                    graceful_shutdown(conn.as_mut());
+                }
+                // HTTP/2 says "no new streams here" without a race (GOAWAY); an HTTP/1
+                // connection stays open until its next answer closes it, or until the shutdown.
+                _ = self.retire.cancelled(), if !retiring => {
+                    retiring = true;
+                    if self.http2.load(Ordering::Relaxed) && !draining {
+                        draining = true;
+                        graceful_shutdown(conn.as_mut());
+                    }
                 }
             }
         }

@@ -180,6 +180,87 @@ async fn http2_cleartext_clients_are_served() {
     proxy.shutdown().await;
 }
 
+/// Writes `parts` to a new connection to `proxy`, 50 ms apart, so that the proxy may see the
+/// first part alone; then reads until `enough` says so or the connection ends.
+async fn in_pieces(proxy: &Proxy, parts: &[&[u8]], enough: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(proxy.local_addrs()[0])
+        .await
+        .unwrap();
+    stream.set_nodelay(true).unwrap();
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stream.write_all(part).await.unwrap();
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !enough(&got) {
+            let n = stream.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("an answer within 10 s");
+    got
+}
+
+#[tokio::test]
+async fn the_protocol_is_told_from_the_first_bytes_even_when_they_come_in_pieces() {
+    let blue = Upstream::start("blue").await;
+    let proxy = proxy_with(loopback()).await;
+    route(&proxy.handle(), "web", &blue, None).await;
+
+    // A POST starts with the same byte as HTTP/2's preface.
+    let answer = in_pieces(
+        &proxy,
+        &[
+            b"P",
+            b"OST /headers HTTP/1.1\r\nHost: web.example\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+        ],
+        |_| false,
+    )
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.contains("blue\n"),
+        "{answer}"
+    );
+
+    // HTTP/2 with prior knowledge, its preface in two pieces: the proxy's first frame is its
+    // SETTINGS (type 4), not an HTTP/1 error.
+    let answer = in_pieces(
+        &proxy,
+        &[b"PRI * HT", b"TP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0"],
+        |got| got.len() >= 9,
+    )
+    .await;
+    assert!(
+        answer.len() >= 9 && answer[3] == 4,
+        "not an HTTP/2 SETTINGS frame: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+
+    // A plain HTTP/1 request in pieces too.
+    let answer = in_pieces(
+        &proxy,
+        &[
+            b"GET /hea",
+            b"ders HTTP/1.1\r\nHost: web.example\r\nConnection: close\r\n\r\n",
+        ],
+        |_| false,
+    )
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    proxy.shutdown().await;
+}
+
 #[tokio::test]
 async fn pause_holds_requests_until_resume_and_maintenance_answers_503_but_health_stays_200() {
     let blue = Upstream::start("blue").await;
