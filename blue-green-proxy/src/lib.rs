@@ -34,6 +34,7 @@ mod body;
 mod config;
 pub mod control;
 mod error;
+mod exchange;
 mod forward;
 mod gate;
 mod handover;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use blue_green_core::{ComponentError, Endpoint, Instance, Responses, RouteReceipt, Router, Split};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::Empty;
 use hyper::header::{HeaderValue, HOST};
 use hyper::{Request, Uri};
 use hyper_util::rt::TokioIo;
@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 
 use crate::control::{ControlClient, SetPreview, SetSplit, SetTarget};
 use crate::error::Error;
+use crate::exchange::{exchange, Failed};
 use crate::proxy::{Expect, ProxyHandle, TargetChange};
 use crate::routes::AppInfo;
 use crate::target::TargetStats;
@@ -63,10 +64,6 @@ impl VerifyRequest {
         let stream = TcpStream::connect((host, port))
             .await
             .map_err(|e| format!("could not connect to {authority}: {e}"))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-        let driver = tokio::spawn(conn);
         let path = self.url.path_and_query().map_or("/", |p| p.as_str());
         let host_header = self.host.as_deref().or(app_host).unwrap_or(authority);
         let req = Request::get(path)
@@ -76,14 +73,12 @@ impl VerifyRequest {
             )
             .body(Empty::<Bytes>::new())
             .map_err(|e| e.to_string())?;
-        let res = sender.send_request(req).await.map_err(|e| e.to_string())?;
-        let status = res.status();
-        let body = Limited::new(res.into_body(), 64 * 1024)
-            .collect()
+        let (status, body) = exchange(TokioIo::new(stream), req, 64 * 1024)
             .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        driver.abort();
+            .map_err(|e| match e {
+                Failed::Handshake(e) | Failed::Send(e) => e.to_string(),
+                Failed::Body(e) => e,
+            })?;
         let body = String::from_utf8_lossy(&body);
         if !status.is_success() {
             return Err(format!("answered {status}: {}", body.trim()));

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
@@ -17,6 +17,7 @@ use super::api::{
     SetTarget,
 };
 use crate::error::Error;
+use crate::exchange::{exchange, Failed};
 use crate::proxy::{Drain, PreviewAnswer, SplitAnswer, Status, Switched};
 
 /// Largest answer read from the proxy.
@@ -192,10 +193,6 @@ impl ControlClient {
             source,
         };
         let stream = UnixStream::connect(&self.path).await.map_err(unreachable)?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| unreachable(std::io::Error::other(e)))?;
-        let driver = tokio::spawn(conn);
         let bytes = match body {
             Some(b) => Bytes::from(serde_json::to_vec(b).map_err(|e| protocol(e.to_string()))?),
             None => Bytes::new(),
@@ -207,17 +204,13 @@ impl ControlClient {
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .body(Full::new(bytes))
             .map_err(|e| protocol(e.to_string()))?;
-        let res = sender
-            .send_request(req)
+        let (status, bytes) = exchange(TokioIo::new(stream), req, MAX_ANSWER)
             .await
-            .map_err(|e| protocol(format!("the connection failed: {e}")))?;
-        let status = res.status();
-        let bytes = Limited::new(res.into_body(), MAX_ANSWER)
-            .collect()
-            .await
-            .map_err(|e| protocol(format!("the answer could not be read: {e}")))?
-            .to_bytes();
-        driver.abort();
+            .map_err(|e| match e {
+                Failed::Handshake(e) => unreachable(std::io::Error::other(e)),
+                Failed::Send(e) => protocol(format!("the connection failed: {e}")),
+                Failed::Body(e) => protocol(format!("the answer could not be read: {e}")),
+            })?;
         if !status.is_success() {
             let message = serde_json::from_slice::<ErrorAnswer>(&bytes)
                 .map(|e| e.error)
