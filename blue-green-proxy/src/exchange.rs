@@ -60,36 +60,23 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use blue_green_testkit::one_shot::{Close, OneShot};
     use http_body_util::Empty;
     use hyper_util::rt::TokioIo;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::{TcpListener, TcpStream};
+    use tokio::net::TcpStream;
 
-    /// A server that reads one request head, writes `answer` and closes the connection.
+    /// One exchange with a server that answers `answer` and closes the connection.
     async fn exchange_with(
         answer: &'static [u8],
         limit: usize,
     ) -> Result<(StatusCode, Bytes), Failed> {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(async move {
-            let (mut stream, _) = listener.accept().await.unwrap();
-            let mut head = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                let n = stream.read(&mut buf).await.unwrap();
-                assert!(n > 0, "the client closed before its request");
-                head.extend_from_slice(&buf[..n]);
-            }
-            stream.write_all(answer).await.unwrap();
-        });
-        let stream = TcpStream::connect(addr).await.unwrap();
+        let server = OneShot::start(answer, Close::Clean).await;
+        let stream = TcpStream::connect(server.addr()).await.unwrap();
         let req = Request::get("/").body(Empty::<Bytes>::new()).unwrap();
         let got = exchange(TokioIo::new(stream), req, limit).await;
-        server.await.unwrap();
+        server.finish().await;
         got
     }
-
     #[tokio::test]
     async fn an_answer_is_read_whole_even_when_the_server_closes_right_after_it() {
         let (status, body) = exchange_with(

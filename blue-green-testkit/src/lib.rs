@@ -7,4 +7,5 @@ pub mod color_server;
 pub mod docker;
 pub mod load;
 pub mod nginx;
+pub mod one_shot;
 pub mod swarm;

@@ -447,40 +447,23 @@ pub fn describe(error: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt;
-    use tokio::net::TcpListener;
+    use crate::one_shot::{Close, OneShot};
 
-    /// A server that reads one request head and then closes the connection without an
-    /// answer, with a reset (`SO_LINGER` 0) or a plain close; the error a client gets.
-    async fn error_from_close(reset: bool) -> reqwest::Error {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = tokio::spawn(async move {
-            let (mut stream, _) = listener.accept().await.unwrap();
-            let mut head = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                let n = stream.read(&mut buf).await.unwrap();
-                assert!(n > 0, "the client closed before sending its request");
-                head.extend_from_slice(&buf[..n]);
-            }
-            if reset {
-                stream.set_zero_linger().unwrap();
-            }
-            drop(stream);
-        });
+    /// The error a client gets from a server that closes without answering.
+    async fn error_from_close(close: Close) -> reqwest::Error {
+        let server = OneShot::start(b"", close).await;
         let error = reqwest::Client::new()
-            .get(format!("http://127.0.0.1:{port}/"))
+            .get(format!("http://{}/", server.addr()))
             .send()
             .await
             .expect_err("the server closed without answering");
-        server.await.unwrap();
+        server.finish().await;
         error
     }
 
     #[tokio::test]
     async fn a_reset_before_the_answer_may_be_sent_again() {
-        let error = error_from_close(true).await;
+        let error = error_from_close(Close::Reset).await;
         assert!(
             describe(&error).contains("onnection reset"),
             "{}",
@@ -492,7 +475,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_close_before_the_answer_may_be_sent_again() {
-        let error = error_from_close(false).await;
+        let error = error_from_close(Close::Clean).await;
         assert!(closed_before_answer(&error), "{}", describe(&error));
         assert!(
             describe(&error).contains("closed before message completed"),
