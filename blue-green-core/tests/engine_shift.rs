@@ -46,6 +46,14 @@ fn splitting_world() -> FakeWorld {
     world
 }
 
+/// `err` is the failure of `step`.
+fn assert_failed_at(err: &Error, step: Step) {
+    assert!(
+        matches!(err, Error::Step { step: s, .. } if *s == step),
+        "not a failure at {step}: {err:?}"
+    );
+}
+
 fn v2() -> Release {
     Release::new("v2").unwrap()
 }
@@ -187,16 +195,7 @@ async fn too_many_errors_counted_by_the_router_fail_the_step() {
         .deploy(v2(), &CancellationToken::new())
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            &err,
-            Error::Step {
-                step: Step::Shift,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_failed_at(&err, Step::Shift);
     assert!(err.to_string().contains("6 of 20 responses"), "{err}");
     assert!(err.to_string().contains("the 10% step"), "{err}");
     back_on_blue(&world);
@@ -251,16 +250,7 @@ async fn the_watch_after_the_switch_fails_on_too_many_errors_too() {
         .deploy(v2(), &CancellationToken::new())
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            &err,
-            Error::Step {
-                step: Step::Watch,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_failed_at(&err, Step::Watch);
     assert!(err.to_string().contains("watch_max_error_rate"), "{err}");
     back_on_blue(&world);
 }
@@ -448,16 +438,7 @@ async fn a_failed_preview_fails_the_staged_deploy_and_removes_it() {
         .stage(v2(), &CancellationToken::new())
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            &err,
-            Error::Step {
-                step: Step::Preview,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_failed_at(&err, Step::Preview);
     assert_eq!(err.exit_class().code(), 1);
     back_on_blue(&world);
     assert_eq!(world.previewed(), None);
