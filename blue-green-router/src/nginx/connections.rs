@@ -48,8 +48,8 @@ impl NginxRouter {
     }
 }
 
-/// `ESTABLISHED` in the `st` column of `/proc/net/tcp`.
-const ESTABLISHED: &str = "01";
+/// `ESTABLISHED` in the `st` column of `/proc/net/tcp` (`01`).
+const ESTABLISHED: u8 = 0x01;
 
 /// The connections that the workers of the nginx master named by `pid_file` hold open to
 /// `endpoint`. `Ok(None)` when they cannot be counted from here: the endpoint's host is a name
@@ -93,13 +93,15 @@ pub(super) fn open_to(
     let mut count = 0;
     for table in ["tcp", "tcp6"] {
         let path = proc_root.join(master.to_string()).join("net").join(table);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
+        let file = match std::fs::File::open(&path) {
+            Ok(file) => file,
             // A kernel without IPv6 has no tcp6.
             Err(e) if e.kind() == io::ErrorKind::NotFound && table == "tcp6" => continue,
             Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
         };
-        for socket in parse_table(&text).map_err(|e| format!("{}: {e}", path.display()))? {
+        // Row by row: the table lists every socket of the namespace, TIME_WAIT ones included,
+        // which on a busy host is tens of thousands of rows (megabytes, read at every drain).
+        for_each_row(io::BufReader::new(file), |socket| {
             if socket.state == ESTABLISHED
                 && socket.remote_port == endpoint.port
                 && addresses.contains(&socket.remote_ip)
@@ -107,7 +109,8 @@ pub(super) fn open_to(
             {
                 count += 1;
             }
-        }
+        })
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     }
     Ok(Some(count))
 }
@@ -152,24 +155,36 @@ fn socket_inodes(fd_dir: &Path) -> io::Result<Vec<u64>> {
 struct Socket {
     remote_ip: IpAddr,
     remote_port: u16,
-    /// Two hex digits, as the kernel prints them.
-    state: String,
+    /// The `st` column, two hex digits in the table.
+    state: u8,
     inode: u64,
 }
 
-/// The rows of a `/proc/net/tcp` or `tcp6` table, checked strictly: a header starting with
-/// `sl`, then rows of at least 10 columns whose addresses, state and inode parse. A row that
-/// does not is an error, not a row left out, so a changed format cannot make the count 0.
-fn parse_table(text: &str) -> Result<Vec<Socket>, String> {
-    let mut lines = text.lines();
-    match lines.next() {
-        Some(header) if header.split_whitespace().next() == Some("sl") => {}
-        other => return Err(format!("unexpected header {other:?}")),
+/// Each row of a `/proc/net/tcp` or `tcp6` table, read line by line and checked strictly: a
+/// header starting with `sl`, then rows of at least 10 columns whose addresses, state and inode
+/// parse. A row that does not is an error, not a row left out, so a changed format cannot make
+/// the count 0.
+fn for_each_row(mut table: impl io::BufRead, mut each: impl FnMut(Socket)) -> Result<(), String> {
+    let mut line = String::new();
+    let mut header = true;
+    loop {
+        line.clear();
+        if table.read_line(&mut line).map_err(|e| e.to_string())? == 0 {
+            break;
+        }
+        if header {
+            if line.split_whitespace().next() != Some("sl") {
+                return Err(format!("unexpected header {line:?}"));
+            }
+            header = false;
+        } else if !line.trim().is_empty() {
+            each(parse_row(&line).ok_or_else(|| format!("cannot read the row {line:?}"))?);
+        }
     }
-    lines
-        .filter(|line| !line.trim().is_empty())
-        .map(|line| parse_row(line).ok_or_else(|| format!("cannot read the row {line:?}")))
-        .collect()
+    if header {
+        return Err("the table is empty, without even its header".into());
+    }
+    Ok(())
 }
 
 fn parse_row(line: &str) -> Option<Socket> {
@@ -184,11 +199,12 @@ fn parse_row(line: &str) -> Option<Socket> {
     if state.len() != 2 || !state.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
+    let state = u8::from_str_radix(state, 16).ok()?;
     let inode = columns[9].parse().ok()?;
     Some(Socket {
         remote_ip,
         remote_port,
-        state: state.to_string(),
+        state,
         inode,
     })
 }
@@ -239,6 +255,13 @@ mod tests {
         )
     }
 
+    /// Every row of `text`, or the error.
+    fn parse_table(text: &str) -> Result<Vec<Socket>, String> {
+        let mut rows = Vec::new();
+        for_each_row(text.as_bytes(), |socket| rows.push(socket))?;
+        Ok(rows)
+    }
+
     const HEADER: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode";
 
     #[test]
@@ -255,13 +278,13 @@ mod tests {
                 Socket {
                     remote_ip: "127.0.0.1".parse().unwrap(),
                     remote_port: 8081,
-                    state: "01".into(),
+                    state: 0x01,
                     inode: 4242
                 },
                 Socket {
                     remote_ip: "10.1.2.3".parse().unwrap(),
                     remote_port: 80,
-                    state: "06".into(),
+                    state: 0x06,
                     inode: 7
                 },
             ]
