@@ -29,6 +29,10 @@ pub struct Finished {
     /// All of stderr.
     pub stderr: String,
     /// Peak resident memory of the process and the children it waited for, KiB (`wait4`).
+    /// It also holds the bench's own resident memory when it spawned the process: Linux keeps
+    /// the high-water mark of the memory a process had before its `exec`, which for a spawned
+    /// child is the parent's. In a long run, whose samples make the bench grow, this grows too;
+    /// [`Finished::own_hwm_kib`] is the process's own.
     pub max_rss_kib: u64,
     /// Peak resident memory of the process alone, KiB (last `VmHWM` seen), if it was read.
     pub own_hwm_kib: Option<u64>,

@@ -123,7 +123,8 @@ pub struct DeployFigures {
     /// Wall time minus the app's start-to-ready minus the configured drain, milliseconds.
     pub overhead_ms: Option<i64>,
     /// Peak resident memory of the deploy command and the children it waited for, KiB (from
-    /// `wait4`'s rusage).
+    /// `wait4`'s rusage), which also counts the bench's own memory when it spawned the command
+    /// (see [`crate::child::Finished::max_rss_kib`]).
     pub peak_rss_kib: Option<u64>,
     /// Peak resident memory of the deploy command alone, KiB (its `VmHWM`).
     pub own_peak_rss_kib: Option<u64>,
@@ -292,7 +293,7 @@ impl PhaseReport {
         ) {
             let _ = writeln!(
                 out,
-                "peak memory of the deploy command: {:.1} MB itself, {:.1} MB with the commands it ran (nginx -t, reload, compose)",
+                "peak memory of the deploy command: {:.1} MB itself, {:.1} MB by wait4 (with the commands it ran, and the bench's own memory at the spawn, which Linux counts)",
                 own as f64 / 1024.0,
                 tree as f64 / 1024.0
             );
