@@ -1,7 +1,6 @@
 //! Response bodies: the upstream's body streamed through with its in-flight guard (ended early
 //! by a cut), and the proxy's own short answers.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -11,7 +10,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Response, StatusCode};
-use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::target::InFlight;
 use crate::upstream::Lease;
@@ -27,13 +25,14 @@ pub(crate) type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 /// response) when the target is cut. It also holds the upstream connection the body comes on,
 /// and gives it back to the target's pool once the body has ended cleanly (a body that is cut,
 /// fails or is dropped half-read takes its connection with it: it cannot be reused).
+///
+/// A cut aborts the upstream connection, which wakes a body waiting for its next frame (the
+/// frame never comes: the body ends or fails); the body then asks its guard whether that end was
+/// the cut's.
 pub(crate) struct GuardedBody {
     inner: Incoming,
     guard: Option<InFlight>,
     lease: Option<Lease>,
-    /// Wakes the body when the target is cut; made the first time the body has to wait, so a
-    /// response that is there at once (most are) never registers one.
-    cut: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
 }
 
 impl GuardedBody {
@@ -42,8 +41,12 @@ impl GuardedBody {
             inner,
             guard: Some(guard),
             lease: Some(lease),
-            cut: None,
         }
+    }
+
+    /// Whether the target was cut since the request started.
+    fn is_cut(&self) -> bool {
+        self.guard.as_ref().is_some_and(InFlight::is_cut)
     }
 
     /// Ends the body at a cut: counted as cut, its connection closed.
@@ -61,7 +64,7 @@ impl GuardedBody {
     /// of the in-flight count.
     fn finish(&mut self) {
         if let (Some(guard), Some(lease)) = (&self.guard, self.lease.take()) {
-            guard.target().pool.put(lease);
+            guard.target().pool.put(lease, guard.generation());
         }
         self.guard = None;
     }
@@ -85,26 +88,13 @@ impl Body for GuardedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        if this
-            .guard
-            .as_ref()
-            .is_some_and(|g| g.token().is_cancelled())
-        {
+        if this.is_cut() {
             return this.cut();
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Pending => {
-                let Some(guard) = &this.guard else {
-                    return Poll::Pending;
-                };
-                let cut = this
-                    .cut
-                    .get_or_insert_with(|| Box::pin(guard.token().clone().cancelled_owned()));
-                if cut.as_mut().poll(cx).is_ready() {
-                    return this.cut();
-                }
-                Poll::Pending
-            }
+            Poll::Pending => Poll::Pending,
+            // The end of a body whose connection the cut aborted is the cut's, not the end.
+            Poll::Ready(None | Some(Err(_))) if this.is_cut() => this.cut(),
             Poll::Ready(None) => {
                 // Done: out of the in-flight count now, not when hyper drops the body.
                 this.finish();

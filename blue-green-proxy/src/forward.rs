@@ -19,7 +19,6 @@ use crate::gate::Admit;
 use crate::proxy::Shared;
 use crate::routes::{request_host, Bound, NoRoute};
 use crate::target::InFlight;
-use crate::upstream::{Lease, UpstreamError};
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -44,14 +43,6 @@ impl Peer {
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
         }
     }
-}
-
-/// What a request waiting for its upstream's answer ends with.
-enum Answer {
-    /// The target was cut at its drain deadline.
-    Cut,
-    /// The upstream's answer, or why there is none; `None`: not within the response timeout.
-    Upstream(Option<Result<(Response<Incoming>, Lease), UpstreamError>>),
 }
 
 /// Answers one client request.
@@ -164,29 +155,28 @@ async fn forward(
     parts.version = Version::HTTP_11;
 
     let timeout = shared.config.limits.upstream_response_timeout;
+    // A cut while this waits aborts the upstream connection, which ends the wait with an
+    // error; `is_cut` tells that error from the upstream's.
     let answer = {
         let target = guard.target();
         let sent = target.pool.send(
             &target.endpoint,
             shared.config.limits.upstream_connect_timeout,
             Request::from_parts(parts, body),
+            guard.generation(),
         );
-        tokio::select! {
-            biased;
-            _ = guard.token().cancelled() => Answer::Cut,
-            answer = tokio::time::timeout(timeout, sent) => Answer::Upstream(answer.ok()),
-        }
+        tokio::time::timeout(timeout, sent).await.ok()
     };
     let endpoint = &guard.target().endpoint;
     let (mut res, lease) = match answer {
-        Answer::Upstream(Some(Ok(answer))) => answer,
-        Answer::Cut => {
+        Some(Ok(answer)) => answer,
+        _ if guard.is_cut() => {
             let why = format!("the request to {endpoint} was cut at the drain deadline");
             guard.mark_cut();
             guard.answered_for_proxy();
             return body::error(StatusCode::SERVICE_UNAVAILABLE, why);
         }
-        Answer::Upstream(Some(Err(e))) => {
+        Some(Err(e)) => {
             let why = if e.is_connect() {
                 format!("could not connect to the upstream {endpoint}: {e}")
             } else {
@@ -197,7 +187,7 @@ async fn forward(
             tracing::warn!("{why}");
             return body::error(StatusCode::BAD_GATEWAY, why);
         }
-        Answer::Upstream(None) => {
+        None => {
             let why = format!(
                 "the upstream {endpoint} sent no response within {:.1}s",
                 timeout.as_secs_f64()
@@ -228,7 +218,7 @@ async fn forward(
 /// Copies bytes both ways between an upgraded client and upstream connection until either side
 /// closes or the target is cut; the guard keeps it counted in flight until then.
 async fn pipe(client: OnUpgrade, upstream: OnUpgrade, mut guard: InFlight) {
-    let token = guard.token().clone();
+    let token = guard.cut_token();
     let sides = async { tokio::try_join!(client, upstream) };
     let (client, upstream) = tokio::select! {
         sides = sides => match sides {
@@ -265,29 +255,53 @@ fn wants_upgrade(headers: &HeaderMap, version: Version) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-/// Removes the headers that belong to one connection, not to the message (RFC 9110 7.6.1),
-/// including those the `Connection` header names.
+/// The headers that belong to one connection, not to the message (RFC 9110 7.6.1).
+const HOP_BY_HOP_COUNT: usize = 7;
+const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
+    CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    TE,
+    TRAILER,
+    TRANSFER_ENCODING,
+    UPGRADE,
+];
+
+/// Removes the hop-by-hop headers, including those the `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    // One pass over the message's few names finds which are there: cheaper than a hashed
+    // removal of each of the seven, twice for every request (its head and its answer's).
+    let mut present = [false; HOP_BY_HOP_COUNT];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+        }
     }
-    for name in [
-        CONNECTION,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        TE,
-        TRAILER,
-        TRANSFER_ENCODING,
-        UPGRADE,
-    ] {
-        headers.remove(name);
+    // `Connection` (the first) names further headers of the connection; the usual tokens
+    // (`keep-alive`, `close`, `upgrade`) name none that is not already in the list.
+    if present[0] {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| {
+                !t.eq_ignore_ascii_case("close")
+                    && !HOP_BY_HOP
+                        .iter()
+                        .any(|h| t.eq_ignore_ascii_case(h.as_str()))
+            })
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for (name, here) in HOP_BY_HOP.into_iter().zip(present) {
+        if here {
+            headers.remove(name);
+        }
     }
 }
 
@@ -323,6 +337,18 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+        // Each one alone too (the pass that looks for any of them must see every one).
+        for name in HOP_BY_HOP {
+            let mut h = HeaderMap::new();
+            h.insert("x-kept", HeaderValue::from_static("1"));
+            h.insert(name.clone(), HeaderValue::from_static("x"));
+            strip_hop_by_hop(&mut h);
+            assert_eq!(h.len(), 1, "{name} was removed");
+        }
+        let mut none = HeaderMap::new();
+        none.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut none);
+        assert_eq!(none.len(), 1);
     }
 
     #[test]

@@ -158,7 +158,9 @@ async fn connection(
         peer,
         started: &started,
         http2: &http2,
-        first_request,
+        // HTTP/1: hyper's header read timeout runs from the first byte of every head, this one
+        // included; watching a timer of our own too would poll it at every wake of the connection.
+        first_request: (!http1).then_some(first_request),
         shutdown: &shutdown,
         retire: &shared.handover.retire,
     };
@@ -188,7 +190,8 @@ struct Watch<'a> {
     peer: SocketAddr,
     started: &'a AtomicBool,
     http2: &'a AtomicBool,
-    first_request: Pin<&'a mut Sleep>,
+    /// The first request's deadline, where the protocol's own timeout does not cover it.
+    first_request: Option<Pin<&'a mut Sleep>>,
     shutdown: &'a CancellationToken,
     retire: &'a CancellationToken,
 }
@@ -212,7 +215,11 @@ impl Watch<'_> {
                     }
                     return;
                 }
-                _ = self.first_request.as_mut(), if !self.started.load(Ordering::Relaxed) => {
+                _ = async {
+                    if let Some(deadline) = &mut self.first_request {
+                        deadline.as_mut().await;
+                    }
+                }, if self.first_request.is_some() && !self.started.load(Ordering::Relaxed) => {
                     if !self.started.load(Ordering::Relaxed) {
                         tracing::debug!("connection from {peer} sent no request in time; closed");
                         return;

@@ -1,5 +1,11 @@
 //! Targets (upstream endpoints) and what the proxy counts for each: requests in flight as
 //! [`InFlight`] guards, the drain wait, and the cut at the drain deadline.
+//!
+//! A cut is a new generation of the target: a request knows it was cut by comparing the
+//! generation it started in with the target's (one atomic load, so every request and every
+//! body frame can ask). What a request waits on is closed by the cut itself: its upstream
+//! connection (the pool aborts them all), and an upgraded connection's copy, which watches a
+//! token. No request registers a waiter of its own.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,11 +42,11 @@ pub(crate) struct Target {
     cut: AtomicU64,
     /// Woken when `in_flight` drops to zero.
     idle: Notify,
-    /// Cancelled by [`Target::cut`]; every guarded request and upgraded connection watches the
-    /// token it was given when it started. Replaced after each cut, so a target that is routed
-    /// to again starts clean.
+    /// Cancelled by [`Target::cut`], for upgraded connections (whose copy waits on it: their
+    /// upstream connection is no longer the pool's); replaced at each cut, under this lock with
+    /// the generation, so that a target routed to again starts clean.
     cancel: Mutex<CancellationToken>,
-    /// Its idle keep-alive connections.
+    /// Its keep-alive connections, and the generation (the number of cuts so far).
     pub(crate) pool: Pool,
 }
 
@@ -68,7 +74,7 @@ impl Target {
         })
     }
 
-    fn token(&self) -> MutexGuard<'_, CancellationToken> {
+    fn cancel(&self) -> MutexGuard<'_, CancellationToken> {
         // A poisoned lock only means a panic elsewhere while holding a token clone; the token
         // itself is still whole.
         self.cancel.lock().unwrap_or_else(|p| p.into_inner())
@@ -81,7 +87,7 @@ impl Target {
         self.requests.fetch_add(1, Ordering::Relaxed);
         InFlight {
             target: self.clone(),
-            token: self.token().clone(),
+            generation: self.pool.generation(),
             cut: false,
         }
     }
@@ -114,7 +120,12 @@ impl Target {
     /// `within`) for them to be gone, and returns how many were closed.
     pub(crate) async fn cut(&self, within: Duration) -> u64 {
         let before = self.cut.load(Ordering::Acquire);
-        let old = std::mem::replace(&mut *self.token(), CancellationToken::new());
+        let old = {
+            let mut cancel = self.cancel();
+            // The new generation first: whoever reads the old token after this sees the cut.
+            self.pool.cut();
+            std::mem::replace(&mut *cancel, CancellationToken::new())
+        };
         old.cancel();
         self.wait_idle(within).await;
         self.cut.load(Ordering::Acquire) - before
@@ -151,14 +162,33 @@ fn sticky_id(endpoint: &Endpoint) -> String {
 #[derive(Debug)]
 pub(crate) struct InFlight {
     target: Arc<Target>,
-    token: CancellationToken,
+    /// The target's generation when the request started: a cut since makes it differ.
+    generation: u64,
     cut: bool,
 }
 
 impl InFlight {
-    /// The token that [`Target::cut`] cancels; whoever carries this guard watches it.
-    pub(crate) fn token(&self) -> &CancellationToken {
-        &self.token
+    /// Whether the target was cut since this request started.
+    pub(crate) fn is_cut(&self) -> bool {
+        self.target.pool.generation() != self.generation
+    }
+
+    /// The generation this request started in.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// A token cancelled when this request is cut (already cancelled if it was), for what
+    /// must wait on a cut rather than ask for it.
+    pub(crate) fn cut_token(&self) -> CancellationToken {
+        let cancel = self.target.cancel();
+        if self.is_cut() {
+            let cut = CancellationToken::new();
+            cut.cancel();
+            cut
+        } else {
+            cancel.clone()
+        }
     }
 
     /// The target this request goes to.
@@ -342,16 +372,31 @@ mod tests {
         let mut held = Vec::new();
         for _ in 0..3 {
             let mut g = t.enter();
-            let token = g.token().clone();
+            let token = g.cut_token();
             held.push(tokio::spawn(async move {
                 token.cancelled().await;
+                assert!(g.is_cut());
                 g.mark_cut();
             }));
         }
-        assert_eq!(t.cut(Duration::from_secs(5)).await, 3);
+        let unwatched = t.enter();
+        assert!(!unwatched.is_cut());
+        let cut = {
+            let t = t.clone();
+            tokio::spawn(async move { t.cut(Duration::from_secs(5)).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(unwatched.is_cut(), "a request that only asks sees the cut");
+        assert!(
+            unwatched.cut_token().is_cancelled(),
+            "and its token is cancelled"
+        );
+        drop(unwatched);
+        assert_eq!(cut.await.unwrap(), 3);
         assert_eq!(t.in_flight(), 0);
         let later = t.enter();
-        assert!(!later.token().is_cancelled(), "a new request starts clean");
+        assert!(!later.is_cut(), "a new request starts clean");
+        assert!(!later.cut_token().is_cancelled());
         assert_eq!(t.stats().cut, 3);
     }
 }

@@ -7,8 +7,13 @@
 //! task wake-ups) costing more than forwarding the request. Here a target owns its idle
 //! connections; a request pops one (or connects), and its response body puts it back the
 //! moment the last frame is read. One task per connection remains: hyper's connection driver.
+//!
+//! The pool also carries the target's generation (see [`crate::target`]): a cut aborts every
+//! driver, which ends whatever a request is waiting for on that connection (its answer, its
+//! body), and the requests themselves need not watch for the cut.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -17,6 +22,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use blue_green_core::Endpoint;
@@ -38,6 +44,8 @@ pub(crate) enum UpstreamError {
     ConnectTimeout(Duration),
     /// The connection broke, or the upstream's answer was not HTTP.
     Http(hyper::Error),
+    /// The target was cut while the request waited.
+    Cut,
 }
 
 impl UpstreamError {
@@ -65,6 +73,7 @@ impl std::fmt::Display for UpstreamError {
                 }
                 write!(f, "{inner}")
             }
+            UpstreamError::Cut => write!(f, "cut at the drain deadline"),
         }
     }
 }
@@ -72,62 +81,112 @@ impl std::fmt::Display for UpstreamError {
 /// A connection to the upstream, lent to one request until its response ends.
 pub(crate) type Lease = SendRequest<Incoming>;
 
-/// The idle keep-alive connections of one target.
+/// An idle connection: since when, and in which generation it was made.
+#[derive(Debug)]
+struct Idle {
+    lease: Lease,
+    since: Instant,
+    generation: u64,
+}
+
+/// The keep-alive connections of one target: the idle ones, and the drivers of all.
 #[derive(Debug, Default)]
 pub(crate) struct Pool {
-    idle: Mutex<Vec<(Lease, Instant)>>,
+    idle: Mutex<Vec<Idle>>,
+    /// The driver task of every connection made since the last cut; under this lock the
+    /// generation is bumped and a new driver registered, so none escapes a cut.
+    drivers: Mutex<Vec<AbortHandle>>,
+    /// How many cuts there have been.
+    generation: AtomicU64,
+}
+
+/// Locks `m`: a poisoned lock only means a panic elsewhere while pushing or popping; the list
+/// is still a list of connections.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Pool {
-    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<(Lease, Instant)>> {
-        // A poisoned lock only means a panic elsewhere while pushing or popping; the list is
-        // still a list of connections.
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    /// The number of cuts so far.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
-    /// The most recently used idle connection that is still open and fresh.
-    fn take(&self) -> Option<Lease> {
-        let mut idle = self.idle();
-        while let Some((lease, since)) = idle.pop() {
-            if !lease.is_closed() && since.elapsed() < IDLE_TIMEOUT {
-                return Some(lease);
+    /// Starts a new generation and closes every connection of the old one, idle or busy: the
+    /// requests on them get an error at once (their answer or body ends), and the caller's
+    /// [`crate::target::InFlight::is_cut`] tells that error from a failure.
+    pub(crate) fn cut(&self) {
+        let drivers = {
+            let mut drivers = lock(&self.drivers);
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            std::mem::take(&mut *drivers)
+        };
+        for driver in drivers {
+            driver.abort();
+        }
+        lock(&self.idle).clear();
+    }
+
+    /// The most recently used idle connection of `generation` that is still open and fresh.
+    fn take(&self, generation: u64) -> Option<Lease> {
+        let mut idle = lock(&self.idle);
+        while let Some(conn) = idle.pop() {
+            if conn.generation == generation
+                && !conn.lease.is_closed()
+                && conn.since.elapsed() < IDLE_TIMEOUT
+            {
+                return Some(conn.lease);
             }
         }
         None
     }
 
-    /// Puts a connection whose response has ended back, unless it is closed or the pool full.
-    pub(crate) fn put(&self, lease: Lease) {
-        if lease.is_closed() {
+    /// Puts a connection whose response has ended back, unless it is closed, of a generation
+    /// since cut, or the pool full.
+    pub(crate) fn put(&self, lease: Lease, generation: u64) {
+        if lease.is_closed() || generation != self.generation() {
             return;
         }
-        let mut idle = self.idle();
+        let mut idle = lock(&self.idle);
         if idle.len() < MAX_IDLE {
-            idle.push((lease, Instant::now()));
+            idle.push(Idle {
+                lease,
+                since: Instant::now(),
+                generation,
+            });
         }
     }
 
     /// Idle connections now (for tests).
     #[cfg(test)]
     pub(crate) fn idle_count(&self) -> usize {
-        self.idle().len()
+        lock(&self.idle).len()
     }
 
-    /// Sends `req` over an idle connection or a new one. A request that an idle connection
-    /// could not take (the upstream had closed it, nothing was written) is sent again on the
-    /// next one, so a closed keep-alive connection never fails a request. Returns the response
-    /// and the connection, which the caller gives back with [`Pool::put`] when the response's
-    /// body has ended (or drops, when it did not end cleanly).
+    /// Sends `req`, of a request that started in `generation`, over an idle connection or a
+    /// new one. A request that an idle connection could not take (the upstream had closed it,
+    /// nothing was written) is sent again on the next one, so a closed keep-alive connection
+    /// never fails a request. Returns the response and the connection, which the caller gives
+    /// back with [`Pool::put`] when the response's body has ended (or drops, when it did not
+    /// end cleanly).
     pub(crate) async fn send(
         &self,
         endpoint: &Endpoint,
         connect_timeout: Duration,
         mut req: Request<Incoming>,
+        generation: u64,
     ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
         loop {
-            let (mut lease, fresh) = match self.take() {
+            if generation != self.generation() {
+                return Err(UpstreamError::Cut);
+            }
+            let (mut lease, fresh) = match self.take(generation) {
                 Some(lease) => (lease, false),
-                None => (connect(endpoint, connect_timeout).await?, true),
+                // Boxed: the rare path, and it would make every request's future larger.
+                None => (
+                    Box::pin(self.connect(endpoint, connect_timeout, generation)).await?,
+                    true,
+                ),
             };
             if !fresh && lease.ready().await.is_err() {
                 continue;
@@ -142,11 +201,40 @@ impl Pool {
             }
         }
     }
+
+    /// A new connection to `endpoint` for a request of `generation`, its driver running as a
+    /// task that a cut aborts (at once, if the cut came while connecting).
+    async fn connect(
+        &self,
+        endpoint: &Endpoint,
+        timeout: Duration,
+        generation: u64,
+    ) -> Result<Lease, UpstreamError> {
+        let (lease, conn) = handshake(endpoint, timeout).await?;
+        let driver = tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!("an upstream connection ended: {e}");
+            }
+        })
+        .abort_handle();
+        let mut drivers = lock(&self.drivers);
+        if generation != self.generation() {
+            driver.abort();
+            return Err(UpstreamError::Cut);
+        }
+        // Those of connections that have ended go: the list stays as long as the open ones.
+        drivers.retain(|d| !d.is_finished());
+        drivers.push(driver);
+        Ok(lease)
+    }
 }
 
 /// A new connection to `endpoint` (TCP_NODELAY: a proxy writes heads and small bodies that
-/// must not wait for Nagle), with its driver running as a task.
-async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Lease, UpstreamError> {
+/// must not wait for Nagle), and its driver, not yet running.
+async fn handshake(
+    endpoint: &Endpoint,
+    timeout: Duration,
+) -> Result<(Lease, http1::Connection<TokioIo<TcpStream>, Incoming>), UpstreamError> {
     let addr = (endpoint.host.as_str(), endpoint.port);
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => stream,
@@ -154,16 +242,10 @@ async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Lease, Upstre
         Err(_) => return Err(UpstreamError::ConnectTimeout(timeout)),
     };
     stream.set_nodelay(true).map_err(UpstreamError::Connect)?;
-    let (lease, conn) = http1::Builder::new()
+    http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await
-        .map_err(UpstreamError::Http)?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!("an upstream connection ended: {e}");
-        }
-    });
-    Ok(lease)
+        .map_err(UpstreamError::Http)
 }
 
 #[cfg(test)]
@@ -231,7 +313,7 @@ mod tests {
         tokio::spawn(sent);
         let req = rx.await.unwrap();
         let (res, lease) = pool
-            .send(endpoint, Duration::from_secs(2), req)
+            .send(endpoint, Duration::from_secs(2), req, 0)
             .await
             .unwrap();
         let body = res.into_body().collect().await.unwrap().to_bytes();
@@ -245,7 +327,7 @@ mod tests {
         for _ in 0..3 {
             let (body, lease) = get_through(&pool, &endpoint).await;
             assert_eq!(body, "ok");
-            pool.put(lease);
+            pool.put(lease, 0);
             assert_eq!(pool.idle_count(), 1);
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection for all");
@@ -271,9 +353,10 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let e = connect(&Endpoint::new("127.0.0.1", port), Duration::from_secs(2))
+        let e = handshake(&Endpoint::new("127.0.0.1", port), Duration::from_secs(2))
             .await
-            .unwrap_err();
+            .err()
+            .unwrap();
         assert!(e.is_connect(), "{e}");
         assert!(e.to_string().contains("refused"), "{e}");
     }

@@ -387,3 +387,59 @@ async fn an_app_without_target_answers_503() {
     );
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_request_waiting_for_its_upstream_is_cut_at_once_and_the_target_serves_again() {
+    let blue = Upstream::start("blue").await;
+    let proxy = proxy_with(loopback()).await;
+    let h = proxy.handle();
+    let addr = proxy.local_addrs()[0];
+    route(&h, "web", &blue, None).await;
+    // A kept-alive connection in the pool as well as the waiting one: the cut closes both.
+    let (status, _) = fresh_get(addr, "/", "web").await.unwrap();
+    assert_eq!(status, 200);
+
+    let waiting = tokio::spawn(async move {
+        let began = std::time::Instant::now();
+        (
+            fresh_get(addr, "/slow?ms=20000", "web").await,
+            began.elapsed(),
+        )
+    });
+    let in_flight = || {
+        h.status()
+            .targets
+            .iter()
+            .find(|t| t.endpoint == blue.endpoint().to_string())
+            .map_or(0, |t| t.in_flight)
+    };
+    assert!(
+        wait_for(Duration::from_secs(5), || in_flight() == 1).await,
+        "the slow request is in flight"
+    );
+    assert_eq!(h.cut(&blue.endpoint()).await, 1, "the cut counts it");
+    let (answer, took) = waiting.await.unwrap();
+    let (status, body) = answer.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("cut at the drain deadline"), "{body}");
+    assert!(
+        took < Duration::from_secs(10),
+        "answered at the cut, not by the upstream ({took:?})"
+    );
+    let stats = h.status().targets;
+    let blue_stats = stats
+        .iter()
+        .find(|t| t.endpoint == blue.endpoint().to_string())
+        .unwrap();
+    assert_eq!(
+        (blue_stats.cut, blue_stats.errors, blue_stats.in_flight),
+        (1, 0, 0)
+    );
+
+    // Routed to again (a switch back), the target serves on new connections.
+    for _ in 0..3 {
+        let (status, body) = fresh_get(addr, "/", "web").await.unwrap();
+        assert_eq!((status, body.as_str()), (200, "blue\n"));
+    }
+    proxy.shutdown().await;
+}
