@@ -148,6 +148,21 @@ pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// CPU time (user and system, all threads) of a running process, microseconds; `None` once it
+/// is gone. From `/proc/PID/stat`, in clock ticks.
+pub fn cpu_us(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name, in parentheses, may hold spaces: the fields that follow are counted
+    // from its closing parenthesis. utime and stime are fields 14 and 15 of the line.
+    let mut after = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+    let utime: u64 = after.nth(11)?.parse().ok()?;
+    let stime: u64 = after.next()?.parse().ok()?;
+    // SAFETY: sysconf reads a constant of the system.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let ticks = u64::try_from(ticks).ok().filter(|t| *t > 0)?;
+    Some((utime + stime) * 1_000_000 / ticks)
+}
+
 fn wait4(pid: libc::pid_t) -> Result<(libc::c_int, libc::rusage), String> {
     let mut status: libc::c_int = 0;
     // SAFETY: rusage is plain old data; zeroed is a valid value that wait4 overwrites.
@@ -168,6 +183,22 @@ fn wait4(pid: libc::pid_t) -> Result<(libc::c_int, libc::rusage), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_time_grows_while_the_process_works() {
+        let me = std::process::id();
+        let before = cpu_us(me).expect("our own /proc/PID/stat is readable");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut spin = 0u64;
+        // 20 ms of CPU at least: two ticks at the usual 100 Hz.
+        while cpu_us(me).unwrap() < before + 20_000 {
+            assert!(std::time::Instant::now() < deadline, "no CPU time counted");
+            for i in 0..100_000u64 {
+                spin = std::hint::black_box(spin.wrapping_add(i));
+            }
+        }
+        assert!(cpu_us(u32::MAX).is_none(), "no such process");
+    }
 
     #[test]
     fn measures_exit_code_lines_and_memory() {

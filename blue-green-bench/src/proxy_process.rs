@@ -60,6 +60,11 @@ impl ProxyProcess {
         Ok(ProxyProcess { child, port })
     }
 
+    /// The proxy's process id, while it runs.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// The proxy's peak and current resident memory, KiB (`VmHWM`, `VmRSS`).
     pub(crate) fn memory_kib(&self) -> (Option<u64>, Option<u64>) {
         let Some(pid) = self.child.id() else {

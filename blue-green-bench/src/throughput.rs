@@ -63,6 +63,12 @@ pub struct WrkRun {
     pub p99_ms: f64,
     /// Non-2xx/3xx answers plus socket errors.
     pub errors: u64,
+    /// Requests answered in the run.
+    pub requests: u64,
+    /// The router's CPU time (user and system, all its processes and threads) per request,
+    /// microseconds: steadier than req/s on a shared machine, since it does not count the
+    /// time the router waited for a core.
+    pub cpu_us_per_request: Option<f64>,
 }
 
 /// The medians of one target's runs.
@@ -80,6 +86,8 @@ pub struct WrkSummary {
     pub p99_ms: f64,
     /// Errors over all runs.
     pub errors: u64,
+    /// Median CPU time per request of the router, microseconds (none for the direct runs).
+    pub cpu_us_per_request: Option<f64>,
 }
 
 /// Timings of the switches, milliseconds (medians and 90th percentiles).
@@ -108,6 +116,9 @@ pub struct ThroughputReport {
     pub targets: Vec<WrkSummary>,
     /// The proxy's median req/s over nginx's.
     pub ratio: f64,
+    /// nginx's median CPU time per request over the proxy's: what the req/s ratio would be if
+    /// each router had a core to itself.
+    pub cpu_ratio: Option<f64>,
     /// The proxy's resident memory, KiB: idle, after the load, with the connections open.
     pub proxy_rss_kib: [Option<u64>; 3],
     /// The proxy's peak resident memory, KiB.
@@ -152,10 +163,15 @@ pub async fn run(args: &ThroughputArgs, binary: &Path) -> Result<ThroughputRepor
         .map_err(|e| format!("could not route the proxy to the upstream: {e}"))?;
     let idle = proxy.memory_kib().1;
 
+    // The processes whose CPU time each target's requests cost (none: the upstream only).
     let targets = [
-        ("upstream, direct (no router)", blue.addr().port()),
-        ("nginx (worker_processes 1)", nginx.port()),
-        ("blue-green proxy (--threads 1)", proxy.port),
+        ("upstream, direct (no router)", blue.addr().port(), None),
+        (
+            "nginx (worker_processes 1)",
+            nginx.port(),
+            Some(nginx.pid()),
+        ),
+        ("blue-green proxy (--threads 1)", proxy.port, proxy.pid()),
     ];
     let wrk_args = [
         "-t1".to_string(),
@@ -164,7 +180,7 @@ pub async fn run(args: &ThroughputArgs, binary: &Path) -> Result<ThroughputRepor
         "--latency".to_string(),
     ];
     eprintln!("throughput: warming up each target (2 s of wrk)");
-    for (_, port) in &targets {
+    for (_, port, _) in &targets {
         wrk(
             &[
                 "-t1".into(),
@@ -178,11 +194,24 @@ pub async fn run(args: &ThroughputArgs, binary: &Path) -> Result<ThroughputRepor
     }
     let mut runs: Vec<Vec<WrkRun>> = vec![Vec::new(); targets.len()];
     for round in 1..=args.wrk_rounds {
-        for (i, (name, port)) in targets.iter().enumerate() {
-            let run = wrk(&wrk_args, *port).await?;
+        for (i, (name, port, pid)) in targets.iter().enumerate() {
+            let cpu_before = pid.and_then(group_cpu_us);
+            let mut run = wrk(&wrk_args, *port).await?;
+            if let (Some(before), Some(after)) = (cpu_before, pid.and_then(group_cpu_us)) {
+                if run.requests > 0 {
+                    run.cpu_us_per_request =
+                        Some(after.saturating_sub(before) as f64 / run.requests as f64);
+                }
+            }
             eprintln!(
-                "throughput: round {round}/{}: {name}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
-                args.wrk_rounds, run.rps, run.p50_ms, run.p99_ms, run.errors
+                "throughput: round {round}/{}: {name}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} errors{}",
+                args.wrk_rounds,
+                run.rps,
+                run.p50_ms,
+                run.p99_ms,
+                run.errors,
+                run.cpu_us_per_request
+                    .map_or(String::new(), |us| format!(", {us:.2} µs of CPU a request"))
             );
             runs[i].push(run);
         }
@@ -190,7 +219,7 @@ pub async fn run(args: &ThroughputArgs, binary: &Path) -> Result<ThroughputRepor
     let summaries: Vec<WrkSummary> = targets
         .iter()
         .zip(runs)
-        .map(|((name, _), runs)| summarize(name, runs))
+        .map(|((name, _, _), runs)| summarize(name, runs))
         .collect();
     let after_load = proxy.memory_kib().1;
 
@@ -217,10 +246,18 @@ pub async fn run(args: &ThroughputArgs, binary: &Path) -> Result<ThroughputRepor
     drop(proxy);
 
     let ratio = summaries[2].rps / summaries[1].rps;
+    let cpu_ratio = match (
+        summaries[1].cpu_us_per_request,
+        summaries[2].cpu_us_per_request,
+    ) {
+        (Some(nginx), Some(proxy)) if proxy > 0.0 => Some(nginx / proxy),
+        _ => None,
+    };
     let report = ThroughputReport {
         wrk: format!("wrk {}", wrk_args.join(" ")),
         targets: summaries,
         ratio,
+        cpu_ratio,
         proxy_rss_kib: [idle, after_load, with_open],
         proxy_peak_kib: peak,
         nginx_rss_kib: nginx_rss,
@@ -284,6 +321,13 @@ fn parse_wrk(text: &str) -> Option<WrkRun> {
             .map(str::trim)
     };
     let rps = field("Requests/sec:")?.parse().ok()?;
+    // "240000 requests in 10.00s, 30.00MB read"
+    let requests = text
+        .lines()
+        .map(str::trim)
+        .find(|l| l.contains(" requests in "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())?;
     let p50_ms = duration_ms(field("50%")?)?;
     let p99_ms = field("99%").map_or(Some(0.0), duration_ms)?;
     let mut errors = field("Non-2xx or 3xx responses:")
@@ -301,6 +345,8 @@ fn parse_wrk(text: &str) -> Option<WrkRun> {
         p50_ms,
         p99_ms,
         errors,
+        requests,
+        cpu_us_per_request: None,
     })
 }
 
@@ -326,6 +372,10 @@ fn summarize(name: &str, runs: Vec<WrkRun>) -> WrkSummary {
         p50_ms: med(|r| r.p50_ms),
         p99_ms: med(|r| r.p99_ms),
         errors: runs.iter().map(|r| r.errors).sum(),
+        cpu_us_per_request: {
+            let cpu: Vec<f64> = runs.iter().filter_map(|r| r.cpu_us_per_request).collect();
+            (!cpu.is_empty()).then(|| median(&cpu))
+        },
         runs,
     }
 }
@@ -398,11 +448,20 @@ async fn read_response(stream: &mut TcpStream) -> Result<(), String> {
 
 /// Resident memory of a process and its children (nginx's master and worker), KiB.
 fn group_rss_kib(pid: u32) -> Option<u64> {
-    let rss = |pid: u32| crate::child::status_kib(pid, "VmRSS");
+    group_sum(pid, |pid| crate::child::status_kib(pid, "VmRSS"))
+}
+
+/// CPU time of a process and its children (nginx's master and worker), microseconds.
+fn group_cpu_us(pid: u32) -> Option<u64> {
+    group_sum(pid, crate::child::cpu_us)
+}
+
+/// `of` summed over a process and its children.
+fn group_sum(pid: u32, of: impl Fn(u32) -> Option<u64>) -> Option<u64> {
     let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
-    let mut total = rss(pid)?;
+    let mut total = of(pid)?;
     for child in children.split_whitespace() {
-        total += rss(child.parse().ok()?)?;
+        total += of(child.parse().ok()?)?;
     }
     Some(total)
 }
@@ -459,28 +518,32 @@ fn render(r: &ThroughputReport) -> String {
     let direct = &r.targets[0];
     let mut out = format!(
         "== throughput: nginx vs blue-green's proxy, one worker each ({}, medians of {} runs) ==\n\
-         | target | req/s | p50 | p99 | p99 added over direct | errors |\n|---|---|---|---|---|---|\n",
+         | target | req/s | p50 | p99 | p99 added over direct | errors | router's CPU per request |\n|---|---|---|---|---|---|---|\n",
         r.wrk,
         r.targets[0].runs.len()
     );
     for t in &r.targets {
         let _ = writeln!(
             out,
-            "| {} | {:.0} | {:.2} ms | {:.2} ms | {:+.2} ms | {} |",
+            "| {} | {:.0} | {:.2} ms | {:.2} ms | {:+.2} ms | {} | {} |",
             t.name,
             t.rps,
             t.p50_ms,
             t.p99_ms,
             t.p99_ms - direct.p99_ms,
-            t.errors
+            t.errors,
+            t.cpu_us_per_request
+                .map_or("-".to_string(), |us| format!("{us:.2} µs"))
         );
     }
     let _ = writeln!(
         out,
-        "proxy / nginx throughput: {:.1} % (target: at least 90 %)\n\
+        "proxy / nginx throughput: {:.1} % (target: at least 90 %); CPU per request, nginx / proxy: {}\n\
          p99, proxy - nginx: {:+.2} ms (target: at most +1 ms)\n\
          proxy memory (VmRSS): idle {}, after the load {}, with {} open client connections {} (peak {}; target: under 30 MB); nginx, master and worker, with the same connections: {}",
         r.ratio * 100.0,
+        r.cpu_ratio
+            .map_or("?".to_string(), |c| format!("{:.1} %", c * 100.0)),
         r.targets[2].p99_ms - r.targets[1].p99_ms,
         mb(r.proxy_rss_kib[0]),
         mb(r.proxy_rss_kib[1]),
@@ -532,6 +595,7 @@ Transfer/sec:      3.00MB
         assert_eq!(r.p50_ms, 1.95);
         assert_eq!(r.p99_ms, 0.95);
         assert_eq!(r.errors, 7);
+        assert_eq!(r.requests, 240_000);
     }
 
     #[test]
