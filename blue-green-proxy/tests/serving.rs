@@ -436,6 +436,41 @@ async fn a_request_waiting_for_its_upstream_is_cut_at_once_and_the_target_serves
         (1, 0, 0)
     );
 
+    // A response whose body waits for the upstream's next bytes: the cut ends it too.
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let res = sender
+        .send_request(
+            Request::get("/stall")
+                .header(HOST, "web")
+                .body(Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let mut body = res.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, "blue\n");
+    let rest = tokio::spawn(async move {
+        let began = std::time::Instant::now();
+        (body.frame().await.map(|f| f.map(|_| ())), began.elapsed())
+    });
+    assert!(
+        wait_for(Duration::from_secs(5), || in_flight() == 1).await,
+        "the stalled response is in flight"
+    );
+    assert_eq!(h.cut(&blue.endpoint()).await, 1, "the cut counts it");
+    let (end, took) = rest.await.unwrap();
+    assert!(
+        matches!(end, Some(Err(_))),
+        "the client sees the body broken off, not ended: {end:?}"
+    );
+    assert!(took < Duration::from_secs(10), "at the cut ({took:?})");
+
     // Routed to again (a switch back), the target serves on new connections.
     for _ in 0..3 {
         let (status, body) = fresh_get(addr, "/", "web").await.unwrap();

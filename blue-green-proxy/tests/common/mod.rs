@@ -29,6 +29,7 @@ type Body = BoxBody<Bytes, Infallible>;
 /// - `POST /echo`: `200`, body `{name}\n` followed by the request body;
 /// - `GET /headers`: `{name}\n` then the request's headers, `name: value` a line;
 /// - `GET /sse`: an event stream, `data: {name} N\n\n` every 50 ms, without end;
+/// - `GET /stall`: `200`, the first line `{name}\n` of a body that then sends nothing for 60 s;
 /// - `GET /ws` with `Upgrade: websocket`: `101`, then every byte is echoed back.
 pub struct Upstream {
     pub addr: SocketAddr,
@@ -156,6 +157,15 @@ async fn answer(
                 out.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("?")));
             }
             Response::new(full(out))
+        }
+        (_, "/stall") => {
+            let (mut tx, body) = Channel::<Bytes, Infallible>::new(1);
+            tokio::spawn(async move {
+                if tx.send_data(Bytes::from(format!("{who}\n"))).await.is_ok() {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                }
+            });
+            Response::new(body.boxed())
         }
         (_, "/sse") => {
             let mut res = Response::new(event_stream(who.clone()));
