@@ -124,13 +124,13 @@ pub struct RunArgs {
     pub threads: Option<u16>,
 }
 
-/// The serving threads `command` asks for, if it is `proxy run --threads N`; the binary builds
-/// its async runtime with them.
-pub fn threads(command: &crate::cli::Command) -> Option<usize> {
+/// If `command` is `proxy run`, the serving threads it asks for (`--threads N`; `None`: one
+/// per CPU); the binary builds its async runtime with them. `None` for every other command.
+pub fn serving_threads(command: &crate::cli::Command) -> Option<Option<usize>> {
     match command {
         crate::cli::Command::Proxy(ProxyArgs {
             command: ProxyCommand::Run(run),
-        }) => run.threads.map(usize::from),
+        }) => Some(run.threads.map(usize::from)),
         _ => None,
     }
 }
@@ -461,11 +461,15 @@ mod tests {
     #[test]
     fn proxy_run_threads_pick_the_runtime_and_zero_is_refused() {
         let one = parse(&["proxy", "run", "--threads", "1"]).unwrap();
-        assert_eq!(threads(&one.command), Some(1));
+        assert_eq!(serving_threads(&one.command), Some(Some(1)));
         let default = parse(&["proxy", "run"]).unwrap();
-        assert_eq!(threads(&default.command), None);
+        assert_eq!(serving_threads(&default.command), Some(None));
         let status = parse(&["proxy", "status"]).unwrap();
-        assert_eq!(threads(&status.command), None);
+        assert_eq!(
+            serving_threads(&status.command),
+            None,
+            "not a serving command"
+        );
         assert!(parse(&["proxy", "run", "--threads", "0"]).is_err());
     }
 }
