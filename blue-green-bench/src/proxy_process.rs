@@ -67,7 +67,7 @@ impl ProxyProcess {
 
     /// The proxy's peak and current resident memory, KiB (`VmHWM`, `VmRSS`).
     pub(crate) fn memory_kib(&self) -> (Option<u64>, Option<u64>) {
-        let Some(pid) = self.child.id() else {
+        let Some(pid) = self.pid() else {
             return (None, None);
         };
         (

@@ -406,13 +406,14 @@ async fn a_request_waiting_for_its_upstream_is_cut_at_once_and_the_target_serves
             began.elapsed(),
         )
     });
-    let in_flight = || {
+    let blue_stats = || {
         h.status()
             .targets
-            .iter()
+            .into_iter()
             .find(|t| t.endpoint == blue.endpoint().to_string())
-            .map_or(0, |t| t.in_flight)
+            .expect("the proxy counts blue")
     };
+    let in_flight = || blue_stats().in_flight;
     assert!(
         wait_for(Duration::from_secs(5), || in_flight() == 1).await,
         "the slow request is in flight"
@@ -426,15 +427,8 @@ async fn a_request_waiting_for_its_upstream_is_cut_at_once_and_the_target_serves
         took < Duration::from_secs(10),
         "answered at the cut, not by the upstream ({took:?})"
     );
-    let stats = h.status().targets;
-    let blue_stats = stats
-        .iter()
-        .find(|t| t.endpoint == blue.endpoint().to_string())
-        .unwrap();
-    assert_eq!(
-        (blue_stats.cut, blue_stats.errors, blue_stats.in_flight),
-        (1, 0, 0)
-    );
+    let stats = blue_stats();
+    assert_eq!((stats.cut, stats.errors, stats.in_flight), (1, 0, 0));
 
     // A response whose body waits for the upstream's next bytes: the cut ends it too.
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
