@@ -2,6 +2,7 @@
 //! its log tail.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::time::Duration;
 
 use blue_green_core::runtime::instance_env;
@@ -10,9 +11,11 @@ use bollard::container::LogOutput;
 use bollard::models::{
     ContainerInspectResponse, ContainerStateStatusEnum, EndpointSettings, NetworkConnectRequest,
 };
-use bollard::query_parameters::{InspectContainerOptions, LogsOptions, LogsOptionsBuilder};
+use bollard::query_parameters::{
+    EventsOptionsBuilder, InspectContainerOptions, LogsOptions, LogsOptionsBuilder,
+};
 use bollard::Docker;
-use futures_util::{Stream, TryStreamExt};
+use futures_util::{Stream, StreamExt, TryStreamExt};
 
 use crate::client::{call, is_status};
 use crate::docker::{LABEL_APP, LABEL_COLOR, LABEL_MANAGED_BY, LABEL_RELEASE};
@@ -112,6 +115,65 @@ pub(crate) fn published_port(
         .iter()
         .filter_map(|b| b.host_port.as_deref()?.parse::<u16>().ok())
         .find(|port| *port != 0)
+}
+
+/// Runs `stop`, a call that stops container `id`, until it ends or until Docker reports that the
+/// container's main process has died, whichever comes first.
+///
+/// Docker answers a stop only after it has also taken the container's network and mounts down:
+/// here about 120 ms after the app has exited, most of a deploy's stop step. Nothing the
+/// engine does next needs that done: the app's process is gone at the `die` event, and Docker
+/// finishes its own bookkeeping whether anyone waits for it or not. Every later call on the
+/// container (inspect, start, remove) waits for it inside the daemon, so nobody sees a
+/// half-stopped container. What the stop call does before the process dies (the signal, the
+/// grace, the kill) is still awaited, so an app that ignores SIGTERM is killed as before.
+pub(crate) async fn stop_until_exit(
+    docker: &Docker,
+    id: &str,
+    stop: impl Future<Output = Result<(), Error>>,
+) -> Result<(), Error> {
+    first_of(died(docker, id), stop).await
+}
+
+/// `stop`'s result, or `Ok` as soon as `died` resolves. `died` is polled first, so that its
+/// subscription goes out before the stop request does.
+async fn first_of(
+    died: impl Future<Output = ()>,
+    stop: impl Future<Output = Result<(), Error>>,
+) -> Result<(), Error> {
+    tokio::select! {
+        biased;
+        () = died => Ok(()),
+        result = stop => result,
+    }
+}
+
+/// Resolves at Docker's `die` event of container `id`. Never resolves if the events cannot be
+/// read: it is only raced against a call that ends on its own.
+async fn died(docker: &Docker, id: &str) {
+    let filters = HashMap::from([
+        ("type", vec!["container".to_string()]),
+        ("container", vec![id.to_string()]),
+        ("event", vec!["die".to_string()]),
+    ]);
+    let options = EventsOptionsBuilder::new().filters(&filters).build();
+    let mut events = docker.events(Some(options));
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(event)
+                if event.action.as_deref() == Some("die")
+                    && event.actor.as_ref().and_then(|a| a.id.as_deref()) == Some(id) =>
+            {
+                return
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::debug!(container = id, %error, "could not follow the container's events; waiting for the stop call alone");
+                break;
+            }
+        }
+    }
+    std::future::pending().await
 }
 
 /// The value of [`LABEL_MANAGED_BY`] on what this crate runs.
@@ -269,6 +331,27 @@ fn head_and_tail<'a>(all: impl Iterator<Item = &'a str>, lines: usize) -> Vec<St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn timeout() -> Error {
+        Error::Timeout {
+            what: "to stop container x".into(),
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stop_ends_at_the_die_event_without_waiting_for_the_call() {
+        let result = first_of(async {}, std::future::pending()).await;
+        assert!(result.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_stop_without_a_die_event_is_the_call_s_result() {
+        let never = std::future::pending::<()>;
+        assert!(first_of(never(), async { Ok(()) }).await.is_ok());
+        let failed = first_of(never(), async { Err(timeout()) }).await;
+        assert!(matches!(failed, Err(Error::Timeout { .. })), "{failed:?}");
+    }
 
     #[test]
     fn log_reports_keep_the_start_and_fold_alike_lines() {

@@ -410,18 +410,21 @@ impl DockerRuntime {
         let seconds = i32::try_from(seconds).unwrap_or(i32::MAX);
         let options = StopContainerOptionsBuilder::new().t(seconds).build();
         let limit = self.api_timeout + Duration::from_secs(seconds as u64);
-        match call(
-            || format!("to stop container {} ({})", instance.id, instance.color),
-            limit,
-            self.docker.stop_container(&instance.id, Some(options)),
-        )
-        .await
-        {
-            Ok(()) => Ok(()),
-            // 304: already stopped; 404: gone. Both are stopped.
-            Err(e) if is_status(&e, 304) || is_status(&e, 404) => Ok(()),
-            Err(e) => Err(e),
-        }
+        let stop = async {
+            match call(
+                || format!("to stop container {} ({})", instance.id, instance.color),
+                limit,
+                self.docker.stop_container(&instance.id, Some(options)),
+            )
+            .await
+            {
+                Ok(()) => Ok(()),
+                // 304: already stopped; 404: gone. Both are stopped.
+                Err(e) if is_status(&e, 304) || is_status(&e, 404) => Ok(()),
+                Err(e) => Err(e),
+            }
+        };
+        container::stop_until_exit(&self.docker, &instance.id, stop).await
     }
 
     async fn restart_inner(&self, instance: &Instance) -> Result<Instance, Error> {

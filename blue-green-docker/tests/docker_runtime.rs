@@ -20,6 +20,23 @@ async fn runtime(
         .expect("connect to Docker")
 }
 
+/// The host PID of container `id`'s main process.
+async fn app_pid(cleanup: &DockerCleanup, id: &str) -> i64 {
+    let inspect = cleanup
+        .docker()
+        .inspect_container(
+            id,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .expect("inspect the container");
+    inspect
+        .state
+        .and_then(|s| s.pid)
+        .filter(|pid| *pid > 0)
+        .expect("a running container has a PID")
+}
+
 #[tokio::test]
 async fn starts_a_release_that_answers_then_stops_and_removes_it() {
     let cleanup = DockerCleanup::new("lifecycle").await;
@@ -58,12 +75,25 @@ async fn starts_a_release_that_answers_then_stops_and_removes_it() {
         "log tail: {logs:?}"
     );
 
+    // The stop ends once the app's process has exited, not when Docker has also taken the
+    // container's network down: the process must be gone when it returns.
+    let pid = app_pid(&cleanup, &instance.id).await;
+    let process = std::path::PathBuf::from(format!("/proc/{pid}"));
+    assert!(
+        process.exists(),
+        "the app runs as {} in this PID namespace",
+        process.display()
+    );
     let started = Instant::now();
     runtime
         .stop(&instance, Duration::from_secs(10))
         .await
         .unwrap();
     println!("graceful stop took {:?}", started.elapsed());
+    assert!(
+        !process.exists(),
+        "the app's process {pid} has exited when the stop returns"
+    );
     assert_eq!(
         runtime.state(&instance).await.unwrap(),
         InstanceState::Exited {
