@@ -4,9 +4,10 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use hyper::header::{HeaderValue, CONNECTION};
@@ -198,47 +199,99 @@ struct Watch<'a> {
 
 impl Watch<'_> {
     /// Drives `conn` to its end; `graceful_shutdown` is its builder's.
-    async fn run<C, E>(mut self, conn: C, graceful_shutdown: fn(Pin<&mut C>))
+    ///
+    /// A connection's task wakes for every read, write and upstream answer, and a `select!`
+    /// would poll the signals at each of those wakes too: for a cancellation token, a lock on
+    /// a list of waiters that every connection shares. Here the signals have a waker of their
+    /// own ([`Signals`]) and are polled only when one of them woke the task.
+    async fn run<C, E>(self, conn: C, graceful_shutdown: fn(Pin<&mut C>))
     where
         C: Future<Output = Result<(), E>>,
         E: std::fmt::Display,
     {
-        tokio::pin!(conn);
-        let peer = self.peer;
+        let Watch {
+            peer,
+            started,
+            http2,
+            mut first_request,
+            shutdown,
+            retire,
+        } = self;
+        let mut conn = pin!(conn);
+        let mut shutdown = pin!(shutdown.cancelled());
+        let mut retire = pin!(retire.cancelled());
+        let signals = Arc::new(Signals {
+            // Polled once at the start, so that each signal has the waker.
+            woken: AtomicBool::new(true),
+            task: Mutex::new(None),
+        });
+        let signal_waker = Waker::from(signals.clone());
+        let mut task: Option<Waker> = None;
         let mut draining = false;
         let mut retiring = false;
-        loop {
-            tokio::select! {
-                done = conn.as_mut() => {
-                    if let Err(e) = done {
-                        tracing::debug!("connection from {peer} ended: {e}");
-                    }
-                    return;
-                }
-                _ = async {
-                    if let Some(deadline) = &mut self.first_request {
-                        deadline.as_mut().await;
-                    }
-                }, if self.first_request.is_some() && !self.started.load(Ordering::Relaxed) => {
-                    if !self.started.load(Ordering::Relaxed) {
+        std::future::poll_fn(|cx| {
+            if !task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
+                task = Some(cx.waker().clone());
+                *signals.task.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some(cx.waker().clone());
+            }
+            if signals.woken.load(Ordering::Relaxed) && signals.woken.swap(false, Ordering::Acquire)
+            {
+                let mut signal_cx = Context::from_waker(&signal_waker);
+                if let Some(deadline) = first_request.as_mut() {
+                    if started.load(Ordering::Relaxed) {
+                        first_request = None;
+                    } else if deadline.as_mut().poll(&mut signal_cx).is_ready() {
                         tracing::debug!("connection from {peer} sent no request in time; closed");
-                        return;
+                        return Poll::Ready(());
                     }
                 }
-                _ = self.shutdown.cancelled(), if !draining => {
+                if !draining && shutdown.as_mut().poll(&mut signal_cx).is_ready() {
                     draining = true;
                     graceful_shutdown(conn.as_mut());
                 }
                 // HTTP/2 says "no new streams here" without a race (GOAWAY); an HTTP/1
                 // connection stays open until its next answer closes it, or until the shutdown.
-                _ = self.retire.cancelled(), if !retiring => {
+                if !retiring && retire.as_mut().poll(&mut signal_cx).is_ready() {
                     retiring = true;
-                    if self.http2.load(Ordering::Relaxed) && !draining {
+                    if http2.load(Ordering::Relaxed) && !draining {
                         draining = true;
                         graceful_shutdown(conn.as_mut());
                     }
                 }
             }
+            conn.as_mut().poll(cx).map(|done| {
+                if let Err(e) = done {
+                    tracing::debug!("connection from {peer} ended: {e}");
+                }
+            })
+        })
+        .await
+    }
+}
+
+/// The waker of a connection's signals: it marks that a signal is to be polled, then wakes the
+/// connection's task.
+struct Signals {
+    woken: AtomicBool,
+    /// The connection's task, as last seen polling.
+    task: Mutex<Option<Waker>>,
+}
+
+impl Wake for Signals {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        if let Some(task) = self
+            .task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            task.wake_by_ref();
         }
     }
 }
