@@ -141,13 +141,16 @@ impl Shared {
         let Some(path) = self.config.state_file.clone() else {
             return Ok(());
         };
-        tokio::task::spawn_blocking(move || state::save(&path, &saved))
+        let superseded = tokio::task::spawn_blocking(move || state::save(&path, &saved))
             .await
             .map_err(|e| Error::StateIo {
                 path: self.config.state_file.clone().unwrap_or_default(),
                 action: "writing",
                 source: std::io::Error::other(e),
-            })?
+            })??;
+        // The old file is released while the change is answered, not before.
+        tokio::task::spawn_blocking(move || drop(superseded));
+        Ok(())
     }
 }
 
@@ -509,7 +512,7 @@ impl Proxy {
         let table = restore(&origin, &saved, &targets)?;
         if let Some(path) = config.state_file.clone() {
             let copy = saved.clone();
-            tokio::task::spawn_blocking(move || state::save(&path, &copy))
+            tokio::task::spawn_blocking(move || state::save(&path, &copy).map(drop))
                 .await
                 .map_err(|e| Error::StateIo {
                     path: config.state_file.clone().unwrap_or_default(),

@@ -5,7 +5,7 @@ use std::fs;
 use std::io;
 use std::path::Path;
 
-use blue_green_core::state::atomic::write_atomic;
+use blue_green_core::state::atomic::{write_atomic_holding_old, Superseded};
 
 use serde::{Deserialize, Serialize};
 
@@ -67,8 +67,9 @@ pub(crate) fn load(path: &Path) -> Result<Option<SavedState>, Error> {
 /// Replaces the state file with `state`, with the one atomic replacement of
 /// `blue-green-core` (a temporary file flushed to disk, renamed over the old one, the
 /// directory flushed): a proxy killed or a machine that loses power at any moment keeps the
-/// old routes or the new ones, never half. Blocking: call it from `spawn_blocking`.
-pub(crate) fn save(path: &Path, state: &SavedState) -> Result<(), Error> {
+/// old routes or the new ones, never half. Blocking: call it from `spawn_blocking`. Returns
+/// the replaced file, held open: drop it after answering (see [`write_atomic_holding_old`]).
+pub(crate) fn save(path: &Path, state: &SavedState) -> Result<Superseded, Error> {
     let io_err = |source| Error::StateIo {
         path: path.to_path_buf(),
         action: "writing",
@@ -77,7 +78,7 @@ pub(crate) fn save(path: &Path, state: &SavedState) -> Result<(), Error> {
     let mut bytes = serde_json::to_vec_pretty(state)
         .map_err(|e| io_err(io::Error::new(io::ErrorKind::InvalidData, e)))?;
     bytes.push(b'\n');
-    write_atomic(path, &bytes).map_err(io_err)
+    write_atomic_holding_old(path, &bytes).map_err(io_err)
 }
 
 #[cfg(test)]
@@ -102,7 +103,7 @@ mod tests {
                 preview: None,
             }],
         );
-        save(&path, &state).unwrap();
+        drop(save(&path, &state).unwrap());
         assert_eq!(load(&path).unwrap(), Some(state));
         let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temporary file is left behind");
