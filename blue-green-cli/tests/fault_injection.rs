@@ -30,7 +30,7 @@ use blue_green_core::{Endpoint, Router};
 use blue_green_testkit::docker::{demo_app_image, demo_app_image_with_env, DockerCleanup};
 use blue_green_testkit::load::{Load, LoadConfig, LoadReport};
 use blue_green_testkit::nginx::NginxHarness;
-use bollard::query_parameters::ListContainersOptionsBuilder;
+use bollard::query_parameters::{InspectContainerOptions, ListContainersOptionsBuilder};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_blue-green");
@@ -311,10 +311,34 @@ enum RepairBy {
 }
 
 impl Stage {
+    /// What a command could change: the app's containers, nginx's upstream file, the state
+    /// and history files.
+    ///
+    /// A stop that the killed deploy made has returned at the app's exit, and Docker may still
+    /// be taking that container's network down: its list shows the container running until
+    /// then, while an inspect waits for it. So each of the app's containers is inspected first,
+    /// and the snapshot is of what Docker has settled.
     async fn snapshot(&self) -> Snapshot {
+        let docker = self.cleanup.docker();
+        for (_, id, _) in self.containers().await {
+            let _ = docker
+                .inspect_container(&id, None::<InspectContainerOptions>)
+                .await;
+        }
+        let mut containers = self.containers().await;
+        containers.sort();
+        Snapshot {
+            containers,
+            upstream: std::fs::read(self.nginx.upstream_file()).expect("upstream file"),
+            state: std::fs::read(self.state_dir().join("state.json")).ok(),
+            history: std::fs::read(self.state_dir().join("history.jsonl")).ok(),
+        }
+    }
+
+    /// The app's containers as Docker lists them: name, id and state.
+    async fn containers(&self) -> Vec<(String, String, String)> {
         let options = ListContainersOptionsBuilder::new().all(true).build();
-        let mut containers: Vec<(String, String, String)> = self
-            .cleanup
+        self.cleanup
             .docker()
             .list_containers(Some(options))
             .await
@@ -325,14 +349,7 @@ impl Stage {
                 name.starts_with(self.app())
                     .then(|| (name, c.id.unwrap_or_default(), format!("{:?}", c.state)))
             })
-            .collect();
-        containers.sort();
-        Snapshot {
-            containers,
-            upstream: std::fs::read(self.nginx.upstream_file()).expect("upstream file"),
-            state: std::fs::read(self.state_dir().join("state.json")).ok(),
-            history: std::fs::read(self.state_dir().join("history.jsonl")).ok(),
-        }
+            .collect()
     }
 
     /// The journal in the state file, if a command left one.
