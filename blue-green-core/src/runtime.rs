@@ -55,7 +55,10 @@ pub fn instance_env(color: Color, release: &Release) -> [(&'static str, String);
 ///   another instance (another release, or the same release started again), the old one is
 ///   [`InstanceState::Missing`], or `Exited` if the runtime still remembers it.
 /// - **`stop` and `remove`** of something already stopped or gone succeed. `stop` may take up to
-///   `grace` and then kills; the engine bounds it by `grace` plus its stop margin.
+///   `grace` and then kills; the engine bounds it by `grace` plus its stop margin. It may
+///   return once the instance's process has exited, before the runtime's own bookkeeping is
+///   done (Docker's network teardown), as long as every later call on the instance (`state`,
+///   `restart`, `remove`) sees it stopped.
 /// - **Blocking.** The methods run on the embedder's tokio runtime, current-thread or
 ///   multi-thread: never block the thread (no `std::thread::sleep`, no blocking waits on a child;
 ///   use `tokio::process`, `tokio::time`, or `spawn_blocking` for blocking calls;

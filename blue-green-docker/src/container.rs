@@ -117,8 +117,8 @@ pub(crate) fn published_port(
         .find(|port| *port != 0)
 }
 
-/// Runs `stop`, a call that stops container `id`, until it ends or until Docker reports that the
-/// container's main process has died, whichever comes first.
+/// Runs `stop`, a call that stops the containers `ids`, until it ends or until Docker reports
+/// that the main process of each of them has died, whichever comes first.
 ///
 /// Docker answers a stop only after it has also taken the container's network and mounts down:
 /// here about 120 ms after the app has exited, most of a deploy's stop step. Nothing the
@@ -129,10 +129,13 @@ pub(crate) fn published_port(
 /// grace, the kill) is still awaited, so an app that ignores SIGTERM is killed as before.
 pub(crate) async fn stop_until_exit(
     docker: &Docker,
-    id: &str,
+    ids: &[String],
     stop: impl Future<Output = Result<(), Error>>,
 ) -> Result<(), Error> {
-    first_of(died(docker, id), stop).await
+    if ids.is_empty() {
+        return stop.await;
+    }
+    first_of(all_died(docker, ids), stop).await
 }
 
 /// `stop`'s result, or `Ok` as soon as `died` resolves. `died` is polled first, so that its
@@ -148,27 +151,30 @@ async fn first_of(
     }
 }
 
-/// Resolves at Docker's `die` event of container `id`. Never resolves if the events cannot be
-/// read: it is only raced against a call that ends on its own.
-async fn died(docker: &Docker, id: &str) {
+/// Resolves once Docker has sent a `die` event for each of the containers `ids`. Never
+/// resolves if the events cannot be read: it is only raced against a call that ends on its
+/// own.
+async fn all_died(docker: &Docker, ids: &[String]) {
     let filters = HashMap::from([
         ("type", vec!["container".to_string()]),
-        ("container", vec![id.to_string()]),
+        ("container", ids.to_vec()),
         ("event", vec!["die".to_string()]),
     ]);
     let options = EventsOptionsBuilder::new().filters(&filters).build();
     let mut events = docker.events(Some(options));
+    let mut alive: Vec<&str> = ids.iter().map(String::as_str).collect();
     while let Some(event) = events.next().await {
         match event {
-            Ok(event)
-                if event.action.as_deref() == Some("die")
-                    && event.actor.as_ref().and_then(|a| a.id.as_deref()) == Some(id) =>
-            {
-                return
+            Ok(event) if event.action.as_deref() == Some("die") => {
+                let id = event.actor.as_ref().and_then(|a| a.id.as_deref());
+                alive.retain(|a| Some(*a) != id);
+                if alive.is_empty() {
+                    return;
+                }
             }
             Ok(_) => {}
             Err(error) => {
-                tracing::debug!(container = id, %error, "could not follow the container's events; waiting for the stop call alone");
+                tracing::debug!(%error, "could not follow the containers' events; waiting for the stop call alone");
                 break;
             }
         }

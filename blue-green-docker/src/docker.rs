@@ -424,7 +424,7 @@ impl DockerRuntime {
                 Err(e) => Err(e),
             }
         };
-        container::stop_until_exit(&self.docker, &instance.id, stop).await
+        container::stop_until_exit(&self.docker, std::slice::from_ref(&instance.id), stop).await
     }
 
     async fn restart_inner(&self, instance: &Instance) -> Result<Instance, Error> {

@@ -10,7 +10,7 @@ use blue_green_core::process::{self, Command, Keep, RunError};
 use blue_green_core::{
     AppName, Color, ComponentError, Endpoint, Instance, InstanceState, Release, Runtime,
 };
-use bollard::models::{ContainerInspectResponse, ContainerSummary};
+use bollard::models::{ContainerInspectResponse, ContainerSummary, ContainerSummaryStateEnum};
 use bollard::query_parameters::ListContainersOptionsBuilder;
 use bollard::Docker;
 
@@ -450,19 +450,31 @@ impl ComposeRuntime {
         let Some(color) = self.color_of_project(&instance.id) else {
             return Ok(());
         };
-        if !self.project_exists(&instance.id).await? {
+        let containers = self.list_project(&instance.id, None).await?;
+        if containers.is_empty() {
             return Ok(());
         }
+        let running: Vec<String> = containers
+            .into_iter()
+            .filter(|c| c.state == Some(ContainerSummaryStateEnum::RUNNING))
+            .filter_map(|c| c.id)
+            .collect();
         let seconds = (grace.as_secs() + u64::from(grace.subsec_nanos() > 0)).to_string();
         let env = self.env_of(instance).await;
-        self.run(
-            color,
-            &["stop", "--timeout", &seconds],
-            &env,
-            self.command_timeout + grace,
-        )
-        .await
-        .map(|_| ())
+        // Ends when the project's running containers have died, as the docker runtime's stop
+        // does; `compose stop`, if still waiting for Docker then, is killed, and Docker
+        // finishes the teardown on its own.
+        let stop = async {
+            self.run(
+                color,
+                &["stop", "--timeout", &seconds],
+                &env,
+                self.command_timeout + grace,
+            )
+            .await
+            .map(|_| ())
+        };
+        container::stop_until_exit(&self.docker, &running, stop).await
     }
 
     async fn restart_inner(&self, instance: &Instance) -> Result<Instance, Error> {
