@@ -4,14 +4,17 @@
 //! socket, so that the stop call's answer can be held back; its own test binary, because it
 //! sets DOCKER_HOST for the process.
 
+mod common;
+
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use blue_green_core::{AppName, Color, Endpoint, Instance, Runtime};
-use blue_green_docker::{DockerConfig, DockerRuntime};
+use blue_green_docker::DockerRuntime;
 use bytes::Bytes;
+use common::demo_config;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper::{Request, Response};
@@ -124,26 +127,11 @@ fn instance() -> Instance {
     Instance::new(Color::Blue, "v1", ID, Endpoint::new("127.0.0.1", 8080))
 }
 
-fn config() -> DockerConfig {
-    DockerConfig {
-        image: "web:latest".into(),
-        container_port: 8080,
-        endpoints: None,
-        publish_host: "127.0.0.1".into(),
-        env: Default::default(),
-        networks: vec![],
-        restart_policy: None,
-        stop_signal: None,
-        labels: Default::default(),
-        init: false,
-    }
-}
-
 #[tokio::test]
 async fn a_stop_ends_at_the_die_event_and_waits_for_the_call_without_one() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = start(dir.path());
-    let runtime = DockerRuntime::connect(AppName::new("web").unwrap(), config())
+    let runtime = DockerRuntime::connect(AppName::new("web").unwrap(), demo_config("web:1", &[]))
         .await
         .expect("connect to the fake daemon");
 

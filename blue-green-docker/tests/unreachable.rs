@@ -1,26 +1,18 @@
 //! An unreachable Docker daemon is an error that says so and what to do. Its own test binary,
 //! because it changes DOCKER_HOST for the process.
 
+mod common;
+
 use blue_green_core::{AppName, ComponentError, ComponentErrorKind};
-use blue_green_docker::{DockerConfig, DockerRuntime};
+use blue_green_docker::DockerRuntime;
+use common::demo_config;
 
 #[tokio::test]
 async fn an_unreachable_daemon_is_reported_with_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("no-docker.sock");
     std::env::set_var("DOCKER_HOST", format!("unix://{}", socket.display()));
-    let config = DockerConfig {
-        image: "web:latest".into(),
-        container_port: 8080,
-        endpoints: None,
-        publish_host: "127.0.0.1".into(),
-        env: Default::default(),
-        networks: vec![],
-        restart_policy: None,
-        stop_signal: None,
-        labels: Default::default(),
-        init: false,
-    };
+    let config = demo_config("web:latest", &[]);
     let error = DockerRuntime::connect(AppName::new("web").unwrap(), config)
         .await
         .expect_err("nothing listens on that socket");
