@@ -127,6 +127,17 @@ fn instance() -> Instance {
     Instance::new(Color::Blue, "v1", ID, Endpoint::new("127.0.0.1", 8080))
 }
 
+/// Stops the fake's container, which must end within 20 s (`ended` says how) and succeed.
+async fn stop_blue(runtime: &DockerRuntime, ended: &str) {
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        runtime.stop(&instance(), Duration::from_secs(1)),
+    )
+    .await
+    .expect(ended)
+    .expect("the stop succeeded");
+}
+
 #[tokio::test]
 async fn a_stop_ends_at_the_die_event_and_waits_for_the_call_without_one() {
     let dir = tempfile::tempdir().unwrap();
@@ -138,13 +149,11 @@ async fn a_stop_ends_at_the_die_event_and_waits_for_the_call_without_one() {
     // The daemon reports the container's death and never answers the stop call.
     *daemon.dies.lock().unwrap() = Some(ID.to_string());
     *daemon.stop_answer.lock().unwrap() = None;
-    tokio::time::timeout(
-        Duration::from_secs(20),
-        runtime.stop(&instance(), Duration::from_secs(1)),
+    stop_blue(
+        &runtime,
+        "the stop ended at the die event, without the call's answer",
     )
-    .await
-    .expect("the stop ended at the die event, without the call's answer")
-    .expect("the stop succeeded");
+    .await;
     assert!(!daemon.stop_answered.load(Ordering::SeqCst));
     let query = daemon
         .events_query
@@ -161,13 +170,7 @@ async fn a_stop_ends_at_the_die_event_and_waits_for_the_call_without_one() {
     *daemon.dies.lock().unwrap() = Some(format!("{}0", &ID[..ID.len() - 1]));
     *daemon.stop_answer.lock().unwrap() = Some(Duration::from_millis(300));
     daemon.stop_answered.store(false, Ordering::SeqCst);
-    tokio::time::timeout(
-        Duration::from_secs(20),
-        runtime.stop(&instance(), Duration::from_secs(1)),
-    )
-    .await
-    .expect("the stop ended with the call's answer")
-    .expect("the stop succeeded");
+    stop_blue(&runtime, "the stop ended with the call's answer").await;
     assert!(
         daemon.stop_answered.load(Ordering::SeqCst),
         "without this container's die event, the stop waited for Docker's answer"
